@@ -1,0 +1,215 @@
+"""The schema, as SQLAlchemy Core tables. Migrations create it; nothing else does."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.types import TypeDecorator
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Aware UTC in, aware UTC out, on PostgreSQL and SQLite alike."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+Json = JSON().with_variant(JSONB(), "postgresql")
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("prefix", String(16), nullable=False),
+    Column("roles", Json, nullable=False),
+    Column("approval_level", Integer, nullable=True),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("revoked_at", UtcDateTime, nullable=True),
+)
+
+payments = Table(
+    "payments",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("pse_account", String(64), nullable=False),
+    Column("pse_payment_id", String(255), nullable=False),
+    Column("order_id", String(255), nullable=True),
+    Column("amount", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("captured_at", UtcDateTime, nullable=False),
+    Column("payment_method", String(64), nullable=True),
+    Column("risk_level", String(16), nullable=False),
+    Column("settlement_currency", String(3), nullable=False),
+    Column("settlement_rate", String(40), nullable=False),
+    Column("refunded_amount", BigInteger, nullable=False, default=0),
+    Column("reserved_amount", BigInteger, nullable=False, default=0),
+    Column("created_by", String(40), nullable=True),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    UniqueConstraint("pse_account", "pse_payment_id", name="uq_payments_pse"),
+    Index("ix_payments_order_id", "order_id"),
+)
+
+refunds = Table(
+    "refunds",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("payment_id", String(40), ForeignKey("payments.id"), nullable=False),
+    Column("pse_account", String(64), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("status", String(32), nullable=False),
+    Column("reason", String(64), nullable=False),
+    Column("note", Text, nullable=True),
+    Column("metadata", Json, nullable=False),
+    Column("required_approvals", Json, nullable=False),
+    Column("offline", Boolean, nullable=False, default=False),
+    Column("offline_reason", String(64), nullable=True),
+    Column("auto_approved", Boolean, nullable=False, default=False),
+    Column("created_by", String(40), nullable=False),
+    Column("pse_refund_id", String(255), nullable=True),
+    Column("failure_code", String(128), nullable=True),
+    Column("failure_message", Text, nullable=True),
+    Column("settlement_amount", BigInteger, nullable=True),
+    Column("fx_difference", BigInteger, nullable=True),
+    Column("fee_amount", BigInteger, nullable=True),
+    Column("offline_reference", String(255), nullable=True),
+    Column("offline_paid_at", UtcDateTime, nullable=True),
+    Column("submit_attempts", Integer, nullable=False, default=0),
+    Column("resolve_attempts", Integer, nullable=False, default=0),
+    Column("next_check_at", UtcDateTime, nullable=True),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    Index("ix_refunds_payment_id", "payment_id"),
+    Index("ix_refunds_status", "status"),
+    Index("ix_refunds_pse", "pse_account", "pse_refund_id"),
+    Index("ix_refunds_next_check_at", "next_check_at"),
+)
+
+refund_approvals = Table(
+    "refund_approvals",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("refund_id", String(40), ForeignKey("refunds.id"), nullable=False),
+    Column("approver_id", String(40), nullable=False),
+    Column("approver", String(200), nullable=False),
+    Column("level", Integer, nullable=False),
+    Column("decision", String(16), nullable=False),
+    Column("note", Text, nullable=True),
+    Column("at", UtcDateTime, nullable=False),
+    UniqueConstraint("refund_id", "approver_id", name="uq_refund_approvals_refund_approver"),
+)
+
+refund_status_history = Table(
+    "refund_status_history",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("refund_id", String(40), ForeignKey("refunds.id"), nullable=False),
+    Column("status", String(32), nullable=False),
+    Column("at", UtcDateTime, nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("detail", Text, nullable=True),
+    Index("ix_refund_status_history_refund_id", "refund_id"),
+)
+
+# Transactional outbox: written in the transaction of the change it reports.
+events = Table(
+    "events",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", String(40), nullable=False, unique=True),
+    Column("type", String(64), nullable=False),
+    Column("refund_id", String(40), nullable=True),
+    Column("payment_id", String(40), nullable=True),
+    Column("detail", Text, nullable=True),
+    Column("data", Json, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Index("ix_events_refund_id", "refund_id"),
+    Index("ix_events_type", "type"),
+)
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("api_key_id", String(40), primary_key=True),
+    Column("key", String(255), primary_key=True),
+    Column("method", String(8), nullable=False),
+    Column("path", String(500), nullable=False),
+    Column("request_hash", String(64), nullable=False),
+    Column("state", String(16), nullable=False),  # started | completed
+    Column("response_status", Integer, nullable=True),
+    Column("response_body", LargeBinary, nullable=True),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("locked_at", UtcDateTime, nullable=True),
+    Index("ix_idempotency_keys_created_at", "created_at"),
+)
+
+pse_webhook_events = Table(
+    "pse_webhook_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("pse_account", String(64), nullable=False),
+    Column("event_id", String(255), nullable=False),
+    Column("event_type", String(128), nullable=False),
+    Column("pse_refund_id", String(255), nullable=True),
+    Column("reference", String(255), nullable=True),
+    Column("refund", Json, nullable=True),  # the translated PSE view, to apply later
+    Column("body", Text, nullable=False),
+    Column("status", String(16), nullable=False),  # received|applied|unmatched|ignored|conflict
+    Column("refund_id", String(40), nullable=True),
+    Column("received_at", UtcDateTime, nullable=False),
+    Column("applied_at", UtcDateTime, nullable=True),
+    UniqueConstraint("pse_account", "event_id", name="uq_pse_webhook_events_account_event"),
+    Index("ix_pse_webhook_events_status", "pse_account", "status"),
+)
+
+auto_approval_totals = Table(
+    "auto_approval_totals",
+    metadata,
+    Column("currency", String(3), primary_key=True),
+    Column("day", String(10), primary_key=True),
+    Column("amount", BigInteger, nullable=False, default=0),
+)

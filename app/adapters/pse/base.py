@@ -1,0 +1,176 @@
+"""Shared plumbing for PSE adapters: account settings and a retrying HTTP sender.
+
+Retries (tenacity) cover timeouts, connection errors, 5xx and 429, with
+exponential backoff and jitter, up to the account's `max_attempts`. A 4xx is
+an answer and is never retried. Every retry reuses the same request, so the
+same idempotency key: that is what makes a retry safe.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import structlog
+from tenacity import (
+    AsyncRetrying,
+    RetryError,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+log = structlog.get_logger("app.pse")
+
+
+@dataclass(frozen=True, slots=True)
+class PseAccount:
+    """One configured PSE account (`[accounts.<name>]`), secrets already resolved."""
+
+    name: str
+    provider: str
+    api_key: str
+    base_url: str
+    webhook_secrets: tuple[str, ...] = ()
+    refund_window_days: int | None = None
+    timeout_seconds: float = 10.0
+    max_attempts: int = 4
+    backoff_initial_seconds: float = 0.5
+    backoff_max_seconds: float = 8.0
+    webhook_tolerance_seconds: int = 300
+    # Provider-specific extras (e.g. Razorpay's key id) without widening this class.
+    options: Mapping[str, str] = field(default_factory=dict)
+
+
+class PseNoAnswer(Exception):
+    """Retries ran out without a definitive answer (timeout, connection error, 5xx, 429)."""
+
+    def __init__(self, reason: str, response: httpx.Response | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.response = response
+
+
+class _RetryableStatus(Exception):
+    def __init__(self, response: httpx.Response) -> None:
+        super().__init__(f"HTTP {response.status_code}")
+        self.response = response
+
+
+def _is_retryable_status(status: int) -> bool:
+    return status == 429 or status >= 500
+
+
+class RetryingHttp:
+    """Sends one logical request to a PSE, retrying what is safe to retry."""
+
+    def __init__(self, account: PseAccount, client: httpx.AsyncClient) -> None:
+        self.account = account
+        self.client = client
+
+    async def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, Any] | None = None,
+        data: Mapping[str, Any] | None = None,
+        json: Any = None,
+        retry: bool = True,
+    ) -> httpx.Response:
+        """Return the first response that is an answer (2xx-4xx except 429).
+
+        Raises PseNoAnswer when every attempt timed out, failed to connect, or
+        got 5xx/429.
+        """
+        url = self.account.base_url.rstrip("/") + path
+        attempts = self.account.max_attempts if retry else 1
+        attempt_no = 0
+
+        async def attempt() -> httpx.Response:
+            nonlocal attempt_no
+            attempt_no += 1
+            started = time.perf_counter()
+            try:
+                response = await self.client.request(
+                    method,
+                    url,
+                    headers=dict(headers or {}),
+                    params=params,
+                    data=data,
+                    json=json,
+                    timeout=self.account.timeout_seconds,
+                )
+            except httpx.TimeoutException:
+                log.warning(
+                    "pse.call.timeout",
+                    pse_account=self.account.name,
+                    method=method,
+                    path=path,
+                    attempt=attempt_no,
+                    duration_ms=round((time.perf_counter() - started) * 1000, 1),
+                )
+                raise
+            except httpx.TransportError as exc:
+                log.warning(
+                    "pse.call.connection_error",
+                    pse_account=self.account.name,
+                    method=method,
+                    path=path,
+                    attempt=attempt_no,
+                    error=type(exc).__name__,
+                )
+                raise
+            log.info(
+                "pse.call",
+                pse_account=self.account.name,
+                method=method,
+                path=path,
+                attempt=attempt_no,
+                status_code=response.status_code,
+                duration_ms=round((time.perf_counter() - started) * 1000, 1),
+            )
+            if _is_retryable_status(response.status_code):
+                raise _RetryableStatus(response)
+            return response
+
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(
+                (httpx.TimeoutException, httpx.TransportError, _RetryableStatus)
+            ),
+            wait=wait_random_exponential(
+                multiplier=self.account.backoff_initial_seconds,
+                max=self.account.backoff_max_seconds,
+            ),
+            stop=stop_after_attempt(attempts),
+            reraise=False,
+        )
+        try:
+            async for try_ in retrying:
+                with try_:
+                    return await attempt()
+        except RetryError as exc:
+            last = exc.last_attempt.exception()
+            if isinstance(last, _RetryableStatus):
+                raise PseNoAnswer(
+                    f"HTTP {last.response.status_code} after {attempt_no} attempts",
+                    last.response,
+                ) from None
+            if isinstance(last, httpx.TimeoutException):
+                raise PseNoAnswer(f"timeout after {attempt_no} attempts") from None
+            raise PseNoAnswer(
+                f"{type(last).__name__} after {attempt_no} attempts"
+            ) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+def json_or_none(response: httpx.Response) -> Any:
+    """The decoded JSON body, or None when the body is not JSON."""
+    try:
+        return response.json()
+    except ValueError:
+        return None

@@ -1,0 +1,238 @@
+"""Configuration: environment variables (`PSE_REFUNDS_`, nested with `__`) over a TOML file.
+
+The file is named by `PSE_REFUNDS_CONFIG_FILE` (default `./pse-refunds.toml`
+when it exists). Secrets may be written `env:NAME` to read another variable.
+Unknown keys and bad values stop the start with a message naming the key.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from app.domain.money import is_currency
+
+ENV_PREFIX = "PSE_REFUNDS_"
+CONFIG_FILE_VAR = "PSE_REFUNDS_CONFIG_FILE"
+DEFAULT_CONFIG_FILE = "pse-refunds.toml"
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./pse-refunds.db"
+MIN_AUDIT_RETENTION_DAYS = 548
+
+Provider = Literal["sandbox", "stripe", "komoju", "payjp", "xendit", "razorpay", "omise"]
+
+DEFAULT_BASE_URLS: dict[str, str] = {
+    "stripe": "https://api.stripe.com",
+    "komoju": "https://komoju.com",
+    "payjp": "https://api.pay.jp",
+    "xendit": "https://api.xendit.co",
+    "razorpay": "https://api.razorpay.com",
+    "omise": "https://api.omise.co",
+}
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the key."""
+
+
+def _resolve_env_reference(value: Any) -> Any:
+    """`env:NAME` → the value of environment variable NAME."""
+    raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+    if isinstance(raw, str) and raw.startswith("env:"):
+        name = raw[4:]
+        if name not in os.environ:
+            raise ValueError(f"environment variable {name} is not set")
+        return SecretStr(os.environ[name])
+    return value
+
+
+Secret = Annotated[SecretStr, AfterValidator(_resolve_env_reference)]
+
+
+def _currency(code: str) -> str:
+    if not is_currency(code):
+        raise ValueError(f"{code!r} is not an ISO 4217 currency code")
+    return code
+
+
+Currency = Annotated[str, AfterValidator(_currency)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AccountSettings(_Strict):
+    provider: Provider
+    api_key: Secret = SecretStr("")
+    webhook_secrets: list[Secret] = Field(default_factory=list)
+    base_url: str | None = None
+    refund_window_days: int | None = Field(default=None, ge=1, le=3650)
+    timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    max_attempts: int = Field(default=4, ge=1, le=10)
+    backoff_initial_seconds: float = Field(default=0.5, ge=0, le=60)
+    backoff_max_seconds: float = Field(default=8.0, ge=0, le=600)
+    webhook_tolerance_seconds: int = Field(default=300, ge=1, le=3600)
+    options: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("base_url must start with http:// or https://")
+        return value.rstrip("/") if value else value
+
+    def effective_base_url(self) -> str:
+        return self.base_url or DEFAULT_BASE_URLS.get(self.provider, "")
+
+
+class ApprovalTierSettings(_Strict):
+    currency: Currency
+    above: int = Field(ge=0)
+    approvals: int = Field(default=1, ge=1, le=10)
+    min_level: int = Field(default=1, ge=1, le=3)
+
+
+class PolicySettings(_Strict):
+    refund_window_days: int = Field(default=180, ge=1, le=3650)
+    max_refund_amount: dict[Currency, Annotated[int, Field(ge=1)]] = Field(default_factory=dict)
+    daily_auto_approve_limit: dict[Currency, Annotated[int, Field(ge=0)]] = Field(
+        default_factory=dict
+    )
+    approval_tiers: list[ApprovalTierSettings] = Field(default_factory=list)
+    offline_payment_methods: list[str] = Field(
+        default_factory=lambda: ["konbini", "pay_easy", "bank_transfer", "cash", "cash_on_delivery"]
+    )
+
+
+class WorkerSettings(_Strict):
+    enabled: bool = True
+    poll_interval_seconds: float = Field(default=1.0, gt=0, le=3600)
+    resolve_backoff_seconds: list[Annotated[float, Field(ge=0)]] = Field(
+        default_factory=lambda: [300, 3600, 86400, 86400, 86400]
+    )
+    submitting_grace_seconds: float = Field(default=60, ge=0)
+    pending_check_after_seconds: float = Field(default=3600, ge=0)
+
+
+class StoreWebhookSettings(_Strict):
+    url: str
+    secret: Secret
+    secrets_previous: list[Secret] = Field(default_factory=list)
+    timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("url must start with http:// or https://")
+        return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    database_url: str = DEFAULT_DATABASE_URL
+    stale_after_hours: float = Field(default=24, gt=0)
+    audit_retention_days: int = Field(default=1827, ge=MIN_AUDIT_RETENTION_DAYS)
+    log_format: Literal["console", "json"] = "json"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    policy: PolicySettings = Field(default_factory=PolicySettings)
+    accounts: dict[str, AccountSettings] = Field(default_factory=dict)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    store_webhook: StoreWebhookSettings | None = None
+    # Set by `serve` when it starts the embedded demo; never read from outside.
+    demo: bool = Field(default=False, exclude=True)
+
+    @field_validator("database_url")
+    @classmethod
+    def _supported_database(cls, value: str) -> str:
+        if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError(
+                "database_url must start with sqlite+aiosqlite:// or postgresql+asyncpg://"
+            )
+        return value
+
+    @field_validator("accounts")
+    @classmethod
+    def _account_names(cls, value: dict[str, AccountSettings]) -> dict[str, AccountSettings]:
+        for name in value:
+            if not name or not all(c.isalnum() or c in "_-" for c in name) or len(name) > 64:
+                raise ValueError(f"account name {name!r}: use letters, digits, _ and -")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = config_file_path()
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+def config_file_path() -> Path | None:
+    named = os.environ.get(CONFIG_FILE_VAR)
+    if named:
+        path = Path(named)
+        if not path.is_file():
+            raise ConfigError(f"{CONFIG_FILE_VAR}: no such file {named}")
+        return path
+    default = Path(DEFAULT_CONFIG_FILE)
+    return default if default.is_file() else None
+
+
+def has_any_configuration() -> bool:
+    """False when neither a config file nor any PSE_REFUNDS_ variable is present."""
+    if config_file_path() is not None:
+        return True
+    return any(name.startswith(ENV_PREFIX) for name in os.environ)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Load and validate; a problem raises ConfigError naming the key."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            key = ".".join(str(part) for part in error["loc"]) or "(root)"
+            message = error["msg"]
+            if error["type"] == "extra_forbidden":
+                message = "unknown key"
+            problems.append(f"{key}: {message}")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from None
+    except ValueError as exc:  # TOML syntax errors surface as ValueError subclasses
+        raise ConfigError(f"invalid configuration file: {exc}") from None

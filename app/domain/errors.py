@@ -1,0 +1,80 @@
+"""Domain errors. Each carries a stable machine-readable `code`.
+
+The API maps them to problem+json responses; nothing here knows about HTTP.
+"""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    code: str = "domain_error"
+    title: str = "The request breaks a refund rule"
+
+    def __init__(self, detail: str | None = None) -> None:
+        self.detail = detail or self.title
+        super().__init__(self.detail)
+
+
+class InvalidMoney(DomainError):
+    code = "validation_error"
+    title = "Invalid amount"
+
+
+class UnknownCurrency(InvalidMoney):
+    title = "Unknown currency"
+
+    def __init__(self, currency: str) -> None:
+        super().__init__(f"{currency!r} is not an ISO 4217 currency code")
+
+
+class CurrencyMismatch(DomainError):
+    code = "currency_mismatch"
+    title = "Currency does not match"
+
+    def __init__(self, expected: str, got: str) -> None:
+        super().__init__(f"expected {expected}, got {got}")
+
+
+class NotFound(DomainError):
+    code = "not_found"
+    title = "Not found"
+
+
+class AmountExceedsRefundable(DomainError):
+    code = "amount_exceeds_refundable"
+    title = "Amount exceeds the refundable amount"
+
+
+class AmountExceedsLimit(DomainError):
+    code = "amount_exceeds_limit"
+    title = "Amount exceeds the policy's per-refund limit"
+
+
+class UnknownPseAccount(DomainError):
+    code = "unknown_pse_account"
+    title = "Unknown PSE account"
+
+
+class PaymentConflict(DomainError):
+    code = "payment_conflict"
+    title = "Payment already registered with different fields"
+
+
+class InvalidState(DomainError):
+    code = "invalid_state"
+    title = "The refund is not in a state that allows this"
+
+
+class SelfApprovalForbidden(DomainError):
+    code = "self_approval_forbidden"
+    title = "The key that created a refund cannot decide on it"
+
+
+class ApprovalLevelInsufficient(DomainError):
+    code = "approval_level_insufficient"
+    title = "Approval level too low for this refund"
+
+
+class AlreadyDecided(DomainError):
+    code = "already_decided"
+    title = "This approver already decided on the refund"

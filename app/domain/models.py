@@ -1,0 +1,482 @@
+"""Payments and refunds: the aggregates that decide.
+
+A refund's status only moves through its methods, along the transitions of
+the contract; a final status never moves again. Every state change that
+touches money also updates the payment's counters, so the refundable amount
+is always `amount - refunded - reserved`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+from app.domain.errors import (
+    AlreadyDecided,
+    ApprovalLevelInsufficient,
+    CurrencyMismatch,
+    InvalidState,
+    SelfApprovalForbidden,
+)
+from app.domain.money import Money
+from app.domain.policy import (
+    RefundDecision,
+    RefundPolicy,
+    approvals_satisfied,
+    can_fill_a_slot,
+)
+from app.domain.ports import PseRefund, PseRefundState
+
+
+class RefundStatus(StrEnum):
+    PENDING_APPROVAL = "pending_approval"
+    OFFLINE_REQUIRED = "offline_required"
+    APPROVED = "approved"
+    SUBMITTING = "submitting"
+    UNKNOWN = "unknown"
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    CANCELED = "canceled"
+    OFFLINE_PAID = "offline_paid"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATUSES
+
+
+S = RefundStatus
+FINAL_STATUSES = frozenset({S.SUCCEEDED, S.FAILED, S.REJECTED, S.CANCELED, S.OFFLINE_PAID})
+TRANSITIONS: dict[RefundStatus, frozenset[RefundStatus]] = {
+    S.PENDING_APPROVAL: frozenset({S.APPROVED, S.REJECTED, S.CANCELED, S.OFFLINE_REQUIRED}),
+    S.OFFLINE_REQUIRED: frozenset({S.OFFLINE_PAID, S.CANCELED}),
+    S.APPROVED: frozenset({S.SUBMITTING, S.CANCELED, S.OFFLINE_REQUIRED}),
+    S.SUBMITTING: frozenset({S.PENDING, S.SUCCEEDED, S.FAILED, S.UNKNOWN, S.OFFLINE_REQUIRED}),
+    S.UNKNOWN: frozenset({S.PENDING, S.SUCCEEDED, S.FAILED}),
+    S.PENDING: frozenset({S.SUCCEEDED, S.FAILED}),
+    **{final: frozenset() for final in FINAL_STATUSES},
+}
+# Statuses that hold part of the payment's refundable amount.
+RESERVING = frozenset(set(RefundStatus) - FINAL_STATUSES)
+# Final statuses in which the money went back to the customer.
+PAID_OUT = frozenset({S.SUCCEEDED, S.OFFLINE_PAID})
+
+# The event each status change raises for the store backend.
+EVENT_FOR_STATUS: dict[RefundStatus, str] = {
+    S.PENDING_APPROVAL: "refund.approval_required",
+    S.OFFLINE_REQUIRED: "refund.offline_required",
+    S.APPROVED: "refund.approved",
+    S.SUBMITTING: "refund.submitted",
+    S.PENDING: "refund.pending",
+    S.UNKNOWN: "refund.unknown",
+    S.SUCCEEDED: "refund.succeeded",
+    S.FAILED: "refund.failed",
+    S.REJECTED: "refund.rejected",
+    S.CANCELED: "refund.canceled",
+    S.OFFLINE_PAID: "refund.offline_paid",
+}
+
+
+class RefundReason(StrEnum):
+    DUPLICATE = "duplicate"
+    FRAUDULENT = "fraudulent"
+    REQUESTED_BY_CUSTOMER = "requested_by_customer"
+    PRODUCT_NOT_RECEIVED = "product_not_received"
+    PRODUCT_NOT_AS_DESCRIBED = "product_not_as_described"
+    ORDER_CANCELED = "order_canceled"
+    OTHER = "other"
+
+
+class RiskLevel(StrEnum):
+    NORMAL = "normal"
+    HIGH = "high"
+
+
+class Decision(StrEnum):
+    APPROVED = "approved"
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who acts: an API key (id and name), the PSE, the worker or the system."""
+
+    id: str
+    name: str
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True, slots=True)
+class Approver:
+    actor: Actor
+    level: int
+
+
+@dataclass(frozen=True, slots=True)
+class Approval:
+    approver_id: str
+    approver: str
+    level: int
+    decision: Decision
+    note: str | None
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChange:
+    status: RefundStatus
+    at: datetime
+    actor: str
+    detail: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DomainEvent:
+    type: str
+    refund_id: str
+    at: datetime
+    detail: str | None = None
+
+
+@dataclass(slots=True)
+class Payment:
+    id: str
+    pse_account: str
+    pse_payment_id: str
+    order_id: str | None
+    amount: Money
+    captured_at: datetime
+    payment_method: str | None
+    risk_level: RiskLevel
+    settlement_currency: str
+    settlement_rate: Decimal
+    refunded_amount: int = 0
+    reserved_amount: int = 0
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+    @property
+    def currency(self) -> str:
+        return self.amount.currency
+
+    @property
+    def refundable(self) -> Money:
+        return Money(
+            self.amount.amount - self.refunded_amount - self.reserved_amount, self.currency
+        )
+
+    def registration(self) -> tuple[Any, ...]:
+        """The fields a store sends; registering again must repeat them exactly."""
+        return (
+            self.pse_account,
+            self.pse_payment_id,
+            self.order_id,
+            self.amount,
+            self.captured_at,
+            self.payment_method,
+            self.risk_level,
+            self.settlement_currency,
+            self.settlement_rate,
+        )
+
+    def request_refund(
+        self,
+        *,
+        refund_id: str,
+        amount: Money | None,
+        reason: RefundReason,
+        note: str | None,
+        metadata: dict[str, str],
+        policy: RefundPolicy,
+        window_days: int | None,
+        now: datetime,
+        created_by: Actor,
+        auto_approved_today: int = 0,
+    ) -> tuple[Refund, RefundDecision]:
+        """Check the rules in the contract's order and reserve the amount.
+
+        Call with the payment locked: the check and the reservation are one step.
+        """
+        money = amount if amount is not None else self.refundable
+        if money.currency != self.currency:
+            raise CurrencyMismatch(self.currency, money.currency)
+        policy.check_amount(money, self.refundable)
+        decision = policy.decide(
+            amount=money,
+            captured_at=self.captured_at,
+            payment_method=self.payment_method,
+            high_risk=self.risk_level is RiskLevel.HIGH,
+            settlement_currency=self.settlement_currency,
+            settlement_rate=self.settlement_rate,
+            now=now,
+            window_days=window_days,
+            auto_approved_today=auto_approved_today,
+        )
+        self.reserved_amount += money.amount
+        self.updated_at = now
+        refund = Refund(
+            id=refund_id,
+            payment_id=self.id,
+            pse_account=self.pse_account,
+            amount=money,
+            status=RefundStatus.PENDING_APPROVAL,
+            reason=reason,
+            note=note,
+            metadata=dict(metadata),
+            required_approvals=list(decision.required_approvals),
+            offline=decision.offline,
+            offline_reason=decision.offline_reason,
+            auto_approved=False,
+            created_by=created_by.id,
+            created_at=now,
+            updated_at=now,
+        )
+        refund.settlement_amount = money.convert(
+            self.settlement_rate, self.settlement_currency
+        ).amount
+        refund.events.append(DomainEvent("refund.created", refund.id, now))
+        if decision.needs_approval:
+            refund._enter(S.PENDING_APPROVAL, now, created_by.name, None)
+        elif decision.offline:
+            refund._enter(S.OFFLINE_REQUIRED, now, created_by.name, decision.offline_reason)
+        else:
+            refund.auto_approved = True
+            refund._enter(S.APPROVED, now, "policy", "approved automatically")
+        return refund, decision
+
+    def _settle(self, refund: Refund, previous: RefundStatus) -> None:
+        """Move the refund's amount out of `reserved` when it reaches a final status."""
+        if previous in RESERVING and refund.status.is_final:
+            self.reserved_amount -= refund.amount.amount
+            if refund.status in PAID_OUT:
+                self.refunded_amount += refund.amount.amount
+
+
+@dataclass(slots=True)
+class Refund:
+    id: str
+    payment_id: str
+    pse_account: str
+    amount: Money
+    status: RefundStatus
+    reason: RefundReason
+    note: str | None
+    metadata: dict[str, str]
+    required_approvals: list[int]
+    offline: bool
+    offline_reason: str | None
+    auto_approved: bool
+    created_by: str
+    created_at: datetime
+    updated_at: datetime
+    approvals: list[Approval] = field(default_factory=list)
+    history: list[StatusChange] = field(default_factory=list)
+    pse_refund_id: str | None = None
+    failure_code: str | None = None
+    failure_message: str | None = None
+    settlement_amount: int | None = None
+    fx_difference: int | None = None
+    fee_amount: int | None = None
+    offline_reference: str | None = None
+    offline_paid_at: datetime | None = None
+    submit_attempts: int = 0
+    # Raised by the last operations, written to the outbox by the service.
+    events: list[DomainEvent] = field(default_factory=list)
+
+    @property
+    def currency(self) -> str:
+        return self.amount.currency
+
+    @property
+    def idempotency_key(self) -> str:
+        """The key every request to the PSE for this refund carries, for its whole life."""
+        return f"rfnd-{self.id}"
+
+    # -- transitions -------------------------------------------------------
+
+    def _enter(self, to: RefundStatus, at: datetime, actor: str, detail: str | None) -> None:
+        self.status = to
+        self.updated_at = at
+        self.history.append(StatusChange(to, at, actor, detail))
+        self.events.append(DomainEvent(EVENT_FOR_STATUS[to], self.id, at, detail))
+
+    def _move(
+        self,
+        payment: Payment,
+        to: RefundStatus,
+        at: datetime,
+        actor: str,
+        detail: str | None = None,
+    ) -> None:
+        if to not in TRANSITIONS[self.status]:
+            raise InvalidState(f"a refund cannot go from {self.status} to {to}")
+        if payment.id != self.payment_id:
+            raise ValueError("refund moved with another payment's counters")
+        previous = self.status
+        self._enter(to, at, actor, detail)
+        payment._settle(self, previous)
+        payment.updated_at = at
+
+    def can_move_to(self, to: RefundStatus) -> bool:
+        return to in TRANSITIONS[self.status]
+
+    # -- approvals ---------------------------------------------------------
+
+    def _check_decider(self, approver: Approver) -> None:
+        if self.status is not S.PENDING_APPROVAL:
+            raise InvalidState(f"the refund is {self.status}, not pending_approval")
+        if approver.actor.id == self.created_by:
+            raise SelfApprovalForbidden("the key that created this refund cannot decide on it")
+        if any(a.approver_id == approver.actor.id for a in self.approvals):
+            raise AlreadyDecided("this approver already decided on the refund")
+
+    def approve(self, payment: Payment, approver: Approver, note: str | None, at: datetime) -> None:
+        self._check_decider(approver)
+        granted = [a.level for a in self.approvals if a.decision is Decision.APPROVED]
+        if not can_fill_a_slot(tuple(self.required_approvals), granted, approver.level):
+            raise ApprovalLevelInsufficient(
+                f"the remaining approvals need level {max(self.required_approvals)}"
+                f" or higher; this approver has level {approver.level}"
+            )
+        self.approvals.append(
+            Approval(
+                approver.actor.id, approver.actor.name, approver.level, Decision.APPROVED, note, at
+            )
+        )
+        self.updated_at = at
+        granted.append(approver.level)
+        if approvals_satisfied(tuple(self.required_approvals), granted):
+            if self.offline:
+                self._move(
+                    payment, S.OFFLINE_REQUIRED, at, approver.actor.name, self.offline_reason
+                )
+            else:
+                self._move(payment, S.APPROVED, at, approver.actor.name, note)
+
+    def reject(self, payment: Payment, approver: Approver, note: str, at: datetime) -> None:
+        """One rejection ends the refund. Vetoing needs the refund's highest required level."""
+        self._check_decider(approver)
+        needed = max(self.required_approvals, default=1)
+        if approver.level < needed:
+            raise ApprovalLevelInsufficient(
+                f"rejecting this refund needs level {needed}; this approver has level "
+                f"{approver.level}"
+            )
+        self.approvals.append(
+            Approval(
+                approver.actor.id, approver.actor.name, approver.level, Decision.REJECTED, note, at
+            )
+        )
+        self._move(payment, S.REJECTED, at, approver.actor.name, note)
+
+    def cancel(self, payment: Payment, actor: Actor, at: datetime, note: str | None = None) -> None:
+        if self.status not in (S.PENDING_APPROVAL, S.APPROVED, S.OFFLINE_REQUIRED):
+            raise InvalidState(f"a {self.status} refund can no longer be canceled")
+        self._move(payment, S.CANCELED, at, actor.name, note)
+
+    def mark_offline_paid(
+        self, payment: Payment, actor: Actor, reference: str, paid_at: datetime, at: datetime
+    ) -> None:
+        if self.status is not S.OFFLINE_REQUIRED:
+            raise InvalidState(f"the refund is {self.status}, not offline_required")
+        self.offline_reference = reference
+        self.offline_paid_at = paid_at
+        self._move(payment, S.OFFLINE_PAID, at, actor.name, f"reference {reference}")
+
+    # -- the PSE -----------------------------------------------------------
+
+    def start_submission(self, payment: Payment, at: datetime, actor: str = "service") -> None:
+        if self.status is not S.APPROVED:
+            raise InvalidState(f"the refund is {self.status}, not approved")
+        self.submit_attempts += 1
+        self._move(payment, S.SUBMITTING, at, actor)
+
+    def mark_unknown(self, payment: Payment, reason: str, at: datetime) -> None:
+        """No definitive answer: the worker will find out. Never `failed`."""
+        if self.status is S.SUBMITTING:
+            self._move(payment, S.UNKNOWN, at, "service", reason)
+
+    def require_offline(
+        self, payment: Payment, code: str, message: str | None, at: datetime, actor: str
+    ) -> None:
+        self.failure_code = code
+        self.failure_message = message
+        self.offline = True
+        self.offline_reason = code
+        self._move(payment, S.OFFLINE_REQUIRED, at, actor, message or code)
+
+    def decline(
+        self, payment: Payment, code: str, message: str | None, at: datetime, actor: str
+    ) -> None:
+        """The PSE answered definitively that it did not make the refund."""
+        self.failure_code = code
+        self.failure_message = message
+        self._move(payment, S.FAILED, at, actor, message or code)
+
+    def apply_pse(self, payment: Payment, seen: PseRefund, at: datetime, actor: str) -> Applied:
+        """Apply what the PSE says, monotonically.
+
+        pending < succeeded|failed. A final status never moves; a PSE view that
+        contradicts it is reported, not applied.
+        """
+        if seen.pse_refund_id and not self.pse_refund_id:
+            self.pse_refund_id = seen.pse_refund_id
+        self._record_settlement(seen)
+        target = {
+            PseRefundState.PENDING: S.PENDING,
+            PseRefundState.SUCCEEDED: S.SUCCEEDED,
+            PseRefundState.FAILED: S.FAILED,
+        }[seen.state]
+        if self.status is target:
+            return Applied.UNCHANGED
+        if self.status.is_final:
+            if target is S.PENDING and self.status is S.SUCCEEDED:
+                return Applied.UNCHANGED  # a late "pending" after success is old news
+            self.events.append(
+                DomainEvent(
+                    "refund.needs_attention",
+                    self.id,
+                    at,
+                    f"PSE reports {seen.state} but the refund is {self.status}",
+                )
+            )
+            return Applied.CONTRADICTS
+        if target is S.PENDING and self.status is S.PENDING:
+            return Applied.UNCHANGED
+        if not self.can_move_to(target):
+            if self.status is S.APPROVED:
+                # The PSE has it although we never recorded sending it (a resend
+                # after a lost commit): record the submission, then the outcome.
+                self._move(payment, S.SUBMITTING, at, actor, "seen at the PSE")
+            elif self.status in (S.PENDING_APPROVAL, S.OFFLINE_REQUIRED):
+                self.flag(f"PSE reports {seen.state} for a refund never sent to it", at)
+                return Applied.CONTRADICTS
+            else:
+                return Applied.UNCHANGED
+        if target is S.FAILED:
+            self.failure_code = seen.failure_code or "pse_failed"
+            self.failure_message = seen.failure_message
+        self._move(payment, target, at, actor, seen.failure_code if target is S.FAILED else None)
+        return Applied.CHANGED
+
+    def _record_settlement(self, seen: PseRefund) -> None:
+        if seen.fee is not None:
+            self.fee_amount = seen.fee.amount
+        if seen.settlement_amount is not None and self.settlement_amount is not None:
+            self.fx_difference = seen.settlement_amount.amount - self.settlement_amount
+
+    def flag(self, detail: str, at: datetime) -> None:
+        """Raise `refund.needs_attention` without changing the status."""
+        self.events.append(DomainEvent("refund.needs_attention", self.id, at, detail))
+
+
+class Applied(StrEnum):
+    CHANGED = "changed"
+    UNCHANGED = "unchanged"
+    CONTRADICTS = "contradicts"

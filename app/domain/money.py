@@ -1,0 +1,123 @@
+"""Money in integer minor units with an ISO 4217 currency.
+
+Amounts never pass through floats. Conversions between currencies use
+`Decimal` rates and round half-even, explicitly, in one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+
+from app.domain.errors import CurrencyMismatch, InvalidMoney, UnknownCurrency
+
+# ISO 4217 active codes by minor-unit exponent. Codes absent from the
+# zero/three/four-decimal sets use two decimals.
+_ZERO_DECIMAL = frozenset(
+    "BIF CLP DJF GNF ISK JPY KMF KRW PYG RWF UGX UYI VND VUV XAF XOF XPF".split()
+)
+_THREE_DECIMAL = frozenset("BHD IQD JOD KWD LYD OMR TND".split())
+_FOUR_DECIMAL = frozenset("CLF UYW".split())
+_TWO_DECIMAL = frozenset(
+    """
+    AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BMD BND BOB BOV BRL
+    BSD BTN BWP BYN BZD CAD CDF CHE CHF CHW CNY COP COU CRC CUC CUP CVE CZK DKK
+    DOP DZD EGP ERN ETB EUR FJD FKP GBP GEL GHS GIP GMD GTQ GYD HKD HNL HTG HUF
+    IDR ILS INR IRR JMD KES KGS KHR KPW KYD KZT LAK LBP LKR LRD LSL MAD MDL MGA
+    MKD MMK MNT MOP MRU MUR MVR MWK MXN MXV MYR MZN NAD NGN NIO NOK NPR NZD PAB
+    PEN PGK PHP PKR PLN QAR RON RSD RUB SAR SBD SCR SDG SEK SGD SHP SLE SLL SOS
+    SRD SSP STN SVC SYP SZL THB TJS TMT TOP TRY TTD TWD TZS UAH USD USN UYU UZS
+    VED VES WST XCD XCG YER ZAR ZMW ZWG ZWL
+    """.split()
+)
+
+CURRENCY_EXPONENTS: dict[str, int] = {
+    **{code: 2 for code in _TWO_DECIMAL},
+    **{code: 0 for code in _ZERO_DECIMAL},
+    **{code: 3 for code in _THREE_DECIMAL},
+    **{code: 4 for code in _FOUR_DECIMAL},
+}
+
+
+def is_currency(code: str) -> bool:
+    return code in CURRENCY_EXPONENTS
+
+
+def exponent(currency: str) -> int:
+    try:
+        return CURRENCY_EXPONENTS[currency]
+    except KeyError:
+        raise UnknownCurrency(currency) from None
+
+
+def parse_rate(value: str | Decimal) -> Decimal:
+    """A positive, finite exchange rate given as a decimal string."""
+    try:
+        rate = value if isinstance(value, Decimal) else Decimal(value)
+    except (InvalidOperation, TypeError, ValueError):
+        raise InvalidMoney(f"exchange rate {value!r} is not a decimal number") from None
+    if not rate.is_finite() or rate <= 0:
+        raise InvalidMoney(f"exchange rate {value!r} must be a positive decimal")
+    return rate
+
+
+@dataclass(frozen=True, slots=True, order=False)
+class Money:
+    amount: int
+    currency: str
+
+    def __post_init__(self) -> None:
+        if isinstance(self.amount, bool) or not isinstance(self.amount, int):
+            raise InvalidMoney(f"amount must be an integer of minor units, got {self.amount!r}")
+        exponent(self.currency)
+
+    @classmethod
+    def zero(cls, currency: str) -> Money:
+        return cls(0, currency)
+
+    def _same(self, other: Money) -> None:
+        if other.currency != self.currency:
+            raise CurrencyMismatch(self.currency, other.currency)
+
+    def __add__(self, other: Money) -> Money:
+        self._same(other)
+        return Money(self.amount + other.amount, self.currency)
+
+    def __sub__(self, other: Money) -> Money:
+        self._same(other)
+        return Money(self.amount - other.amount, self.currency)
+
+    def __lt__(self, other: Money) -> bool:
+        self._same(other)
+        return self.amount < other.amount
+
+    def __le__(self, other: Money) -> bool:
+        self._same(other)
+        return self.amount <= other.amount
+
+    def __gt__(self, other: Money) -> bool:
+        self._same(other)
+        return self.amount > other.amount
+
+    def __ge__(self, other: Money) -> bool:
+        self._same(other)
+        return self.amount >= other.amount
+
+    def to_major(self) -> Decimal:
+        """The amount in major units, exactly (JPY 1500 -> 1500, USD 1500 -> 15.00)."""
+        return Decimal(self.amount).scaleb(-exponent(self.currency))
+
+    @classmethod
+    def from_major(cls, value: Decimal, currency: str) -> Money:
+        """Major units to minor units, rounding half-even when `value` has more decimals."""
+        minor = (value.scaleb(exponent(currency))).quantize(Decimal(1), rounding=ROUND_HALF_EVEN)
+        return cls(int(minor), currency)
+
+    def convert(self, rate: Decimal, to_currency: str) -> Money:
+        """Convert at `rate` (units of `to_currency` per one major unit of ours), half-even."""
+        if to_currency == self.currency and rate == 1:
+            return self
+        return Money.from_major(self.to_major() * rate, to_currency)
+
+    def __str__(self) -> str:
+        return f"{self.to_major()} {self.currency}"
