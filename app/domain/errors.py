@@ -78,3 +78,28 @@ class ApprovalLevelInsufficient(DomainError):
 class AlreadyDecided(DomainError):
     code = "already_decided"
     title = "This approver already decided on the refund"
+
+
+class IdempotencyKeyReused(DomainError):
+    code = "idempotency_key_reused"
+    title = "Idempotency-Key already used with a different request"
+
+
+class IdempotencyKeyInUse(DomainError):
+    code = "idempotency_key_in_use"
+    title = "A request with this Idempotency-Key is still in flight"
+
+
+class InvalidSignature(DomainError):
+    code = "invalid_signature"
+    title = "Webhook signature missing, wrong or outside the tolerance"
+
+
+class InvalidWebhookBody(DomainError):
+    code = "invalid_webhook_payload"
+    title = "Webhook body is not an event this PSE sends"
+
+
+class InvalidInput(DomainError):
+    code = "validation_error"
+    title = "Invalid request"

@@ -240,6 +240,7 @@ class Payment:
         refund.settlement_amount = money.convert(
             self.settlement_rate, self.settlement_currency
         ).amount
+        refund.settlement_currency = self.settlement_currency
         refund.events.append(DomainEvent("refund.created", refund.id, now))
         if decision.needs_approval:
             refund._enter(S.PENDING_APPROVAL, now, created_by.name, None)
@@ -281,6 +282,7 @@ class Refund:
     failure_code: str | None = None
     failure_message: str | None = None
     settlement_amount: int | None = None
+    settlement_currency: str | None = None
     fx_difference: int | None = None
     fee_amount: int | None = None
     offline_reference: str | None = None

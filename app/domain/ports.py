@@ -7,12 +7,23 @@ on these abstractions, which keeps them testable with fakes.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Protocol, Self
 
 from app.domain.money import Money
+
+if TYPE_CHECKING:
+    from app.domain.models import Payment, Refund, RefundStatus
+    from app.domain.records import (
+        ApiKey,
+        IdempotencyRecord,
+        OutboxEvent,
+        StoredWebhook,
+        WebhookStatus,
+    )
 
 # --------------------------------------------------------------------------
 # Clock
@@ -147,3 +158,106 @@ class PseGateway(abc.ABC):
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
+
+
+# --------------------------------------------------------------------------
+# Persistence: repositories and the unit of work
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RefundFilter:
+    statuses: Sequence[RefundStatus] = ()
+    payment_id: str | None = None
+    created_from: datetime | None = None
+    created_to: datetime | None = None
+    # Not final and created before this instant (the stale list).
+    open_before: datetime | None = None
+    oldest_first: bool = False
+
+
+class AlreadyExists(Exception):
+    """A uniqueness rule refused the write; the transaction must be abandoned."""
+
+
+class PaymentRepository(Protocol):
+    async def add(self, payment: Payment, created_by: str | None) -> None: ...
+    async def get(self, payment_id: str, *, for_update: bool = False) -> Payment | None: ...
+    async def get_by_pse(self, pse_account: str, pse_payment_id: str) -> Payment | None: ...
+    async def update(self, payment: Payment) -> None: ...
+    async def list(
+        self, *, order_id: str | None, limit: int, before_id: str | None
+    ) -> list[Payment]: ...
+
+
+class RefundRepository(Protocol):
+    async def add(self, refund: Refund) -> None: ...
+    async def get(self, refund_id: str, *, for_update: bool = False) -> Refund | None: ...
+    async def update(self, refund: Refund) -> None: ...
+    async def find_by_pse_refund_id(
+        self, pse_account: str, pse_refund_id: str
+    ) -> Refund | None: ...
+    async def list(
+        self, flt: RefundFilter, *, limit: int, before_id: str | None
+    ) -> list[Refund]: ...
+
+
+class OutboxRepository(Protocol):
+    async def add(self, events: Sequence[OutboxEvent]) -> None: ...
+
+
+class IdempotencyRepository(Protocol):
+    async def insert_if_absent(self, record: IdempotencyRecord) -> bool: ...
+    async def get(self, api_key_id: str, key: str) -> IdempotencyRecord | None: ...
+    async def reclaim(
+        self, api_key_id: str, key: str, *, stale_before: datetime, now: datetime
+    ) -> bool: ...
+    async def complete(self, api_key_id: str, key: str, status: int, body: bytes) -> None: ...
+    async def delete(self, api_key_id: str, key: str) -> None: ...
+
+
+class WebhookRepository(Protocol):
+    async def insert_if_new(
+        self,
+        *,
+        pse_account: str,
+        event_id: str,
+        event_type: str,
+        body: str,
+        refund: dict[str, Any] | None,
+        received_at: datetime,
+    ) -> StoredWebhook | None: ...
+    async def mark(
+        self, webhook_id: int, status: WebhookStatus, refund_id: str | None, at: datetime
+    ) -> None: ...
+    async def waiting_for(
+        self, pse_account: str, pse_refund_id: str | None, reference: str
+    ) -> list[StoredWebhook]: ...
+
+
+class ApiKeyRepository(Protocol):
+    async def add(self, key: ApiKey, key_hash: str) -> None: ...
+    async def by_hash(self, key_hash: str) -> ApiKey | None: ...
+    async def revoke(self, key_id: str, at: datetime) -> bool: ...
+    async def list(self) -> list[ApiKey]: ...
+
+
+class AutoApprovalTotals(Protocol):
+    async def lock_total(self, currency: str, day: str) -> int: ...
+    async def add(self, currency: str, day: str, amount: int) -> None: ...
+
+
+class UnitOfWork(Protocol):
+    """One transaction. Rolls back on exit unless `commit()` was called."""
+
+    payments: PaymentRepository
+    refunds: RefundRepository
+    outbox: OutboxRepository
+    idempotency: IdempotencyRepository
+    webhooks: WebhookRepository
+    api_keys: ApiKeyRepository
+    auto_approvals: AutoApprovalTotals
+
+    async def __aenter__(self) -> Self: ...
+    async def __aexit__(self, *exc: object) -> None: ...
+    async def commit(self) -> None: ...

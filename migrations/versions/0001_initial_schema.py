@@ -158,6 +158,7 @@ def upgrade() -> None:
         sa.Column("failure_code", sa.String(length=128), nullable=True),
         sa.Column("failure_message", sa.Text(), nullable=True),
         sa.Column("settlement_amount", sa.BigInteger(), nullable=True),
+        sa.Column("settlement_currency", sa.String(length=3), nullable=True),
         sa.Column("fx_difference", sa.BigInteger(), nullable=True),
         sa.Column("fee_amount", sa.BigInteger(), nullable=True),
         sa.Column("offline_reference", sa.String(length=255), nullable=True),

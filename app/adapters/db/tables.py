@@ -114,6 +114,7 @@ refunds = Table(
     Column("failure_code", String(128), nullable=True),
     Column("failure_message", Text, nullable=True),
     Column("settlement_amount", BigInteger, nullable=True),
+    Column("settlement_currency", String(3), nullable=True),
     Column("fx_difference", BigInteger, nullable=True),
     Column("fee_amount", BigInteger, nullable=True),
     Column("offline_reference", String(255), nullable=True),

@@ -1,0 +1,600 @@
+"""All SQL lives here: repositories mapping rows to domain objects and back."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.adapters.db import tables as t
+from app.domain.models import (
+    FINAL_STATUSES,
+    Approval,
+    Decision,
+    Payment,
+    Refund,
+    RefundReason,
+    RefundStatus,
+    RiskLevel,
+    StatusChange,
+)
+from app.domain.money import Money
+from app.domain.ports import AlreadyExists, RefundFilter
+from app.domain.records import (
+    ApiKey,
+    IdempotencyRecord,
+    IdempotencyState,
+    OutboxEvent,
+    Role,
+    StoredWebhook,
+    WebhookStatus,
+)
+
+
+class _Repo:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self.conn = conn
+
+    @property
+    def _is_postgres(self) -> bool:
+        return self.conn.dialect.name == "postgresql"
+
+    def _insert(self, table: Any) -> Any:
+        return pg_insert(table) if self._is_postgres else sqlite_insert(table)
+
+
+# -- payments ---------------------------------------------------------------
+
+
+def _payment(row: Any) -> Payment:
+    return Payment(
+        id=row.id,
+        pse_account=row.pse_account,
+        pse_payment_id=row.pse_payment_id,
+        order_id=row.order_id,
+        amount=Money(row.amount, row.currency),
+        captured_at=row.captured_at,
+        payment_method=row.payment_method,
+        risk_level=RiskLevel(row.risk_level),
+        settlement_currency=row.settlement_currency,
+        settlement_rate=Decimal(row.settlement_rate),
+        refunded_amount=row.refunded_amount,
+        reserved_amount=row.reserved_amount,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+class SqlPaymentRepository(_Repo):
+    async def add(self, payment: Payment, created_by: str | None) -> None:
+        try:
+            await self._insert_payment(payment, created_by)
+        except IntegrityError as exc:
+            raise AlreadyExists(payment.pse_payment_id) from exc
+
+    async def _insert_payment(self, payment: Payment, created_by: str | None) -> None:
+        await self.conn.execute(
+            insert(t.payments).values(
+                id=payment.id,
+                pse_account=payment.pse_account,
+                pse_payment_id=payment.pse_payment_id,
+                order_id=payment.order_id,
+                amount=payment.amount.amount,
+                currency=payment.currency,
+                captured_at=payment.captured_at,
+                payment_method=payment.payment_method,
+                risk_level=payment.risk_level.value,
+                settlement_currency=payment.settlement_currency,
+                settlement_rate=str(payment.settlement_rate),
+                refunded_amount=payment.refunded_amount,
+                reserved_amount=payment.reserved_amount,
+                created_by=created_by,
+                created_at=payment.created_at,
+                updated_at=payment.updated_at,
+            )
+        )
+
+    async def get(self, payment_id: str, *, for_update: bool = False) -> Payment | None:
+        query = select(t.payments).where(t.payments.c.id == payment_id)
+        if for_update:
+            query = query.with_for_update()
+        row = (await self.conn.execute(query)).first()
+        return _payment(row) if row else None
+
+    async def get_by_pse(self, pse_account: str, pse_payment_id: str) -> Payment | None:
+        query = select(t.payments).where(
+            t.payments.c.pse_account == pse_account,
+            t.payments.c.pse_payment_id == pse_payment_id,
+        )
+        row = (await self.conn.execute(query)).first()
+        return _payment(row) if row else None
+
+    async def update(self, payment: Payment) -> None:
+        await self.conn.execute(
+            update(t.payments)
+            .where(t.payments.c.id == payment.id)
+            .values(
+                refunded_amount=payment.refunded_amount,
+                reserved_amount=payment.reserved_amount,
+                updated_at=payment.updated_at,
+            )
+        )
+
+    async def list(
+        self, *, order_id: str | None, limit: int, before_id: str | None
+    ) -> list[Payment]:
+        query = select(t.payments).order_by(t.payments.c.id.desc()).limit(limit)
+        if order_id is not None:
+            query = query.where(t.payments.c.order_id == order_id)
+        if before_id is not None:
+            query = query.where(t.payments.c.id < before_id)
+        return [_payment(row) for row in await self.conn.execute(query)]
+
+
+# -- refunds ----------------------------------------------------------------
+
+
+class SqlRefundRepository(_Repo):
+    def __init__(self, conn: AsyncConnection) -> None:
+        super().__init__(conn)
+        # How many history rows and approvals each loaded refund had: only the
+        # ones appended since are inserted on update.
+        self._loaded: dict[str, tuple[int, int]] = {}
+
+    def _values(self, refund: Refund) -> dict[str, Any]:
+        return {
+            "status": refund.status.value,
+            "required_approvals": list(refund.required_approvals),
+            "offline": refund.offline,
+            "offline_reason": refund.offline_reason,
+            "auto_approved": refund.auto_approved,
+            "pse_refund_id": refund.pse_refund_id,
+            "failure_code": refund.failure_code,
+            "failure_message": refund.failure_message,
+            "settlement_amount": refund.settlement_amount,
+            "settlement_currency": refund.settlement_currency,
+            "fx_difference": refund.fx_difference,
+            "fee_amount": refund.fee_amount,
+            "offline_reference": refund.offline_reference,
+            "offline_paid_at": refund.offline_paid_at,
+            "submit_attempts": refund.submit_attempts,
+            "updated_at": refund.updated_at,
+        }
+
+    async def add(self, refund: Refund) -> None:
+        await self.conn.execute(
+            insert(t.refunds).values(
+                id=refund.id,
+                payment_id=refund.payment_id,
+                pse_account=refund.pse_account,
+                amount=refund.amount.amount,
+                currency=refund.currency,
+                reason=refund.reason.value,
+                note=refund.note,
+                metadata=refund.metadata,
+                created_by=refund.created_by,
+                created_at=refund.created_at,
+                **self._values(refund),
+            )
+        )
+        self._loaded[refund.id] = (0, 0)
+        await self._append_children(refund)
+
+    async def update(self, refund: Refund) -> None:
+        await self.conn.execute(
+            update(t.refunds).where(t.refunds.c.id == refund.id).values(**self._values(refund))
+        )
+        await self._append_children(refund)
+
+    async def _append_children(self, refund: Refund) -> None:
+        history_seen, approvals_seen = self._loaded.get(refund.id, (0, 0))
+        new_history = refund.history[history_seen:]
+        if new_history:
+            await self.conn.execute(
+                insert(t.refund_status_history),
+                [
+                    {
+                        "refund_id": refund.id,
+                        "status": change.status.value,
+                        "at": change.at,
+                        "actor": change.actor,
+                        "detail": change.detail,
+                    }
+                    for change in new_history
+                ],
+            )
+        new_approvals = refund.approvals[approvals_seen:]
+        if new_approvals:
+            await self.conn.execute(
+                insert(t.refund_approvals),
+                [
+                    {
+                        "refund_id": refund.id,
+                        "approver_id": a.approver_id,
+                        "approver": a.approver,
+                        "level": a.level,
+                        "decision": a.decision.value,
+                        "note": a.note,
+                        "at": a.at,
+                    }
+                    for a in new_approvals
+                ],
+            )
+        self._loaded[refund.id] = (len(refund.history), len(refund.approvals))
+
+    async def get(self, refund_id: str, *, for_update: bool = False) -> Refund | None:
+        query = select(t.refunds).where(t.refunds.c.id == refund_id)
+        if for_update:
+            query = query.with_for_update()
+        row = (await self.conn.execute(query)).first()
+        if row is None:
+            return None
+        return (await self._hydrate([row]))[0]
+
+    async def find_by_pse_refund_id(self, pse_account: str, pse_refund_id: str) -> Refund | None:
+        query = select(t.refunds).where(
+            t.refunds.c.pse_account == pse_account,
+            t.refunds.c.pse_refund_id == pse_refund_id,
+        )
+        row = (await self.conn.execute(query)).first()
+        return (await self._hydrate([row]))[0] if row else None
+
+    async def list(self, flt: RefundFilter, *, limit: int, before_id: str | None) -> list[Refund]:
+        c = t.refunds.c
+        query = select(t.refunds)
+        if flt.statuses:
+            query = query.where(c.status.in_([s.value for s in flt.statuses]))
+        if flt.payment_id is not None:
+            query = query.where(c.payment_id == flt.payment_id)
+        if flt.created_from is not None:
+            query = query.where(c.created_at >= flt.created_from)
+        if flt.created_to is not None:
+            query = query.where(c.created_at < flt.created_to)
+        if flt.open_before is not None:
+            query = query.where(
+                c.created_at < flt.open_before,
+                c.status.not_in([s.value for s in FINAL_STATUSES]),
+            )
+        if flt.oldest_first:
+            query = query.order_by(c.id.asc())
+            if before_id is not None:
+                query = query.where(c.id > before_id)
+        else:
+            query = query.order_by(c.id.desc())
+            if before_id is not None:
+                query = query.where(c.id < before_id)
+        rows = list(await self.conn.execute(query.limit(limit)))
+        return await self._hydrate(rows)
+
+    async def _hydrate(self, rows: Sequence[Any]) -> list[Refund]:
+        if not rows:
+            return []
+        ids = [row.id for row in rows]
+        history: dict[str, list[StatusChange]] = {i: [] for i in ids}
+        approvals: dict[str, list[Approval]] = {i: [] for i in ids}
+        h = t.refund_status_history
+        for hrow in await self.conn.execute(
+            select(h).where(h.c.refund_id.in_(ids)).order_by(h.c.id)
+        ):
+            history[hrow.refund_id].append(
+                StatusChange(RefundStatus(hrow.status), hrow.at, hrow.actor, hrow.detail)
+            )
+        a = t.refund_approvals
+        for arow in await self.conn.execute(
+            select(a).where(a.c.refund_id.in_(ids)).order_by(a.c.id)
+        ):
+            approvals[arow.refund_id].append(
+                Approval(
+                    arow.approver_id,
+                    arow.approver,
+                    arow.level,
+                    Decision(arow.decision),
+                    arow.note,
+                    arow.at,
+                )
+            )
+        result = []
+        for row in rows:
+            refund = Refund(
+                id=row.id,
+                payment_id=row.payment_id,
+                pse_account=row.pse_account,
+                amount=Money(row.amount, row.currency),
+                status=RefundStatus(row.status),
+                reason=RefundReason(row.reason),
+                note=row.note,
+                metadata=dict(row.metadata or {}),
+                required_approvals=list(row.required_approvals or []),
+                offline=row.offline,
+                offline_reason=row.offline_reason,
+                auto_approved=row.auto_approved,
+                created_by=row.created_by,
+                created_at=row.created_at,
+                updated_at=row.updated_at,
+                approvals=approvals[row.id],
+                history=history[row.id],
+                pse_refund_id=row.pse_refund_id,
+                failure_code=row.failure_code,
+                failure_message=row.failure_message,
+                settlement_amount=row.settlement_amount,
+                settlement_currency=row.settlement_currency,
+                fx_difference=row.fx_difference,
+                fee_amount=row.fee_amount,
+                offline_reference=row.offline_reference,
+                offline_paid_at=row.offline_paid_at,
+                submit_attempts=row.submit_attempts,
+            )
+            self._loaded[refund.id] = (len(refund.history), len(refund.approvals))
+            result.append(refund)
+        return result
+
+
+# -- outbox -----------------------------------------------------------------
+
+
+class SqlOutboxRepository(_Repo):
+    async def add(self, events: Sequence[OutboxEvent]) -> None:
+        if not events:
+            return
+        await self.conn.execute(
+            insert(t.events),
+            [
+                {
+                    "id": e.id,
+                    "type": e.type,
+                    "refund_id": e.refund_id,
+                    "payment_id": e.payment_id,
+                    "detail": e.detail,
+                    "data": e.data,
+                    "created_at": e.created_at,
+                }
+                for e in events
+            ],
+        )
+
+
+# -- idempotency ------------------------------------------------------------
+
+
+def _idempotency(row: Any) -> IdempotencyRecord:
+    return IdempotencyRecord(
+        api_key_id=row.api_key_id,
+        key=row.key,
+        method=row.method,
+        path=row.path,
+        request_hash=row.request_hash,
+        state=IdempotencyState(row.state),
+        created_at=row.created_at,
+        locked_at=row.locked_at,
+        response_status=row.response_status,
+        response_body=row.response_body,
+    )
+
+
+class SqlIdempotencyRepository(_Repo):
+    def _key(self, api_key_id: str, key: str) -> Any:
+        c = t.idempotency_keys.c
+        return and_(c.api_key_id == api_key_id, c.key == key)
+
+    async def insert_if_absent(self, record: IdempotencyRecord) -> bool:
+        stmt = (
+            self._insert(t.idempotency_keys)
+            .values(
+                api_key_id=record.api_key_id,
+                key=record.key,
+                method=record.method,
+                path=record.path,
+                request_hash=record.request_hash,
+                state=record.state.value,
+                created_at=record.created_at,
+                locked_at=record.locked_at,
+            )
+            .on_conflict_do_nothing()
+        )
+        result = await self.conn.execute(stmt)
+        return bool(result.rowcount)
+
+    async def get(self, api_key_id: str, key: str) -> IdempotencyRecord | None:
+        row = (
+            await self.conn.execute(select(t.idempotency_keys).where(self._key(api_key_id, key)))
+        ).first()
+        return _idempotency(row) if row else None
+
+    async def reclaim(
+        self, api_key_id: str, key: str, *, stale_before: datetime, now: datetime
+    ) -> bool:
+        c = t.idempotency_keys.c
+        result = await self.conn.execute(
+            update(t.idempotency_keys)
+            .where(
+                self._key(api_key_id, key),
+                c.state == IdempotencyState.STARTED.value,
+                or_(c.locked_at.is_(None), c.locked_at < stale_before),
+            )
+            .values(locked_at=now)
+        )
+        return bool(result.rowcount)
+
+    async def complete(self, api_key_id: str, key: str, status: int, body: bytes) -> None:
+        await self.conn.execute(
+            update(t.idempotency_keys)
+            .where(self._key(api_key_id, key))
+            .values(
+                state=IdempotencyState.COMPLETED.value,
+                response_status=status,
+                response_body=body,
+                locked_at=None,
+            )
+        )
+
+    async def delete(self, api_key_id: str, key: str) -> None:
+        await self.conn.execute(delete(t.idempotency_keys).where(self._key(api_key_id, key)))
+
+
+# -- PSE webhooks -----------------------------------------------------------
+
+
+def _webhook(row: Any) -> StoredWebhook:
+    return StoredWebhook(
+        id=row.id,
+        pse_account=row.pse_account,
+        event_id=row.event_id,
+        event_type=row.event_type,
+        status=WebhookStatus(row.status),
+        received_at=row.received_at,
+        pse_refund_id=row.pse_refund_id,
+        reference=row.reference,
+        refund=row.refund,
+        refund_id=row.refund_id,
+    )
+
+
+class SqlWebhookRepository(_Repo):
+    async def insert_if_new(
+        self,
+        *,
+        pse_account: str,
+        event_id: str,
+        event_type: str,
+        body: str,
+        refund: dict[str, Any] | None,
+        received_at: datetime,
+    ) -> StoredWebhook | None:
+        stmt = (
+            self._insert(t.pse_webhook_events)
+            .values(
+                pse_account=pse_account,
+                event_id=event_id,
+                event_type=event_type,
+                pse_refund_id=(refund or {}).get("pse_refund_id"),
+                reference=(refund or {}).get("reference"),
+                refund=refund,
+                body=body,
+                status=WebhookStatus.RECEIVED.value,
+                received_at=received_at,
+            )
+            .on_conflict_do_nothing()
+            .returning(t.pse_webhook_events)
+        )
+        row = (await self.conn.execute(stmt)).first()
+        return _webhook(row) if row else None
+
+    async def mark(
+        self, webhook_id: int, status: WebhookStatus, refund_id: str | None, at: datetime
+    ) -> None:
+        await self.conn.execute(
+            update(t.pse_webhook_events)
+            .where(t.pse_webhook_events.c.id == webhook_id)
+            .values(status=status.value, refund_id=refund_id, applied_at=at)
+        )
+
+    async def waiting_for(
+        self, pse_account: str, pse_refund_id: str | None, reference: str
+    ) -> list[StoredWebhook]:
+        c = t.pse_webhook_events.c
+        match = c.reference == reference
+        if pse_refund_id:
+            match = or_(match, c.pse_refund_id == pse_refund_id)
+        query = (
+            select(t.pse_webhook_events)
+            .where(
+                c.pse_account == pse_account,
+                c.status.in_([WebhookStatus.UNMATCHED.value, WebhookStatus.RECEIVED.value]),
+                match,
+            )
+            .order_by(c.id)
+        )
+        return [_webhook(row) for row in await self.conn.execute(query)]
+
+
+# -- API keys ---------------------------------------------------------------
+
+
+def _api_key(row: Any) -> ApiKey:
+    return ApiKey(
+        id=row.id,
+        name=row.name,
+        prefix=row.prefix,
+        roles=frozenset(Role(r) for r in row.roles),
+        approval_level=row.approval_level,
+        created_at=row.created_at,
+        revoked_at=row.revoked_at,
+    )
+
+
+class SqlApiKeyRepository(_Repo):
+    async def add(self, key: ApiKey, key_hash: str) -> None:
+        await self.conn.execute(
+            insert(t.api_keys).values(
+                id=key.id,
+                name=key.name,
+                key_hash=key_hash,
+                prefix=key.prefix,
+                roles=sorted(r.value for r in key.roles),
+                approval_level=key.approval_level,
+                created_at=key.created_at,
+            )
+        )
+
+    async def by_hash(self, key_hash: str) -> ApiKey | None:
+        row = (
+            await self.conn.execute(select(t.api_keys).where(t.api_keys.c.key_hash == key_hash))
+        ).first()
+        return _api_key(row) if row else None
+
+    async def revoke(self, key_id: str, at: datetime) -> bool:
+        result = await self.conn.execute(
+            update(t.api_keys)
+            .where(t.api_keys.c.id == key_id, t.api_keys.c.revoked_at.is_(None))
+            .values(revoked_at=at)
+        )
+        return bool(result.rowcount)
+
+    async def list(self) -> list[ApiKey]:
+        rows = await self.conn.execute(select(t.api_keys).order_by(t.api_keys.c.created_at))
+        return [_api_key(row) for row in rows]
+
+
+# -- daily auto-approval totals ---------------------------------------------
+
+
+class SqlAutoApprovalTotals(_Repo):
+    async def lock_total(self, currency: str, day: str) -> int:
+        c = t.auto_approval_totals.c
+        await self.conn.execute(
+            self._insert(t.auto_approval_totals)
+            .values(currency=currency, day=day, amount=0)
+            .on_conflict_do_nothing()
+        )
+        row = (
+            await self.conn.execute(
+                select(c.amount).where(c.currency == currency, c.day == day).with_for_update()
+            )
+        ).first()
+        return int(row.amount) if row else 0
+
+    async def add(self, currency: str, day: str, amount: int) -> None:
+        c = t.auto_approval_totals.c
+        await self.conn.execute(
+            update(t.auto_approval_totals)
+            .where(c.currency == currency, c.day == day)
+            .values(amount=c.amount + amount)
+        )
+
+
+__all__ = [
+    "SqlApiKeyRepository",
+    "SqlAutoApprovalTotals",
+    "SqlIdempotencyRepository",
+    "SqlOutboxRepository",
+    "SqlPaymentRepository",
+    "SqlRefundRepository",
+    "SqlWebhookRepository",
+]

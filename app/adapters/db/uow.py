@@ -1,0 +1,61 @@
+"""The unit of work: one database transaction, rolled back unless committed."""
+
+from __future__ import annotations
+
+from typing import Self
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from app.adapters.db.repositories import (
+    SqlApiKeyRepository,
+    SqlAutoApprovalTotals,
+    SqlIdempotencyRepository,
+    SqlOutboxRepository,
+    SqlPaymentRepository,
+    SqlRefundRepository,
+    SqlWebhookRepository,
+)
+
+
+class SqlUnitOfWork:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._conn: AsyncConnection | None = None
+        self._committed = False
+
+    async def __aenter__(self) -> Self:
+        self._conn = await self._engine.connect()
+        await self._conn.begin()
+        conn = self._conn
+        self.payments = SqlPaymentRepository(conn)
+        self.refunds = SqlRefundRepository(conn)
+        self.outbox = SqlOutboxRepository(conn)
+        self.idempotency = SqlIdempotencyRepository(conn)
+        self.webhooks = SqlWebhookRepository(conn)
+        self.api_keys = SqlApiKeyRepository(conn)
+        self.auto_approvals = SqlAutoApprovalTotals(conn)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        conn = self._conn
+        self._conn = None
+        if conn is None:
+            return
+        try:
+            if not self._committed:
+                await conn.rollback()
+        finally:
+            await conn.close()
+
+    async def commit(self) -> None:
+        assert self._conn is not None, "commit outside the unit of work"
+        await self._conn.commit()
+        self._committed = True
+
+
+class SqlUnitOfWorkFactory:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    def __call__(self) -> SqlUnitOfWork:
+        return SqlUnitOfWork(self.engine)

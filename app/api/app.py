@@ -1,0 +1,70 @@
+"""The FastAPI application."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+
+from app.api import problems
+from app.api.middleware import RequestContextMiddleware
+from app.api.routes import ops, payments, refunds, webhooks
+from app.bootstrap import Container
+
+DESCRIPTION = """
+Owns the refund lifecycle between a store backend and its PSEs (KOMOJU,
+PAY.JP, Xendit, Razorpay, Omise, Stripe…): refund rules, approvals, calls to
+the PSE with idempotency keys, webhooks, and an honest `unknown` state that
+the service resolves by itself.
+
+**Auth**: `Authorization: Bearer <api key>`; keys have roles `store`,
+`approver` (level 1-3), `ops`, `admin` (`pse-refunds keys create`).
+**Money**: integers in the currency's minor unit (JPY 1500 = ¥1,500; USD 1500 = $15.00).
+**Errors**: `application/problem+json` with a stable `code`.
+**Idempotency**: `Idempotency-Key` is required on `POST /v1/refunds` and accepted on every POST.
+"""
+
+TAGS = [
+    {"name": "payments", "description": "The captured payments refunds are made against."},
+    {"name": "refunds", "description": "Request, approve, cancel, pay out and follow refunds."},
+    {"name": "webhooks", "description": "Signed notifications from PSEs."},
+    {"name": "operations", "description": "Health, readiness and the active policy."},
+]
+
+
+def create_app(container: Container, *, extra_mounts: dict[str, Any] | None = None) -> FastAPI:
+    """Build the app around a container. The app closes the container on shutdown."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await container.aclose()
+            for mounted in (extra_mounts or {}).values():
+                closer = getattr(getattr(mounted, "state", None), "sandbox", None)
+                if closer is not None:
+                    await closer.aclose()
+
+    app = FastAPI(
+        title="PSE Refund Service",
+        version="1.0.0",
+        description=DESCRIPTION,
+        openapi_tags=TAGS,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url="/redoc",
+        openapi_url="/openapi.json",
+    )
+    app.state.container = container
+    problems.install(app)
+    app.include_router(ops.router)
+    app.include_router(payments.router)
+    app.include_router(refunds.router)
+    app.include_router(webhooks.router)
+    for path, mounted in (extra_mounts or {}).items():
+        app.mount(path, mounted)
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=container.settings.max_body_bytes)
+    return app

@@ -1,0 +1,121 @@
+"""Payments: the captured transactions refunds are made against."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from starlette.responses import Response
+
+from app.api.deps import (
+    ContainerDep,
+    Cursor,
+    IdempotencyKeyHeader,
+    Limit,
+    Reader,
+    Store,
+    decode_cursor,
+    idempotent,
+    json_bytes,
+    json_response,
+    page,
+)
+from app.api.docs import AUTH, problems
+from app.api.schemas import Page, PaymentIn, PaymentOut
+from app.domain.models import Payment, RiskLevel
+from app.services.idempotency import IdempotencyClaim
+from app.services.payments import RegisterPayment
+from app.services.views import payment_view
+
+router = APIRouter(prefix="/v1/payments", tags=["payments"])
+
+
+@router.post(
+    "",
+    summary="Register a captured payment",
+    status_code=201,
+    response_model=PaymentOut,
+    responses={
+        200: {"model": PaymentOut, "description": "Already registered with the same fields"},
+        **problems(
+            *AUTH,
+            (
+                409,
+                "`payment_conflict`: registered before with different fields; "
+                "`idempotency_key_in_use`",
+            ),
+            (422, "`unknown_pse_account`; `validation_error`; `idempotency_key_reused`"),
+        ),
+    },
+)
+async def register_payment(
+    body: PaymentIn,
+    request: Request,
+    container: ContainerDep,
+    key: Store,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
+    """Register a payment captured at a PSE, so refunds can be made against it.
+
+    Registering the same `(pse_account, pse_payment_id)` again with the same
+    fields answers 200 with the existing payment; with different fields, 409
+    `payment_conflict`. `settlement_currency`/`settlement_rate` default to the
+    payment's currency at rate 1.
+    """
+
+    async def handler(_claim: IdempotencyClaim | None) -> tuple[int, bytes]:
+        payment, created = await container.payments.register(
+            RegisterPayment(
+                pse_account=body.pse_account,
+                pse_payment_id=body.pse_payment_id,
+                order_id=body.order_id,
+                amount=body.amount,
+                currency=body.currency,
+                captured_at=body.captured_at,
+                payment_method=body.payment_method,
+                risk_level=RiskLevel(body.risk_level),
+                settlement_currency=body.settlement_currency,
+                settlement_rate=body.settlement_rate,
+            ),
+            created_by=key.id,
+        )
+        view = payment_view(payment, container.payments.deadline(payment))
+        return (201 if created else 200), json_bytes(view)
+
+    return await idempotent(request, container, key, idempotency_key, handler)
+
+
+def _view(container: ContainerDep):  # type: ignore[no-untyped-def]
+    return lambda p: payment_view(p, container.payments.deadline(p))
+
+
+@router.get(
+    "/{payment_id}",
+    summary="Get a payment",
+    response_model=PaymentOut,
+    responses=problems(*AUTH, 404),
+)
+async def get_payment(payment_id: str, container: ContainerDep, _key: Reader) -> Response:
+    """The payment with its refunded, reserved and refundable amounts and its refund deadline."""
+    payment: Payment = await container.payments.get(payment_id)
+    return json_response(200, payment_view(payment, container.payments.deadline(payment)))
+
+
+@router.get(
+    "",
+    summary="List payments",
+    response_model=Page[PaymentOut],
+    responses=problems(*AUTH, 422),
+)
+async def list_payments(
+    container: ContainerDep,
+    _key: Reader,
+    order_id: Annotated[str | None, Query(max_length=255)] = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> Response:
+    """Payments, newest first; filter by the store's `order_id`."""
+    items = await container.payments.list(
+        order_id=order_id, limit=limit + 1, before_id=decode_cursor(cursor)
+    )
+    return json_response(200, page(items, limit, _view(container)))

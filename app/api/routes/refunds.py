@@ -1,0 +1,304 @@
+"""Refunds: request, decide, cancel, pay out offline, sync, read."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Query, Request
+from pydantic import AwareDatetime
+from starlette.responses import Response
+
+from app.api.deps import (
+    ApproverKey,
+    ContainerDep,
+    Cursor,
+    IdempotencyKeyHeader,
+    Limit,
+    Ops,
+    Reader,
+    Store,
+    StoreOrOps,
+    actor_of,
+    approver_of,
+    decode_cursor,
+    idempotent,
+    json_bytes,
+    json_response,
+    page,
+)
+from app.api.docs import AUTH, problems
+from app.api.schemas import (
+    CancelIn,
+    DecisionIn,
+    OfflinePayoutIn,
+    Page,
+    RefundIn,
+    RefundOut,
+    RejectIn,
+)
+from app.domain.models import Refund, RefundStatus
+from app.services.idempotency import IdempotencyClaim
+from app.services.refunds import RequestRefund
+from app.services.views import refund_view
+
+router = APIRouter(prefix="/v1/refunds", tags=["refunds"])
+
+RefundId = Annotated[str, "refund id"]
+_STATE = (409, "`invalid_state`: not allowed in the refund's current status")
+_IDEM = (409, "`idempotency_key_in_use`: the first request with this key is still running")
+_REUSED = (422, "`idempotency_key_reused`: the key was used with another body")
+
+
+def _answer(refund: Refund, status: int = 200) -> tuple[int, bytes]:
+    return status, json_bytes(refund_view(refund))
+
+
+@router.post(
+    "",
+    summary="Request a refund",
+    status_code=201,
+    response_model=RefundOut,
+    responses=problems(
+        (400, "`idempotency_key_required`: the Idempotency-Key header is missing"),
+        *AUTH,
+        (404, "`not_found`: no such payment"),
+        _IDEM,
+        (422, "`amount_exceeds_refundable`: amount < 1 or above the refundable amount"),
+        (422, "`amount_exceeds_limit`: above the policy's max_refund_amount"),
+        (422, "`currency_mismatch`; `validation_error`"),
+        _REUSED,
+    ),
+)
+async def create_refund(
+    body: RefundIn,
+    request: Request,
+    container: ContainerDep,
+    key: Store,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
+    """Request a refund of a registered payment. **`Idempotency-Key` is required.**
+
+    The rules are checked in this order, atomically with the reservation of
+    the amount (two concurrent requests can never together exceed the payment):
+
+    1. `amount` (omitted → the whole refundable amount) must be ≥ 1 and ≤ the
+       refundable amount (`amount_exceeds_refundable`) and not above the
+       policy's `max_refund_amount` (`amount_exceeds_limit`).
+    2. Past the payment's `refund_deadline`, or for a cash method (konbini…),
+       the refund needs an offline payout: status `offline_required`.
+    3. Approval tiers, high-risk payments and the daily auto-approval limit may
+       require approvals: status `pending_approval`.
+    4. Otherwise the refund is `approved` and sent to the PSE right after this
+       answer; follow it with `GET /v1/refunds/{id}` or the event feed.
+
+    The answer is 201 with the refund as recorded. A repeat with the same key
+    and body replays it with `Idempotent-Replayed: true`.
+    """
+
+    async def handler(claim: IdempotencyClaim | None) -> tuple[int, bytes]:
+        refund = await container.refunds.request(
+            RequestRefund(
+                payment_id=body.payment_id,
+                amount=body.amount,
+                currency=body.currency,
+                reason=body.reason,
+                note=body.note,
+                metadata=body.metadata,
+            ),
+            actor_of(key),
+            claim=claim,
+            render=lambda r: _answer(r, 201),
+        )
+        return _answer(refund, 201)
+
+    return await idempotent(request, container, key, idempotency_key, handler, required=True)
+
+
+@router.get(
+    "/{refund_id}",
+    summary="Get a refund",
+    response_model=RefundOut,
+    responses=problems(*AUTH, 404),
+)
+async def get_refund(refund_id: RefundId, container: ContainerDep, _key: Reader) -> Response:
+    """The refund with its approvals and full status history."""
+    return json_response(200, refund_view(await container.refunds.get(refund_id)))
+
+
+@router.get(
+    "",
+    summary="List refunds",
+    response_model=Page[RefundOut],
+    responses=problems(*AUTH, 422),
+)
+async def list_refunds(
+    container: ContainerDep,
+    _key: Reader,
+    status: Annotated[
+        list[RefundStatus] | None,
+        Query(description="one or more statuses (repeat the parameter)"),
+    ] = None,
+    payment_id: Annotated[str | None, Query(max_length=40)] = None,
+    created_from: Annotated[AwareDatetime | None, Query()] = None,
+    created_to: Annotated[AwareDatetime | None, Query()] = None,
+    stale: Annotated[
+        bool,
+        Query(description="only refunds not final and older than the SLA (oldest first)"),
+    ] = False,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> Response:
+    """Refunds, newest first. `stale=true` lists refunds that are not final and
+    older than `stale_after_hours` (default 24 h), oldest first: the list ops
+    must clear before customers open chargebacks."""
+    items = await container.refunds.list(
+        statuses=status or [],
+        payment_id=payment_id,
+        created_from=created_from,
+        created_to=created_to,
+        stale=stale,
+        limit=limit + 1,
+        before_id=decode_cursor(cursor),
+    )
+    return json_response(200, page(items, limit, refund_view))
+
+
+@router.post(
+    "/{refund_id}/approve",
+    summary="Approve a refund",
+    response_model=RefundOut,
+    responses=problems(
+        *AUTH,
+        (403, "`self_approval_forbidden`: the key created this refund"),
+        (403, "`approval_level_insufficient`: the open approvals need a higher level"),
+        404,
+        (409, "`already_decided`: this approver already decided"),
+        _STATE,
+        _IDEM,
+        _REUSED,
+    ),
+)
+async def approve_refund(
+    refund_id: RefundId,
+    request: Request,
+    container: ContainerDep,
+    key: ApproverKey,
+    body: Annotated[DecisionIn | None, Body()] = None,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
+    """Add this approver's approval. When every required approval is in, the
+    refund becomes `approved` and is sent to the PSE (or `offline_required`
+    when it is past the refund window)."""
+
+    async def handler(_claim: IdempotencyClaim | None) -> tuple[int, bytes]:
+        note = body.note if body else None
+        return _answer(await container.refunds.approve(refund_id, approver_of(key), note))
+
+    return await idempotent(request, container, key, idempotency_key, handler)
+
+
+@router.post(
+    "/{refund_id}/reject",
+    summary="Reject a refund",
+    response_model=RefundOut,
+    responses=problems(
+        *AUTH,
+        (403, "`self_approval_forbidden`; `approval_level_insufficient`"),
+        404,
+        (409, "`already_decided`"),
+        _STATE,
+        _IDEM,
+        (422, "`validation_error`: a note is required"),
+        _REUSED,
+    ),
+)
+async def reject_refund(
+    refund_id: RefundId,
+    body: RejectIn,
+    request: Request,
+    container: ContainerDep,
+    key: ApproverKey,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
+    """Reject the refund (final). A note is required. Rejecting needs the highest
+    level the refund requires."""
+
+    async def handler(_claim: IdempotencyClaim | None) -> tuple[int, bytes]:
+        return _answer(await container.refunds.reject(refund_id, approver_of(key), body.note))
+
+    return await idempotent(request, container, key, idempotency_key, handler)
+
+
+@router.post(
+    "/{refund_id}/cancel",
+    summary="Cancel a refund",
+    response_model=RefundOut,
+    responses=problems(*AUTH, 404, _STATE, _IDEM, _REUSED),
+)
+async def cancel_refund(
+    refund_id: RefundId,
+    request: Request,
+    container: ContainerDep,
+    key: StoreOrOps,
+    body: Annotated[CancelIn | None, Body()] = None,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
+    """Cancel a refund that was not yet sent to the PSE (`pending_approval`,
+    `approved` or `offline_required`); otherwise 409 `invalid_state`."""
+
+    async def handler(_claim: IdempotencyClaim | None) -> tuple[int, bytes]:
+        note = body.note if body else None
+        return _answer(await container.refunds.cancel(refund_id, actor_of(key), note))
+
+    return await idempotent(request, container, key, idempotency_key, handler)
+
+
+@router.post(
+    "/{refund_id}/offline-payout",
+    summary="Record an offline payout",
+    response_model=RefundOut,
+    responses=problems(*AUTH, 404, _STATE, _IDEM, _REUSED),
+)
+async def offline_payout(
+    refund_id: RefundId,
+    body: OfflinePayoutIn,
+    request: Request,
+    container: ContainerDep,
+    key: Ops,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
+    """Record that ops paid an `offline_required` refund another way (bank
+    transfer…): it becomes `offline_paid`, with the payout reference."""
+
+    async def handler(_claim: IdempotencyClaim | None) -> tuple[int, bytes]:
+        refund = await container.refunds.offline_payout(
+            refund_id, actor_of(key), body.reference, body.paid_at
+        )
+        return _answer(refund)
+
+    return await idempotent(request, container, key, idempotency_key, handler)
+
+
+@router.post(
+    "/{refund_id}/sync",
+    summary="Ask the PSE now",
+    response_model=RefundOut,
+    responses=problems(*AUTH, 404, _IDEM, _REUSED),
+)
+async def sync_refund(
+    refund_id: RefundId,
+    request: Request,
+    container: ContainerDep,
+    key: Ops,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
+    """Ask the PSE what it has for this refund and apply the truth. An
+    `approved` refund is sent; an `unknown` one the PSE proves it does not have
+    is sent again with its original idempotency key. Final refunds are
+    returned unchanged."""
+
+    async def handler(_claim: IdempotencyClaim | None) -> tuple[int, bytes]:
+        await container.refunds.get(refund_id)  # 404 before any PSE call
+        return _answer(await container.submissions.resolve(refund_id))
+
+    return await idempotent(request, container, key, idempotency_key, handler)

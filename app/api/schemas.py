@@ -1,0 +1,329 @@
+"""Request and response models. Requests are strict: unknown fields are
+rejected, money is an integer of minor units, times carry their zone."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, Any, Generic, Literal, TypeVar
+
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+
+from app.domain.models import RefundReason, RefundStatus
+from app.domain.money import is_currency
+
+T = TypeVar("T")
+
+
+def _currency(code: str) -> str:
+    if not is_currency(code):
+        raise ValueError(f"{code!r} is not an ISO 4217 currency code")
+    return code
+
+
+def _rate(value: str) -> str:
+    try:
+        rate = Decimal(value)
+    except InvalidOperation:
+        raise ValueError('must be a decimal number written as a string, e.g. "0.0067"') from None
+    if not rate.is_finite() or rate <= 0:
+        raise ValueError("must be a positive decimal")
+    return value
+
+
+def _metadata(value: dict[str, str]) -> dict[str, str]:
+    if len(value) > 50:
+        raise ValueError("at most 50 keys")
+    for key, item in value.items():
+        if not 1 <= len(key) <= 40:
+            raise ValueError("keys are 1 to 40 characters")
+        if len(item) > 500:
+            raise ValueError(f"value of {key!r} is longer than 500 characters")
+    return value
+
+
+Currency = Annotated[
+    str,
+    Field(pattern=r"^[A-Z]{3}$", examples=["JPY"], description="ISO 4217 code, upper case"),
+    AfterValidator(_currency),
+]
+# Strict: 12.5, "12" and true are refused, never rounded or coerced.
+MinorUnits = Annotated[int, Field(strict=True, ge=-(10**15), le=10**15)]
+PositiveMinorUnits = Annotated[int, Field(strict=True, ge=1, le=10**15)]
+Rate = Annotated[
+    str,
+    Field(max_length=40, examples=["0.0067"], description="decimal string"),
+    AfterValidator(_rate),
+]
+Metadata = Annotated[dict[str, str], AfterValidator(_metadata)]
+Note = Annotated[str, Field(max_length=1000)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# -- payments ---------------------------------------------------------------
+
+
+class PaymentIn(Strict):
+    pse_account: str = Field(min_length=1, max_length=64, examples=["komoju_jp"])
+    pse_payment_id: str = Field(min_length=1, max_length=255, examples=["pay_abc"])
+    order_id: str | None = Field(default=None, max_length=255, examples=["ORD-1001"])
+    amount: PositiveMinorUnits = Field(examples=[12000])
+    currency: Currency
+    captured_at: AwareDatetime = Field(examples=["2026-11-01T10:00:00Z"])
+    payment_method: str | None = Field(default=None, max_length=64, examples=["card"])
+    risk_level: Literal["normal", "high"] = "normal"
+    settlement_currency: Currency | None = None
+    settlement_rate: Rate | None = None
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "pse_account": "komoju_jp",
+                    "pse_payment_id": "pay_abc",
+                    "order_id": "ORD-1001",
+                    "amount": 12000,
+                    "currency": "JPY",
+                    "captured_at": "2026-11-01T10:00:00Z",
+                    "payment_method": "card",
+                    "risk_level": "normal",
+                    "settlement_currency": "USD",
+                    "settlement_rate": "0.0067",
+                }
+            ]
+        },
+    )
+
+
+class PaymentOut(BaseModel):
+    id: str
+    pse_account: str
+    pse_payment_id: str
+    order_id: str | None
+    amount: int
+    currency: str
+    captured_at: datetime
+    payment_method: str | None
+    risk_level: Literal["normal", "high"]
+    settlement_currency: str
+    settlement_rate: str
+    refunded_amount: int = Field(description="succeeded + offline paid refunds")
+    reserved_amount: int = Field(description="refunds not yet final")
+    refundable_amount: int = Field(description="amount - refunded - reserved")
+    refund_deadline: datetime = Field(description="captured_at + the refund window")
+    created_at: datetime
+    updated_at: datetime
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "pay_0193c1d2e3f4a5b6c7d8e9f0a1b2",
+                    "pse_account": "komoju_jp",
+                    "pse_payment_id": "pay_abc",
+                    "order_id": "ORD-1001",
+                    "amount": 12000,
+                    "currency": "JPY",
+                    "captured_at": "2026-11-01T10:00:00Z",
+                    "payment_method": "card",
+                    "risk_level": "normal",
+                    "settlement_currency": "USD",
+                    "settlement_rate": "0.0067",
+                    "refunded_amount": 3000,
+                    "reserved_amount": 0,
+                    "refundable_amount": 9000,
+                    "refund_deadline": "2027-04-30T10:00:00Z",
+                    "created_at": "2026-11-01T10:00:05Z",
+                    "updated_at": "2026-11-02T09:00:00Z",
+                }
+            ]
+        }
+    )
+
+
+# -- refunds ----------------------------------------------------------------
+
+
+class RefundIn(Strict):
+    payment_id: str = Field(min_length=1, max_length=40)
+    amount: MinorUnits | None = Field(
+        default=None, description="minor units; omitted → the whole refundable amount"
+    )
+    currency: Currency | None = Field(
+        default=None, description="optional; when given it must be the payment's currency"
+    )
+    reason: RefundReason
+    note: Note | None = None
+    metadata: Metadata = Field(default_factory=dict)
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "payment_id": "pay_0193c1d2e3f4a5b6c7d8e9f0a1b2",
+                    "amount": 3000,
+                    "reason": "requested_by_customer",
+                    "note": "size too small",
+                    "metadata": {"rma": "R-77"},
+                }
+            ]
+        },
+    )
+
+
+class ApprovalOut(BaseModel):
+    approver: str
+    level: int
+    decision: Literal["approved", "rejected"]
+    note: str | None
+    at: datetime
+
+
+class StatusChangeOut(BaseModel):
+    status: RefundStatus
+    at: datetime
+    actor: str
+    detail: str | None
+
+
+REFUND_EXAMPLE: dict[str, Any] = {
+    "id": "rf_0193c1d2e3f4a5b6c7d8e9f0a1b2",
+    "payment_id": "pay_0193c1d2e3f4a5b6c7d8e9f0a1b2",
+    "pse_account": "komoju_jp",
+    "amount": 3000,
+    "currency": "JPY",
+    "status": "pending_approval",
+    "reason": "requested_by_customer",
+    "note": "size too small",
+    "metadata": {"rma": "R-77"},
+    "required_approvals": [1],
+    "approvals": [],
+    "pse_refund_id": None,
+    "failure_code": None,
+    "failure_message": None,
+    "offline_reason": None,
+    "offline_reference": None,
+    "offline_paid_at": None,
+    "settlement_amount": 20,
+    "settlement_currency": "USD",
+    "fx_difference": None,
+    "fee_amount": None,
+    "created_at": "2026-11-27T08:00:00Z",
+    "updated_at": "2026-11-27T08:00:00Z",
+    "status_history": [
+        {
+            "status": "pending_approval",
+            "at": "2026-11-27T08:00:00Z",
+            "actor": "shop",
+            "detail": None,
+        }
+    ],
+}
+
+
+class RefundOut(BaseModel):
+    id: str
+    payment_id: str
+    pse_account: str
+    amount: int
+    currency: str
+    status: RefundStatus
+    reason: RefundReason
+    note: str | None
+    metadata: dict[str, str]
+    required_approvals: list[int] = Field(description="one level per approval still required")
+    approvals: list[ApprovalOut]
+    pse_refund_id: str | None
+    failure_code: str | None
+    failure_message: str | None
+    offline_reason: str | None
+    offline_reference: str | None
+    offline_paid_at: datetime | None
+    settlement_amount: int | None = Field(
+        description="in settlement_currency, at the payment's rate"
+    )
+    settlement_currency: str | None
+    fx_difference: int | None
+    fee_amount: int | None
+    created_at: datetime
+    updated_at: datetime
+    status_history: list[StatusChangeOut]
+
+    model_config = ConfigDict(json_schema_extra={"examples": [REFUND_EXAMPLE]})
+
+
+class DecisionIn(Strict):
+    note: Note | None = None
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"note": "ok"}]})
+
+
+class RejectIn(Strict):
+    note: Annotated[str, Field(min_length=1, max_length=1000)]
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"note": "customer already refunded"}]}
+    )
+
+
+class CancelIn(Strict):
+    note: Note | None = None
+
+
+class OfflinePayoutIn(Strict):
+    reference: str = Field(min_length=1, max_length=255, examples=["BANK-TRX-20261127-001"])
+    paid_at: AwareDatetime = Field(examples=["2026-11-27T09:00:00Z"])
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"reference": "BANK-TRX-20261127-001", "paid_at": "2026-11-27T09:00:00Z"}]
+        },
+    )
+
+
+# -- shared -----------------------------------------------------------------
+
+
+class Page(BaseModel, Generic[T]):
+    data: list[T]
+    next_cursor: str | None = Field(
+        description="pass as ?cursor= for the next page; null at the end"
+    )
+
+
+class ProblemError(BaseModel):
+    loc: str
+    msg: str
+
+
+class Problem(BaseModel):
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str = Field(description="stable, machine-readable")
+    request_id: str | None
+    errors: list[ProblemError] | None = None
+
+
+class WebhookAck(BaseModel):
+    received: bool = True
+    event_id: str
+    duplicate: bool
+    status: str | None
+
+
+class PolicyOut(BaseModel):
+    refund_window_days: int
+    max_refund_amount: dict[str, int]
+    daily_auto_approve_limit: dict[str, int]
+    approval_tiers: list[dict[str, Any]]
+    offline_payment_methods: list[str]
+    accounts: dict[str, dict[str, Any]]
+    stale_after_hours: float

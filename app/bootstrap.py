@@ -1,0 +1,156 @@
+"""The composition root: the one place that wires adapters to ports."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httpx
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.adapters.clock import SystemClock
+from app.adapters.db.engine import create_engine, current_revision, head_revision, ping
+from app.adapters.db.uow import SqlUnitOfWorkFactory
+from app.adapters.pse.base import PseAccount
+from app.config import AccountSettings, ConfigError, Settings
+from app.domain.policy import ApprovalTier, RefundPolicy
+from app.domain.ports import Clock, PseGateway
+from app.services.context import AccountInfo, Deps
+from app.services.dispatch import BackgroundSubmitter
+from app.services.idempotency import IdempotencyService
+from app.services.keys import KeyService
+from app.services.payments import PaymentService
+from app.services.refunds import RefundService
+from app.services.submission import SubmissionService
+from app.services.webhooks import WebhookService
+
+
+def policy_from(settings: Settings) -> RefundPolicy:
+    p = settings.policy
+    return RefundPolicy(
+        refund_window_days=p.refund_window_days,
+        max_refund_amount=dict(p.max_refund_amount),
+        daily_auto_approve_limit=dict(p.daily_auto_approve_limit),
+        approval_tiers=tuple(
+            ApprovalTier(t.currency, t.above, t.approvals, t.min_level) for t in p.approval_tiers
+        ),
+        offline_payment_methods=frozenset(m.lower() for m in p.offline_payment_methods),
+    )
+
+
+def pse_account(name: str, cfg: AccountSettings) -> PseAccount:
+    return PseAccount(
+        name=name,
+        provider=cfg.provider,
+        api_key=cfg.api_key.get_secret_value(),
+        base_url=cfg.effective_base_url(),
+        webhook_secrets=tuple(s.get_secret_value() for s in cfg.webhook_secrets),
+        refund_window_days=cfg.refund_window_days,
+        timeout_seconds=cfg.timeout_seconds,
+        max_attempts=cfg.max_attempts,
+        backoff_initial_seconds=cfg.backoff_initial_seconds,
+        backoff_max_seconds=cfg.backoff_max_seconds,
+        webhook_tolerance_seconds=cfg.webhook_tolerance_seconds,
+        options=dict(cfg.options),
+    )
+
+
+def gateway_for(account: PseAccount, http: httpx.AsyncClient) -> PseGateway:
+    if account.provider == "sandbox":
+        from app.adapters.pse.sandbox import SandboxGateway
+
+        return SandboxGateway(account, http)
+    if account.provider == "stripe":
+        from app.adapters.pse.stripe import StripeGateway
+
+        return StripeGateway(account, http)
+    raise ConfigError(
+        f"accounts.{account.name}.provider: {account.provider!r} has no adapter in this version"
+    )
+
+
+@dataclass
+class Container:
+    settings: Settings
+    engine: AsyncEngine
+    deps: Deps
+    payments: PaymentService
+    refunds: RefundService
+    submissions: SubmissionService
+    webhooks: WebhookService
+    keys: KeyService
+    idempotency: IdempotencyService
+    submitter: BackgroundSubmitter
+    http: httpx.AsyncClient
+    pse_accounts: dict[str, PseAccount] = field(default_factory=dict)
+
+    async def readiness(self) -> tuple[bool, str]:
+        """(True, schema revision) when the database answers at the head revision."""
+        try:
+            await ping(self.engine)
+            current = await current_revision(self.engine)
+        except Exception:
+            return False, "the database is unreachable"
+        head = head_revision()
+        if current != head:
+            return False, (
+                f"the schema is at {current or 'nothing'}, not at {head}: run `pse-refunds migrate`"
+            )
+        return True, current or ""
+
+    async def aclose(self) -> None:
+        await self.submitter.aclose()
+        for gateway in self.deps.gateways.values():
+            await gateway.aclose()
+        await self.http.aclose()
+        await self.engine.dispose()
+
+
+def build_container(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    pse_transport: httpx.AsyncBaseTransport | None = None,
+    gateway_factory: Callable[[PseAccount, httpx.AsyncClient], PseGateway] | None = None,
+    engine: AsyncEngine | None = None,
+) -> Container:
+    engine = engine or create_engine(settings.database_url)
+    http = httpx.AsyncClient(
+        transport=pse_transport,
+        limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+        headers={"User-Agent": "pse-refunds/0.1"},
+    )
+    accounts = {name: pse_account(name, cfg) for name, cfg in settings.accounts.items()}
+    make = gateway_factory or gateway_for
+    gateways = {name: make(account, http) for name, account in accounts.items()}
+    deps = Deps(
+        uow=SqlUnitOfWorkFactory(engine),
+        clock=clock or SystemClock(),
+        policy=policy_from(settings),
+        accounts={
+            name: AccountInfo(name, a.provider, a.refund_window_days)
+            for name, a in accounts.items()
+        },
+        gateways=gateways,
+        stale_after_hours=settings.stale_after_hours,
+    )
+    webhooks = WebhookService(deps)
+    submissions = SubmissionService(
+        deps, webhooks, submitting_grace_seconds=settings.worker.submitting_grace_seconds
+    )
+    submitter = BackgroundSubmitter(submissions.submit)
+    deps.queue = submitter
+    return Container(
+        settings=settings,
+        engine=engine,
+        deps=deps,
+        payments=PaymentService(deps),
+        refunds=RefundService(deps),
+        submissions=submissions,
+        webhooks=webhooks,
+        keys=KeyService(deps),
+        idempotency=IdempotencyService(deps),
+        submitter=submitter,
+        http=http,
+        pse_accounts=accounts,
+    )

@@ -1,0 +1,355 @@
+"""`pse-refunds`: serve, migrate, manage keys, run the sandbox PSE."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from app.config import ConfigError, Settings, has_any_configuration, load_settings
+
+cli = typer.Typer(
+    name="pse-refunds",
+    help="Refund lifecycle service between online stores and their PSEs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+keys_cli = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+cli.add_typer(keys_cli, name="keys")
+
+DEMO_KEY_PREFIX = "demo-"
+DEMO_ROLES: list[tuple[str, list[str], int | None]] = [
+    ("store", ["store"], None),
+    ("approver-1", ["approver"], 1),
+    ("approver-2", ["approver"], 2),
+    ("ops", ["ops"], None),
+    ("admin", ["admin"], 3),
+]
+
+
+def _settings(**overrides: Any) -> Settings:
+    try:
+        return load_settings(**overrides)
+    except ConfigError as exc:
+        typer.echo(f"pse-refunds: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _ready_settings() -> Settings:
+    """Settings for commands that use the database; the embedded SQLite is
+    migrated first, as `serve` does."""
+    settings = _settings()
+    if settings.is_sqlite:
+        from app.adapters.db.engine import migrate as run_migrations
+
+        run_migrations(settings.database_url)
+    return settings
+
+
+def _run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+@cli.command()
+def migrate() -> None:
+    """Upgrade the database schema to the latest revision."""
+    from app.adapters.db.engine import migrate as run_migrations
+
+    settings = _settings()
+    run_migrations(settings.database_url)
+    typer.echo("schema at head")
+
+
+def demo_settings(host: str, port: int) -> tuple[Settings, Any]:
+    """The embedded demo: SQLite, a sandbox PSE served by this process, example tiers."""
+    from app.sandbox.config import SandboxConfig, new_webhook_secret
+
+    secret = new_webhook_secret()
+    api_key = "sk_sandbox_demo"
+    loopback = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104
+    base = f"http://{loopback}:{port}"
+    settings = load_settings(
+        demo=True,
+        log_format="console",
+        accounts={
+            "sandbox": {
+                "provider": "sandbox",
+                "api_key": api_key,
+                "webhook_secrets": [secret],
+                "base_url": f"{base}/sandbox",
+                "timeout_seconds": 5,
+                "max_attempts": 3,
+            }
+        },
+        policy={
+            "approval_tiers": [
+                {"currency": "JPY", "above": 10000, "approvals": 1, "min_level": 1},
+                {"currency": "JPY", "above": 100000, "approvals": 2, "min_level": 2},
+                {"currency": "USD", "above": 10000, "approvals": 1, "min_level": 1},
+                {"currency": "USD", "above": 100000, "approvals": 2, "min_level": 2},
+            ]
+        },
+    )
+    sandbox = SandboxConfig(
+        api_key=api_key,
+        webhook_url=f"{base}/v1/webhooks/sandbox",
+        webhook_secret=secret,
+    )
+    return settings, sandbox
+
+
+async def _demo_keys(settings: Settings) -> list[tuple[str, str, list[str], int | None]]:
+    """Revoke the previous run's demo keys and print fresh ones (secrets are never stored)."""
+    from app.bootstrap import build_container
+
+    container = build_container(settings)
+    try:
+        for key in await container.keys.list():
+            if key.name.startswith(DEMO_KEY_PREFIX) and key.active:
+                await container.keys.revoke(key.id)
+        created = []
+        for name, roles, level in DEMO_ROLES:
+            _key, secret = await container.keys.create(DEMO_KEY_PREFIX + name, roles, level)
+            created.append((name, secret, roles, level))
+        return created
+    finally:
+        await container.aclose()
+
+
+@cli.command()
+def serve(
+    host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+) -> None:
+    """Run the HTTP API (and the background submitter).
+
+    With no configuration at all (no config file, no PSE_REFUNDS_ variables)
+    it starts the embedded demo: SQLite, a `sandbox` PSE account served by this
+    same process, and one demo key per role printed below.
+    """
+    import uvicorn
+
+    from app.adapters.db.engine import migrate as run_migrations
+    from app.api.app import create_app
+    from app.bootstrap import build_container
+    from app.logs import configure_logging
+
+    demo = not has_any_configuration()
+    sandbox_cfg = None
+    if demo:
+        settings, sandbox_cfg = demo_settings(host, port)
+    else:
+        settings = _settings()
+    configure_logging(settings.log_format, settings.log_level)
+    if settings.is_sqlite:
+        run_migrations(settings.database_url)
+    if demo:
+        keys = _run(_demo_keys(settings))
+        _print_demo_banner(host, port, keys)
+
+    def factory() -> Any:
+        try:
+            container = build_container(settings)
+        except ConfigError as exc:
+            typer.echo(f"pse-refunds: {exc}", err=True)
+            sys.exit(2)
+        mounts = {}
+        if sandbox_cfg is not None:
+            from app.sandbox.app import create_sandbox_app
+
+            mounts["/sandbox"] = create_sandbox_app(sandbox_cfg)
+        return create_app(container, extra_mounts=mounts)
+
+    uvicorn.run(
+        factory,
+        factory=True,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=30,
+    )
+
+
+def _print_demo_banner(host: str, port: int, keys: list[tuple[str, str, list[str], int | None]]):  # type: ignore[no-untyped-def]
+    url = f"http://{host}:{port}"
+    lines = [
+        "",
+        "PSE Refund Service: embedded demo (SQLite ./pse-refunds.db, sandbox PSE at /sandbox)",
+        f"  API docs:  {url}/docs",
+        "  Demo API keys (new on every start; earlier demo keys are revoked):",
+    ]
+    for name, secret, _roles, level in keys:
+        label = f"{name} (level {level})" if level and name.startswith("approver") else name
+        lines.append(f"    {label:<20} {secret}")
+    store = keys[0][1]
+    lines += [
+        "",
+        "  Try it:",
+        f"    curl -s -X POST {url}/v1/payments -H 'Authorization: Bearer {store}' \\",
+        '      -H \'Content-Type: application/json\' -d \'{"pse_account":"sandbox",'
+        '"pse_payment_id":"pay_demo_1","amount":50000,"currency":"JPY",'
+        '"captured_at":"2026-11-01T10:00:00Z"}\'',
+        "",
+    ]
+    typer.echo("\n".join(lines))
+
+
+@cli.command()
+def sandbox(
+    host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8100,
+    api_key: Annotated[str, typer.Option(help="the key clients must send")] = "sk_sandbox_demo",
+    webhook_url: Annotated[str | None, typer.Option(help="where to POST signed webhooks")] = None,
+    webhook_secret: Annotated[
+        str | None,
+        typer.Option(help="whsec_… secret to sign webhooks (printed when generated)"),
+    ] = None,
+    settle_delay: Annotated[float, typer.Option(help="seconds from pending to final")] = 0.3,
+    seed: Annotated[int | None, typer.Option(help="seed for fault decisions")] = None,
+    faults: Annotated[
+        str | None,
+        typer.Option(help='faults as JSON, e.g. \'{"latency_ms": 200, "failure_rate": 0.1}\''),
+    ] = None,
+) -> None:
+    """Run the sandbox PSE standalone (faults switchable at PUT /_control/faults)."""
+    from app.sandbox.config import Faults, SandboxConfig, new_webhook_secret
+    from app.sandbox.server import run_sandbox
+
+    secret = webhook_secret or new_webhook_secret()
+    if webhook_secret is None:
+        typer.echo(f"webhook secret: {secret}")
+    try:
+        fault_set = Faults.from_json(json.loads(faults)) if faults else Faults()
+    except (ValueError, TypeError) as exc:
+        typer.echo(f"pse-refunds: --faults: {exc}", err=True)
+        raise typer.Exit(2) from None
+    config = SandboxConfig(
+        api_key=api_key,
+        webhook_url=webhook_url,
+        webhook_secret=secret,
+        settle_delay_seconds=settle_delay,
+        seed=seed,
+    )
+    run_sandbox(host, port, config, fault_set)
+
+
+@keys_cli.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="who or what uses the key")],
+    role: Annotated[list[str], typer.Option(help="store, approver, ops or admin (repeatable)")],
+    approval_level: Annotated[
+        int | None, typer.Option(help="1, 2 or 3; required for approvers")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Create a key. The secret is printed once and stored only as a hash."""
+    from app.bootstrap import build_container
+    from app.domain.errors import DomainError
+
+    settings = _ready_settings()
+
+    async def create() -> tuple[Any, str]:
+        container = build_container(settings)
+        try:
+            return await container.keys.create(name, role, approval_level)
+        finally:
+            await container.aclose()
+
+    try:
+        key, secret = _run(create())
+    except DomainError as exc:
+        typer.echo(f"pse-refunds: {exc.detail}", err=True)
+        raise typer.Exit(2) from None
+    roles = sorted(r.value for r in key.roles)
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "id": key.id,
+                    "name": key.name,
+                    "key": secret,
+                    "roles": roles,
+                    "approval_level": key.approval_level,
+                }
+            )
+        )
+    else:
+        typer.echo(f"id:    {key.id}\nname:  {key.name}\nroles: {', '.join(roles)}")
+        if key.approval_level:
+            typer.echo(f"level: {key.approval_level}")
+        typer.echo(f"key:   {secret}\n(shown once: store it now)")
+
+
+@keys_cli.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="the key's id (key_…)")]) -> None:
+    """Revoke a key at once."""
+    from app.bootstrap import build_container
+    from app.domain.errors import DomainError
+
+    settings = _ready_settings()
+
+    async def revoke() -> None:
+        container = build_container(settings)
+        try:
+            await container.keys.revoke(key_id)
+        finally:
+            await container.aclose()
+
+    try:
+        _run(revoke())
+    except DomainError as exc:
+        typer.echo(f"pse-refunds: {exc.detail}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"revoked {key_id}")
+
+
+@keys_cli.command("list")
+def keys_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List keys (never their secrets)."""
+    from app.bootstrap import build_container
+
+    settings = _ready_settings()
+
+    async def fetch() -> list[Any]:
+        container = build_container(settings)
+        try:
+            return await container.keys.list()
+        finally:
+            await container.aclose()
+
+    keys = _run(fetch())
+    rows = [
+        {
+            "id": k.id,
+            "name": k.name,
+            "prefix": k.prefix,
+            "roles": sorted(r.value for r in k.roles),
+            "approval_level": k.approval_level,
+            "revoked": k.revoked_at is not None,
+        }
+        for k in keys
+    ]
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    for row in rows:
+        state = "revoked" if row["revoked"] else "active"
+        typer.echo(
+            f"{row['id']}  {row['prefix']}…  {','.join(row['roles'])}  {state}  {row['name']}"
+        )
+
+
+def main() -> None:
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""Plain records the service keeps beside the aggregates: API keys, idempotency
+records, stored PSE webhooks and outbox events."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+
+class Role(StrEnum):
+    STORE = "store"
+    APPROVER = "approver"
+    OPS = "ops"
+    ADMIN = "admin"
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    id: str
+    name: str
+    prefix: str
+    roles: frozenset[Role]
+    approval_level: int | None
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+    def has_any(self, *roles: Role) -> bool:
+        return Role.ADMIN in self.roles or any(r in self.roles for r in roles)
+
+    @property
+    def effective_approval_level(self) -> int | None:
+        """Approvers decide at their level; an admin without one decides at the top level."""
+        if Role.APPROVER in self.roles and self.approval_level:
+            return self.approval_level
+        if Role.ADMIN in self.roles:
+            return self.approval_level or 3
+        return None
+
+
+class IdempotencyState(StrEnum):
+    STARTED = "started"
+    COMPLETED = "completed"
+
+
+@dataclass(slots=True)
+class IdempotencyRecord:
+    api_key_id: str
+    key: str
+    method: str
+    path: str
+    request_hash: str
+    state: IdempotencyState
+    created_at: datetime
+    locked_at: datetime | None = None
+    response_status: int | None = None
+    response_body: bytes | None = None
+
+
+class WebhookStatus(StrEnum):
+    RECEIVED = "received"  # stored, not yet applied
+    APPLIED = "applied"
+    UNMATCHED = "unmatched"  # no refund matches yet: applied when one appears
+    IGNORED = "ignored"  # an event type we do not act on
+    CONFLICT = "conflict"  # contradicts a final status: recorded, nothing changed
+
+
+@dataclass(slots=True)
+class StoredWebhook:
+    id: int
+    pse_account: str
+    event_id: str
+    event_type: str
+    status: WebhookStatus
+    received_at: datetime
+    pse_refund_id: str | None = None
+    reference: str | None = None
+    refund: dict[str, Any] | None = None
+    refund_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEvent:
+    id: str
+    type: str
+    refund_id: str | None
+    payment_id: str | None
+    created_at: datetime
+    data: dict[str, Any] = field(default_factory=dict)
+    detail: str | None = None
+    seq: int | None = None

@@ -1,0 +1,97 @@
+"""What every use case needs, handed over by the composition root."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from app.domain.errors import NotFound, UnknownPseAccount
+from app.domain.models import Payment, Refund
+from app.domain.policy import RefundPolicy
+from app.domain.ports import Clock, PseGateway, UnitOfWork
+from app.domain.records import OutboxEvent
+from app.services.ids import new_id
+from app.services.views import refund_view
+
+
+@dataclass(frozen=True, slots=True)
+class AccountInfo:
+    name: str
+    provider: str
+    refund_window_days: int | None = None
+
+
+class SubmissionQueue(Protocol):
+    """Where approved refunds go to be sent to their PSE, after their commit."""
+
+    def submit_soon(self, refund_id: str) -> None: ...
+
+
+class _NoQueue:
+    def submit_soon(self, refund_id: str) -> None:
+        return None
+
+
+@dataclass(slots=True)
+class Deps:
+    uow: Callable[[], UnitOfWork]
+    clock: Clock
+    policy: RefundPolicy
+    accounts: Mapping[str, AccountInfo]
+    gateways: Mapping[str, PseGateway]
+    queue: SubmissionQueue = field(default_factory=_NoQueue)
+    stale_after_hours: float = 24.0
+
+    def account(self, name: str) -> AccountInfo:
+        try:
+            return self.accounts[name]
+        except KeyError:
+            raise UnknownPseAccount(f"no PSE account named {name!r} is configured") from None
+
+    def gateway(self, name: str) -> PseGateway:
+        try:
+            return self.gateways[name]
+        except KeyError:
+            raise UnknownPseAccount(f"no PSE account named {name!r} is configured") from None
+
+
+async def lock_refund(uow: UnitOfWork, refund_id: str) -> tuple[Payment, Refund]:
+    """Lock the payment, then the refund: always in this order, so two
+    transactions never wait on each other in a cycle."""
+    unlocked = await uow.refunds.get(refund_id)
+    if unlocked is None:
+        raise NotFound(f"no refund {refund_id}")
+    payment = await uow.payments.get(unlocked.payment_id, for_update=True)
+    refund = await uow.refunds.get(refund_id, for_update=True)
+    if payment is None or refund is None:  # pragma: no cover - foreign key
+        raise NotFound(f"no refund {refund_id}")
+    return payment, refund
+
+
+async def save(uow: UnitOfWork, payment: Payment, refund: Refund) -> None:
+    """Write the refund, the payment's counters and the refund's new events."""
+    await uow.refunds.update(refund)
+    await uow.payments.update(payment)
+    await write_events(uow, refund)
+
+
+async def write_events(uow: UnitOfWork, refund: Refund) -> None:
+    if not refund.events:
+        return
+    snapshot = refund_view(refund)
+    await uow.outbox.add(
+        [
+            OutboxEvent(
+                id=new_id("evt"),
+                type=event.type,
+                refund_id=refund.id,
+                payment_id=refund.payment_id,
+                created_at=event.at,
+                data=snapshot,
+                detail=event.detail,
+            )
+            for event in refund.events
+        ]
+    )
+    refund.events.clear()

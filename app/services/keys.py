@@ -1,0 +1,78 @@
+"""API keys: created with a secret shown once, stored only as a SHA-256 hash.
+
+Keys carry 256 bits of randomness, so a fast hash is enough: there is
+nothing to brute-force that a slow hash would protect.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Iterable
+
+from app.domain.errors import InvalidInput, NotFound
+from app.domain.records import ApiKey, Role
+from app.services.context import Deps
+from app.services.ids import new_id
+
+KEY_PREFIX = "prk_"
+
+
+def hash_key(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class KeyService:
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+
+    async def create(
+        self, name: str, roles: Iterable[str], approval_level: int | None = None
+    ) -> tuple[ApiKey, str]:
+        name = name.strip()
+        if not name or len(name) > 200:
+            raise InvalidInput("a key needs a name of 1 to 200 characters")
+        try:
+            role_set = frozenset(Role(r) for r in roles)
+        except ValueError:
+            allowed = ", ".join(r.value for r in Role)
+            raise InvalidInput(f"roles must be among: {allowed}") from None
+        if not role_set:
+            raise InvalidInput("a key needs at least one role")
+        if approval_level is not None and approval_level not in (1, 2, 3):
+            raise InvalidInput("approval_level must be 1, 2 or 3")
+        if Role.APPROVER in role_set and approval_level is None:
+            raise InvalidInput("an approver key needs an approval level (1, 2 or 3)")
+        if approval_level is not None and not role_set & {Role.APPROVER, Role.ADMIN}:
+            raise InvalidInput("approval_level only applies to approver or admin keys")
+        secret = KEY_PREFIX + secrets.token_urlsafe(32)
+        key = ApiKey(
+            id=new_id("key"),
+            name=name,
+            prefix=secret[: len(KEY_PREFIX) + 6],
+            roles=role_set,
+            approval_level=approval_level,
+            created_at=self.deps.clock.now(),
+        )
+        async with self.deps.uow() as uow:
+            await uow.api_keys.add(key, hash_key(secret))
+            await uow.commit()
+        return key, secret
+
+    async def revoke(self, key_id: str) -> None:
+        async with self.deps.uow() as uow:
+            revoked = await uow.api_keys.revoke(key_id, self.deps.clock.now())
+            await uow.commit()
+        if not revoked:
+            raise NotFound(f"no active key {key_id}")
+
+    async def authenticate(self, secret: str) -> ApiKey | None:
+        if not secret.startswith(KEY_PREFIX):
+            return None
+        async with self.deps.uow() as uow:
+            key = await uow.api_keys.by_hash(hash_key(secret))
+        return key if key is not None and key.active else None
+
+    async def list(self) -> list[ApiKey]:
+        async with self.deps.uow() as uow:
+            return await uow.api_keys.list()

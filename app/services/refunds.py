@@ -1,0 +1,152 @@
+"""Refund use cases: request, decide, cancel, pay out offline, read."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from app.domain.errors import NotFound
+from app.domain.models import Actor, Approver, Refund, RefundReason, RefundStatus
+from app.domain.money import Money
+from app.domain.ports import RefundFilter
+from app.services.context import Deps, lock_refund, save, write_events
+from app.services.idempotency import IdempotencyClaim
+from app.services.ids import new_id
+
+# Renders the response to keep for an idempotent request, inside its transaction.
+Render = Callable[[Refund], tuple[int, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRefund:
+    payment_id: str
+    amount: int | None
+    reason: RefundReason
+    note: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    currency: str | None = None
+
+
+class RefundService:
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+
+    async def request(
+        self,
+        cmd: RequestRefund,
+        actor: Actor,
+        claim: IdempotencyClaim | None = None,
+        render: Render | None = None,
+    ) -> Refund:
+        """Phase 1: check the rules and reserve the amount under the payment's lock,
+        record the refund with its PSE idempotency key, its events and the
+        idempotent response, and commit — all before any PSE is called."""
+        now = self.deps.clock.now()
+        async with self.deps.uow() as uow:
+            payment = await uow.payments.get(cmd.payment_id, for_update=True)
+            if payment is None:
+                raise NotFound(f"no payment {cmd.payment_id}")
+            window = self.deps.account(payment.pse_account).refund_window_days
+            amount = None
+            if cmd.amount is not None:
+                amount = Money(cmd.amount, cmd.currency or payment.currency)
+            day = now.date().isoformat()
+            auto_today = 0
+            limit_currency = cmd.currency or payment.currency
+            if limit_currency in self.deps.policy.daily_auto_approve_limit:
+                auto_today = await uow.auto_approvals.lock_total(limit_currency, day)
+            refund, decision = payment.request_refund(
+                refund_id=new_id("rf"),
+                amount=amount,
+                reason=cmd.reason,
+                note=cmd.note,
+                metadata=cmd.metadata,
+                policy=self.deps.policy,
+                window_days=window,
+                now=now,
+                created_by=actor,
+                auto_approved_today=auto_today,
+            )
+            if decision.counts_toward_daily_limit and refund.auto_approved:
+                await uow.auto_approvals.add(refund.currency, day, refund.amount.amount)
+            await uow.refunds.add(refund)
+            await uow.payments.update(payment)
+            await write_events(uow, refund)
+            if claim is not None and render is not None:
+                status, body = render(refund)
+                await uow.idempotency.complete(claim.api_key_id, claim.key, status, body)
+            await uow.commit()
+        if claim is not None and render is not None:
+            claim.completed = True
+        if refund.status is RefundStatus.APPROVED:
+            self.deps.queue.submit_soon(refund.id)
+        return refund
+
+    async def approve(self, refund_id: str, approver: Approver, note: str | None) -> Refund:
+        async with self.deps.uow() as uow:
+            payment, refund = await lock_refund(uow, refund_id)
+            refund.approve(payment, approver, note, self.deps.clock.now())
+            await save(uow, payment, refund)
+            await uow.commit()
+        if refund.status is RefundStatus.APPROVED:
+            self.deps.queue.submit_soon(refund.id)
+        return refund
+
+    async def reject(self, refund_id: str, approver: Approver, note: str) -> Refund:
+        async with self.deps.uow() as uow:
+            payment, refund = await lock_refund(uow, refund_id)
+            refund.reject(payment, approver, note, self.deps.clock.now())
+            await save(uow, payment, refund)
+            await uow.commit()
+        return refund
+
+    async def cancel(self, refund_id: str, actor: Actor, note: str | None = None) -> Refund:
+        async with self.deps.uow() as uow:
+            payment, refund = await lock_refund(uow, refund_id)
+            refund.cancel(payment, actor, self.deps.clock.now(), note)
+            await save(uow, payment, refund)
+            await uow.commit()
+        return refund
+
+    async def offline_payout(
+        self, refund_id: str, actor: Actor, reference: str, paid_at: datetime
+    ) -> Refund:
+        async with self.deps.uow() as uow:
+            payment, refund = await lock_refund(uow, refund_id)
+            refund.mark_offline_paid(payment, actor, reference, paid_at, self.deps.clock.now())
+            await save(uow, payment, refund)
+            await uow.commit()
+        return refund
+
+    async def get(self, refund_id: str) -> Refund:
+        async with self.deps.uow() as uow:
+            refund = await uow.refunds.get(refund_id)
+        if refund is None:
+            raise NotFound(f"no refund {refund_id}")
+        return refund
+
+    async def list(
+        self,
+        *,
+        statuses: list[RefundStatus],
+        payment_id: str | None,
+        created_from: datetime | None,
+        created_to: datetime | None,
+        stale: bool,
+        limit: int,
+        before_id: str | None,
+    ) -> list[Refund]:
+        open_before = None
+        if stale:
+            open_before = self.deps.clock.now() - timedelta(hours=self.deps.stale_after_hours)
+        flt = RefundFilter(
+            statuses=tuple(statuses),
+            payment_id=payment_id,
+            created_from=created_from,
+            created_to=created_to,
+            open_before=open_before,
+            oldest_first=stale,
+        )
+        async with self.deps.uow() as uow:
+            return await uow.refunds.list(flt, limit=limit, before_id=before_id)

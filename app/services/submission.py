@@ -1,0 +1,150 @@
+"""Phases 2 and 3: send approved refunds to their PSE and find out what it did.
+
+No transaction is open while a PSE is called: `submitting` is committed
+first, the PSE is called with the refund's own idempotency key, then the
+answer is committed. A process that dies in between leaves a `submitting`
+row that resolution completes by asking the PSE before anything is resent.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import structlog
+
+from app.domain.models import Payment, Refund, RefundStatus
+from app.domain.ports import (
+    Accepted,
+    Declined,
+    LookupResult,
+    NotFound,
+    RefundSubmission,
+    SubmitResult,
+    Unanswered,
+)
+from app.services.context import Deps, lock_refund, save
+from app.services.webhooks import WebhookService
+
+log = structlog.get_logger("app.refunds")
+
+# Statuses in which the PSE may hold the refund and we may ask it.
+ASKABLE = frozenset({RefundStatus.SUBMITTING, RefundStatus.UNKNOWN, RefundStatus.PENDING})
+
+
+def submission_for(payment: Payment, refund: Refund) -> RefundSubmission:
+    return RefundSubmission(
+        reference=refund.id,
+        idempotency_key=refund.idempotency_key,
+        pse_payment_id=payment.pse_payment_id,
+        amount=refund.amount,
+        reason=refund.reason.value,
+        payment_method=payment.payment_method,
+        metadata=dict(refund.metadata),
+        pse_refund_id=refund.pse_refund_id,
+    )
+
+
+class SubmissionService:
+    def __init__(self, deps: Deps, webhooks: WebhookService, submitting_grace_seconds: float = 60):
+        self.deps = deps
+        self.webhooks = webhooks
+        self.submitting_grace = timedelta(seconds=submitting_grace_seconds)
+
+    def _actor(self, refund: Refund) -> str:
+        return f"pse:{refund.pse_account}"
+
+    async def submit(self, refund_id: str) -> Refund:
+        """Send an `approved` refund. Anything else is returned untouched."""
+        async with self.deps.uow() as uow:
+            payment, refund = await lock_refund(uow, refund_id)
+            if refund.status is not RefundStatus.APPROVED:
+                return refund
+            refund.start_submission(payment, self.deps.clock.now())
+            await save(uow, payment, refund)
+            await uow.commit()
+        submission = submission_for(payment, refund)
+        log.info(
+            "refund.submitting",
+            refund_id=refund.id,
+            payment_id=payment.id,
+            pse_account=refund.pse_account,
+        )
+        result = await self.deps.gateway(refund.pse_account).create_refund(submission)
+        return await self.apply_submit_result(refund_id, result)
+
+    async def apply_submit_result(self, refund_id: str, result: SubmitResult) -> Refund:
+        now = self.deps.clock.now()
+        async with self.deps.uow() as uow:
+            payment, refund = await lock_refund(uow, refund_id)
+            actor = self._actor(refund)
+            in_flight = refund.status in (RefundStatus.SUBMITTING, RefundStatus.UNKNOWN)
+            if isinstance(result, Accepted):
+                refund.apply_pse(payment, result.refund, now, actor)
+            elif isinstance(result, Declined):
+                if not in_flight:
+                    refund.flag(
+                        f"PSE declined ({result.code}) a refund that is {refund.status}", now
+                    )
+                elif result.retriable:
+                    refund.failure_code, refund.failure_message = result.code, result.message
+                    refund.mark_unknown(payment, f"{result.code}: retriable", now)
+                elif result.offline and refund.can_move_to(RefundStatus.OFFLINE_REQUIRED):
+                    refund.require_offline(payment, result.code, result.message, now, actor)
+                elif result.offline:
+                    # `unknown` cannot become `offline_required`: ops must look.
+                    refund.flag(f"PSE says the refund must be paid offline ({result.code})", now)
+                else:
+                    refund.decline(payment, result.code, result.message, now, actor)
+            else:
+                refund.mark_unknown(payment, result.reason, now)
+            await save(uow, payment, refund)
+            await uow.commit()
+        log.info(
+            "refund.submit_result",
+            refund_id=refund.id,
+            pse_account=refund.pse_account,
+            status=refund.status.value,
+            result=type(result).__name__,
+        )
+        await self.webhooks.apply_waiting(refund)
+        return refund
+
+    async def resolve(self, refund_id: str) -> Refund:
+        """Ask the PSE what it has and apply the truth; resend (same key) only
+        when it proves it has nothing."""
+        async with self.deps.uow() as uow:
+            payment, refund = await lock_refund(uow, refund_id)
+        if refund.status is RefundStatus.APPROVED:
+            return await self.submit(refund_id)
+        if refund.status not in ASKABLE:
+            return refund
+        gateway = self.deps.gateway(refund.pse_account)
+        lookup: LookupResult = await gateway.find_refund(submission_for(payment, refund))
+        if isinstance(lookup, Accepted):
+            return await self.apply_submit_result(refund_id, lookup)
+        if isinstance(lookup, Unanswered):
+            log.info("refund.resolve.unanswered", refund_id=refund_id, reason=lookup.reason)
+            return refund
+        assert isinstance(lookup, NotFound)
+        return await self._absent_at_pse(refund_id)
+
+    async def _absent_at_pse(self, refund_id: str) -> Refund:
+        now = self.deps.clock.now()
+        async with self.deps.uow() as uow:
+            payment, refund = await lock_refund(uow, refund_id)
+            resend = refund.status is RefundStatus.UNKNOWN or (
+                refund.status is RefundStatus.SUBMITTING
+                and now - refund.updated_at >= self.submitting_grace
+            )
+            if refund.status is RefundStatus.PENDING:
+                refund.flag("the PSE has no refund matching this pending refund", now)
+                await save(uow, payment, refund)
+                await uow.commit()
+                return refund
+            if not resend:
+                return refund  # a call may still be in flight: do not race it
+        log.info("refund.resend", refund_id=refund_id, pse_account=refund.pse_account)
+        result = await self.deps.gateway(refund.pse_account).create_refund(
+            submission_for(payment, refund)
+        )
+        return await self.apply_submit_result(refund_id, result)

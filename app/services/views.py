@@ -1,0 +1,82 @@
+"""The JSON shape of payments, refunds and events, shared by the API and the outbox."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from app.domain.models import Payment, Refund
+
+
+def rfc3339(at: datetime | None) -> str | None:
+    if at is None:
+        return None
+    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def payment_view(payment: Payment, refund_deadline: datetime) -> dict[str, Any]:
+    return {
+        "id": payment.id,
+        "pse_account": payment.pse_account,
+        "pse_payment_id": payment.pse_payment_id,
+        "order_id": payment.order_id,
+        "amount": payment.amount.amount,
+        "currency": payment.currency,
+        "captured_at": rfc3339(payment.captured_at),
+        "payment_method": payment.payment_method,
+        "risk_level": payment.risk_level.value,
+        "settlement_currency": payment.settlement_currency,
+        "settlement_rate": str(payment.settlement_rate),
+        "refunded_amount": payment.refunded_amount,
+        "reserved_amount": payment.reserved_amount,
+        "refundable_amount": payment.refundable.amount,
+        "refund_deadline": rfc3339(refund_deadline),
+        "created_at": rfc3339(payment.created_at),
+        "updated_at": rfc3339(payment.updated_at),
+    }
+
+
+def refund_view(refund: Refund) -> dict[str, Any]:
+    return {
+        "id": refund.id,
+        "payment_id": refund.payment_id,
+        "pse_account": refund.pse_account,
+        "amount": refund.amount.amount,
+        "currency": refund.currency,
+        "status": refund.status.value,
+        "reason": refund.reason.value,
+        "note": refund.note,
+        "metadata": refund.metadata,
+        "required_approvals": list(refund.required_approvals),
+        "approvals": [
+            {
+                "approver": a.approver,
+                "level": a.level,
+                "decision": a.decision.value,
+                "note": a.note,
+                "at": rfc3339(a.at),
+            }
+            for a in refund.approvals
+        ],
+        "pse_refund_id": refund.pse_refund_id,
+        "failure_code": refund.failure_code,
+        "failure_message": refund.failure_message,
+        "offline_reason": refund.offline_reason if refund.offline else None,
+        "offline_reference": refund.offline_reference,
+        "offline_paid_at": rfc3339(refund.offline_paid_at),
+        "settlement_amount": refund.settlement_amount,
+        "settlement_currency": refund.settlement_currency,
+        "fx_difference": refund.fx_difference,
+        "fee_amount": refund.fee_amount,
+        "created_at": rfc3339(refund.created_at),
+        "updated_at": rfc3339(refund.updated_at),
+        "status_history": [
+            {
+                "status": change.status.value,
+                "at": rfc3339(change.at),
+                "actor": change.actor,
+                "detail": change.detail,
+            }
+            for change in refund.history
+        ],
+    }

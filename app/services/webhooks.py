@@ -1,0 +1,165 @@
+"""PSE webhooks: verify, store the raw event once, then apply it monotonically."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from app.domain.errors import InvalidSignature, InvalidWebhookBody, NotFound
+from app.domain.models import Applied, Refund
+from app.domain.money import Money
+from app.domain.ports import (
+    InvalidWebhookPayload,
+    InvalidWebhookSignature,
+    PseRefund,
+    PseRefundState,
+    UnitOfWork,
+)
+from app.domain.records import StoredWebhook, WebhookStatus
+from app.services.context import Deps, lock_refund, save
+
+log = structlog.get_logger("app.webhooks")
+
+
+def pse_refund_to_dict(seen: PseRefund) -> dict[str, Any]:
+    def money(m: Money | None) -> dict[str, Any] | None:
+        return None if m is None else {"amount": m.amount, "currency": m.currency}
+
+    return {
+        "pse_refund_id": seen.pse_refund_id,
+        "state": seen.state.value,
+        "amount": money(seen.amount),
+        "reference": seen.reference,
+        "failure_code": seen.failure_code,
+        "failure_message": seen.failure_message,
+        "settlement_amount": money(seen.settlement_amount),
+        "fee": money(seen.fee),
+    }
+
+
+def pse_refund_from_dict(data: Mapping[str, Any]) -> PseRefund:
+    def money(m: Mapping[str, Any] | None) -> Money | None:
+        return None if not m else Money(int(m["amount"]), str(m["currency"]))
+
+    return PseRefund(
+        pse_refund_id=data["pse_refund_id"],
+        state=PseRefundState(data["state"]),
+        amount=money(data.get("amount")),
+        reference=data.get("reference"),
+        failure_code=data.get("failure_code"),
+        failure_message=data.get("failure_message"),
+        settlement_amount=money(data.get("settlement_amount")),
+        fee=money(data.get("fee")),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookReceipt:
+    event_id: str
+    duplicate: bool
+    status: WebhookStatus | None
+
+
+class WebhookService:
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+
+    async def receive(
+        self, pse_account: str, headers: Mapping[str, str], body: bytes
+    ) -> WebhookReceipt:
+        gateway = self.deps.gateways.get(pse_account)
+        if gateway is None:
+            raise NotFound(f"no PSE account named {pse_account!r}")
+        now = self.deps.clock.now()
+        lowered = {k.lower(): v for k, v in headers.items()}
+        try:
+            event = gateway.parse_webhook(lowered, body, now)
+        except InvalidWebhookSignature as exc:
+            log.warning("webhook.rejected", pse_account=pse_account, reason=str(exc))
+            raise InvalidSignature() from None
+        except InvalidWebhookPayload as exc:
+            log.warning("webhook.unreadable", pse_account=pse_account, reason=str(exc))
+            raise InvalidWebhookBody(str(exc)) from None
+        refund_data = pse_refund_to_dict(event.refund) if event.refund else None
+        async with self.deps.uow() as uow:
+            stored = await uow.webhooks.insert_if_new(
+                pse_account=pse_account,
+                event_id=event.event_id,
+                event_type=event.event_type,
+                body=body.decode("utf-8", errors="replace"),
+                refund=refund_data,
+                received_at=now,
+            )
+            if stored is not None and refund_data is None:
+                await uow.webhooks.mark(stored.id, WebhookStatus.IGNORED, None, now)
+            await uow.commit()
+        if stored is None:
+            log.info("webhook.duplicate", pse_account=pse_account, event_id=event.event_id)
+            return WebhookReceipt(event.event_id, True, None)
+        if refund_data is None:
+            return WebhookReceipt(event.event_id, False, WebhookStatus.IGNORED)
+        try:
+            status = await self.apply(stored)
+        except Exception:  # stored already: the worker applies it later
+            log.exception("webhook.apply_failed", pse_account=pse_account, event_id=event.event_id)
+            status = WebhookStatus.RECEIVED
+        return WebhookReceipt(event.event_id, False, status)
+
+    async def apply(self, stored: StoredWebhook) -> WebhookStatus:
+        """Apply one stored event to its refund, under the refund's lock."""
+        if stored.refund is None:
+            return WebhookStatus.IGNORED
+        seen = pse_refund_from_dict(stored.refund)
+        now = self.deps.clock.now()
+        async with self.deps.uow() as uow:
+            match = await self._match(uow, stored.pse_account, seen)
+            if match is None:
+                await uow.webhooks.mark(stored.id, WebhookStatus.UNMATCHED, None, now)
+                await uow.commit()
+                log.info(
+                    "webhook.unmatched",
+                    pse_account=stored.pse_account,
+                    event_id=stored.event_id,
+                    pse_refund_id=seen.pse_refund_id,
+                )
+                return WebhookStatus.UNMATCHED
+            payment, refund = await lock_refund(uow, match.id)
+            outcome = refund.apply_pse(payment, seen, now, f"pse:{stored.pse_account} webhook")
+            status = (
+                WebhookStatus.CONFLICT if outcome is Applied.CONTRADICTS else WebhookStatus.APPLIED
+            )
+            await save(uow, payment, refund)
+            await uow.webhooks.mark(stored.id, status, refund.id, now)
+            await uow.commit()
+        log.info(
+            "webhook.applied",
+            pse_account=stored.pse_account,
+            event_id=stored.event_id,
+            refund_id=refund.id,
+            outcome=outcome.value,
+            status=refund.status.value,
+        )
+        return status
+
+    async def apply_waiting(self, refund: Refund) -> None:
+        """Apply events that arrived before the refund could be matched."""
+        async with self.deps.uow() as uow:
+            waiting = await uow.webhooks.waiting_for(
+                refund.pse_account, refund.pse_refund_id, refund.id
+            )
+        for stored in waiting:
+            await self.apply(stored)
+
+    async def _match(self, uow: UnitOfWork, pse_account: str, seen: PseRefund) -> Refund | None:
+        if seen.pse_refund_id:
+            found = await uow.refunds.find_by_pse_refund_id(pse_account, seen.pse_refund_id)
+            if found is not None:
+                return found
+        if seen.reference:
+            found = await uow.refunds.get(seen.reference)
+            if found is not None and found.pse_account == pse_account:
+                return found
+        return None
