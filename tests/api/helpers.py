@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+_counter = itertools.count(1)
+
+
+def payment_body(**overrides: Any) -> dict[str, Any]:
+    body = {
+        "pse_account": "fake_jp",
+        "pse_payment_id": f"pay_{next(_counter)}",
+        "order_id": "ORD-1001",
+        "amount": 50000,
+        "currency": "JPY",
+        "captured_at": "2026-11-01T10:00:00Z",
+        "payment_method": "card",
+    }
+    body.update(overrides)
+    return body
+
+
+async def register(api, **overrides: Any) -> dict[str, Any]:
+    r = await api.client.post("/v1/payments", json=payment_body(**overrides), headers=api.auth("store"))
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+async def refund(api, payment_id: str, amount: int | None = 3000, *, key: str | None = None,
+                 who: str = "store", **extra: Any):
+    body: dict[str, Any] = {"payment_id": payment_id, "reason": "requested_by_customer", **extra}
+    if amount is not None:
+        body["amount"] = amount
+    headers = {**api.auth(who), "Idempotency-Key": key or f"idem-{next(_counter)}"}
+    return await api.client.post("/v1/refunds", json=body, headers=headers)
+
+
+async def get_refund(api, refund_id: str) -> dict[str, Any]:
+    r = await api.client.get(f"/v1/refunds/{refund_id}", headers=api.auth("ops"))
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+async def get_payment(api, payment_id: str) -> dict[str, Any]:
+    r = await api.client.get(f"/v1/payments/{payment_id}", headers=api.auth("ops"))
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def assert_problem(response, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body = response.json()
+    assert body["code"] == code
+    assert body["status"] == status
+    assert body["request_id"] == response.headers["x-request-id"]
+    for field in ("type", "title", "detail"):
+        assert body[field]
+    return body
