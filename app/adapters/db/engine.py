@@ -13,7 +13,17 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-PROJECT_ROOT = Path(__file__).resolve().parents[3]
+
+def _project_root() -> Path:
+    """Where alembic.ini and migrations/ live: beside the source tree, or (in an
+    installed image) the working directory."""
+    source_root = Path(__file__).resolve().parents[3]
+    if (source_root / "migrations").is_dir():
+        return source_root
+    return Path.cwd()
+
+
+PROJECT_ROOT = _project_root()
 MIGRATIONS_DIR = PROJECT_ROOT / "migrations"
 
 
