@@ -162,9 +162,7 @@ class RetryingHttp:
                 ) from None
             if isinstance(last, httpx.TimeoutException):
                 raise PseNoAnswer(f"timeout after {attempt_no} attempts") from None
-            raise PseNoAnswer(
-                f"{type(last).__name__} after {attempt_no} attempts"
-            ) from None
+            raise PseNoAnswer(f"{type(last).__name__} after {attempt_no} attempts") from None
         raise AssertionError("unreachable")  # pragma: no cover
 
 
