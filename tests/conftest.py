@@ -39,7 +39,7 @@ async def postgres_url() -> AsyncIterator[str]:
     name = f"refunds_test_{secrets.token_hex(4)}"
     try:
         admin = await asyncpg.connect(ADMIN_DSN, timeout=5)
-    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
         message = f"PostgreSQL is not reachable at {ADMIN_DSN}: {exc}"
         if _require_postgres():
             pytest.fail(message)

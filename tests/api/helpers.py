@@ -21,13 +21,22 @@ def payment_body(**overrides: Any) -> dict[str, Any]:
 
 
 async def register(api, **overrides: Any) -> dict[str, Any]:
-    r = await api.client.post("/v1/payments", json=payment_body(**overrides), headers=api.auth("store"))
+    r = await api.client.post(
+        "/v1/payments", json=payment_body(**overrides), headers=api.auth("store")
+    )
     assert r.status_code == 201, r.text
     return r.json()
 
 
-async def refund(api, payment_id: str, amount: int | None = 3000, *, key: str | None = None,
-                 who: str = "store", **extra: Any):
+async def refund(
+    api,
+    payment_id: str,
+    amount: int | None = 3000,
+    *,
+    key: str | None = None,
+    who: str = "store",
+    **extra: Any,
+):
     body: dict[str, Any] = {"payment_id": payment_id, "reason": "requested_by_customer", **extra}
     if amount is not None:
         body["amount"] = amount

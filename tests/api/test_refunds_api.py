@@ -17,7 +17,9 @@ async def count_refunds(api) -> int:
 async def event_types(api, refund_id: str) -> list[str]:
     async with api.container.engine.connect() as conn:
         rows = await conn.execute(
-            select(t.events.c.type).where(t.events.c.refund_id == refund_id).order_by(t.events.c.seq)
+            select(t.events.c.type)
+            .where(t.events.c.refund_id == refund_id)
+            .order_by(t.events.c.seq)
         )
         return [row.type for row in rows]
 
@@ -223,7 +225,9 @@ async def test_a_large_refund_needs_two_approvers_one_of_level_two(api):
     url = f"/v1/refunds/{created['id']}/approve"
     r = await api.client.post(url, headers=api.auth("approver1"))
     assert r.json()["status"] == "pending_approval"
-    assert_problem(await api.client.post(url, headers=api.auth("approver1")), 409, "already_decided")
+    assert_problem(
+        await api.client.post(url, headers=api.auth("approver1")), 409, "already_decided"
+    )
     assert_problem(
         await api.client.post(url, headers=api.auth("approver1b")),
         403,
@@ -238,8 +242,9 @@ async def test_a_rejection_needs_a_note_and_frees_the_reserved_amount(api):
     payment = await register(api)
     created = (await refund(api, payment["id"], 20000)).json()
     url = f"/v1/refunds/{created['id']}/reject"
-    assert_problem(await api.client.post(url, json={}, headers=api.auth("approver1")), 422,
-                   "validation_error")
+    assert_problem(
+        await api.client.post(url, json={}, headers=api.auth("approver1")), 422, "validation_error"
+    )
     r = await api.client.post(url, json={"note": "duplicate"}, headers=api.auth("approver1"))
     assert r.json()["status"] == "rejected"
     assert (await get_payment(api, payment["id"]))["refundable_amount"] == 50000
@@ -429,7 +434,10 @@ async def test_the_policy_is_readable_by_admins_only_and_shows_no_secret(api):
     body = r.json()
     assert body["refund_window_days"] == 180
     assert body["approval_tiers"][1] == {
-        "currency": "JPY", "above": 100000, "approvals": 2, "min_level": 2
+        "currency": "JPY",
+        "above": 100000,
+        "approvals": 2,
+        "min_level": 2,
     }
     assert "sk_fake" not in r.text
 

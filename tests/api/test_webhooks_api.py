@@ -23,9 +23,7 @@ def event(event_id: str, pse_refund_id: str, state: str, reference: str | None =
 
 async def stored_events(api) -> list[dict]:
     async with api.container.engine.connect() as conn:
-        rows = await conn.execute(
-            select(t.pse_webhook_events).order_by(t.pse_webhook_events.c.id)
-        )
+        rows = await conn.execute(select(t.pse_webhook_events).order_by(t.pse_webhook_events.c.id))
         return [dict(row._mapping) for row in rows]
 
 
@@ -39,12 +37,17 @@ async def sent_refund(api) -> tuple[dict, dict]:
 async def test_a_signed_webhook_moves_a_pending_refund_to_succeeded(api):
     payment, pending = await sent_refund(api)
     r = await api.client.post(
-        "/v1/webhooks/fake_jp", content=event("evt_1", pending["pse_refund_id"], "succeeded"),
+        "/v1/webhooks/fake_jp",
+        content=event("evt_1", pending["pse_refund_id"], "succeeded"),
         headers=SIGNED,
     )
     assert r.status_code == 200
-    assert r.json() == {"received": True, "event_id": "evt_1", "duplicate": False,
-                        "status": "applied"}
+    assert r.json() == {
+        "received": True,
+        "event_id": "evt_1",
+        "duplicate": False,
+        "status": "applied",
+    }
     now = await get_refund(api, pending["id"])
     assert now["status"] == "succeeded"
     assert now["status_history"][-1]["actor"] == "pse:fake_jp webhook"
@@ -89,10 +92,12 @@ async def test_a_repeated_event_is_acknowledged_and_applied_once(api):
 async def test_a_late_failure_never_moves_a_succeeded_refund_and_raises_attention(api):
     payment, pending = await sent_refund(api)
     pid = pending["pse_refund_id"]
-    await api.client.post("/v1/webhooks/fake_jp", content=event("e1", pid, "succeeded"),
-                          headers=SIGNED)
-    r = await api.client.post("/v1/webhooks/fake_jp", content=event("e2", pid, "failed"),
-                              headers=SIGNED)
+    await api.client.post(
+        "/v1/webhooks/fake_jp", content=event("e1", pid, "succeeded"), headers=SIGNED
+    )
+    r = await api.client.post(
+        "/v1/webhooks/fake_jp", content=event("e2", pid, "failed"), headers=SIGNED
+    )
     assert r.json()["status"] == "conflict"
     assert (await get_refund(api, pending["id"]))["status"] == "succeeded"
     assert (await get_payment(api, payment["id"]))["refunded_amount"] == 3000

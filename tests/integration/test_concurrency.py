@@ -26,9 +26,7 @@ async def test_thirty_concurrent_refunds_never_exceed_the_payment(api):
     async with api.container.engine.connect() as conn:
         total = (
             await conn.execute(
-                select(func.sum(t.refunds.c.amount)).where(
-                    t.refunds.c.payment_id == payment["id"]
-                )
+                select(func.sum(t.refunds.c.amount)).where(t.refunds.c.payment_id == payment["id"])
             )
         ).scalar_one()
     assert total == 10000
@@ -62,10 +60,7 @@ async def test_concurrent_registrations_of_one_payment_make_one_payment(api):
         "captured_at": "2026-11-01T10:00:00Z",
     }
     results = await asyncio.gather(
-        *(
-            api.client.post("/v1/payments", json=body, headers=api.auth("store"))
-            for _ in range(8)
-        )
+        *(api.client.post("/v1/payments", json=body, headers=api.auth("store")) for _ in range(8))
     )
     assert {r.status_code for r in results} <= {200, 201}
     assert len({r.json()["id"] for r in results}) == 1
@@ -77,8 +72,11 @@ async def test_the_same_webhook_delivered_concurrently_is_applied_once(api):
     created = (await refund(api, payment["id"], 3000)).json()
     await api.settle()
     body = json.dumps(
-        {"id": "evt_same", "type": "refund.succeeded",
-         "refund": {"id": "fre_1", "state": "succeeded"}}
+        {
+            "id": "evt_same",
+            "type": "refund.succeeded",
+            "refund": {"id": "fre_1", "state": "succeeded"},
+        }
     ).encode()
     results = await asyncio.gather(
         *(
