@@ -328,6 +328,11 @@ class Refund:
     def can_move_to(self, to: RefundStatus) -> bool:
         return to in TRANSITIONS[self.status]
 
+    def _require(self, to: RefundStatus) -> None:
+        """Refuse before touching any field, so a refused call changes nothing."""
+        if not self.can_move_to(to):
+            raise InvalidState(f"a refund cannot go from {self.status} to {to}")
+
     # -- approvals ---------------------------------------------------------
 
     def _check_decider(self, approver: Approver) -> None:
@@ -407,6 +412,7 @@ class Refund:
     def require_offline(
         self, payment: Payment, code: str, message: str | None, at: datetime, actor: str
     ) -> None:
+        self._require(S.OFFLINE_REQUIRED)
         self.failure_code = code
         self.failure_message = message
         self.offline = True
@@ -417,6 +423,7 @@ class Refund:
         self, payment: Payment, code: str, message: str | None, at: datetime, actor: str
     ) -> None:
         """The PSE answered definitively that it did not make the refund."""
+        self._require(S.FAILED)
         self.failure_code = code
         self.failure_message = message
         self._move(payment, S.FAILED, at, actor, message or code)
@@ -427,15 +434,13 @@ class Refund:
         pending < succeeded|failed. A final status never moves; a PSE view that
         contradicts it is reported, not applied.
         """
-        if seen.pse_refund_id and not self.pse_refund_id:
-            self.pse_refund_id = seen.pse_refund_id
-        self._record_settlement(seen)
         target = {
             PseRefundState.PENDING: S.PENDING,
             PseRefundState.SUCCEEDED: S.SUCCEEDED,
             PseRefundState.FAILED: S.FAILED,
         }[seen.state]
         if self.status is target:
+            self._learn(seen)
             return Applied.UNCHANGED
         if self.status.is_final:
             if target is S.PENDING and self.status is S.SUCCEEDED:
@@ -449,13 +454,18 @@ class Refund:
                 )
             )
             return Applied.CONTRADICTS
-        if target is S.PENDING and self.status is S.PENDING:
-            return Applied.UNCHANGED
         if not self.can_move_to(target):
             if self.status is S.APPROVED:
                 # The PSE has it although we never recorded sending it (a resend
                 # after a lost commit): record the submission, then the outcome.
                 self._move(payment, S.SUBMITTING, at, actor, "seen at the PSE")
+            elif (
+                self.status is S.OFFLINE_REQUIRED
+                and target is S.FAILED
+                and self.submit_attempts > 0
+            ):
+                # The PSE confirms the failure that sent this refund offline.
+                return Applied.UNCHANGED
             elif self.status in (S.PENDING_APPROVAL, S.OFFLINE_REQUIRED):
                 self.flag(f"PSE reports {seen.state} for a refund never sent to it", at)
                 return Applied.CONTRADICTS
@@ -464,14 +474,23 @@ class Refund:
         if target is S.FAILED:
             self.failure_code = seen.failure_code or "pse_failed"
             self.failure_message = seen.failure_message
+        self._learn(seen)
         self._move(payment, target, at, actor, seen.failure_code if target is S.FAILED else None)
         return Applied.CHANGED
 
-    def _record_settlement(self, seen: PseRefund) -> None:
+    def _learn(self, seen: PseRefund) -> None:
+        """Record the PSE's id, fee and settled amount from a report we accept."""
+        if seen.pse_refund_id and not self.pse_refund_id:
+            self.pse_refund_id = seen.pse_refund_id
         if seen.fee is not None:
             self.fee_amount = seen.fee.amount
-        if seen.settlement_amount is not None and self.settlement_amount is not None:
-            self.fx_difference = seen.settlement_amount.amount - self.settlement_amount
+        settled = seen.settlement_amount
+        if (
+            settled is not None
+            and self.settlement_amount is not None
+            and settled.currency == self.settlement_currency
+        ):
+            self.fx_difference = settled.amount - self.settlement_amount
 
     def flag(self, detail: str, at: datetime) -> None:
         """Raise `refund.needs_attention` without changing the status."""

@@ -7,7 +7,7 @@ Amounts never pass through floats. Conversions between currencies use
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from decimal import ROUND_HALF_EVEN, Context, Decimal, InvalidOperation
 
 from app.domain.errors import CurrencyMismatch, InvalidMoney, UnknownCurrency
 
@@ -31,6 +31,13 @@ _TWO_DECIMAL = frozenset(
     """.split()
 )
 
+# Amounts are stored as 64-bit integers.
+MIN_MINOR_UNITS, MAX_MINOR_UNITS = -(2**63), 2**63 - 1
+
+# Enough digits for any 64-bit amount times any sane rate, so Decimal
+# arithmetic never rounds before the one explicit half-even step.
+_EXACT = Context(prec=60)
+
 CURRENCY_EXPONENTS: dict[str, int] = {
     **{code: 2 for code in _TWO_DECIMAL},
     **{code: 0 for code in _ZERO_DECIMAL},
@@ -52,6 +59,9 @@ def exponent(currency: str) -> int:
 
 def parse_rate(value: str | Decimal) -> Decimal:
     """A positive, finite exchange rate given as a decimal string."""
+    if not isinstance(value, str | Decimal):
+        # Floats carry binary noise (0.0067 is 0.00670000000000000022…), bools are not rates.
+        raise InvalidMoney(f"exchange rate {value!r} must be a decimal string")
     try:
         rate = value if isinstance(value, Decimal) else Decimal(value)
     except (InvalidOperation, TypeError, ValueError):
@@ -69,6 +79,8 @@ class Money:
     def __post_init__(self) -> None:
         if isinstance(self.amount, bool) or not isinstance(self.amount, int):
             raise InvalidMoney(f"amount must be an integer of minor units, got {self.amount!r}")
+        if not MIN_MINOR_UNITS <= self.amount <= MAX_MINOR_UNITS:
+            raise InvalidMoney("amount is beyond what can be stored (64-bit minor units)")
         exponent(self.currency)
 
     @classmethod
@@ -105,19 +117,24 @@ class Money:
 
     def to_major(self) -> Decimal:
         """The amount in major units, exactly (JPY 1500 -> 1500, USD 1500 -> 15.00)."""
-        return Decimal(self.amount).scaleb(-exponent(self.currency))
+        return Decimal(self.amount).scaleb(-exponent(self.currency), context=_EXACT)
 
     @classmethod
     def from_major(cls, value: Decimal, currency: str) -> Money:
         """Major units to minor units, rounding half-even when `value` has more decimals."""
-        minor = (value.scaleb(exponent(currency))).quantize(Decimal(1), rounding=ROUND_HALF_EVEN)
+        try:
+            minor = value.scaleb(exponent(currency), context=_EXACT).quantize(
+                Decimal(1), rounding=ROUND_HALF_EVEN, context=_EXACT
+            )
+        except InvalidOperation:
+            raise InvalidMoney(f"{value} {currency} cannot be expressed in minor units") from None
         return cls(int(minor), currency)
 
     def convert(self, rate: Decimal, to_currency: str) -> Money:
         """Convert at `rate` (units of `to_currency` per one major unit of ours), half-even."""
         if to_currency == self.currency and rate == 1:
             return self
-        return Money.from_major(self.to_major() * rate, to_currency)
+        return Money.from_major(_EXACT.multiply(self.to_major(), rate), to_currency)
 
     def __str__(self) -> str:
         return f"{self.to_major()} {self.currency}"
