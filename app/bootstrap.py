@@ -15,6 +15,7 @@ from app.adapters.pse.base import PseAccount
 from app.config import AccountSettings, ConfigError, Settings
 from app.domain.policy import ApprovalTier, RefundPolicy
 from app.domain.ports import Clock, PseGateway
+from app.domain.resolution import CheckSchedule
 from app.services.context import AccountInfo, Deps
 from app.services.dispatch import BackgroundSubmitter
 from app.services.idempotency import IdempotencyService
@@ -23,6 +24,7 @@ from app.services.payments import PaymentService
 from app.services.refunds import RefundService
 from app.services.submission import SubmissionService
 from app.services.webhooks import WebhookService
+from app.services.worker import Worker
 
 
 def policy_from(settings: Settings) -> RefundPolicy:
@@ -35,6 +37,16 @@ def policy_from(settings: Settings) -> RefundPolicy:
             ApprovalTier(t.currency, t.above, t.approvals, t.min_level) for t in p.approval_tiers
         ),
         offline_payment_methods=frozenset(m.lower() for m in p.offline_payment_methods),
+    )
+
+
+def schedule_from(settings: Settings) -> CheckSchedule:
+    w = settings.worker
+    return CheckSchedule(
+        backoff_seconds=tuple(w.resolve_backoff_seconds),
+        approved_grace_seconds=w.approved_grace_seconds,
+        submitting_grace_seconds=w.submitting_grace_seconds,
+        pending_check_after_seconds=w.pending_check_after_seconds,
     )
 
 
@@ -81,6 +93,7 @@ class Container:
     keys: KeyService
     idempotency: IdempotencyService
     submitter: BackgroundSubmitter
+    worker: Worker
     http: httpx.AsyncClient
     pse_accounts: dict[str, PseAccount] = field(default_factory=dict)
 
@@ -133,6 +146,7 @@ def build_container(
         },
         gateways=gateways,
         stale_after_hours=settings.stale_after_hours,
+        schedule=schedule_from(settings),
     )
     webhooks = WebhookService(deps)
     submissions = SubmissionService(
@@ -151,6 +165,15 @@ def build_container(
         keys=KeyService(deps),
         idempotency=IdempotencyService(deps),
         submitter=submitter,
+        worker=Worker(
+            deps,
+            submissions,
+            webhooks,
+            poll_interval_seconds=settings.worker.poll_interval_seconds,
+            batch_size=settings.worker.batch_size,
+            concurrency=settings.worker.concurrency,
+            lease_seconds=settings.worker.lease_seconds,
+        ),
         http=http,
         pse_accounts=accounts,
     )

@@ -126,7 +126,7 @@ def serve(
     host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
 ) -> None:
-    """Run the HTTP API (and the background submitter).
+    """Run the HTTP API and, unless `[worker] enabled = false`, the background worker.
 
     With no configuration at all (no config file, no PSE_REFUNDS_ variables)
     it starts the embedded demo: SQLite, a `sandbox` PSE account served by this
@@ -163,7 +163,7 @@ def serve(
             from app.sandbox.app import create_sandbox_app
 
             mounts["/sandbox"] = create_sandbox_app(sandbox_cfg)
-        return create_app(container, extra_mounts=mounts)
+        return create_app(container, extra_mounts=mounts, run_worker=True)
 
     uvicorn.run(
         factory,
@@ -199,6 +199,36 @@ def _print_demo_banner(host: str, port: int, keys: list[tuple[str, str, list[str
         "",
     ]
     typer.echo("\n".join(lines))
+
+
+@cli.command()
+def worker() -> None:
+    """Run the background worker alone (no HTTP): resolves unknown, stale pending,
+    orphaned submitting and never-sent approved refunds. Stops cleanly on SIGTERM."""
+    import signal
+
+    from app.bootstrap import build_container
+    from app.logs import configure_logging
+
+    settings = _ready_settings()
+    configure_logging(settings.log_format, settings.log_level)
+
+    async def main() -> None:
+        try:
+            container = build_container(settings)
+        except ConfigError as exc:
+            typer.echo(f"pse-refunds: {exc}", err=True)
+            raise typer.Exit(2) from None
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await container.worker.run(stop)
+        finally:
+            await container.aclose()
+
+    _run(main())
 
 
 @cli.command()

@@ -125,10 +125,14 @@ class WorkerSettings(_Strict):
     enabled: bool = True
     poll_interval_seconds: float = Field(default=1.0, gt=0, le=3600)
     resolve_backoff_seconds: list[Annotated[float, Field(ge=0)]] = Field(
-        default_factory=lambda: [300, 3600, 86400, 86400, 86400]
+        default_factory=lambda: [300, 3600, 86400, 86400, 86400], min_length=1
     )
     submitting_grace_seconds: float = Field(default=60, ge=0)
     pending_check_after_seconds: float = Field(default=3600, ge=0)
+    approved_grace_seconds: float = Field(default=10, ge=0)
+    batch_size: int = Field(default=20, ge=1, le=1000)
+    concurrency: int = Field(default=8, ge=1, le=256)
+    lease_seconds: float = Field(default=300, gt=0)
 
 
 class StoreWebhookSettings(_Strict):

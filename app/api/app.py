@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -34,14 +35,28 @@ TAGS = [
 ]
 
 
-def create_app(container: Container, *, extra_mounts: dict[str, Any] | None = None) -> FastAPI:
-    """Build the app around a container. The app closes the container on shutdown."""
+def create_app(
+    container: Container,
+    *,
+    extra_mounts: dict[str, Any] | None = None,
+    run_worker: bool = False,
+) -> FastAPI:
+    """Build the app around a container. When served, the app runs the
+    background worker (if `run_worker` and `[worker] enabled`) and closes the
+    container on shutdown, after the worker's pass under way has finished."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        stop = asyncio.Event()
+        worker_task = None
+        if run_worker and container.settings.worker.enabled:
+            worker_task = asyncio.create_task(container.worker.run(stop))
         try:
             yield
         finally:
+            stop.set()
+            if worker_task is not None:
+                await worker_task
             await container.aclose()
             for mounted in (extra_mounts or {}).values():
                 closer = getattr(getattr(mounted, "state", None), "sandbox", None)

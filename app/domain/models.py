@@ -288,6 +288,11 @@ class Refund:
     offline_reference: str | None = None
     offline_paid_at: datetime | None = None
     submit_attempts: int = 0
+    # Self-checks with the PSE (see resolution.CheckSchedule).
+    resolve_attempts: int = 0
+    next_check_at: datetime | None = None
+    # Set when the status changed since the refund was loaded: its checks are rescheduled.
+    status_changed: bool = False
     # Raised by the last operations, written to the outbox by the service.
     events: list[DomainEvent] = field(default_factory=list)
 
@@ -305,6 +310,7 @@ class Refund:
     def _enter(self, to: RefundStatus, at: datetime, actor: str, detail: str | None) -> None:
         self.status = to
         self.updated_at = at
+        self.status_changed = True
         self.history.append(StatusChange(to, at, actor, detail))
         self.events.append(DomainEvent(EVENT_FOR_STATUS[to], self.id, at, detail))
 

@@ -11,6 +11,7 @@ from app.domain.models import Payment, Refund
 from app.domain.policy import RefundPolicy
 from app.domain.ports import Clock, PseGateway, UnitOfWork
 from app.domain.records import OutboxEvent
+from app.domain.resolution import CheckSchedule
 from app.services.ids import new_id
 from app.services.views import refund_view
 
@@ -42,6 +43,7 @@ class Deps:
     gateways: Mapping[str, PseGateway]
     queue: SubmissionQueue = field(default_factory=_NoQueue)
     stale_after_hours: float = 24.0
+    schedule: CheckSchedule = field(default_factory=CheckSchedule)
 
     def account(self, name: str) -> AccountInfo:
         try:
@@ -69,8 +71,16 @@ async def lock_refund(uow: UnitOfWork, refund_id: str) -> tuple[Payment, Refund]
     return payment, refund
 
 
-async def save(uow: UnitOfWork, payment: Payment, refund: Refund) -> None:
+def reschedule(deps: Deps, refund: Refund) -> None:
+    """A refund whose status changed gets the first self-check of its new status."""
+    if refund.status_changed:
+        deps.schedule.reschedule(refund, refund.updated_at)
+        refund.status_changed = False
+
+
+async def save(deps: Deps, uow: UnitOfWork, payment: Payment, refund: Refund) -> None:
     """Write the refund, the payment's counters and the refund's new events."""
+    reschedule(deps, refund)
     await uow.refunds.update(refund)
     await uow.payments.update(payment)
     await write_events(uow, refund)

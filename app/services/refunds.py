@@ -10,7 +10,7 @@ from app.domain.errors import NotFound
 from app.domain.models import Actor, Approver, Refund, RefundReason, RefundStatus
 from app.domain.money import Money
 from app.domain.ports import RefundFilter
-from app.services.context import Deps, lock_refund, save, write_events
+from app.services.context import Deps, lock_refund, reschedule, save, write_events
 from app.services.idempotency import IdempotencyClaim
 from app.services.ids import new_id
 
@@ -70,6 +70,7 @@ class RefundService:
             )
             if decision.counts_toward_daily_limit and refund.auto_approved:
                 await uow.auto_approvals.add(refund.currency, day, refund.amount.amount)
+            reschedule(self.deps, refund)
             await uow.refunds.add(refund)
             await uow.payments.update(payment)
             await write_events(uow, refund)
@@ -87,7 +88,7 @@ class RefundService:
         async with self.deps.uow() as uow:
             payment, refund = await lock_refund(uow, refund_id)
             refund.approve(payment, approver, note, self.deps.clock.now())
-            await save(uow, payment, refund)
+            await save(self.deps, uow, payment, refund)
             await uow.commit()
         if refund.status is RefundStatus.APPROVED:
             self.deps.queue.submit_soon(refund.id)
@@ -97,7 +98,7 @@ class RefundService:
         async with self.deps.uow() as uow:
             payment, refund = await lock_refund(uow, refund_id)
             refund.reject(payment, approver, note, self.deps.clock.now())
-            await save(uow, payment, refund)
+            await save(self.deps, uow, payment, refund)
             await uow.commit()
         return refund
 
@@ -105,7 +106,7 @@ class RefundService:
         async with self.deps.uow() as uow:
             payment, refund = await lock_refund(uow, refund_id)
             refund.cancel(payment, actor, self.deps.clock.now(), note)
-            await save(uow, payment, refund)
+            await save(self.deps, uow, payment, refund)
             await uow.commit()
         return refund
 
@@ -115,7 +116,7 @@ class RefundService:
         async with self.deps.uow() as uow:
             payment, refund = await lock_refund(uow, refund_id)
             refund.mark_offline_paid(payment, actor, reference, paid_at, self.deps.clock.now())
-            await save(uow, payment, refund)
+            await save(self.deps, uow, payment, refund)
             await uow.commit()
         return refund
 

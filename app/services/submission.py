@@ -60,7 +60,7 @@ class SubmissionService:
             if refund.status is not RefundStatus.APPROVED:
                 return refund
             refund.start_submission(payment, self.deps.clock.now())
-            await save(uow, payment, refund)
+            await save(self.deps, uow, payment, refund)
             await uow.commit()
         submission = submission_for(payment, refund)
         log.info(
@@ -97,7 +97,7 @@ class SubmissionService:
                     refund.decline(payment, result.code, result.message, now, actor)
             else:
                 refund.mark_unknown(payment, result.reason, now)
-            await save(uow, payment, refund)
+            await save(self.deps, uow, payment, refund)
             await uow.commit()
         log.info(
             "refund.submit_result",
@@ -107,6 +107,13 @@ class SubmissionService:
             result=type(result).__name__,
         )
         await self.webhooks.apply_waiting(refund)
+        return refund
+
+    async def get(self, refund_id: str) -> Refund:
+        async with self.deps.uow() as uow:
+            refund = await uow.refunds.get(refund_id)
+        if refund is None:
+            raise LookupError(refund_id)
         return refund
 
     async def resolve(self, refund_id: str) -> Refund:
@@ -124,9 +131,24 @@ class SubmissionService:
             return await self.apply_submit_result(refund_id, lookup)
         if isinstance(lookup, Unanswered):
             log.info("refund.resolve.unanswered", refund_id=refund_id, reason=lookup.reason)
-            return refund
+            return await self._orphan_unanswered(refund_id, lookup.reason)
         assert isinstance(lookup, NotFound)
         return await self._absent_at_pse(refund_id)
+
+    async def _orphan_unanswered(self, refund_id: str, reason: str) -> Refund:
+        """A `submitting` refund past its grace whose PSE does not answer either:
+        its call died with its process, so its outcome is `unknown`."""
+        now = self.deps.clock.now()
+        async with self.deps.uow() as uow:
+            payment, refund = await lock_refund(uow, refund_id)
+            if (
+                refund.status is RefundStatus.SUBMITTING
+                and now - refund.updated_at >= self.submitting_grace
+            ):
+                refund.mark_unknown(payment, f"interrupted; look-up: {reason}", now)
+                await save(self.deps, uow, payment, refund)
+                await uow.commit()
+        return refund
 
     async def _absent_at_pse(self, refund_id: str) -> Refund:
         now = self.deps.clock.now()
@@ -138,7 +160,7 @@ class SubmissionService:
             )
             if refund.status is RefundStatus.PENDING:
                 refund.flag("the PSE has no refund matching this pending refund", now)
-                await save(uow, payment, refund)
+                await save(self.deps, uow, payment, refund)
                 await uow.commit()
                 return refund
             if not resend:

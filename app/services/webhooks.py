@@ -131,7 +131,7 @@ class WebhookService:
             status = (
                 WebhookStatus.CONFLICT if outcome is Applied.CONTRADICTS else WebhookStatus.APPLIED
             )
-            await save(uow, payment, refund)
+            await save(self.deps, uow, payment, refund)
             await uow.webhooks.mark(stored.id, status, refund.id, now)
             await uow.commit()
         log.info(

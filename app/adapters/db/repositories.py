@@ -165,6 +165,8 @@ class SqlRefundRepository(_Repo):
             "offline_reference": refund.offline_reference,
             "offline_paid_at": refund.offline_paid_at,
             "submit_attempts": refund.submit_attempts,
+            "resolve_attempts": refund.resolve_attempts,
+            "next_check_at": refund.next_check_at,
             "updated_at": refund.updated_at,
         }
 
@@ -245,6 +247,38 @@ class SqlRefundRepository(_Repo):
         )
         row = (await self.conn.execute(query)).first()
         return (await self._hydrate([row]))[0] if row else None
+
+    async def claim_due(self, now: datetime, lease_until: datetime, limit: int) -> list[str]:
+        """Refunds due for a self-check, leased to the caller until `lease_until`.
+
+        SKIP LOCKED lets several workers claim at once without waiting on, or
+        taking, each other's rows; the lease (a later next_check_at) keeps them
+        off these refunds once the short claiming transaction commits.
+        """
+        c = t.refunds.c
+        query = (
+            select(c.id)
+            .where(
+                c.status.in_(
+                    [
+                        RefundStatus.APPROVED.value,
+                        RefundStatus.SUBMITTING.value,
+                        RefundStatus.UNKNOWN.value,
+                        RefundStatus.PENDING.value,
+                    ]
+                ),
+                c.next_check_at <= now,
+            )
+            .order_by(c.next_check_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        ids = [row.id for row in await self.conn.execute(query)]
+        if ids:
+            await self.conn.execute(
+                update(t.refunds).where(c.id.in_(ids)).values(next_check_at=lease_until)
+            )
+        return ids
 
     async def list(self, flt: RefundFilter, *, limit: int, before_id: str | None) -> list[Refund]:
         c = t.refunds.c
@@ -330,6 +364,8 @@ class SqlRefundRepository(_Repo):
                 offline_reference=row.offline_reference,
                 offline_paid_at=row.offline_paid_at,
                 submit_attempts=row.submit_attempts,
+                resolve_attempts=row.resolve_attempts,
+                next_check_at=row.next_check_at,
             )
             self._loaded[refund.id] = (len(refund.history), len(refund.approvals))
             result.append(refund)
@@ -494,6 +530,17 @@ class SqlWebhookRepository(_Repo):
             .where(t.pse_webhook_events.c.id == webhook_id)
             .values(status=status.value, refund_id=refund_id, applied_at=at)
         )
+
+    async def stuck(self, received_before: datetime, limit: int) -> list[StoredWebhook]:
+        """Events stored but never applied (the process stopped in between)."""
+        c = t.pse_webhook_events.c
+        query = (
+            select(t.pse_webhook_events)
+            .where(c.status == WebhookStatus.RECEIVED.value, c.received_at < received_before)
+            .order_by(c.id)
+            .limit(limit)
+        )
+        return [_webhook(row) for row in await self.conn.execute(query)]
 
     async def waiting_for(
         self, pse_account: str, pse_refund_id: str | None, reference: str
