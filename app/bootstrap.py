@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -163,7 +164,9 @@ def build_container(
         submissions=submissions,
         webhooks=webhooks,
         keys=KeyService(deps),
-        idempotency=IdempotencyService(deps),
+        idempotency=IdempotencyService(
+            deps, timedelta(seconds=settings.idempotency_in_flight_seconds)
+        ),
         submitter=submitter,
         worker=Worker(
             deps,
