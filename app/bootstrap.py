@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.adapters.clock import SystemClock
 from app.adapters.db.engine import create_engine, current_revision, head_revision, ping
 from app.adapters.db.uow import SqlUnitOfWorkFactory
+from app.adapters.notify.webhook import StoreWebhookPublisher
 from app.adapters.pse.base import PseAccount
 from app.config import AccountSettings, ConfigError, Settings
 from app.domain.policy import ApprovalTier, RefundPolicy
@@ -19,6 +20,7 @@ from app.domain.ports import Clock, PseGateway
 from app.domain.resolution import CheckSchedule
 from app.services.context import AccountInfo, Deps
 from app.services.dispatch import BackgroundSubmitter
+from app.services.events import DeliveryService, EventService, RetryPolicy
 from app.services.idempotency import IdempotencyService
 from app.services.keys import KeyService
 from app.services.payments import PaymentService
@@ -95,6 +97,8 @@ class Container:
     idempotency: IdempotencyService
     submitter: BackgroundSubmitter
     worker: Worker
+    events: EventService
+    deliveries: DeliveryService
     http: httpx.AsyncClient
     pse_accounts: dict[str, PseAccount] = field(default_factory=dict)
 
@@ -148,6 +152,31 @@ def build_container(
         gateways=gateways,
         stale_after_hours=settings.stale_after_hours,
         schedule=schedule_from(settings),
+        deliver_events=settings.store_webhook is not None,
+    )
+    publisher = None
+    retry = RetryPolicy()
+    hook = settings.store_webhook
+    if hook is not None:
+        publisher = StoreWebhookPublisher(
+            hook.url,
+            [hook.secret.get_secret_value()]
+            + [s.get_secret_value() for s in hook.secrets_previous],
+            http,
+            deps.clock,
+            timeout_seconds=hook.timeout_seconds,
+        )
+        retry = RetryPolicy(
+            retry_for=timedelta(hours=hook.retry_for_hours),
+            initial_seconds=hook.backoff_initial_seconds,
+            max_seconds=hook.backoff_max_seconds,
+        )
+    deliveries = DeliveryService(
+        deps,
+        publisher,
+        retry,
+        concurrency=settings.worker.concurrency,
+        lease_seconds=max(60.0, (hook.timeout_seconds * 3) if hook else 60.0),
     )
     webhooks = WebhookService(deps)
     submissions = SubmissionService(
@@ -168,10 +197,13 @@ def build_container(
             deps, timedelta(seconds=settings.idempotency_in_flight_seconds)
         ),
         submitter=submitter,
+        events=EventService(deps),
+        deliveries=deliveries,
         worker=Worker(
             deps,
             submissions,
             webhooks,
+            deliveries,
             poll_interval_seconds=settings.worker.poll_interval_seconds,
             batch_size=settings.worker.batch_size,
             concurrency=settings.worker.concurrency,

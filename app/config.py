@@ -7,6 +7,8 @@ Unknown keys and bad values stop the start with a message naming the key.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -137,9 +139,27 @@ class WorkerSettings(_Strict):
 
 class StoreWebhookSettings(_Strict):
     url: str
+    # Signs every event; during a rotation list the old one in secrets_previous
+    # and both sign, so the store may switch at its own pace.
     secret: Secret
     secrets_previous: list[Secret] = Field(default_factory=list)
     timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    retry_for_hours: float = Field(default=24, gt=0)
+    backoff_initial_seconds: float = Field(default=5, gt=0)
+    backoff_max_seconds: float = Field(default=3600, gt=0)
+
+    @field_validator("secret", "secrets_previous")
+    @classmethod
+    def _standard_webhooks_secret(cls, value: Any) -> Any:
+        for item in value if isinstance(value, list) else [value]:
+            raw = item.get_secret_value()
+            if not raw.startswith("whsec_"):
+                raise ValueError("store webhook secrets are Standard Webhooks secrets: whsec_…")
+            try:
+                base64.b64decode(raw[6:], validate=True)
+            except (binascii.Error, ValueError):
+                raise ValueError("the part after whsec_ must be base64") from None
+        return value
 
     @field_validator("url")
     @classmethod

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 
 from app.api import problems
 from app.api.middleware import RequestContextMiddleware
-from app.api.routes import ops, payments, refunds, webhooks
+from app.api.routes import events, ops, payments, refunds, webhooks
 from app.bootstrap import Container
 
 DESCRIPTION = """
@@ -31,6 +31,10 @@ TAGS = [
     {"name": "payments", "description": "The captured payments refunds are made against."},
     {"name": "refunds", "description": "Request, approve, cancel, pay out and follow refunds."},
     {"name": "webhooks", "description": "Signed notifications from PSEs."},
+    {
+        "name": "events",
+        "description": "Every refund change, as a feed and as signed webhooks to the store.",
+    },
     {"name": "operations", "description": "Health, readiness and the active policy."},
 ]
 
@@ -79,6 +83,7 @@ def create_app(
     app.include_router(payments.router)
     app.include_router(refunds.router)
     app.include_router(webhooks.router)
+    app.include_router(events.router)
     for path, mounted in (extra_mounts or {}).items():
         app.mount(path, mounted)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=container.settings.max_body_bytes)

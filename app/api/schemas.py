@@ -327,3 +327,73 @@ class PolicyOut(BaseModel):
     offline_payment_methods: list[str]
     accounts: dict[str, dict[str, Any]]
     stale_after_hours: float
+
+
+class EventDeliveryState(BaseModel):
+    status: Literal["none", "pending", "delivered", "failed"] = Field(
+        description="none: no store webhook configured when the event was written"
+    )
+    attempts: int
+    delivered_at: datetime | None
+    next_attempt_at: datetime | None
+    last_error: str | None
+
+
+class EventOut(BaseModel):
+    id: str
+    type: str
+    created_at: datetime
+    refund_id: str | None
+    payment_id: str | None
+    detail: str | None
+    data: RefundOut = Field(description="the refund as it was after the change")
+    delivery: EventDeliveryState
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "evt_0193c1d2e3f4a5b6c7d8e9f0a1b2",
+                    "type": "refund.succeeded",
+                    "created_at": "2026-11-27T08:00:05Z",
+                    "refund_id": REFUND_EXAMPLE["id"],
+                    "payment_id": REFUND_EXAMPLE["payment_id"],
+                    "detail": None,
+                    "data": {**REFUND_EXAMPLE, "status": "succeeded"},
+                    "delivery": {
+                        "status": "delivered",
+                        "attempts": 1,
+                        "delivered_at": "2026-11-27T08:00:06Z",
+                        "next_attempt_at": None,
+                        "last_error": None,
+                    },
+                }
+            ]
+        }
+    )
+
+
+class DeliveryOut(BaseModel):
+    attempt: int
+    at: datetime
+    url: str
+    status_code: int | None
+    duration_ms: int
+    error: str | None
+    delivered: bool
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "attempt": 1,
+                    "at": "2026-11-27T08:00:06Z",
+                    "url": "https://store.example/hooks/refunds",
+                    "status_code": 503,
+                    "duration_ms": 120,
+                    "error": "HTTP 503: unavailable",
+                    "delivered": False,
+                }
+            ]
+        }
+    )

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from app.domain.models import Payment, Refund, RefundStatus
     from app.domain.records import (
         ApiKey,
+        DeliveryAttempt,
+        DeliveryStatus,
         IdempotencyRecord,
         OutboxEvent,
         StoredWebhook,
@@ -161,6 +163,22 @@ class PseGateway(abc.ABC):
 
 
 # --------------------------------------------------------------------------
+# Events to the store backend
+# --------------------------------------------------------------------------
+
+
+class EventPublisher(abc.ABC):
+    """Sends one event to the store backend (its webhook)."""
+
+    @abc.abstractmethod
+    async def publish(self, event: OutboxEvent, attempt: int) -> DeliveryAttempt:
+        """One delivery attempt; never raises for network errors (they are recorded)."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+
+# --------------------------------------------------------------------------
 # Persistence: repositories and the unit of work
 # --------------------------------------------------------------------------
 
@@ -204,7 +222,36 @@ class RefundRepository(Protocol):
 
 
 class OutboxRepository(Protocol):
-    async def add(self, events: Sequence[OutboxEvent]) -> None: ...
+    async def add(self, events: Sequence[OutboxEvent], *, deliver: bool) -> None: ...
+    async def get(self, event_id: str) -> OutboxEvent | None: ...
+    async def list_newest(
+        self,
+        *,
+        types: Sequence[str],
+        refund_id: str | None,
+        limit: int,
+        before: tuple[int, int] | None,
+    ) -> list[OutboxEvent]: ...
+    async def list_after(
+        self,
+        *,
+        after: tuple[int, int],
+        types: Sequence[str],
+        refund_id: str | None,
+        limit: int,
+    ) -> list[OutboxEvent]: ...
+    async def claim_deliveries(
+        self, now: datetime, lease_until: datetime, limit: int
+    ) -> list[OutboxEvent]: ...
+    async def record_delivery(
+        self,
+        attempt: DeliveryAttempt,
+        *,
+        status: DeliveryStatus,
+        next_delivery_at: datetime | None,
+    ) -> None: ...
+    async def attempts(self, event_id: str) -> list[DeliveryAttempt]: ...
+    async def redeliver(self, event_id: str, now: datetime) -> bool: ...
 
 
 class IdempotencyRepository(Protocol):

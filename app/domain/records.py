@@ -84,6 +84,13 @@ class StoredWebhook:
     refund_id: str | None = None
 
 
+class DeliveryStatus(StrEnum):
+    NONE = "none"  # no store webhook was configured when the event was written
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"  # retried for the whole retry window without a 2xx
+
+
 @dataclass(frozen=True, slots=True)
 class OutboxEvent:
     id: str
@@ -94,3 +101,30 @@ class OutboxEvent:
     data: dict[str, Any] = field(default_factory=dict)
     detail: str | None = None
     seq: int | None = None
+    tx: int | None = None
+    delivery_status: DeliveryStatus = DeliveryStatus.NONE
+    delivery_attempts: int = 0
+    next_delivery_at: datetime | None = None
+    first_attempt_at: datetime | None = None
+    delivered_at: datetime | None = None
+    last_error: str | None = None
+
+    @property
+    def position(self) -> tuple[int, int]:
+        """Where the event stands in the feed: (writing transaction, sequence)."""
+        return (self.tx or 0, self.seq or 0)
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryAttempt:
+    event_id: str
+    attempt: int
+    at: datetime
+    url: str
+    status_code: int | None
+    duration_ms: int
+    error: str | None = None
+
+    @property
+    def delivered(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300

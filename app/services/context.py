@@ -44,6 +44,8 @@ class Deps:
     queue: SubmissionQueue = field(default_factory=_NoQueue)
     stale_after_hours: float = 24.0
     schedule: CheckSchedule = field(default_factory=CheckSchedule)
+    # Whether events are queued for the store's webhook (a URL is configured).
+    deliver_events: bool = False
 
     def account(self, name: str) -> AccountInfo:
         try:
@@ -83,10 +85,10 @@ async def save(deps: Deps, uow: UnitOfWork, payment: Payment, refund: Refund) ->
     reschedule(deps, refund)
     await uow.refunds.update(refund)
     await uow.payments.update(payment)
-    await write_events(uow, refund)
+    await write_events(deps, uow, refund)
 
 
-async def write_events(uow: UnitOfWork, refund: Refund) -> None:
+async def write_events(deps: Deps, uow: UnitOfWork, refund: Refund) -> None:
     if not refund.events:
         return
     snapshot = refund_view(refund)
@@ -102,6 +104,7 @@ async def write_events(uow: UnitOfWork, refund: Refund) -> None:
                 detail=event.detail,
             )
             for event in refund.events
-        ]
+        ],
+        deliver=deps.deliver_events,
     )
     refund.events.clear()

@@ -73,7 +73,7 @@ class RefundService:
             reschedule(self.deps, refund)
             await uow.refunds.add(refund)
             await uow.payments.update(payment)
-            await write_events(uow, refund)
+            await write_events(self.deps, uow, refund)
             if claim is not None and render is not None:
                 status, body = render(refund)
                 await uow.idempotency.complete(claim.api_key_id, claim.key, status, body)

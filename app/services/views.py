@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from app.domain.models import Payment, Refund
+from app.domain.records import DeliveryAttempt, OutboxEvent
 
 
 def rfc3339(at: datetime | None) -> str | None:
@@ -79,4 +80,44 @@ def refund_view(refund: Refund) -> dict[str, Any]:
             }
             for change in refund.history
         ],
+    }
+
+
+def event_payload(event: OutboxEvent) -> dict[str, Any]:
+    """What the store receives: in the feed and in the webhook body alike."""
+    return {
+        "id": event.id,
+        "type": event.type,
+        "created_at": rfc3339(event.created_at),
+        "refund_id": event.refund_id,
+        "payment_id": event.payment_id,
+        "detail": event.detail,
+        "data": event.data,
+    }
+
+
+def event_view(event: OutboxEvent) -> dict[str, Any]:
+    return {
+        **event_payload(event),
+        "delivery": {
+            "status": event.delivery_status.value,
+            "attempts": event.delivery_attempts,
+            "delivered_at": rfc3339(event.delivered_at),
+            "next_attempt_at": rfc3339(event.next_delivery_at)
+            if event.delivery_status.value == "pending"
+            else None,
+            "last_error": event.last_error,
+        },
+    }
+
+
+def delivery_view(attempt: DeliveryAttempt) -> dict[str, Any]:
+    return {
+        "attempt": attempt.attempt,
+        "at": rfc3339(attempt.at),
+        "url": attempt.url,
+        "status_code": attempt.status_code,
+        "duration_ms": attempt.duration_ms,
+        "error": attempt.error,
+        "delivered": attempt.delivered,
     }

@@ -20,6 +20,7 @@ import structlog
 
 from app.domain.models import RefundStatus
 from app.services.context import Deps, lock_refund, save
+from app.services.events import DeliveryService
 from app.services.submission import SubmissionService
 from app.services.webhooks import WebhookService
 
@@ -36,6 +37,7 @@ class WorkerPass:
     exhausted: int = 0
     errors: int = 0
     webhooks_applied: int = 0
+    events_delivered: int = 0
     refund_ids: list[str] = field(default_factory=list)
 
 
@@ -45,6 +47,7 @@ class Worker:
         deps: Deps,
         submissions: SubmissionService,
         webhooks: WebhookService,
+        deliveries: DeliveryService | None = None,
         *,
         poll_interval_seconds: float = 1.0,
         batch_size: int = 20,
@@ -55,6 +58,7 @@ class Worker:
         self.deps = deps
         self.submissions = submissions
         self.webhooks = webhooks
+        self.deliveries = deliveries
         self.poll_interval = poll_interval_seconds
         self.batch_size = batch_size
         self.lease = timedelta(seconds=lease_seconds)
@@ -89,6 +93,11 @@ class Worker:
         for outcome in outcomes:
             setattr(result, outcome, getattr(result, outcome) + 1)
         result.webhooks_applied = await self._apply_stuck_webhooks()
+        if self.deliveries is not None:
+            try:
+                result.events_delivered = await self.deliveries.deliver_due()
+            except Exception:
+                log.exception("event.delivery_pass_failed")
         if ids:
             log.info(
                 "worker.pass",

@@ -7,7 +7,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy import and_, delete, func, insert, literal_column, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -29,6 +29,8 @@ from app.domain.money import Money
 from app.domain.ports import AlreadyExists, RefundFilter
 from app.domain.records import (
     ApiKey,
+    DeliveryAttempt,
+    DeliveryStatus,
     IdempotencyRecord,
     IdempotencyState,
     OutboxEvent,
@@ -375,10 +377,43 @@ class SqlRefundRepository(_Repo):
 # -- outbox -----------------------------------------------------------------
 
 
+def _event(row: Any) -> OutboxEvent:
+    return OutboxEvent(
+        id=row.id,
+        type=row.type,
+        refund_id=row.refund_id,
+        payment_id=row.payment_id,
+        created_at=row.created_at,
+        data=row.data,
+        detail=row.detail,
+        seq=row.seq,
+        tx=row.tx,
+        delivery_status=DeliveryStatus(row.delivery_status),
+        delivery_attempts=row.delivery_attempts,
+        next_delivery_at=row.next_delivery_at,
+        first_attempt_at=row.first_attempt_at,
+        delivered_at=row.delivered_at,
+        last_error=row.last_error,
+    )
+
+
+def _attempt(row: Any) -> DeliveryAttempt:
+    return DeliveryAttempt(
+        event_id=row.event_id,
+        attempt=row.attempt,
+        at=row.at,
+        url=row.url,
+        status_code=row.status_code,
+        duration_ms=row.duration_ms,
+        error=row.error,
+    )
+
+
 class SqlOutboxRepository(_Repo):
-    async def add(self, events: Sequence[OutboxEvent]) -> None:
+    async def add(self, events: Sequence[OutboxEvent], *, deliver: bool) -> None:
         if not events:
             return
+        status = DeliveryStatus.PENDING if deliver else DeliveryStatus.NONE
         await self.conn.execute(
             insert(t.events),
             [
@@ -390,10 +425,157 @@ class SqlOutboxRepository(_Repo):
                     "detail": e.detail,
                     "data": e.data,
                     "created_at": e.created_at,
+                    "delivery_status": status.value,
+                    "delivery_attempts": 0,
+                    "next_delivery_at": e.created_at if deliver else None,
                 }
                 for e in events
             ],
         )
+
+    async def get(self, event_id: str) -> OutboxEvent | None:
+        row = (await self.conn.execute(select(t.events).where(t.events.c.id == event_id))).first()
+        return _event(row) if row else None
+
+    def _filtered(self, types: Sequence[str], refund_id: str | None) -> Any:
+        query = select(t.events)
+        if types:
+            query = query.where(t.events.c.type.in_(list(types)))
+        if refund_id is not None:
+            query = query.where(t.events.c.refund_id == refund_id)
+        return query
+
+    async def list_newest(
+        self,
+        *,
+        types: Sequence[str],
+        refund_id: str | None,
+        limit: int,
+        before: tuple[int, int] | None,
+    ) -> list[OutboxEvent]:
+        c = t.events.c
+        query = self._filtered(types, refund_id).order_by(c.tx.desc(), c.seq.desc())
+        if before is not None:
+            query = query.where(tuple_(c.tx, c.seq) < tuple_(*before))
+        return [_event(row) for row in await self.conn.execute(query.limit(limit))]
+
+    async def list_after(
+        self,
+        *,
+        after: tuple[int, int],
+        types: Sequence[str],
+        refund_id: str | None,
+        limit: int,
+    ) -> list[OutboxEvent]:
+        c = t.events.c
+        query = (
+            self._filtered(types, refund_id)
+            .where(tuple_(c.tx, c.seq) > tuple_(*after))
+            .order_by(c.tx, c.seq)
+        )
+        if self._is_postgres:
+            # Only transactions older than every one still running: an event a
+            # reader has not seen can never appear before its position later.
+            horizon = literal_column("pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+            query = query.where(c.tx < horizon)
+        return [_event(row) for row in await self.conn.execute(query.limit(limit))]
+
+    async def claim_deliveries(
+        self, now: datetime, lease_until: datetime, limit: int
+    ) -> list[OutboxEvent]:
+        """The first undelivered event of each refund, if due, leased to the caller.
+
+        An event waits while an earlier event of its refund is still pending, so
+        a store receives each refund's events in order; SKIP LOCKED and the
+        lease keep two workers from sending the same event at once.
+        """
+        e = t.events.c
+        earlier = t.events.alias("earlier")
+        blocked = (
+            select(literal_column("1"))
+            .select_from(earlier)
+            .where(
+                earlier.c.refund_id == e.refund_id,
+                earlier.c.delivery_status == DeliveryStatus.PENDING.value,
+                tuple_(earlier.c.tx, earlier.c.seq) < tuple_(e.tx, e.seq),
+            )
+            .exists()
+        )
+        query = (
+            select(t.events)
+            .where(
+                e.delivery_status == DeliveryStatus.PENDING.value,
+                e.next_delivery_at <= now,
+                ~blocked,
+            )
+            .order_by(e.tx, e.seq)
+            .limit(limit)
+            .with_for_update(skip_locked=True, of=t.events)
+        )
+        claimed = [_event(row) for row in await self.conn.execute(query)]
+        if claimed:
+            await self.conn.execute(
+                update(t.events)
+                .where(e.id.in_([ev.id for ev in claimed]))
+                .values(next_delivery_at=lease_until)
+            )
+        return claimed
+
+    async def record_delivery(
+        self,
+        attempt: DeliveryAttempt,
+        *,
+        status: DeliveryStatus,
+        next_delivery_at: datetime | None,
+    ) -> None:
+        await self.conn.execute(
+            insert(t.event_deliveries).values(
+                event_id=attempt.event_id,
+                attempt=attempt.attempt,
+                at=attempt.at,
+                url=attempt.url,
+                status_code=attempt.status_code,
+                duration_ms=attempt.duration_ms,
+                error=attempt.error,
+            )
+        )
+        await self.conn.execute(
+            update(t.events)
+            .where(t.events.c.id == attempt.event_id)
+            .values(
+                delivery_status=status.value,
+                delivery_attempts=attempt.attempt,
+                next_delivery_at=next_delivery_at,
+                first_attempt_at=func.coalesce(t.events.c.first_attempt_at, attempt.at),
+                delivered_at=attempt.at if status is DeliveryStatus.DELIVERED else None,
+                last_error=None if attempt.delivered else _attempt_error(attempt),
+            )
+        )
+
+    async def attempts(self, event_id: str) -> list[DeliveryAttempt]:
+        d = t.event_deliveries.c
+        rows = await self.conn.execute(
+            select(t.event_deliveries).where(d.event_id == event_id).order_by(d.id)
+        )
+        return [_attempt(row) for row in rows]
+
+    async def redeliver(self, event_id: str, now: datetime) -> bool:
+        result = await self.conn.execute(
+            update(t.events)
+            .where(t.events.c.id == event_id)
+            .values(
+                delivery_status=DeliveryStatus.PENDING.value,
+                next_delivery_at=now,
+                first_attempt_at=None,
+            )
+        )
+        return bool(result.rowcount)
+
+
+def _attempt_error(attempt: DeliveryAttempt) -> str:
+    if attempt.error:
+        return attempt.error
+    return f"HTTP {attempt.status_code}"
 
 
 # -- idempotency ------------------------------------------------------------

@@ -20,6 +20,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.types import TypeDecorator
@@ -157,19 +158,46 @@ refund_status_history = Table(
 )
 
 # Transactional outbox: written in the transaction of the change it reports.
+# `tx` is the writing transaction's id on PostgreSQL (0 on SQLite, whose single
+# writer commits in `seq` order): readers paging forward only show events of
+# transactions older than every one still running, so no page has a gap.
 events = Table(
     "events",
     metadata,
     Column("seq", Integer, primary_key=True, autoincrement=True),
     Column("id", String(40), nullable=False, unique=True),
+    Column("tx", BigInteger, nullable=False, server_default=text("0")),
     Column("type", String(64), nullable=False),
     Column("refund_id", String(40), nullable=True),
     Column("payment_id", String(40), nullable=True),
     Column("detail", Text, nullable=True),
     Column("data", Json, nullable=False),
     Column("created_at", UtcDateTime, nullable=False),
-    Index("ix_events_refund_id", "refund_id"),
+    # Delivery to the store's webhook: none (no URL) | pending | delivered | failed
+    Column("delivery_status", String(16), nullable=False),
+    Column("delivery_attempts", Integer, nullable=False, default=0),
+    Column("next_delivery_at", UtcDateTime, nullable=True),
+    Column("first_attempt_at", UtcDateTime, nullable=True),
+    Column("delivered_at", UtcDateTime, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Index("ix_events_refund_order", "refund_id", "tx", "seq"),
+    Index("ix_events_order", "tx", "seq"),
     Index("ix_events_type", "type"),
+    Index("ix_events_delivery", "delivery_status", "next_delivery_at"),
+)
+
+event_deliveries = Table(
+    "event_deliveries",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("event_id", String(40), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("at", UtcDateTime, nullable=False),
+    Column("url", String(2000), nullable=False),
+    Column("status_code", Integer, nullable=True),
+    Column("duration_ms", Integer, nullable=False),
+    Column("error", Text, nullable=True),
+    Index("ix_event_deliveries_event_id", "event_id"),
 )
 
 idempotency_keys = Table(

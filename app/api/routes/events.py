@@ -1,0 +1,162 @@
+"""Events to the store backend: the feed, and the webhook deliveries behind it."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from starlette.responses import Response
+
+from app.api.deps import (
+    ContainerDep,
+    Cursor,
+    IdempotencyKeyHeader,
+    Limit,
+    Ops,
+    StoreOrOps,
+    idempotent,
+    json_bytes,
+    json_response,
+)
+from app.api.docs import AUTH, problems
+from app.api.problems import ApiError
+from app.api.schemas import DeliveryOut, EventOut, Page
+from app.services.idempotency import IdempotencyClaim
+from app.services.views import delivery_view, event_view
+
+router = APIRouter(prefix="/v1/events", tags=["events"])
+
+EVENT_TYPES = [
+    "refund.created",
+    "refund.approval_required",
+    "refund.approved",
+    "refund.rejected",
+    "refund.submitted",
+    "refund.pending",
+    "refund.unknown",
+    "refund.succeeded",
+    "refund.failed",
+    "refund.offline_required",
+    "refund.offline_paid",
+    "refund.canceled",
+    "refund.needs_attention",
+]
+
+
+def _cursor(forward: bool, position: tuple[int, int]) -> str:
+    raw = f"e1:{'f' if forward else 'b'}:{position[0]}:{position[1]}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _position(cursor: str) -> tuple[bool, tuple[int, int]]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        tag, direction, tx, seq = raw.split(":")
+        if tag != "e1" or direction not in ("f", "b"):
+            raise ValueError(raw)
+        return direction == "f", (int(tx), int(seq))
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise ApiError(
+            422, "validation_error", "Invalid cursor", "cursor is not one we issued"
+        ) from None
+
+
+@router.get(
+    "",
+    summary="List events",
+    response_model=Page[EventOut],
+    responses=problems(*AUTH, (404, "`not_found`: `after` names no event"), 422),
+)
+async def list_events(
+    container: ContainerDep,
+    _key: StoreOrOps,
+    after: Annotated[
+        str | None,
+        Query(max_length=40, description="an event id: list the events after it, oldest first"),
+    ] = None,
+    type: Annotated[
+        list[str] | None,
+        Query(description=f"one or more of: {', '.join(EVENT_TYPES)}"),
+    ] = None,
+    refund_id: Annotated[str | None, Query(max_length=40)] = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> Response:
+    """Every refund status change, as an event with the refund as it was after it.
+
+    Without `after`: newest first (browse). With `after=<the last event id you
+    processed>`: oldest first from just after it, with no gaps (an event is
+    listed only once every transaction that could still write an earlier one
+    has finished), so a store pages forward with `after`, then `cursor` while
+    `next_cursor` is not null, and never misses an event."""
+    for name in type or []:
+        if name not in EVENT_TYPES:
+            raise ApiError(422, "validation_error", "Unknown event type", f"no event type {name}")
+    types = type or []
+    if cursor is not None:
+        forward, position = _position(cursor)
+    elif after is not None:
+        forward, position = True, await container.events.position_of(after)
+    else:
+        forward, position = False, None
+    if forward:
+        assert position is not None
+        items = await container.events.list_forward(
+            after=position, types=types, refund_id=refund_id, limit=limit + 1
+        )
+    else:
+        items = await container.events.list_backward(
+            before=position, types=types, refund_id=refund_id, limit=limit + 1
+        )
+    more = len(items) > limit
+    items = items[:limit]
+    next_cursor = _cursor(forward, items[-1].position) if more and items else None
+    return json_response(200, {"data": [event_view(e) for e in items], "next_cursor": next_cursor})
+
+
+@router.get(
+    "/{event_id}",
+    summary="Get an event",
+    response_model=EventOut,
+    responses=problems(*AUTH, 404),
+)
+async def get_event(event_id: str, container: ContainerDep, _key: StoreOrOps) -> Response:
+    """One event with its delivery state."""
+    return json_response(200, event_view(await container.events.get(event_id)))
+
+
+@router.get(
+    "/{event_id}/deliveries",
+    summary="Delivery attempts of an event",
+    response_model=list[DeliveryOut],
+    responses=problems(*AUTH, 404),
+)
+async def list_deliveries(event_id: str, container: ContainerDep, _key: StoreOrOps) -> Response:
+    """Every attempt to POST the event to the store's webhook: time, status code,
+    duration and error."""
+    attempts = await container.events.attempts(event_id)
+    return json_response(200, [delivery_view(a) for a in attempts])
+
+
+@router.post(
+    "/{event_id}/redeliver",
+    summary="Deliver an event again",
+    response_model=EventOut,
+    responses=problems(*AUTH, 404),
+)
+async def redeliver_event(
+    event_id: str,
+    request: Request,
+    container: ContainerDep,
+    key: Ops,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
+    """Queue the event for delivery again now (after it `failed`, or to replay it
+    to a store that lost it). The worker sends it with the same `webhook-id`."""
+
+    async def handler(_claim: IdempotencyClaim | None) -> tuple[int, bytes]:
+        return 200, json_bytes(event_view(await container.events.redeliver(event_id)))
+
+    return await idempotent(request, container, key, idempotency_key, handler)

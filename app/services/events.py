@@ -1,0 +1,146 @@
+"""The event feed, and delivery of events to the store backend's webhook.
+
+Events are written in the transaction of the change they report (the
+outbox). Delivery is at least once and in order per refund: an event is
+sent only after every earlier event of its refund was delivered or gave up,
+retried with exponential backoff and jitter for the configured window, then
+marked `failed` (and visible, and re-deliverable by ops).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass
+from datetime import timedelta
+
+import structlog
+
+from app.domain.errors import NotFound
+from app.domain.ports import EventPublisher
+from app.domain.records import DeliveryAttempt, DeliveryStatus, OutboxEvent
+from app.services.context import Deps
+
+log = structlog.get_logger("app.events")
+
+
+class EventService:
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+
+    async def get(self, event_id: str) -> OutboxEvent:
+        async with self.deps.uow() as uow:
+            event = await uow.outbox.get(event_id)
+        if event is None:
+            raise NotFound(f"no event {event_id}")
+        return event
+
+    async def position_of(self, event_id: str) -> tuple[int, int]:
+        return (await self.get(event_id)).position
+
+    async def list_forward(
+        self, *, after: tuple[int, int], types: list[str], refund_id: str | None, limit: int
+    ) -> list[OutboxEvent]:
+        """Oldest first, strictly after `after`, never past a transaction still running."""
+        async with self.deps.uow() as uow:
+            return await uow.outbox.list_after(
+                after=after, types=types, refund_id=refund_id, limit=limit
+            )
+
+    async def list_backward(
+        self,
+        *,
+        before: tuple[int, int] | None,
+        types: list[str],
+        refund_id: str | None,
+        limit: int,
+    ) -> list[OutboxEvent]:
+        """Newest first, strictly before `before` when given."""
+        async with self.deps.uow() as uow:
+            return await uow.outbox.list_newest(
+                types=types, refund_id=refund_id, limit=limit, before=before
+            )
+
+    async def attempts(self, event_id: str) -> list[DeliveryAttempt]:
+        await self.get(event_id)
+        async with self.deps.uow() as uow:
+            return await uow.outbox.attempts(event_id)
+
+    async def redeliver(self, event_id: str) -> OutboxEvent:
+        async with self.deps.uow() as uow:
+            if not await uow.outbox.redeliver(event_id, self.deps.clock.now()):
+                raise NotFound(f"no event {event_id}")
+            await uow.commit()
+        return await self.get(event_id)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    retry_for: timedelta = timedelta(hours=24)
+    initial_seconds: float = 5.0
+    max_seconds: float = 3600.0
+
+    def delay(self, attempt: int, rng: random.Random) -> timedelta:
+        """Exponential from `initial_seconds`, capped, with full jitter in its upper half."""
+        ceiling = min(self.max_seconds, self.initial_seconds * 2 ** (attempt - 1))
+        return timedelta(seconds=rng.uniform(ceiling / 2, ceiling))
+
+
+class DeliveryService:
+    def __init__(
+        self,
+        deps: Deps,
+        publisher: EventPublisher | None,
+        retry: RetryPolicy,
+        *,
+        batch_size: int = 50,
+        concurrency: int = 8,
+        lease_seconds: float = 60.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.deps = deps
+        self.publisher = publisher
+        self.retry = retry
+        self.batch_size = batch_size
+        self.lease = timedelta(seconds=lease_seconds)
+        self._limit = asyncio.Semaphore(concurrency)
+        self._rng = rng or random.Random()
+
+    async def deliver_due(self) -> int:
+        """Send every event that is due now (one per refund: the earliest undelivered)."""
+        if self.publisher is None:
+            return 0
+        now = self.deps.clock.now()
+        async with self.deps.uow() as uow:
+            events = await uow.outbox.claim_deliveries(now, now + self.lease, self.batch_size)
+            await uow.commit()
+        results = await asyncio.gather(*(self._deliver(event) for event in events))
+        return sum(results)
+
+    async def _deliver(self, event: OutboxEvent) -> int:
+        assert self.publisher is not None
+        async with self._limit:
+            attempt = await self.publisher.publish(event, event.delivery_attempts + 1)
+        now = self.deps.clock.now()
+        if attempt.delivered:
+            status, next_at = DeliveryStatus.DELIVERED, None
+        elif now - (event.first_attempt_at or attempt.at) >= self.retry.retry_for:
+            # The window runs from the first attempt: an event held back behind
+            # an earlier one of its refund still gets its full window.
+            status, next_at = DeliveryStatus.FAILED, None
+        else:
+            status = DeliveryStatus.PENDING
+            next_at = now + self.retry.delay(attempt.attempt, self._rng)
+        async with self.deps.uow() as uow:
+            await uow.outbox.record_delivery(attempt, status=status, next_delivery_at=next_at)
+            await uow.commit()
+        log.info(
+            "event.delivery",
+            event_id=event.id,
+            refund_id=event.refund_id,
+            type=event.type,
+            attempt=attempt.attempt,
+            status_code=attempt.status_code,
+            outcome=status.value,
+        )
+        return 1 if attempt.delivered else 0
