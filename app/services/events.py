@@ -107,15 +107,17 @@ class DeliveryService:
         self._rng = rng or random.Random()
 
     async def deliver_due(self) -> int:
-        """Send every event that is due now (one per refund: the earliest undelivered)."""
+        """Send the events due now (one per refund: its earliest undelivered one).
+
+        Returns how many were attempted; a full batch means more may be due."""
         if self.publisher is None:
             return 0
         now = self.deps.clock.now()
         async with self.deps.uow() as uow:
             events = await uow.outbox.claim_deliveries(now, now + self.lease, self.batch_size)
             await uow.commit()
-        results = await asyncio.gather(*(self._deliver(event) for event in events))
-        return sum(results)
+        await asyncio.gather(*(self._deliver(event) for event in events))
+        return len(events)
 
     async def _deliver(self, event: OutboxEvent) -> int:
         assert self.publisher is not None

@@ -37,7 +37,7 @@ class WorkerPass:
     exhausted: int = 0
     errors: int = 0
     webhooks_applied: int = 0
-    events_delivered: int = 0
+    events_delivered: int = 0  # attempted
     refund_ids: list[str] = field(default_factory=list)
 
 
@@ -75,7 +75,10 @@ class Worker:
             except Exception:
                 log.exception("worker.pass_failed")
                 done = WorkerPass()
-            if done.claimed >= self.batch_size:
+            if done.claimed >= self.batch_size or (
+                self.deliveries is not None
+                and done.events_delivered >= self.deliveries.batch_size
+            ):
                 continue  # more may be due: no pause
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.poll_interval)
