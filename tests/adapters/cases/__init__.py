@@ -1,0 +1,1 @@
+"""One module per provider, each with a module-level `CASE` (see conformance.py)."""

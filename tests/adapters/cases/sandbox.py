@@ -1,0 +1,128 @@
+"""The sandbox PSE as a conformance case (the reference example for providers)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import httpx
+import respx
+from standardwebhooks import Webhook
+
+from app.adapters.pse.base import PseAccount
+from app.adapters.pse.sandbox import SandboxGateway
+from app.domain.money import Money
+from app.domain.ports import PseGateway, PseRefundState, RefundSubmission
+from app.sandbox.config import new_webhook_secret
+from tests.adapters.conformance import BASE_URL, IDEMPOTENCY_KEY, REFERENCE, SignedWebhook
+
+PAYMENT_ID = "pay_sandbox_1"
+REFUND_ID = "sbre_0193c1d2e3f4"
+
+
+class SandboxCase:
+    name = "sandbox"
+
+    def __init__(self) -> None:
+        self.secrets = (new_webhook_secret(), new_webhook_secret())
+
+    def account(self) -> PseAccount:
+        return PseAccount(
+            name="sandbox",
+            provider="sandbox",
+            api_key="sk_sandbox_test",
+            base_url=BASE_URL,
+            webhook_secrets=self.secrets,
+            max_attempts=3,
+            backoff_initial_seconds=0.001,
+            backoff_max_seconds=0.002,
+        )
+
+    def gateway(self, account: PseAccount, http: httpx.AsyncClient) -> PseGateway:
+        return SandboxGateway(account, http)
+
+    def submission(self) -> RefundSubmission:
+        return RefundSubmission(
+            reference=REFERENCE,
+            idempotency_key=IDEMPOTENCY_KEY,
+            pse_payment_id=PAYMENT_ID,
+            amount=Money(3000, "JPY"),
+            reason="requested_by_customer",
+        )
+
+    def expected_pse_refund_id(self) -> str:
+        return REFUND_ID
+
+    def _refund(self, state: PseRefundState) -> dict:
+        return {
+            "id": REFUND_ID,
+            "object": "refund",
+            "payment_id": PAYMENT_ID,
+            "amount": 3000,
+            "currency": "JPY",
+            "status": state.value,
+            "reference": REFERENCE,
+            "reason": "requested_by_customer",
+            "metadata": {},
+            "failure_code": None,
+            "failure_message": None,
+            "created_at": "2026-11-27T08:00:00Z",
+            "updated_at": "2026-11-27T08:00:00Z",
+        }
+
+    def mock_create(self, router: respx.MockRouter, state: PseRefundState) -> None:
+        def answer(request: httpx.Request) -> httpx.Response:
+            assert request.headers["authorization"] == "Bearer sk_sandbox_test"
+            assert request.headers["idempotency-key"] == IDEMPOTENCY_KEY
+            body = json.loads(request.content)
+            assert body["payment_id"] == PAYMENT_ID and body["reference"] == REFERENCE
+            assert body["amount"] == 3000 and body["currency"] == "JPY"
+            return httpx.Response(200, json=self._refund(state))
+
+        router.post("/v1/refunds").mock(side_effect=answer)
+
+    def mock_create_rejected(self, router: respx.MockRouter, reason: str) -> None:
+        code = {"amount_too_large": "amount_too_large", "window_passed": "refund_window_passed"}
+        router.post("/v1/refunds").mock(
+            return_value=httpx.Response(
+                400, json={"error": {"code": code[reason], "message": reason}}
+            )
+        )
+
+    def mock_create_timeout(self, router: respx.MockRouter) -> None:
+        router.post("/v1/refunds").mock(side_effect=httpx.ReadTimeout("timed out"))
+
+    def mock_lookup_found(self, router: respx.MockRouter, state: PseRefundState) -> None:
+        router.get("/v1/refunds", params={"reference": REFERENCE}).mock(
+            return_value=httpx.Response(200, json={"object": "list", "data": [self._refund(state)]})
+        )
+
+    def mock_lookup_empty(self, router: respx.MockRouter) -> None:
+        router.get("/v1/refunds", params={"reference": REFERENCE}).mock(
+            return_value=httpx.Response(200, json={"object": "list", "data": []})
+        )
+
+    def webhook(
+        self, state: PseRefundState, secret: str, event_id: str = "evt_conformance_1"
+    ) -> SignedWebhook:
+        body = json.dumps(
+            {
+                "id": event_id,
+                "type": f"refund.{state.value}",
+                "created_at": "2026-11-27T08:00:01Z",
+                "data": self._refund(state),
+            }
+        )
+        now = datetime.now(UTC)
+        return SignedWebhook(
+            headers={
+                "webhook-id": event_id,
+                "webhook-timestamp": str(int(now.timestamp())),
+                "webhook-signature": Webhook(secret).sign(event_id, now, body),
+                "content-type": "application/json",
+            },
+            body=body.encode(),
+        )
+
+
+CASE = SandboxCase()

@@ -1,0 +1,78 @@
+"""The conformance contract every PSE adapter passes.
+
+Each provider describes itself in `tests/adapters/cases/<provider>.py` with a
+module-level `CASE` implementing `ProviderCase`: how to build its gateway,
+and how to wire respx routes that answer exactly as the provider documents
+(request and response shapes). `test_conformance.py` runs the same scenarios
+against every case.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import httpx
+import respx
+
+from app.adapters.pse.base import PseAccount
+from app.domain.ports import PseGateway, PseRefundState, RefundSubmission
+
+# Loopback only: respx answers every call; nothing leaves the machine.
+BASE_URL = "http://127.0.0.1:9"
+REFERENCE = "rf_0193c1d2e3f4a5b6c7d8e9f0a1b2"
+IDEMPOTENCY_KEY = f"rfnd-{REFERENCE}"
+
+
+@dataclass(frozen=True)
+class SignedWebhook:
+    headers: dict[str, str]
+    body: bytes
+
+
+class ProviderCase(Protocol):
+    """One provider, as the conformance scenarios need it."""
+
+    name: str
+    # The webhook secrets configured on the account: (current, previous).
+    secrets: tuple[str, str]
+
+    def account(self) -> PseAccount:
+        """An account at BASE_URL with both secrets, instant retries
+        (backoff_initial_seconds=0.001, backoff_max_seconds=0.002) and max_attempts=3."""
+
+    def gateway(self, account: PseAccount, http: httpx.AsyncClient) -> PseGateway: ...
+
+    def submission(self) -> RefundSubmission:
+        """A typical refund for this provider (its usual currency and payment id),
+        with reference=REFERENCE and idempotency_key=IDEMPOTENCY_KEY."""
+
+    def expected_pse_refund_id(self) -> str:
+        """The PSE's id of the refund the routes below create or find."""
+
+    # -- respx wiring: each installs the routes for one situation -------------
+
+    def mock_create(self, router: respx.MockRouter, state: PseRefundState) -> None:
+        """The create call answers with a refund in `state` (PENDING or SUCCEEDED as
+        the provider can answer; a provider that only ever answers one state may
+        answer that one). The route must assert the documented request shape."""
+
+    def mock_create_rejected(self, router: respx.MockRouter, reason: str) -> None:
+        """The create call is refused as the provider documents it, for
+        reason "amount_too_large" or "window_passed"."""
+
+    def mock_create_timeout(self, router: respx.MockRouter) -> None:
+        """Every create attempt times out (httpx.ReadTimeout)."""
+
+    def mock_lookup_found(self, router: respx.MockRouter, state: PseRefundState) -> None:
+        """The look-up the adapter does (by PSE id or by listing the payment's
+        refunds) finds our refund in `state`."""
+
+    def mock_lookup_empty(self, router: respx.MockRouter) -> None:
+        """The look-up proves the PSE has no refund with our reference."""
+
+    def webhook(
+        self, state: PseRefundState, secret: str, event_id: str = "evt_conformance_1"
+    ) -> SignedWebhook:
+        """A refund event for our refund in `state`, signed with `secret` exactly as
+        the provider signs (use the provider's official SDK to sign where one exists)."""
