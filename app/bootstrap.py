@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -14,6 +15,7 @@ from app.adapters.db.engine import create_engine, current_revision, head_revisio
 from app.adapters.db.uow import SqlUnitOfWorkFactory
 from app.adapters.notify.webhook import StoreWebhookPublisher
 from app.adapters.pse.base import PseAccount
+from app.adapters.settlement.parsers import SettlementFileError, open_settlement
 from app.config import AccountSettings, ConfigError, Settings
 from app.domain.policy import ApprovalTier, RefundPolicy
 from app.domain.ports import Clock, PseGateway
@@ -22,8 +24,10 @@ from app.services.context import AccountInfo, Deps
 from app.services.dispatch import BackgroundSubmitter
 from app.services.events import DeliveryService, EventService, RetryPolicy
 from app.services.idempotency import IdempotencyService
+from app.services.jobs import BackgroundJobs
 from app.services.keys import KeyService
 from app.services.payments import PaymentService
+from app.services.reconciliation import ReconciliationService
 from app.services.refunds import RefundService
 from app.services.submission import SubmissionService
 from app.services.webhooks import WebhookService
@@ -70,18 +74,31 @@ def pse_account(name: str, cfg: AccountSettings) -> PseAccount:
     )
 
 
+# provider → (module, class) of its adapter; imported only when configured.
+ADAPTERS: dict[str, tuple[str, str]] = {
+    "sandbox": ("app.adapters.pse.sandbox", "SandboxGateway"),
+    "stripe": ("app.adapters.pse.stripe", "StripeGateway"),
+    "komoju": ("app.adapters.pse.komoju", "KomojuGateway"),
+    "payjp": ("app.adapters.pse.payjp", "PayjpGateway"),
+    "xendit": ("app.adapters.pse.xendit", "XenditGateway"),
+    "razorpay": ("app.adapters.pse.razorpay", "RazorpayGateway"),
+    "omise": ("app.adapters.pse.omise", "OmiseGateway"),
+}
+
+
 def gateway_for(account: PseAccount, http: httpx.AsyncClient) -> PseGateway:
-    if account.provider == "sandbox":
-        from app.adapters.pse.sandbox import SandboxGateway
-
-        return SandboxGateway(account, http)
-    if account.provider == "stripe":
-        from app.adapters.pse.stripe import StripeGateway
-
-        return StripeGateway(account, http)
-    raise ConfigError(
-        f"accounts.{account.name}.provider: {account.provider!r} has no adapter in this version"
-    )
+    try:
+        module_name, class_name = ADAPTERS[account.provider]
+    except KeyError:
+        raise ConfigError(
+            f"accounts.{account.name}.provider: {account.provider!r} has no adapter"
+        ) from None
+    gateway_class = getattr(importlib.import_module(module_name), class_name)
+    try:
+        gateway: PseGateway = gateway_class(account, http)
+    except ValueError as exc:  # an adapter refusing its settings names the key
+        raise ConfigError(str(exc)) from None
+    return gateway
 
 
 @dataclass
@@ -99,6 +116,8 @@ class Container:
     worker: Worker
     events: EventService
     deliveries: DeliveryService
+    reconciliations: ReconciliationService
+    jobs: BackgroundJobs
     http: httpx.AsyncClient
     pse_accounts: dict[str, PseAccount] = field(default_factory=dict)
 
@@ -117,6 +136,7 @@ class Container:
         return True, current or ""
 
     async def aclose(self) -> None:
+        await self.jobs.aclose()
         await self.submitter.aclose()
         for gateway in self.deps.gateways.values():
             await gateway.aclose()
@@ -198,6 +218,8 @@ def build_container(
         ),
         submitter=submitter,
         events=EventService(deps),
+        reconciliations=ReconciliationService(deps, open_settlement, (SettlementFileError,)),
+        jobs=BackgroundJobs(),
         deliveries=deliveries,
         worker=Worker(
             deps,

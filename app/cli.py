@@ -270,6 +270,80 @@ def sandbox(
     run_sandbox(host, port, config, fault_set)
 
 
+@cli.command()
+def reconcile(
+    file: Annotated[
+        str, typer.Argument(help="the settlement file (generic CSV or a Stripe itemized export)")
+    ],
+    account: Annotated[str, typer.Option(help="the PSE account the file comes from")],
+) -> None:
+    """Reconcile a PSE settlement file against our refunds, with a progress bar.
+
+    Prints the counts; exits 0 when the file was reconciled, whatever it found,
+    and 2 when the file cannot be read (the error names the line; nothing is
+    changed)."""
+    import contextlib
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from app.bootstrap import build_container
+    from app.domain.errors import DomainError
+
+    path = Path(file)
+    if not path.is_file():
+        typer.echo(f"pse-refunds: no such file {file}", err=True)
+        raise typer.Exit(2)
+    settings = _ready_settings()
+    from app.logs import configure_logging
+
+    configure_logging(settings.log_format, settings.log_level)
+    console = Console(stderr=True)
+
+    @contextlib.contextmanager
+    def open_file() -> Any:
+        with path.open("rb") as stream:
+            yield stream
+
+    async def main() -> Any:
+        container = build_container(settings)
+        try:
+            with Progress(
+                "[progress.description]{task.description}",
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=console,
+                transient=False,
+            ) as bar:
+                task = bar.add_task("reading", total=None)
+
+                def progress(phase: str, done: int, total: int | None) -> None:
+                    bar.update(task, description=phase, completed=done, total=total)
+
+                started = await container.reconciliations.start(account, path.name, None)
+                return await container.reconciliations.run(started.id, open_file, progress)
+        finally:
+            await container.aclose()
+
+    try:
+        result = _run(main())
+    except DomainError as exc:
+        typer.echo(f"pse-refunds: {exc.detail}", err=True)
+        raise typer.Exit(2) from None
+    if result.status == "failed":
+        typer.echo(f"pse-refunds: {path.name}: {result.error}", err=True)
+        raise typer.Exit(2)
+    typer.echo(
+        f"reconciliation {result.id} ({result.file_format}, {result.rows_total} refund rows)"
+    )
+    for outcome, count in result.counts.items():
+        typer.echo(f"  {outcome:<20} {count}")
+    if result.adopted:
+        typer.echo(f"  settled by the file  {result.adopted} (were unknown or pending)")
+
+
 @keys_cli.command("create")
 def keys_create(
     name: Annotated[str, typer.Option(help="who or what uses the key")],

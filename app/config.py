@@ -183,6 +183,7 @@ class Settings(BaseSettings):
     log_format: Literal["console", "json"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    max_upload_bytes: int = Field(default=2 * 1024**3, ge=1024)  # settlement files
     # A request holding an Idempotency-Key this long without finishing is taken
     # to have died with its process: a retry with the key may run again.
     idempotency_in_flight_seconds: float = Field(default=60, gt=0)

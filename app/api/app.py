@@ -11,7 +11,7 @@ from fastapi import FastAPI
 
 from app.api import problems
 from app.api.middleware import RequestContextMiddleware
-from app.api.routes import events, ops, payments, refunds, webhooks
+from app.api.routes import events, ops, payments, reconciliations, refunds, webhooks
 from app.bootstrap import Container
 
 DESCRIPTION = """
@@ -34,6 +34,10 @@ TAGS = [
     {
         "name": "events",
         "description": "Every refund change, as a feed and as signed webhooks to the store.",
+    },
+    {
+        "name": "reconciliation",
+        "description": "Settlement files against our refunds; FX differences and fees.",
     },
     {"name": "operations", "description": "Health, readiness and the active policy."},
 ]
@@ -84,7 +88,12 @@ def create_app(
     app.include_router(refunds.router)
     app.include_router(webhooks.router)
     app.include_router(events.router)
+    app.include_router(reconciliations.router)
     for path, mounted in (extra_mounts or {}).items():
         app.mount(path, mounted)
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=container.settings.max_body_bytes)
+    app.add_middleware(
+        RequestContextMiddleware,
+        max_body_bytes=container.settings.max_body_bytes,
+        max_upload_bytes=container.settings.max_upload_bytes,
+    )
     return app

@@ -31,9 +31,17 @@ class BodyTooLarge(HTTPException):
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, max_body_bytes: int = 1_048_576) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_body_bytes: int = 1_048_576,
+        max_upload_bytes: int = 2 * 1024**3,
+        upload_paths: tuple[str, ...] = ("/v1/reconciliations",),
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.max_upload_bytes = max_upload_bytes
+        self.upload_paths = upload_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -53,6 +61,11 @@ class RequestContextMiddleware:
                 except ValueError:
                     content_length = None
         request_id = request_id or uuid.uuid4().hex
+        limit = (
+            self.max_upload_bytes
+            if scope["path"].startswith(self.upload_paths)
+            else self.max_body_bytes
+        )
         scope.setdefault("state", {})["request_id"] = request_id
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id)
@@ -79,12 +92,12 @@ class RequestContextMiddleware:
             )
             await send({"type": "http.response.body", "body": body})
 
-        if content_length is not None and content_length > self.max_body_bytes:
+        if content_length is not None and content_length > limit:
             await problem(
                 413,
                 "payload_too_large",
                 "Request body too large",
-                f"the body may be at most {self.max_body_bytes} bytes",
+                f"the body may be at most {limit} bytes",
             )
             return
 
@@ -95,8 +108,8 @@ class RequestContextMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
-                    raise BodyTooLarge(self.max_body_bytes)
+                if received > limit:
+                    raise BodyTooLarge(limit)
             return message
 
         try:
@@ -107,7 +120,7 @@ class RequestContextMiddleware:
                     413,
                     "payload_too_large",
                     "Request body too large",
-                    f"the body may be at most {self.max_body_bytes} bytes",
+                    f"the body may be at most {limit} bytes",
                 )
         except Exception as exc:
             log.exception("request.failed", error_type=type(exc).__name__)

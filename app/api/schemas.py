@@ -397,3 +397,88 @@ class DeliveryOut(BaseModel):
             ]
         }
     )
+
+
+class ReconciliationLineOut(BaseModel):
+    line: int | None = Field(
+        description="line in the file (1 is the header); null for missing_in_file"
+    )
+    outcome: str
+    pse_refund_id: str | None
+    reference: str | None
+    refund_id: str | None
+    file_amount: int | None
+    file_status: str | None
+    our_amount: int | None
+    our_status: str | None
+    currency: str | None
+    settled_at: datetime | None
+    fee: int | None
+    settlement_amount: int | None
+    settlement_currency: str | None
+    detail: str | None
+
+
+class ReconciliationRows(BaseModel):
+    data: list[ReconciliationLineOut]
+    next_cursor: str | None
+
+
+class ReconciliationOut(BaseModel):
+    id: str
+    pse_account: str
+    status: Literal["processing", "completed", "failed"]
+    filename: str | None
+    file_format: str | None
+    rows_total: int
+    counts: dict[str, int]
+    adopted: int = Field(description="unknown/pending refunds the file proved settled")
+    range_from: datetime | None
+    range_to: datetime | None
+    error: str | None
+    created_at: datetime
+    completed_at: datetime | None
+    rows: ReconciliationRows
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "rec_0193c1d2e3f4",
+                    "pse_account": "stripe_jp",
+                    "status": "completed",
+                    "filename": "settlement-2026-11.csv",
+                    "file_format": "generic",
+                    "rows_total": 3,
+                    "counts": {
+                        "matched": 1,
+                        "amount_mismatch": 1,
+                        "status_mismatch": 0,
+                        "missing_in_service": 1,
+                        "missing_in_file": 0,
+                    },
+                    "adopted": 0,
+                    "range_from": "2026-11-01T00:00:00Z",
+                    "range_to": "2026-11-30T00:00:00Z",
+                    "error": None,
+                    "created_at": "2026-11-30T09:00:00Z",
+                    "completed_at": "2026-11-30T09:00:02Z",
+                    "rows": {"data": [], "next_cursor": None},
+                }
+            ]
+        }
+    )
+
+
+class FxTotalOut(BaseModel):
+    settlement_currency: str
+    refunds: int
+    refunds_with_actual_settlement: int
+    fx_difference: int
+    fees: int
+
+
+class FxReportOut(BaseModel):
+    from_: datetime | None = Field(alias="from")
+    to: datetime | None
+    data: list[FxTotalOut]

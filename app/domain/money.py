@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Context, Decimal, InvalidOperation
+from functools import lru_cache
 
 from app.domain.errors import CurrencyMismatch, InvalidMoney, UnknownCurrency
 
@@ -138,3 +139,10 @@ class Money:
 
     def __str__(self) -> str:
         return f"{self.to_major()} {self.currency}"
+
+
+@lru_cache(maxsize=8192)
+def money(amount: int, currency: str) -> Money:
+    """A shared Money for hot paths that build the same amounts over and over
+    (settlement files): Money is immutable, so one instance serves them all."""
+    return Money(amount, currency)

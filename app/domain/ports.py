@@ -17,12 +17,16 @@ from app.domain.money import Money
 
 if TYPE_CHECKING:
     from app.domain.models import Payment, Refund, RefundStatus
+    from app.domain.reconciliation import RefundSnapshot
     from app.domain.records import (
         ApiKey,
         DeliveryAttempt,
         DeliveryStatus,
+        FxTotal,
         IdempotencyRecord,
         OutboxEvent,
+        Reconciliation,
+        ReconciliationLine,
         StoredWebhook,
         WebhookStatus,
     )
@@ -216,6 +220,9 @@ class RefundRepository(Protocol):
         self, pse_account: str, pse_refund_id: str
     ) -> Refund | None: ...
     async def claim_due(self, now: datetime, lease_until: datetime, limit: int) -> list[str]: ...
+    async def find_for_settlement(
+        self, pse_account: str, pse_refund_ids: Sequence[str], references: Sequence[str]
+    ) -> list[RefundSnapshot]: ...
     async def list(
         self, flt: RefundFilter, *, limit: int, before_id: str | None
     ) -> list[Refund]: ...
@@ -296,6 +303,28 @@ class AutoApprovalTotals(Protocol):
     async def add(self, currency: str, day: str, amount: int) -> None: ...
 
 
+class ReconciliationRepository(Protocol):
+    async def add(self, reconciliation: Reconciliation) -> None: ...
+    async def get(self, reconciliation_id: str) -> Reconciliation | None: ...
+    async def update(self, reconciliation: Reconciliation) -> None: ...
+    async def add_lines(self, lines: Sequence[ReconciliationLine]) -> None: ...
+    async def lines(
+        self, reconciliation_id: str, *, outcome: str | None, limit: int, after_id: int | None
+    ) -> list[ReconciliationLine]: ...
+    async def delete_lines(self, reconciliation_id: str) -> None: ...
+    async def add_missing_in_file(
+        self,
+        reconciliation_id: str,
+        pse_account: str,
+        succeeded_from: datetime,
+        succeeded_to: datetime,
+    ) -> int: ...
+    async def apply_settled_figures(self, reconciliation_id: str) -> int: ...
+    async def fx_totals(
+        self, created_from: datetime | None, created_to: datetime | None, currency: str | None
+    ) -> list[FxTotal]: ...
+
+
 class UnitOfWork(Protocol):
     """One transaction. Rolls back on exit unless `commit()` was called."""
 
@@ -306,6 +335,7 @@ class UnitOfWork(Protocol):
     webhooks: WebhookRepository
     api_keys: ApiKeyRepository
     auto_approvals: AutoApprovalTotals
+    reconciliations: ReconciliationRepository
 
     async def __aenter__(self) -> Self: ...
     async def __aexit__(self, *exc: object) -> None: ...

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class Role(StrEnum):
@@ -128,3 +128,55 @@ class DeliveryAttempt:
     @property
     def delivered(self) -> bool:
         return self.status_code is not None and 200 <= self.status_code < 300
+
+
+@dataclass(slots=True)
+class Reconciliation:
+    id: str
+    pse_account: str
+    status: str
+    created_at: datetime
+    filename: str | None = None
+    file_format: str | None = None
+    rows_total: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    range_from: datetime | None = None
+    range_to: datetime | None = None
+    adopted: int = 0
+    error: str | None = None
+    created_by: str | None = None
+    completed_at: datetime | None = None
+
+
+class ReconciliationLine(NamedTuple):
+    """One outcome of a reconciliation: a file line, or a refund missing from the file.
+
+    A named tuple: a million of them are built per large file, and the field
+    order is the column order they are copied into the database with."""
+
+    reconciliation_id: str
+    line: int | None
+    outcome: str
+    pse_refund_id: str | None = None
+    reference: str | None = None
+    refund_id: str | None = None
+    file_amount: int | None = None
+    file_status: str | None = None
+    our_amount: int | None = None
+    our_status: str | None = None
+    currency: str | None = None
+    settled_at: datetime | None = None
+    fee: int | None = None
+    settlement_amount: int | None = None
+    settlement_currency: str | None = None
+    detail: str | None = None
+    id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FxTotal:
+    settlement_currency: str
+    refunds: int
+    fx_difference: int
+    fees: int
+    refunds_with_actual_settlement: int

@@ -76,8 +76,7 @@ class Worker:
                 log.exception("worker.pass_failed")
                 done = WorkerPass()
             if done.claimed >= self.batch_size or (
-                self.deliveries is not None
-                and done.events_delivered >= self.deliveries.batch_size
+                self.deliveries is not None and done.events_delivered >= self.deliveries.batch_size
             ):
                 continue  # more may be due: no pause
             with contextlib.suppress(TimeoutError):

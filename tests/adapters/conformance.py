@@ -36,6 +36,9 @@ class ProviderCase(Protocol):
     name: str
     # The webhook secrets configured on the account: (current, previous).
     secrets: tuple[str, str]
+    # False for static-token schemes (the token proves the sender, not the
+    # body): a body changed by a holder of the token cannot be detected.
+    signs_body: bool
 
     def account(self) -> PseAccount:
         """An account at BASE_URL with both secrets, instant retries

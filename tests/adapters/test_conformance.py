@@ -56,7 +56,15 @@ def now() -> datetime:
 
 
 def test_every_provider_has_a_case():
-    assert {c.name for c in CASES} >= {"sandbox", "stripe"}
+    assert {c.name for c in CASES} == {
+        "sandbox",
+        "stripe",
+        "komoju",
+        "payjp",
+        "xendit",
+        "razorpay",
+        "omise",
+    }
 
 
 async def test_a_refund_the_pse_accepts_is_accepted(case, gateway, router):
@@ -117,6 +125,8 @@ async def test_a_forged_webhook_is_refused(case, gateway):
     hook = case.webhook(PseRefundState.SUCCEEDED, "whsec_" + "Zm9yZ2VkLXNlY3JldC0xMjM0NTY3OA==")
     with pytest.raises(InvalidWebhookSignature):
         gateway.parse_webhook({k.lower(): v for k, v in hook.headers.items()}, hook.body, now())
+    if not getattr(case, "signs_body", True):
+        return
     real = case.webhook(PseRefundState.SUCCEEDED, case.secrets[0])
     tampered = (
         real.body.replace(b"succeeded", b"failed")

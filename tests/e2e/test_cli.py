@@ -136,3 +136,31 @@ def test_readiness_fails_when_the_database_is_unreachable(monkeypatch):
         return r.status_code
 
     assert asyncio.run(ready()) == 503
+
+
+def test_reconcile_prints_the_counts_and_exits_zero(sqlite_env, tmp_path, monkeypatch):
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'database_url = "sqlite+aiosqlite:///{sqlite_env}"\n'
+        '[accounts.komoju_jp]\nprovider = "sandbox"\napi_key = "k"\n'
+        'base_url = "http://127.0.0.1:9"\n'
+    )
+    monkeypatch.setenv("PSE_REFUNDS_CONFIG_FILE", str(config))
+    monkeypatch.delenv("PSE_REFUNDS_DATABASE_URL")
+    settlement = tmp_path / "settlement.csv"
+    settlement.write_text(
+        "pse_refund_id,reference,type,amount,currency,status,settled_at,fee,"
+        "settlement_amount,settlement_currency\n"
+        "re_1,,refund,1000,JPY,succeeded,2026-11-27T08:00:00Z,,,\n"
+        "re_2,,refund,2000,JPY,failed,2026-11-27T09:00:00Z,,,\n"
+        "ch_1,,charge,5000,JPY,succeeded,2026-11-27T09:00:00Z,,,\n"
+    )
+    result = run("reconcile", "--account", "komoju_jp", str(settlement))
+    assert result.exit_code == 0, result.output
+    assert "(generic, 2 refund rows)" in result.output
+    assert "missing_in_service   2" in result.output
+    bad = tmp_path / "bad.csv"
+    bad.write_text(settlement.read_text().replace("2000", "20.00"))
+    result = CliRunner().invoke(cli, ["reconcile", "--account", "komoju_jp", str(bad)])
+    assert result.exit_code == 2
+    assert "line 3: amount '20.00' is not an integer of minor units" in result.output

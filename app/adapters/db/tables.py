@@ -129,6 +129,7 @@ refunds = Table(
     Index("ix_refunds_status", "status"),
     Index("ix_refunds_pse", "pse_account", "pse_refund_id"),
     Index("ix_refunds_next_check_at", "next_check_at"),
+    Index("ix_refunds_created_at", "created_at"),
 )
 
 refund_approvals = Table(
@@ -241,4 +242,49 @@ auto_approval_totals = Table(
     Column("currency", String(3), primary_key=True),
     Column("day", String(10), primary_key=True),
     Column("amount", BigInteger, nullable=False, default=0),
+)
+
+reconciliations = Table(
+    "reconciliations",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("pse_account", String(64), nullable=False),
+    Column("filename", String(500), nullable=True),
+    Column("status", String(16), nullable=False),  # processing | completed | failed
+    Column("file_format", String(32), nullable=True),
+    Column("rows_total", Integer, nullable=False, default=0),
+    Column("counts", Json, nullable=False),
+    Column("range_from", UtcDateTime, nullable=True),
+    Column("range_to", UtcDateTime, nullable=True),
+    Column("adopted", Integer, nullable=False, default=0),
+    Column("error", Text, nullable=True),
+    Column("created_by", String(40), nullable=True),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("completed_at", UtcDateTime, nullable=True),
+)
+
+reconciliation_rows = Table(
+    "reconciliation_rows",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("reconciliation_id", String(40), nullable=False),
+    Column("line", Integer, nullable=True),  # null for missing_in_file rows
+    Column("outcome", String(32), nullable=False),
+    Column("pse_refund_id", String(255), nullable=True),
+    Column("reference", String(255), nullable=True),
+    Column("refund_id", String(40), nullable=True),
+    Column("file_amount", BigInteger, nullable=True),
+    Column("file_status", String(16), nullable=True),
+    Column("our_amount", BigInteger, nullable=True),
+    Column("our_status", String(32), nullable=True),
+    Column("currency", String(3), nullable=True),
+    Column("settled_at", UtcDateTime, nullable=True),
+    Column("fee", BigInteger, nullable=True),
+    Column("settlement_amount", BigInteger, nullable=True),
+    Column("settlement_currency", String(3), nullable=True),
+    Column("detail", Text, nullable=True),
+    Index("ix_reconciliation_rows_outcome", "reconciliation_id", "outcome", "id"),
+    Index("ix_reconciliation_rows_refund", "reconciliation_id", "refund_id"),
 )

@@ -12,6 +12,7 @@ from app.adapters.db.repositories import (
     SqlIdempotencyRepository,
     SqlOutboxRepository,
     SqlPaymentRepository,
+    SqlReconciliationRepository,
     SqlRefundRepository,
     SqlWebhookRepository,
 )
@@ -34,6 +35,7 @@ class SqlUnitOfWork:
         self.webhooks = SqlWebhookRepository(conn)
         self.api_keys = SqlApiKeyRepository(conn)
         self.auto_approvals = SqlAutoApprovalTotals(conn)
+        self.reconciliations = SqlReconciliationRepository(conn)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

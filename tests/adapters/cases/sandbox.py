@@ -21,6 +21,7 @@ REFUND_ID = "sbre_0193c1d2e3f4"
 
 
 class SandboxCase:
+    signs_body = True
     name = "sandbox"
 
     def __init__(self) -> None:

@@ -22,6 +22,7 @@ API_KEY = "sk_test_conformance_0000000000000000"
 
 
 class StripeCase:
+    signs_body = True
     name = "stripe"
     secrets = ("whsec_conformance_current_secret", "whsec_conformance_previous_secret")
 

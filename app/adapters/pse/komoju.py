@@ -1,0 +1,576 @@
+"""KOMOJU: refunds through `POST /api/v1/payments/{id}/refund`, found again in the
+payment object (`GET /api/v1/payments/{id}`), events through signed webhooks.
+
+What KOMOJU documents, and what this adapter relies on:
+
+- Auth is HTTP Basic with the secret key as user name and an empty password.
+- Amounts are integers "in the lowest denomination of the currency" (whole yen
+  for JPY, cents for USD): our ISO 4217 minor units, sent as they are.
+- The refund call takes only `amount`, `description` and platform details; a
+  refund has no metadata, so our refund reference travels in `description` and
+  comes back on the refund object, where the look-up matches it.
+- The answer is the whole payment: `refunds[]` (each with `id`, `amount`,
+  `currency`, `description`, `created_at`…), `refund_requests[]` and
+  `amount_refunded`. A refund has no status: one listed in `refunds[]` exists.
+  The exception is the older cash pick-up flow, where the refund carries a
+  `redirect_url` the payer must visit to collect cash at a konbini: that refund
+  is pending until `payment.refunded` says the payer was paid.
+- POST requests are idempotent through `X-KOMOJU-IDEMPOTENCY` (at most 100
+  ASCII characters, kept 24 hours; the first answer is replayed, a repeat while
+  the first is still running gets 409).
+- Errors come as `{"error": {"code", "message", "param", "details"}}`; the codes
+  are generic (`bad_request`, `unprocessable_entity`, `invalid_parameter`,
+  `not_refundable`…), so a few refusals are told apart by asking for the payment.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import structlog
+
+from app.adapters.pse.base import PseAccount, PseNoAnswer, RetryingHttp, json_or_none
+from app.domain.errors import DomainError
+from app.domain.money import Money, is_currency
+from app.domain.ports import (
+    Accepted,
+    Declined,
+    InvalidWebhookPayload,
+    InvalidWebhookSignature,
+    LookupResult,
+    NotFound,
+    PseGateway,
+    PseRefund,
+    PseRefundState,
+    PseWebhookEvent,
+    RefundSubmission,
+    SubmitResult,
+    Unanswered,
+)
+
+log = structlog.get_logger("app.pse.komoju")
+
+_PAYMENTS_PATH = "/api/v1/payments"
+_IDEMPOTENCY_HEADER = "X-KOMOJU-IDEMPOTENCY"
+_IDEMPOTENCY_KEY_MAX_CHARS = 100
+_API_VERSION_HEADER = "X-KOMOJU-API-VERSION"
+# `[accounts.<name>.options] api_version = "…"` pins the API version of every call.
+API_VERSION_OPTION = "api_version"
+_MESSAGE_MAX_CHARS = 500
+
+# The currencies KOMOJU's API accepts. Its amounts are "the lowest denomination
+# of the currency", read here as the ISO 4217 minor unit for every one of them.
+KOMOJU_CURRENCIES = frozenset(
+    "JPY USD EUR TWD KRW PLN GBP HKD SGD NZD AUD IDR MYR PHP THB CNY BRL CHF CAD VND".split()
+)
+
+# Payment methods KOMOJU cannot refund to the payer: only a refund request with
+# the payer's bank account (`POST /payments/{id}/refund_request`, a manual bank
+# transfer by KOMOJU) gives the money back, which is an offline payout for us.
+_CASH_PAYMENT_TYPES = frozenset({"konbini", "bank_transfer", "pay_easy"})
+# Payment statuses in which no money was taken, so nothing can be refunded.
+_NOT_CAPTURED = frozenset({"pending", "authorized", "cancelled", "expired", "failed"})
+
+# Webhooks
+_SIGNATURE_HEADER = "x-komoju-signature"
+_REFUND_CREATED = "payment.refund.created"
+_FULLY_REFUNDED = "payment.refunded"
+_REFUND_EVENTS = frozenset({_REFUND_CREATED, _FULLY_REFUNDED})
+_HEX_DIGITS = frozenset("0123456789abcdef")
+
+# KOMOJU secret and publishable keys (`sk_…`, `pk_…`, with or without live/test).
+_KEY_PATTERN = re.compile(r"\b[sp]k_[A-Za-z0-9_]{4,}")
+
+
+class UnreadableKomoju(ValueError):
+    """A KOMOJU payment or refund object this adapter cannot read."""
+
+
+# --------------------------------------------------------------------------
+# Refund object -> PseRefund (used by create, find and webhooks alike)
+# --------------------------------------------------------------------------
+
+
+def _money(amount: Any, currency: Any) -> Money | None:
+    if isinstance(amount, bool) or not isinstance(amount, int) or not isinstance(currency, str):
+        return None
+    code = currency.upper()
+    if not is_currency(code):
+        return None
+    try:
+        return Money(amount, code)
+    except DomainError:
+        return None
+
+
+def refund_from_komoju(
+    obj: Any, *, payment_currency: str | None = None, collected: bool = False
+) -> PseRefund:
+    """Translate one entry of a payment's `refunds[]`.
+
+    `collected`: the payer is known to hold the money (a `payment.refunded` event),
+    so a cash pick-up refund is no longer pending.
+    """
+    if not isinstance(obj, Mapping):
+        raise UnreadableKomoju("refund is not a JSON object")
+    resource = obj.get("resource")
+    if resource is not None and resource != "refund":
+        raise UnreadableKomoju(f"expected a refund, got {resource!r}")
+    refund_id = obj.get("id")
+    if not isinstance(refund_id, str) or not refund_id:
+        raise UnreadableKomoju("refund has no id")
+    currency = obj.get("currency") or payment_currency
+    description = obj.get("description")
+    redirect_url = obj.get("redirect_url")
+    awaiting_payer = isinstance(redirect_url, str) and bool(redirect_url) and not collected
+    return PseRefund(
+        pse_refund_id=refund_id,
+        state=PseRefundState.PENDING if awaiting_payer else PseRefundState.SUCCEEDED,
+        amount=_money(obj.get("amount"), currency),
+        reference=description if isinstance(description, str) and description else None,
+    )
+
+
+def _read_payment(obj: Any, payment_id: str | None = None) -> Mapping[str, Any]:
+    """A KOMOJU payment object with its `refunds[]`; `payment_id` when it must be that one."""
+    if not isinstance(obj, Mapping) or obj.get("resource") != "payment":
+        raise UnreadableKomoju("not a KOMOJU payment object")
+    found = obj.get("id")
+    if not isinstance(found, str) or not found:
+        raise UnreadableKomoju("payment has no id")
+    if payment_id is not None and found != payment_id:
+        raise UnreadableKomoju(f"answer is about payment {found}, not {payment_id}")
+    if not isinstance(obj.get("refunds"), list):
+        raise UnreadableKomoju("payment has no refunds list")
+    return obj
+
+
+def _refunds_of(payment: Mapping[str, Any]) -> list[Any]:
+    refunds: list[Any] = payment["refunds"]
+    return refunds
+
+
+def _currency_of(payment: Mapping[str, Any]) -> str | None:
+    currency = payment.get("currency")
+    return currency if isinstance(currency, str) else None
+
+
+def _payment_type(payment: Mapping[str, Any]) -> str | None:
+    details = payment.get("payment_details")
+    kind = details.get("type") if isinstance(details, Mapping) else None
+    return kind if isinstance(kind, str) else None
+
+
+def _created_at(item: Any) -> datetime:
+    value = item.get("created_at") if isinstance(item, Mapping) else None
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            pass
+        else:
+            return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return datetime.min.replace(tzinfo=UTC)
+
+
+def _newest(items: Sequence[Any]) -> Any:
+    """The most recent entry by `created_at`; the later one in the list on a tie."""
+    return max(enumerate(items), key=lambda pair: (_created_at(pair[1]), pair[0]))[1]
+
+
+def _ours(payment: Mapping[str, Any], reference: str) -> PseRefund | None:
+    """Our refund among the payment's refunds (matched on `description`), or None."""
+    mine = [
+        item
+        for item in _refunds_of(payment)
+        if isinstance(item, Mapping) and item.get("description") == reference
+    ]
+    if not mine:
+        return None
+    if len(mine) > 1:
+        # Two KOMOJU refunds under one reference is a double refund: report the newest
+        # and leave it to whoever reads the log; both moved money.
+        log.error(
+            "pse.komoju.several_refunds_for_reference",
+            reference=reference,
+            payment_id=payment.get("id"),
+            pse_refund_ids=[item.get("id") for item in mine],
+        )
+    return refund_from_komoju(_newest(mine), payment_currency=_currency_of(payment))
+
+
+def _latest_refund(payment: Mapping[str, Any]) -> Any:
+    """The newest real refund of a payment (chargebacks are listed in `refunds[]` too)."""
+    refunds = [
+        item
+        for item in _refunds_of(payment)
+        if isinstance(item, Mapping) and item.get("chargeback") is not True
+    ]
+    return _newest(refunds) if refunds else None
+
+
+# --------------------------------------------------------------------------
+# Error envelope -> Declined
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Decline:
+    code: str
+    offline: bool = False
+    retriable: bool = False
+
+
+# KOMOJU documents one error list for every endpoint (the generic HTTP codes plus
+# request_failed, invalid_payment_type, invalid_token, invalid_currency,
+# not_refundable, not_capturable, not_cancellable, fraudulent, invalid_parameter,
+# missing_parameter, insufficient_funds, used_number, card_declined,
+# invalid_password, bad_verification_value, exceeds_limit, card_expired,
+# invalid_number, invalid_account, locked). None is dedicated to refunds:
+#
+# - "More than is left to refund" has no code of its own. The amount is the only
+#   refund parameter we send, always a positive integer the policy already held
+#   to our own refundable amount, so `invalid_parameter` on `amount` can only mean
+#   it is more than KOMOJU will refund.
+# - `insufficient_funds` is a card code for payments. On a refund the card is not
+#   charged, so it can only be the merchant's balance: KOMOJU refuses refunds
+#   larger than the unsettled balance (its help centre). Which code it sends then
+#   is unconfirmed; this one is the only plausible match and is retriable.
+# - `not_refundable` ("The payment you requested is not refundable.") covers a
+#   payment already fully refunded, a cash method, a payment never captured and
+#   one past the card network's refund period alike; only the payment tells them
+#   apart, so the adapter asks for it (see `_explain_not_refundable`).
+# - Generic codes (`bad_request`, `unprocessable_entity`) are matched on their
+#   message, conservatively; anything else stays unanswered.
+_AMOUNT_PARAM = "amount"
+_BALANCE = _Decline("insufficient_balance", retriable=True)
+_TOO_MUCH = _Decline("amount_exceeds_refundable")
+_ALREADY = _Decline("already_refunded")
+_GENERIC_CODES = frozenset({"bad_request", "unprocessable_entity", "invalid_parameter"})
+_EXCEEDS_WORDS = ("exceed", "greater than", "more than", "larger than")
+# `locked` ("Processing.") and 409 both mean the same key is still being worked on.
+_IN_PROGRESS_CODES = frozenset({"locked"})
+
+
+def _decline_for(error: Mapping[str, Any]) -> _Decline | None:
+    code = error.get("code")
+    if code == "invalid_parameter" and error.get("param") == _AMOUNT_PARAM:
+        return _TOO_MUCH
+    if code == "insufficient_funds":
+        return _BALANCE
+    if code in _GENERIC_CODES:
+        message = str(error.get("message") or "").lower()
+        if "refund" in message and "already" in message:
+            return _ALREADY
+        if "refund" in message and any(words in message for words in _EXCEEDS_WORDS):
+            return _TOO_MUCH
+    return None
+
+
+def _error_of(response: httpx.Response) -> Mapping[str, Any]:
+    body = json_or_none(response)
+    error = body.get("error") if isinstance(body, Mapping) else None
+    return error if isinstance(error, Mapping) else {}
+
+
+def idempotency_header_value(key: str) -> str:
+    """Our idempotency key as KOMOJU accepts it: at most 100 printable ASCII characters.
+
+    A longer or non-ASCII key is replaced by its SHA-256, which is just as stable:
+    every resend of the refund still carries the same value.
+    """
+    if 0 < len(key) <= _IDEMPOTENCY_KEY_MAX_CHARS and key.isascii() and key.isprintable():
+        return key
+    return "sha256-" + hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+class KomojuGateway(PseGateway):
+    """One KOMOJU merchant account, in the domain's words.
+
+    `account.api_key` is the secret key; `account.options["api_version"]`, when set,
+    is sent as `X-KOMOJU-API-VERSION`; `account.webhook_secrets` are the webhook
+    secret tokens accepted (all of them, for rotation).
+    """
+
+    def __init__(self, account: PseAccount, http: httpx.AsyncClient) -> None:
+        self._account = account
+        self._http = RetryingHttp(account, http)
+
+    # -- create ---------------------------------------------------------------
+
+    async def create_refund(self, submission: RefundSubmission) -> SubmitResult:
+        money = submission.amount
+        if money.amount < 1:
+            return Declined("invalid_amount", f"cannot refund {money} at KOMOJU")
+        if money.currency not in KOMOJU_CURRENCIES:
+            return Declined("currency_not_supported", f"KOMOJU does not process {money.currency}")
+        body = {"amount": money.amount, "description": submission.reference}
+        headers = {
+            **self._headers(),
+            _IDEMPOTENCY_HEADER: idempotency_header_value(submission.idempotency_key),
+        }
+        path = f"{self._payment_path(submission.pse_payment_id)}/refund"
+        try:
+            response = await self._http.send("POST", path, headers=headers, json=body)
+        except PseNoAnswer as exc:
+            return Unanswered(self._safe(exc.reason))
+        return await self._create_answer(submission, response)
+
+    async def _create_answer(
+        self, submission: RefundSubmission, response: httpx.Response
+    ) -> SubmitResult:
+        status = response.status_code
+        if 200 <= status < 300:
+            try:
+                payment = _read_payment(json_or_none(response), submission.pse_payment_id)
+                refund = _ours(payment, submission.reference)
+            except UnreadableKomoju as exc:
+                return Unanswered(f"HTTP {status} without a readable payment: {exc}")
+            if refund is None:
+                log.warning(
+                    "pse.komoju.refund_missing_from_answer",
+                    pse_account=self._account.name,
+                    reference=submission.reference,
+                )
+                return Unanswered(f"HTTP {status} but the payment lists no refund of ours")
+            return Accepted(refund)
+        error = _error_of(response)
+        code = error.get("code")
+        if status in (401, 403):
+            return Declined(
+                "pse_authentication_failed",
+                self._safe(error.get("message") or f"HTTP {status}"),
+            )
+        if status in (409, 423) or code in _IN_PROGRESS_CODES:
+            # The same idempotency key is still being processed: KOMOJU may be making it.
+            return Unanswered(self._describe(response))
+        if status == 404 and code == "not_found":
+            return Declined("payment_not_found", self._describe(response))
+        if status in (400, 422):
+            if code == "not_refundable":
+                return await self._explain_not_refundable(submission, error)
+            decline = _decline_for(error)
+            if decline is not None:
+                return Declined(
+                    decline.code,
+                    self._safe(error.get("message") or str(code)),
+                    offline=decline.offline,
+                    retriable=decline.retriable,
+                )
+        log.warning(
+            "pse.komoju.unrecognised_error",
+            pse_account=self._account.name,
+            status_code=status,
+            error_code=code,
+            error_param=error.get("param"),
+        )
+        return Unanswered(self._describe(response))
+
+    async def _explain_not_refundable(
+        self, submission: RefundSubmission, error: Mapping[str, Any]
+    ) -> SubmitResult:
+        """Tell apart the refusals KOMOJU reports as `not_refundable`, from the payment.
+
+        The 422 proves this request made no refund; the payment says why:
+        - our reference already among its refunds: an earlier send went through;
+        - status `refunded`: nothing left to refund;
+        - a cash method (konbini, bank transfer, Pay-easy): only a refund request
+          with the payer's bank account could pay it back, an offline payout;
+        - never captured: there is no money to give back;
+        - captured with money left: past the refund period of the method or
+          otherwise ineligible at KOMOJU, so the money must go back offline.
+        When the payment cannot be read, nothing is concluded.
+        """
+        said = self._safe(error.get("message") or "not_refundable")
+        try:
+            response = await self._http.send(
+                "GET", self._payment_path(submission.pse_payment_id), headers=self._headers()
+            )
+        except PseNoAnswer as exc:
+            return Unanswered(self._safe(f"not_refundable, payment unreadable: {exc.reason}"))
+        if not 200 <= response.status_code < 300:
+            return Unanswered(f"not_refundable, payment look-up: {self._describe(response)}")
+        try:
+            payment = _read_payment(json_or_none(response), submission.pse_payment_id)
+            ours = _ours(payment, submission.reference)
+        except UnreadableKomoju as exc:
+            return Unanswered(f"not_refundable, payment unreadable: {exc}")
+        if ours is not None:
+            return Accepted(ours)
+        status = payment.get("status")
+        kind = _payment_type(payment)
+        if status == "refunded":
+            return Declined("already_refunded", f"{said} (the payment is fully refunded)")
+        if kind in _CASH_PAYMENT_TYPES:
+            return Declined(
+                "bank_account_refund_required",
+                f"{said} ({kind} payments are refunded by bank transfer only)",
+                offline=True,
+            )
+        if any(
+            isinstance(item, Mapping) and item.get("chargeback") is True
+            for item in _refunds_of(payment)
+        ):
+            return Declined("payment_disputed", f"{said} (the payment has a chargeback)")
+        if status in _NOT_CAPTURED:
+            return Declined("payment_not_captured", f"{said} (the payment is {status})")
+        if status == "captured":
+            return Declined(
+                "not_refundable",
+                f"{said} (captured {kind or 'payment'} past its refund period or ineligible)",
+                offline=True,
+            )
+        log.warning(
+            "pse.komoju.not_refundable_unexplained",
+            pse_account=self._account.name,
+            payment_status=status,
+        )
+        return Unanswered(f"not_refundable with payment status {status!r}")
+
+    # -- find -----------------------------------------------------------------
+
+    async def find_refund(self, submission: RefundSubmission) -> LookupResult:
+        # KOMOJU has no refund resource of its own: the payment lists every refund
+        # (no pagination), so its `refunds[]` is the whole truth for the look-up.
+        try:
+            response = await self._http.send(
+                "GET", self._payment_path(submission.pse_payment_id), headers=self._headers()
+            )
+        except PseNoAnswer as exc:
+            return Unanswered(self._safe(exc.reason))
+        status = response.status_code
+        if status == 404 and _error_of(response).get("code") == "not_found":
+            if submission.pse_refund_id:
+                return Unanswered(
+                    f"payment {submission.pse_payment_id} is gone although refund "
+                    f"{submission.pse_refund_id} was seen on it"
+                )
+            # No such payment at this account: no refund of ours can exist either.
+            return NotFound()
+        if not 200 <= status < 300:
+            return Unanswered(self._describe(response))
+        try:
+            payment = _read_payment(json_or_none(response), submission.pse_payment_id)
+            by_id = self._by_id(payment, submission.pse_refund_id)
+            ours = _ours(payment, submission.reference)
+        except UnreadableKomoju as exc:
+            return Unanswered(f"payment unreadable: {exc}")
+        if by_id is not None:
+            if by_id.reference is not None and by_id.reference != submission.reference:
+                return Unanswered(f"refund {by_id.pse_refund_id} carries another reference")
+            return Accepted(by_id)
+        if ours is not None:
+            return Accepted(ours)
+        if submission.pse_refund_id:
+            # KOMOJU once answered with this refund: its absence now proves nothing.
+            return Unanswered(f"refund {submission.pse_refund_id} is no longer listed")
+        return NotFound()
+
+    @staticmethod
+    def _by_id(payment: Mapping[str, Any], refund_id: str | None) -> PseRefund | None:
+        if not refund_id:
+            return None
+        for item in _refunds_of(payment):
+            if isinstance(item, Mapping) and item.get("id") == refund_id:
+                return refund_from_komoju(item, payment_currency=_currency_of(payment))
+        return None
+
+    # -- webhooks -------------------------------------------------------------
+
+    def parse_webhook(
+        self, headers: Mapping[str, str], body: bytes, now: datetime
+    ) -> PseWebhookEvent:
+        # KOMOJU signs the body only, with no timestamp: the tolerance cannot apply,
+        # and replays are stopped by the event id, stored once per account.
+        self._verify_signature(headers.get(_SIGNATURE_HEADER), body)
+        try:
+            event = json.loads(body)
+        except ValueError:
+            raise InvalidWebhookPayload("body is not JSON") from None
+        if not isinstance(event, Mapping):
+            raise InvalidWebhookPayload("body is not a JSON object")
+        resource, event_type = event.get("resource"), event.get("type")
+        if resource is not None and resource != "event":
+            raise InvalidWebhookPayload("body is not a KOMOJU event")
+        if not isinstance(event_type, str) or not event_type:
+            raise InvalidWebhookPayload("event without a type")
+        event_id = event.get("id")
+        if not isinstance(event_id, str) or not event_id:
+            # Every documented event carries an id (X-Komoju-ID names the delivery,
+            # not the event); without one, the same body must still dedupe alike.
+            event_id = "sha256-" + hashlib.sha256(body).hexdigest()
+        if event_type not in _REFUND_EVENTS:
+            return PseWebhookEvent(event_id=event_id, event_type=event_type, refund=None)
+        try:
+            payment = _read_payment(event.get("data"))
+            latest = _latest_refund(payment)
+            if latest is None:
+                raise UnreadableKomoju("the payment lists no refund")
+            # Both events carry the payment; the refund they announce is its newest.
+            # `payment.refunded` is sent once the payer has the money, cash included.
+            refund = refund_from_komoju(
+                latest,
+                payment_currency=_currency_of(payment),
+                collected=event_type == _FULLY_REFUNDED,
+            )
+        except UnreadableKomoju as exc:
+            raise InvalidWebhookPayload(f"{event_type}: {exc}") from None
+        return PseWebhookEvent(event_id=event_id, event_type=event_type, refund=refund)
+
+    def _verify_signature(self, header: str | None, body: bytes) -> None:
+        """`X-Komoju-Signature`: hex HMAC-SHA256 of the raw body, keyed with the secret token."""
+        if not header:
+            raise InvalidWebhookSignature("missing X-Komoju-Signature header")
+        given = header.strip().lower()
+        if len(given) != hashlib.sha256().digest_size * 2 or not set(given) <= _HEX_DIGITS:
+            raise InvalidWebhookSignature("malformed X-Komoju-Signature header")
+        matched = False
+        for secret in self._account.webhook_secrets:
+            if not secret:
+                continue
+            expected = hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
+            # Every secret is compared, so the time taken does not tell which one matched.
+            matched |= hmac.compare_digest(expected, given)
+        if not matched:
+            raise InvalidWebhookSignature("no webhook secret matches X-Komoju-Signature")
+
+    # -- helpers --------------------------------------------------------------
+
+    def _headers(self) -> dict[str, str]:
+        token = base64.b64encode(f"{self._account.api_key}:".encode()).decode("ascii")
+        headers = {"Authorization": f"Basic {token}", "Accept": "application/json"}
+        version = self._account.options.get(API_VERSION_OPTION)
+        if version:
+            headers[_API_VERSION_HEADER] = version
+        return headers
+
+    @staticmethod
+    def _payment_path(payment_id: str) -> str:
+        return f"{_PAYMENTS_PATH}/{quote(payment_id, safe='')}"
+
+    def _describe(self, response: httpx.Response) -> str:
+        error = _error_of(response)
+        text = f"HTTP {response.status_code}"
+        if error.get("code"):
+            text += f" {error['code']}"
+        if error.get("message"):
+            text += f": {error['message']}"
+        return self._safe(text)
+
+    def _safe(self, text: Any) -> str:
+        """Never pass a key or webhook secret on, even if an answer echoes one."""
+        value = str(text)
+        for secret in (self._account.api_key, *self._account.webhook_secrets):
+            if secret:
+                value = value.replace(secret, "[redacted]")
+        return _KEY_PATTERN.sub("[redacted]", value)[:_MESSAGE_MAX_CHARS]

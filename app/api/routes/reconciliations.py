@@ -1,0 +1,246 @@
+"""Settlement-file reconciliation and the FX report (ops, finance)."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import os
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from typing import Annotated, BinaryIO
+
+from fastapi import APIRouter, File, Form, Query, UploadFile
+from pydantic import AwareDatetime
+from starlette.responses import Response, StreamingResponse
+
+from app.api.deps import ContainerDep, Cursor, Limit, Ops, json_response
+from app.api.docs import AUTH, problems
+from app.api.problems import ApiError
+from app.api.schemas import Currency, FxReportOut, ReconciliationOut
+from app.domain.reconciliation import OUTCOMES
+from app.domain.records import Reconciliation, ReconciliationLine
+from app.services.views import rfc3339
+
+router = APIRouter(tags=["reconciliation"])
+
+_CHUNK = 1024 * 1024
+_LINE_FIELDS = (
+    "line",
+    "outcome",
+    "pse_refund_id",
+    "reference",
+    "refund_id",
+    "file_amount",
+    "file_status",
+    "our_amount",
+    "our_status",
+    "currency",
+    "settled_at",
+    "fee",
+    "settlement_amount",
+    "settlement_currency",
+    "detail",
+)
+
+
+def _line_view(line: ReconciliationLine) -> dict:
+    view = {name: getattr(line, name) for name in _LINE_FIELDS}
+    view["settled_at"] = rfc3339(line.settled_at)
+    return view
+
+
+def _view(rec: Reconciliation) -> dict:
+    return {
+        "id": rec.id,
+        "pse_account": rec.pse_account,
+        "status": rec.status,
+        "filename": rec.filename,
+        "file_format": rec.file_format,
+        "rows_total": rec.rows_total,
+        "counts": rec.counts,
+        "adopted": rec.adopted,
+        "range_from": rfc3339(rec.range_from),
+        "range_to": rfc3339(rec.range_to),
+        "error": rec.error,
+        "created_at": rfc3339(rec.created_at),
+        "completed_at": rfc3339(rec.completed_at),
+    }
+
+
+def _file_opener(path: str):  # type: ignore[no-untyped-def]
+    @contextlib.contextmanager
+    def open_file() -> Iterator[BinaryIO]:
+        with open(path, "rb") as stream:
+            yield stream
+
+    return open_file
+
+
+@router.post(
+    "/v1/reconciliations",
+    summary="Reconcile a settlement file",
+    status_code=202,
+    responses={
+        202: {
+            "description": "Accepted: processing in the background",
+            "content": {
+                "application/json": {"example": {"id": "rec_0193c1d2e3f4", "status": "processing"}}
+            },
+        },
+        **problems(*AUTH, (413, "`payload_too_large`"), (422, "`unknown_pse_account`")),
+    },
+)
+async def create_reconciliation(
+    container: ContainerDep,
+    key: Ops,
+    file: Annotated[UploadFile, File(description="the settlement file (CSV)")],
+    pse_account: Annotated[str, Form(min_length=1, max_length=64)],
+) -> Response:
+    """Upload a PSE settlement file (multipart: `file`, `pse_account`). The file
+    is processed in the background; follow it at `GET /v1/reconciliations/{id}`.
+
+    Formats: the generic CSV (header `pse_refund_id,reference,type,amount,currency,
+    status,settled_at,fee,settlement_amount,settlement_currency`, amounts in minor
+    units) and Stripe's itemized balance / payout reconciliation exports. A
+    malformed file ends `failed` with an error naming its line, and changes
+    nothing."""
+    container.deps.account(pse_account)
+    fd, path = tempfile.mkstemp(prefix="settlement-", suffix=".csv")
+    with os.fdopen(fd, "wb") as out:
+        while chunk := await file.read(_CHUNK):
+            out.write(chunk)
+    reconciliation = await container.reconciliations.start(pse_account, file.filename, key.id)
+
+    async def job() -> None:
+        try:
+            await container.reconciliations.run(reconciliation.id, _file_opener(path))
+        finally:
+            os.unlink(path)
+
+    container.jobs.spawn(f"reconciliation {reconciliation.id}", job)
+    return json_response(202, {"id": reconciliation.id, "status": reconciliation.status})
+
+
+def _after_id(cursor: str | None) -> int | None:
+    if cursor is None:
+        return None
+    if not cursor.isdigit() or len(cursor) > 18:
+        raise ApiError(422, "validation_error", "Invalid cursor", "cursor is not one we issued")
+    return int(cursor)
+
+
+@router.get(
+    "/v1/reconciliations/{reconciliation_id}",
+    summary="A reconciliation, its counts and its lines",
+    response_model=ReconciliationOut,
+    responses=problems(*AUTH, 404, 422),
+)
+async def get_reconciliation(
+    reconciliation_id: str,
+    container: ContainerDep,
+    _key: Ops,
+    outcome: Annotated[
+        str | None, Query(description=f"only lines of: {', '.join(o.value for o in OUTCOMES)}")
+    ] = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> Response:
+    """`status` (processing, completed, failed), the `counts` of matched,
+    amount_mismatch, status_mismatch, missing_in_service and missing_in_file,
+    and the lines behind them, paged (`rows.next_cursor`)."""
+    if outcome is not None and outcome not in {o.value for o in OUTCOMES}:
+        raise ApiError(422, "validation_error", "Unknown outcome", f"no outcome {outcome}")
+    rec = await container.reconciliations.get(reconciliation_id)
+    lines = await container.reconciliations.lines(
+        reconciliation_id, outcome=outcome, limit=limit + 1, after_id=_after_id(cursor)
+    )
+    more = len(lines) > limit
+    lines = lines[:limit]
+    return json_response(
+        200,
+        {
+            **_view(rec),
+            "rows": {
+                "data": [_line_view(line) for line in lines],
+                "next_cursor": str(lines[-1].id) if more and lines else None,
+            },
+        },
+    )
+
+
+@router.get(
+    "/v1/reconciliations/{reconciliation_id}/report.csv",
+    summary="The reconciliation as CSV",
+    responses={
+        200: {"content": {"text/csv": {}}, "description": "every line with its outcome"},
+        **problems(*AUTH, 404),
+    },
+)
+async def reconciliation_report(
+    reconciliation_id: str, container: ContainerDep, _key: Ops
+) -> Response:
+    """Every line of the reconciliation with its outcome, for a spreadsheet."""
+    await container.reconciliations.get(reconciliation_id)
+
+    async def rows() -> AsyncIterator[str]:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(_LINE_FIELDS)
+        after = None
+        while True:
+            lines = await container.reconciliations.lines(
+                reconciliation_id, outcome=None, limit=5000, after_id=after
+            )
+            for line in lines:
+                view = _line_view(line)
+                writer.writerow(["" if view[f] is None else view[f] for f in _LINE_FIELDS])
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+            if len(lines) < 5000:
+                return
+            after = lines[-1].id
+
+    return StreamingResponse(
+        rows(),
+        media_type="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="{reconciliation_id}.csv"'},
+    )
+
+
+@router.get(
+    "/v1/reports/fx",
+    summary="FX differences and fees",
+    response_model=FxReportOut,
+    responses=problems(*AUTH, 422),
+)
+async def fx_report(
+    container: ContainerDep,
+    _key: Ops,
+    from_: Annotated[AwareDatetime | None, Query(alias="from")] = None,
+    to: Annotated[AwareDatetime | None, Query()] = None,
+    currency: Annotated[Currency | None, Query(description="a settlement currency")] = None,
+) -> Response:
+    """Per settlement currency, for refunds created in [from, to): how many,
+    the sum of FX differences (actual settled amount - amount at the payment's
+    rate, in minor units; only refunds whose actual settlement the PSE
+    reported count) and the sum of PSE refund fees."""
+    totals = await container.reconciliations.fx_report(from_, to, currency)
+    return json_response(
+        200,
+        {
+            "from": rfc3339(from_),
+            "to": rfc3339(to),
+            "data": [
+                {
+                    "settlement_currency": t.settlement_currency,
+                    "refunds": t.refunds,
+                    "refunds_with_actual_settlement": t.refunds_with_actual_settlement,
+                    "fx_difference": t.fx_difference,
+                    "fees": t.fees,
+                }
+                for t in totals
+            ],
+        },
+    )

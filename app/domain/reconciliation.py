@@ -1,0 +1,115 @@
+"""Reconciliation against a PSE's settlement file: what each line means for us.
+
+A line is matched to our refund by the PSE's refund id, else by our
+reference. The file may settle a refund we still hold as `unknown` or
+`pending`: that is the PSE's word that the money left, and the refund becomes
+`succeeded`. Nothing else in our records is changed by a file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+from app.domain.models import RefundStatus
+from app.domain.money import Money
+from app.domain.ports import PseRefund, PseRefundState
+
+
+class SettledStatus(StrEnum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    PENDING = "pending"
+
+
+class Outcome(StrEnum):
+    MATCHED = "matched"
+    AMOUNT_MISMATCH = "amount_mismatch"
+    STATUS_MISMATCH = "status_mismatch"
+    MISSING_IN_SERVICE = "missing_in_service"  # the PSE settled a refund we do not know
+    MISSING_IN_FILE = "missing_in_file"  # we think it succeeded; the file does not have it
+
+
+OUTCOMES = tuple(Outcome)
+
+
+class ReconciliationStatus(StrEnum):
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class SettlementRow:
+    """One refund line of a settlement file, in our units."""
+
+    line: int
+    pse_refund_id: str | None
+    reference: str | None
+    amount: Money
+    status: SettledStatus
+    settled_at: datetime | None
+    fee: Money | None = None
+    settlement_amount: Money | None = None
+
+    def as_pse_view(self) -> PseRefund:
+        """The line as a PSE report, to record fee and settled amount from it."""
+        return PseRefund(
+            pse_refund_id=self.pse_refund_id or "",
+            state=PseRefundState(self.status.value),
+            amount=self.amount,
+            reference=self.reference,
+            fee=self.fee,
+            settlement_amount=self.settlement_amount,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RefundSnapshot:
+    """What matching needs of one of our refunds."""
+
+    id: str
+    pse_refund_id: str | None
+    amount: Money
+    status: RefundStatus
+
+
+# What each file status agrees with in our records.
+_AGREES: dict[SettledStatus, frozenset[RefundStatus]] = {
+    SettledStatus.SUCCEEDED: frozenset({RefundStatus.SUCCEEDED}),
+    SettledStatus.FAILED: frozenset({RefundStatus.FAILED}),
+    SettledStatus.PENDING: frozenset({RefundStatus.PENDING}),
+}
+# Our statuses a settled line may resolve to `succeeded`.
+ADOPTABLE = frozenset({RefundStatus.UNKNOWN, RefundStatus.PENDING})
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    outcome: Outcome
+    # The file proves an uncertain refund settled: make it `succeeded`.
+    adopt: bool = False
+    detail: str | None = None
+
+
+def judge(row: SettlementRow, refund: RefundSnapshot | None) -> Verdict:
+    if refund is None:
+        return Verdict(Outcome.MISSING_IN_SERVICE, detail="no refund of ours has this id")
+    if row.amount != refund.amount:
+        return Verdict(
+            Outcome.AMOUNT_MISMATCH,
+            detail=f"file {row.amount.amount} {row.amount.currency}, ours "
+            f"{refund.amount.amount} {refund.amount.currency}",
+        )
+    if refund.status in _AGREES[row.status]:
+        return Verdict(Outcome.MATCHED)
+    if row.status is SettledStatus.SUCCEEDED and refund.status in ADOPTABLE:
+        return Verdict(
+            Outcome.MATCHED, adopt=True, detail=f"was {refund.status}; settled by the file"
+        )
+    return Verdict(Outcome.STATUS_MISMATCH, detail=f"file {row.status}, ours {refund.status}")
+
+
+def empty_counts() -> dict[str, int]:
+    return {outcome.value: 0 for outcome in OUTCOMES}

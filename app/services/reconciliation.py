@@ -1,0 +1,296 @@
+"""Reconciling a PSE's settlement file against our refunds, and the FX report.
+
+One streaming pass over the file matches its lines in batches and writes
+the outcomes; an unreadable line stops the run, naming the line. The
+changes to refunds (uncertain refunds the file proves settled, fees and
+settled amounts) are applied at the end in one transaction: a run that
+fails leaves no refund half-changed and no outcome lines behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import BinaryIO, Protocol
+
+import structlog
+
+from app.domain.errors import NotFound
+from app.domain.reconciliation import (
+    ADOPTABLE,
+    Outcome,
+    ReconciliationStatus,
+    RefundSnapshot,
+    SettlementRow,
+    empty_counts,
+    judge,
+)
+from app.domain.records import FxTotal, Reconciliation, ReconciliationLine
+from app.services.context import Deps, lock_refund, save
+from app.services.ids import new_id
+
+log = structlog.get_logger("app.reconciliation")
+
+BATCH = 2000
+
+
+class SettlementFormat(Protocol):
+    format: str
+    rows: Iterator[SettlementRow]
+
+
+# Opens a settlement file for a provider: (text stream) → format and rows.
+OpenFile = Callable[[], AbstractContextManager[BinaryIO]]
+ParseFile = Callable[[BinaryIO, str], SettlementFormat]
+# Called with (phase, rows done, rows total or None).
+Progress = Callable[[str, int, int | None], None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Adoption:
+    refund_id: str
+    row: SettlementRow
+
+
+class ReconciliationService:
+    def __init__(
+        self,
+        deps: Deps,
+        parse: ParseFile,
+        file_errors: tuple[type[Exception], ...],
+    ) -> None:
+        self.deps = deps
+        self.parse = parse
+        self.file_errors = file_errors
+
+    async def start(
+        self, pse_account: str, filename: str | None, created_by: str | None
+    ) -> Reconciliation:
+        self.deps.account(pse_account)
+        reconciliation = Reconciliation(
+            id=new_id("rec"),
+            pse_account=pse_account,
+            status=ReconciliationStatus.PROCESSING.value,
+            created_at=self.deps.clock.now(),
+            filename=filename,
+            counts=empty_counts(),
+            created_by=created_by,
+        )
+        async with self.deps.uow() as uow:
+            await uow.reconciliations.add(reconciliation)
+            await uow.commit()
+        return reconciliation
+
+    async def get(self, reconciliation_id: str) -> Reconciliation:
+        async with self.deps.uow() as uow:
+            found = await uow.reconciliations.get(reconciliation_id)
+        if found is None:
+            raise NotFound(f"no reconciliation {reconciliation_id}")
+        return found
+
+    async def lines(
+        self, reconciliation_id: str, *, outcome: str | None, limit: int, after_id: int | None
+    ) -> list[ReconciliationLine]:
+        await self.get(reconciliation_id)
+        async with self.deps.uow() as uow:
+            return await uow.reconciliations.lines(
+                reconciliation_id, outcome=outcome, limit=limit, after_id=after_id
+            )
+
+    async def run(
+        self,
+        reconciliation_id: str,
+        open_file: OpenFile,
+        progress: Progress | None = None,
+    ) -> Reconciliation:
+        """Process the file; the reconciliation ends `completed` or `failed`."""
+        reconciliation = await self.get(reconciliation_id)
+        provider = self.deps.account(reconciliation.pse_account).provider
+        report = progress or (lambda _phase, _done, _total: None)
+        try:
+            adoptions = await self._match(reconciliation, open_file, provider, report)
+            await self._apply(reconciliation, adoptions)
+        except Exception as exc:
+            async with self.deps.uow() as uow:
+                await uow.reconciliations.delete_lines(reconciliation.id)
+                await uow.commit()
+            reconciliation.counts = empty_counts()
+            if isinstance(exc, self.file_errors):
+                return await self._fail(reconciliation, str(exc))
+            log.exception("reconciliation.failed", reconciliation_id=reconciliation.id)
+            return await self._fail(reconciliation, f"the run failed ({type(exc).__name__})")
+        log.info(
+            "reconciliation.completed",
+            reconciliation_id=reconciliation.id,
+            pse_account=reconciliation.pse_account,
+            rows=reconciliation.rows_total,
+            **reconciliation.counts,
+        )
+        return reconciliation
+
+    async def _match(
+        self,
+        reconciliation: Reconciliation,
+        open_file: OpenFile,
+        provider: str,
+        report: Progress,
+    ) -> list[_Adoption]:
+        """Match the file in batches, the database working while Python parses:
+        batch N+1 is read while batch N is looked up, and outcomes are written
+        while the next batch is matched. An unreadable line stops the run (the
+        caller deletes what was written: no refund has been touched yet)."""
+        counts = empty_counts()
+        adoptions: list[_Adoption] = []
+        done = 0
+        first: datetime | None = None
+        last: datetime | None = None
+        account = reconciliation.pse_account
+        writing: asyncio.Task[None] | None = None
+        with open_file() as stream:
+            parsed = self.parse(stream, provider)
+            reconciliation.file_format = parsed.format
+            rows = parsed.rows
+            batch = list(itertools.islice(rows, BATCH))
+            lookup = asyncio.ensure_future(self._lookup(account, batch))
+            try:
+                while batch:
+                    following = list(itertools.islice(rows, BATCH))
+                    upcoming = (
+                        asyncio.ensure_future(self._lookup(account, following))
+                        if following
+                        else None
+                    )
+                    found = await lookup
+                    lines = self._judge_batch(reconciliation.id, batch, found, counts, adoptions)
+                    for row in batch:
+                        if row.settled_at is not None:
+                            if first is None or row.settled_at < first:
+                                first = row.settled_at
+                            if last is None or row.settled_at > last:
+                                last = row.settled_at
+                    if writing is not None:
+                        await writing
+                    writing = asyncio.ensure_future(self._write(lines))
+                    done += len(batch)
+                    report("matching", done, None)
+                    batch, lookup = following, upcoming  # type: ignore[assignment]
+                if writing is not None:
+                    await writing
+            except BaseException:
+                for task in (lookup, writing):
+                    if task is not None and not task.done():
+                        task.cancel()
+                raise
+        report("matching", done, done)
+        reconciliation.rows_total = done
+        reconciliation.range_from, reconciliation.range_to = first, last
+        reconciliation.counts = counts
+        return adoptions
+
+    async def _lookup(
+        self, pse_account: str, batch: list[SettlementRow]
+    ) -> tuple[dict[str, RefundSnapshot], dict[str, RefundSnapshot]]:
+        if not batch:
+            return {}, {}
+        pse_ids = [r.pse_refund_id for r in batch if r.pse_refund_id]
+        references = [r.reference for r in batch if r.reference]
+        async with self.deps.uow() as uow:
+            found = await uow.refunds.find_for_settlement(pse_account, pse_ids, references)
+        return {f.pse_refund_id: f for f in found if f.pse_refund_id}, {f.id: f for f in found}
+
+    async def _write(self, lines: list[ReconciliationLine]) -> None:
+        async with self.deps.uow() as uow:
+            await uow.reconciliations.add_lines(lines)
+            await uow.commit()
+
+    def _judge_batch(
+        self,
+        reconciliation_id: str,
+        batch: list[SettlementRow],
+        found: tuple[dict[str, RefundSnapshot], dict[str, RefundSnapshot]],
+        counts: dict[str, int],
+        adoptions: list[_Adoption],
+    ) -> list[ReconciliationLine]:
+        by_pse, by_id = found
+        lines = []
+        for row in batch:
+            refund: RefundSnapshot | None = None
+            if row.pse_refund_id:
+                refund = by_pse.get(row.pse_refund_id)
+            if refund is None and row.reference:
+                refund = by_id.get(row.reference)
+            verdict = judge(row, refund)
+            counts[verdict.outcome.value] += 1
+            if verdict.adopt and refund is not None:
+                adoptions.append(_Adoption(refund.id, row))
+            settlement = row.settlement_amount
+            lines.append(
+                ReconciliationLine(
+                    reconciliation_id,
+                    row.line,
+                    verdict.outcome.value,
+                    row.pse_refund_id,
+                    row.reference,
+                    refund.id if refund else None,
+                    row.amount.amount,
+                    row.status.value,
+                    refund.amount.amount if refund else None,
+                    refund.status.value if refund else None,
+                    row.amount.currency,
+                    row.settled_at,
+                    row.fee.amount if row.fee else None,
+                    settlement.amount if settlement else None,
+                    settlement.currency if settlement else None,
+                    verdict.detail,
+                )
+            )
+        return lines
+
+    async def _apply(self, reconciliation: Reconciliation, adoptions: list[_Adoption]) -> None:
+        """One transaction: settle the uncertain refunds the file proves, record
+        fees and settled amounts, list what the file misses, close the run."""
+        now = self.deps.clock.now()
+        actor = f"settlement file {reconciliation.id}"
+        async with self.deps.uow() as uow:
+            adopted = 0
+            for adoption in adoptions:
+                payment, refund = await lock_refund(uow, adoption.refund_id)
+                if refund.status not in ADOPTABLE:
+                    continue  # settled meanwhile by a webhook or the worker
+                refund.apply_pse(payment, adoption.row.as_pse_view(), now, actor)
+                await save(self.deps, uow, payment, refund)
+                adopted += 1
+            await uow.reconciliations.apply_settled_figures(reconciliation.id)
+            if reconciliation.range_from and reconciliation.range_to:
+                missing = await uow.reconciliations.add_missing_in_file(
+                    reconciliation.id,
+                    reconciliation.pse_account,
+                    reconciliation.range_from,
+                    reconciliation.range_to,
+                )
+                reconciliation.counts[Outcome.MISSING_IN_FILE.value] = missing
+            reconciliation.adopted = adopted
+            reconciliation.status = ReconciliationStatus.COMPLETED.value
+            reconciliation.completed_at = self.deps.clock.now()
+            await uow.reconciliations.update(reconciliation)
+            await uow.commit()
+
+    async def _fail(self, reconciliation: Reconciliation, error: str) -> Reconciliation:
+        reconciliation.status = ReconciliationStatus.FAILED.value
+        reconciliation.error = error
+        reconciliation.completed_at = self.deps.clock.now()
+        async with self.deps.uow() as uow:
+            await uow.reconciliations.update(reconciliation)
+            await uow.commit()
+        log.warning("reconciliation.rejected", reconciliation_id=reconciliation.id, error=error)
+        return reconciliation
+
+    async def fx_report(
+        self, created_from: datetime | None, created_to: datetime | None, currency: str | None
+    ) -> list[FxTotal]:
+        async with self.deps.uow() as uow:
+            return await uow.reconciliations.fx_totals(created_from, created_to, currency)

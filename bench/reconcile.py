@@ -1,0 +1,257 @@
+"""Reconciliation speed and memory: a 1,000,000-row generic settlement file.
+
+Seeds a scratch PostgreSQL database with the refunds the file settles, writes
+the file, then runs `pse-refunds reconcile` as a child process and prints
+its wall time and peak RSS (targets: <= 30 s, <= 300 MB on a 2-core machine).
+
+    .venv/bin/python bench/reconcile.py [--rows 1000000] [--dsn postgresql://postgres@127.0.0.1:5432/postgres]
+
+Everything runs on this machine (loopback PostgreSQL); the scratch database
+is dropped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import resource
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from app.adapters.db.engine import migrate  # noqa: E402
+
+HEADER = (
+    "pse_refund_id,reference,type,amount,currency,status,settled_at,fee,"
+    "settlement_amount,settlement_currency\n"
+)
+
+
+async def seed(dsn: str, rows: int) -> None:
+    """One refund per file row (succeeded, with a PSE id), ten per payment."""
+    conn = await asyncpg.connect(dsn)
+    now = datetime(2026, 11, 20, tzinfo=UTC)
+    try:
+        payments = [
+            (
+                f"pay_{i:012d}",
+                "bench",
+                f"pi_{i}",
+                None,
+                100_000,
+                "JPY",
+                now,
+                "card",
+                "normal",
+                "JPY",
+                "1",
+                10_000,
+                0,
+                now,
+                now,
+            )
+            for i in range(rows // 10 + 1)
+        ]
+        await conn.copy_records_to_table(
+            "payments",
+            records=payments,
+            columns=[
+                "id",
+                "pse_account",
+                "pse_payment_id",
+                "order_id",
+                "amount",
+                "currency",
+                "captured_at",
+                "payment_method",
+                "risk_level",
+                "settlement_currency",
+                "settlement_rate",
+                "refunded_amount",
+                "reserved_amount",
+                "created_at",
+                "updated_at",
+            ],
+        )
+        del payments
+        batch = []
+        for i in range(rows):
+            at = now + timedelta(seconds=i)
+            batch.append(
+                (
+                    f"rf_{i:012d}",
+                    f"pay_{i // 10:012d}",
+                    "bench",
+                    1000,
+                    "JPY",
+                    "succeeded",
+                    "requested_by_customer",
+                    None,
+                    "{}",
+                    "[]",
+                    False,
+                    None,
+                    True,
+                    "key_bench",
+                    f"re_{i:012d}",
+                    1000,
+                    "JPY",
+                    0,
+                    0,
+                    at,
+                    at,
+                )
+            )
+            if len(batch) == 100_000:
+                await _copy_refunds(conn, batch)
+                batch = []
+        await _copy_refunds(conn, batch)
+    finally:
+        await conn.close()
+
+
+async def _copy_refunds(conn: asyncpg.Connection, batch: list[tuple]) -> None:
+    if batch:
+        await conn.copy_records_to_table(
+            "refunds",
+            records=batch,
+            columns=[
+                "id",
+                "payment_id",
+                "pse_account",
+                "amount",
+                "currency",
+                "status",
+                "reason",
+                "note",
+                "metadata",
+                "required_approvals",
+                "offline",
+                "offline_reason",
+                "auto_approved",
+                "created_by",
+                "pse_refund_id",
+                "settlement_amount",
+                "settlement_currency",
+                "submit_attempts",
+                "resolve_attempts",
+                "created_at",
+                "updated_at",
+            ],
+        )
+
+
+def write_file(path: Path, rows: int) -> dict[str, int]:
+    rng = random.Random(7)
+    expected = {"amount_mismatch": 0, "status_mismatch": 0, "missing_in_service": 0}
+    start = datetime(2026, 11, 20, tzinfo=UTC)
+    with path.open("w") as out:
+        out.write(HEADER)
+        for i in range(rows):
+            roll = rng.random()
+            pse_id, amount, status = f"re_{i:012d}", 1000, "succeeded"
+            if roll < 0.01:
+                amount = 999
+                expected["amount_mismatch"] += 1
+            elif roll < 0.015:
+                status = "failed"
+                expected["status_mismatch"] += 1
+            elif roll < 0.016:
+                pse_id = f"re_ghost_{i}"
+                expected["missing_in_service"] += 1
+            settled = (start + timedelta(seconds=i)).isoformat().replace("+00:00", "Z")
+            fee = "3" if i % 10 == 0 else ""
+            out.write(f"{pse_id},,refund,{amount},JPY,{status},{settled},{fee},,\n")
+            if i % 50 == 0:
+                out.write(f"ch_{i},,charge,5000,JPY,succeeded,{settled},,,\n")
+    return expected
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument(
+        "--dsn", default=os.environ.get("BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+    )
+    args = parser.parse_args()
+    name = f"refunds_bench_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(args.dsn)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    base = args.dsn.rsplit("/", 1)[0]
+    dsn = f"{base}/{name}"
+    url = dsn.replace("postgresql://", "postgresql+asyncpg://")
+    try:
+        await asyncio.to_thread(migrate, url)
+        with tempfile.TemporaryDirectory() as workdir:
+            work = Path(workdir)
+            t0 = time.perf_counter()
+            await seed(dsn, args.rows)
+            file = work / "settlement.csv"
+            expected = write_file(file, args.rows)
+            print(
+                f"seeded {args.rows:,} refunds and wrote {file.stat().st_size / 1e6:.0f} MB "
+                f"in {time.perf_counter() - t0:.1f} s"
+            )
+            config = work / "pse-refunds.toml"
+            config.write_text(
+                f'database_url = "{url}"\nlog_level = "warning"\n'
+                '[accounts.bench]\nprovider = "sandbox"\napi_key = "k"\n'
+                'base_url = "http://127.0.0.1:9"\n'
+            )
+            env = {k: v for k, v in os.environ.items() if not k.startswith("PSE_REFUNDS_")}
+            env.update(PSE_REFUNDS_CONFIG_FILE=str(config), PYTHONPATH=str(ROOT))
+            started = time.perf_counter()
+            profile = (
+                ["-m", "pyinstrument", "-o", os.environ["BENCH_PROFILE"]]
+                if os.environ.get("BENCH_PROFILE")
+                else []
+            )
+            done = subprocess.run(  # noqa: ASYNC221 - nothing else runs meanwhile
+                [
+                    sys.executable,
+                    *profile,
+                    "-m",
+                    "app.cli",
+                    "reconcile",
+                    "--account",
+                    "bench",
+                    str(file),
+                ],
+                cwd=work,
+                env=env,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            elapsed = time.perf_counter() - started
+            peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+            print(done.stdout.strip())
+            if done.returncode != 0:
+                print(done.stderr[-2000:])
+                raise SystemExit(done.returncode)
+            print(f"expected: {expected}")
+            print(
+                f"reconcile: {args.rows:,} rows in {elapsed:.1f} s "
+                f"({args.rows / elapsed:,.0f} rows/s), peak RSS {peak_mb:.0f} MB "
+                f"(targets: <= 30 s, <= 300 MB)"
+            )
+    finally:
+        admin = await asyncpg.connect(args.dsn)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
