@@ -117,6 +117,8 @@ async def seed(dsn: str, rows: int) -> None:
                 await _copy_refunds(conn, batch)
                 batch = []
         await _copy_refunds(conn, batch)
+        # A live database has statistics (autovacuum); a freshly copied one does not.
+        await conn.execute("ANALYZE payments; ANALYZE refunds")
     finally:
         await conn.close()
 
@@ -206,7 +208,7 @@ async def main() -> None:
             )
             config = work / "pse-refunds.toml"
             config.write_text(
-                f'database_url = "{url}"\nlog_level = "warning"\n'
+                f'database_url = "{url}"\nlog_level = "info"\n'
                 '[accounts.bench]\nprovider = "sandbox"\napi_key = "k"\n'
                 'base_url = "http://127.0.0.1:9"\n'
             )
@@ -238,6 +240,8 @@ async def main() -> None:
             elapsed = time.perf_counter() - started
             peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
             print(done.stdout.strip())
+            completed = [ln for ln in done.stderr.splitlines() if "reconciliation.completed" in ln]
+            print("\n".join(completed))
             if done.returncode != 0:
                 print(done.stderr[-2000:])
                 raise SystemExit(done.returncode)

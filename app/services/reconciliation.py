@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -111,8 +112,10 @@ class ReconciliationService:
         reconciliation = await self.get(reconciliation_id)
         provider = self.deps.account(reconciliation.pse_account).provider
         report = progress or (lambda _phase, _done, _total: None)
+        started = time.perf_counter()
         try:
             adoptions = await self._match(reconciliation, open_file, provider, report)
+            matched_at = time.perf_counter()
             await self._apply(reconciliation, adoptions)
         except Exception as exc:
             async with self.deps.uow() as uow:
@@ -128,6 +131,8 @@ class ReconciliationService:
             reconciliation_id=reconciliation.id,
             pse_account=reconciliation.pse_account,
             rows=reconciliation.rows_total,
+            matching_seconds=round(matched_at - started, 2),
+            applying_seconds=round(time.perf_counter() - matched_at, 2),
             **reconciliation.counts,
         )
         return reconciliation
