@@ -8,18 +8,22 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 import httpx
+import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.adapters.clock import SystemClock
 from app.adapters.db.engine import create_engine, current_revision, head_revision, ping
 from app.adapters.db.uow import SqlUnitOfWorkFactory
 from app.adapters.notify.webhook import StoreWebhookPublisher
+from app.adapters.pse.audit_transport import AuditingTransport
 from app.adapters.pse.base import PseAccount
 from app.adapters.settlement.parsers import SettlementFileError, open_settlement
-from app.config import AccountSettings, ConfigError, Settings
+from app.config import AccountSettings, ConfigError, Settings, secrets_of
 from app.domain.policy import ApprovalTier, RefundPolicy
 from app.domain.ports import Clock, PseGateway
 from app.domain.resolution import CheckSchedule
+from app.redaction import Redactor
+from app.services.audit import AuditService
 from app.services.context import AccountInfo, Deps
 from app.services.dispatch import BackgroundSubmitter
 from app.services.events import DeliveryService, EventService, RetryPolicy
@@ -118,6 +122,7 @@ class Container:
     deliveries: DeliveryService
     reconciliations: ReconciliationService
     jobs: BackgroundJobs
+    audit: AuditService
     http: httpx.AsyncClient
     pse_accounts: dict[str, PseAccount] = field(default_factory=dict)
 
@@ -141,6 +146,12 @@ class Container:
         for gateway in self.deps.gateways.values():
             await gateway.aclose()
         await self.http.aclose()
+        try:
+            await self.audit.flush()
+        except Exception:  # the database is gone: nothing more can be sealed
+            structlog.get_logger("app.audit").exception(
+                "audit.flush_failed", buffered=self.audit.pending
+            )
         await self.engine.dispose()
 
 
@@ -153,8 +164,12 @@ def build_container(
     engine: AsyncEngine | None = None,
 ) -> Container:
     engine = engine or create_engine(settings.database_url)
+    uow = SqlUnitOfWorkFactory(engine)
+    the_clock = clock or SystemClock()
+    redactor = Redactor(secrets_of(settings))
+    audit = AuditService(uow, the_clock, redactor, enabled=settings.audit_enabled)
     http = httpx.AsyncClient(
-        transport=pse_transport,
+        transport=AuditingTransport(pse_transport or httpx.AsyncHTTPTransport(), audit),
         limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
         headers={"User-Agent": "pse-refunds/0.1"},
     )
@@ -162,8 +177,8 @@ def build_container(
     make = gateway_factory or gateway_for
     gateways = {name: make(account, http) for name, account in accounts.items()}
     deps = Deps(
-        uow=SqlUnitOfWorkFactory(engine),
-        clock=clock or SystemClock(),
+        uow=uow,
+        clock=the_clock,
         policy=policy_from(settings),
         accounts={
             name: AccountInfo(name, a.provider, a.refund_window_days)
@@ -173,6 +188,7 @@ def build_container(
         stale_after_hours=settings.stale_after_hours,
         schedule=schedule_from(settings),
         deliver_events=settings.store_webhook is not None,
+        audit=audit,
     )
     publisher = None
     retry = RetryPolicy()
@@ -220,6 +236,7 @@ def build_container(
         events=EventService(deps),
         reconciliations=ReconciliationService(deps, open_settlement, (SettlementFileError,)),
         jobs=BackgroundJobs(),
+        audit=audit,
         deliveries=deliveries,
         worker=Worker(
             deps,

@@ -51,6 +51,13 @@ def _ready_settings() -> Settings:
     return settings
 
 
+def _redactor(settings: Settings) -> Any:
+    from app.config import secrets_of
+    from app.redaction import Redactor
+
+    return Redactor(secrets_of(settings))
+
+
 def _run(coro: Any) -> Any:
     return asyncio.run(coro)
 
@@ -145,7 +152,7 @@ def serve(
         settings, sandbox_cfg = demo_settings(host, port)
     else:
         settings = _settings()
-    configure_logging(settings.log_format, settings.log_level)
+    configure_logging(settings.log_format, settings.log_level, _redactor(settings))
     if settings.is_sqlite:
         run_migrations(settings.database_url)
     if demo:
@@ -211,7 +218,7 @@ def worker() -> None:
     from app.logs import configure_logging
 
     settings = _ready_settings()
-    configure_logging(settings.log_format, settings.log_level)
+    configure_logging(settings.log_format, settings.log_level, _redactor(settings))
 
     async def main() -> None:
         try:
@@ -298,7 +305,7 @@ def reconcile(
     settings = _ready_settings()
     from app.logs import configure_logging
 
-    configure_logging(settings.log_format, settings.log_level)
+    configure_logging(settings.log_format, settings.log_level, _redactor(settings))
     console = Console(stderr=True)
 
     @contextlib.contextmanager
@@ -342,6 +349,85 @@ def reconcile(
         typer.echo(f"  {outcome:<20} {count}")
     if result.adopted:
         typer.echo(f"  settled by the file  {result.adopted} (were unknown or pending)")
+
+
+audit_cli = typer.Typer(help="Verify, export and purge the audit trail.", no_args_is_help=True)
+cli.add_typer(audit_cli, name="audit")
+
+
+def _with_container(work: Any) -> Any:
+    """Run `work(container)` against the configured database, then close it."""
+    from app.bootstrap import build_container
+
+    settings = _ready_settings()
+
+    async def main() -> Any:
+        container = build_container(settings)
+        try:
+            return await work(container)
+        finally:
+            await container.aclose()
+
+    return _run(main())
+
+
+@audit_cli.command("verify")
+def audit_verify() -> None:
+    """Walk the hash chain; exit 1 naming the first record edited, deleted or reordered."""
+    verification = _with_container(lambda c: c.audit.verify())
+    if verification.ok:
+        typer.echo(
+            f"audit chain intact: {verification.checked} records "
+            f"({verification.first_seq}..{verification.last_seq})"
+        )
+        return
+    typer.echo(f"audit chain BROKEN at {verification.broken}", err=True)
+    raise typer.Exit(1)
+
+
+@audit_cli.command("export")
+def audit_export(
+    from_: Annotated[str | None, typer.Option("--from", help="RFC 3339, inclusive")] = None,
+    to: Annotated[str | None, typer.Option("--to", help="RFC 3339, exclusive")] = None,
+) -> None:
+    """Print the records of a period as JSON Lines, oldest first (for a regulator or acquirer)."""
+    from datetime import datetime
+
+    def moment(value: str | None, name: str) -> Any:
+        if value is None:
+            return None
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            typer.echo(f"pse-refunds: {name}: {value!r} is not an RFC 3339 time", err=True)
+            raise typer.Exit(2) from None
+        if parsed.tzinfo is None:
+            typer.echo(f"pse-refunds: {name}: give a time zone (e.g. Z)", err=True)
+            raise typer.Exit(2)
+        return parsed
+
+    start, end = moment(from_, "--from"), moment(to, "--to")
+
+    async def export(container: Any) -> int:
+        from app.services.views import audit_view
+
+        count = 0
+        async for record in container.audit.export(start, end):
+            sys.stdout.write(json.dumps(audit_view(record), ensure_ascii=False) + "\n")
+            count += 1
+        return count
+
+    count = _with_container(export)
+    typer.echo(f"{count} records", err=True)
+
+
+@audit_cli.command("purge")
+def audit_purge() -> None:
+    """Remove the records older than `audit_retention_days` (never below 548 days);
+    the chain stays verifiable from the last removed record's hash."""
+    settings = _settings()
+    removed = _with_container(lambda c: c.audit.purge(settings.audit_retention_days))
+    typer.echo(f"removed {removed} records older than {settings.audit_retention_days} days")
 
 
 @keys_cli.command("create")

@@ -179,6 +179,7 @@ class Settings(BaseSettings):
 
     database_url: str = DEFAULT_DATABASE_URL
     stale_after_hours: float = Field(default=24, gt=0)
+    audit_enabled: bool = True
     audit_retention_days: int = Field(default=1827, ge=MIN_AUDIT_RETENTION_DAYS)
     log_format: Literal["console", "json"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -264,3 +265,21 @@ def load_settings(**overrides: Any) -> Settings:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from None
     except ValueError as exc:  # TOML syntax errors surface as ValueError subclasses
         raise ConfigError(f"invalid configuration file: {exc}") from None
+
+
+def secrets_of(settings: Settings) -> list[str]:
+    """Every secret the configuration holds, for redaction."""
+    found: list[str] = []
+    for account in settings.accounts.values():
+        found.append(account.api_key.get_secret_value())
+        found.extend(s.get_secret_value() for s in account.webhook_secrets)
+    if settings.store_webhook is not None:
+        found.append(settings.store_webhook.secret.get_secret_value())
+        found.extend(s.get_secret_value() for s in settings.store_webhook.secrets_previous)
+    # A database password, when the URL carries one.
+    url = settings.database_url
+    if "://" in url and "@" in url.split("://", 1)[1]:
+        credentials = url.split("://", 1)[1].rsplit("@", 1)[0]
+        if ":" in credentials:
+            found.append(credentials.split(":", 1)[1])
+    return [s for s in found if s]

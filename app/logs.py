@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 import structlog
+
+from app.redaction import Redactor
 
 
 class _CurrentStderr:
@@ -22,7 +25,21 @@ class _CurrentStderr:
         sys.stderr.flush()
 
 
-def configure_logging(fmt: str = "json", level: str = "info") -> None:
+def _redacting(redactor: Redactor) -> structlog.types.Processor:
+    def redact(_logger: object, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+        for key, value in event.items():
+            if isinstance(value, str | dict | list | tuple):
+                event[key] = redactor.value(value)
+        return event
+
+    return redact
+
+
+def configure_logging(
+    fmt: str = "json", level: str = "info", redactor: Redactor | None = None
+) -> None:
+    """Configure structlog. Every line is redacted: the configuration's secrets,
+    anything shaped like an API key or credentials, and card numbers."""
     renderer: structlog.types.Processor
     if fmt == "console":
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
@@ -34,6 +51,7 @@ def configure_logging(fmt: str = "json", level: str = "info") -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            _redacting(redactor or Redactor()),
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(

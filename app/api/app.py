@@ -11,7 +11,7 @@ from fastapi import FastAPI
 
 from app.api import problems
 from app.api.middleware import RequestContextMiddleware
-from app.api.routes import events, ops, payments, reconciliations, refunds, webhooks
+from app.api.routes import audit, events, ops, payments, reconciliations, refunds, webhooks
 from app.bootstrap import Container
 
 DESCRIPTION = """
@@ -39,6 +39,7 @@ TAGS = [
         "name": "reconciliation",
         "description": "Settlement files against our refunds; FX differences and fees.",
     },
+    {"name": "audit", "description": "The tamper-evident audit trail."},
     {"name": "operations", "description": "Health, readiness and the active policy."},
 ]
 
@@ -59,6 +60,8 @@ def create_app(
         worker_task = None
         if run_worker and container.settings.worker.enabled:
             worker_task = asyncio.create_task(container.worker.run(stop))
+        audit_stop = asyncio.Event()
+        audit_task = asyncio.create_task(container.audit.run(audit_stop))
         try:
             yield
         finally:
@@ -66,6 +69,8 @@ def create_app(
             if worker_task is not None:
                 await worker_task
             await container.aclose()
+            audit_stop.set()
+            await audit_task
             for mounted in (extra_mounts or {}).values():
                 closer = getattr(getattr(mounted, "state", None), "sandbox", None)
                 if closer is not None:
@@ -89,11 +94,13 @@ def create_app(
     app.include_router(webhooks.router)
     app.include_router(events.router)
     app.include_router(reconciliations.router)
+    app.include_router(audit.router)
     for path, mounted in (extra_mounts or {}).items():
         app.mount(path, mounted)
     app.add_middleware(
         RequestContextMiddleware,
         max_body_bytes=container.settings.max_body_bytes,
         max_upload_bytes=container.settings.max_upload_bytes,
+        audit=container.audit,
     )
     return app

@@ -6,6 +6,7 @@ request on the hot path.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import uuid
@@ -16,6 +17,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.problems import PROBLEM_JSON, problem_body, problem_bytes
+from app.domain.ports import AuditSink
 
 log = structlog.get_logger("app.api")
 
@@ -37,8 +39,10 @@ class RequestContextMiddleware:
         max_body_bytes: int = 1_048_576,
         max_upload_bytes: int = 2 * 1024**3,
         upload_paths: tuple[str, ...] = ("/v1/reconciliations",),
+        audit: AuditSink | None = None,
     ) -> None:
         self.app = app
+        self.audit = audit
         self.max_body_bytes = max_body_bytes
         self.max_upload_bytes = max_upload_bytes
         self.upload_paths = upload_paths
@@ -102,18 +106,34 @@ class RequestContextMiddleware:
             return
 
         received = 0
+        audited = self.audit is not None and _audited(scope["path"])
+        request_body = bytearray()
+        response_body = bytearray()
 
         async def limited_receive() -> Message:
             nonlocal received
             message = await receive()
             if message["type"] == "http.request":
-                received += len(message.get("body", b""))
+                chunk = message.get("body", b"")
+                received += len(chunk)
                 if received > limit:
                     raise BodyTooLarge(limit)
+                if audited and len(request_body) < _AUDIT_REQUEST_BYTES:
+                    request_body.extend(chunk[: _AUDIT_REQUEST_BYTES - len(request_body)])
             return message
 
+        async def send_and_keep(message: Message) -> None:
+            if message["type"] == "http.response.body" and (
+                len(response_body) < _AUDIT_RESPONSE_BYTES
+            ):
+                chunk = message.get("body", b"")
+                response_body.extend(chunk[: _AUDIT_RESPONSE_BYTES - len(response_body)])
+            await send_with_id(message)
+
+        outbound = send_and_keep if audited else send_with_id
+
         try:
-            await self.app(scope, limited_receive, send_with_id)
+            await self.app(scope, limited_receive, outbound)
         except BodyTooLarge:
             if status_holder["status"] is None:
                 await problem(
@@ -132,10 +152,94 @@ class RequestContextMiddleware:
                     "the request failed; it is logged under its request id",
                 )
         finally:
+            duration_ms = round((time.perf_counter() - started) * 1000, 2)
             log.info(
                 "http.request",
                 method=scope["method"],
                 path=scope["path"],
                 status=status_holder["status"],
-                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                duration_ms=duration_ms,
             )
+            if audited and self.audit is not None:
+                self._audit_request(
+                    scope, status_holder["status"], duration_ms, request_body, response_body
+                )
+
+    def _audit_request(
+        self,
+        scope: Scope,
+        status: int | None,
+        duration_ms: float,
+        request_body: bytearray,
+        response_body: bytearray,
+    ) -> None:
+        assert self.audit is not None
+        state = scope.get("state", {})
+        refund_id, payment_id = _ids_of(scope["path"], response_body)
+        headers = {
+            name.decode("latin-1"): value.decode("latin-1")
+            for name, value in scope["headers"]
+            if name in _AUDITED_HEADERS
+        }
+        self.audit.record(
+            "api.request",
+            {
+                "method": scope["method"],
+                "path": scope["path"],
+                "query": scope.get("query_string", b"").decode("latin-1") or None,
+                "status": status,
+                "duration_ms": duration_ms,
+                "principal": state.get("api_key_id"),
+                "headers": headers,
+                "request_body": _text(request_body, _AUDIT_REQUEST_BYTES),
+                "response_body": _text(response_body, _AUDIT_RESPONSE_BYTES),
+            },
+            refund_id=refund_id,
+            payment_id=payment_id,
+            actor=state.get("api_key_id"),
+        )
+
+
+_AUDIT_REQUEST_BYTES = 64 * 1024
+_AUDIT_RESPONSE_BYTES = 16 * 1024
+_AUDITED_HEADERS = frozenset(
+    {b"idempotency-key", b"content-type", b"user-agent", b"x-forwarded-for", b"idempotent-replayed"}
+)
+
+
+def _audited(path: str) -> bool:
+    # PSE webhooks are audited by their service, with their verification result.
+    return path.startswith("/v1/") and not path.startswith("/v1/webhooks/")
+
+
+def _text(body: bytearray, cap: int) -> str | None:
+    if not body:
+        return None
+    text = bytes(body).decode("utf-8", errors="replace")
+    return text + "…[truncated]" if len(body) >= cap else text
+
+
+def _ids_of(path: str, response_body: bytearray) -> tuple[str | None, str | None]:
+    """The refund and payment a request concerns: from its path, else its answer."""
+    refund_id = payment_id = None
+    parts = path.split("/")
+    if len(parts) > 3 and parts[2] == "refunds":
+        refund_id = parts[3]
+    elif len(parts) > 3 and parts[2] == "payments":
+        payment_id = parts[3]
+    if (refund_id is None or payment_id is None) and response_body[:1] == b"{":
+        try:
+            answer = json.loads(response_body)
+        except ValueError:
+            return refund_id, payment_id
+        if isinstance(answer, dict):
+            found = answer.get("id")
+            if isinstance(found, str):
+                if found.startswith("rf_") and refund_id is None:
+                    refund_id = found
+                elif found.startswith("pay_") and payment_id is None:
+                    payment_id = found
+            linked = answer.get("payment_id")
+            if isinstance(linked, str) and payment_id is None:
+                payment_id = linked
+    return refund_id, payment_id

@@ -482,3 +482,43 @@ class FxReportOut(BaseModel):
     from_: datetime | None = Field(alias="from")
     to: datetime | None
     data: list[FxTotalOut]
+
+
+class AuditRecordOut(BaseModel):
+    seq: int
+    at: datetime
+    kind: str = Field(
+        description="api.request, pse.call, webhook.received, webhook.sent, refund.status, "
+        "key.created, key.revoked, approval.decision, audit.purged"
+    )
+    request_id: str | None
+    refund_id: str | None
+    payment_id: str | None
+    actor: str | None
+    data: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "seq": 1042,
+                    "at": "2026-11-27T08:00:00Z",
+                    "kind": "refund.status",
+                    "request_id": "5f0c6c1e2b7a4d3e9a1f0b2c3d4e5f60",
+                    "refund_id": "rf_0193c1d2e3f4a5b6c7d8e9f0a1b2",
+                    "payment_id": "pay_0193c1d2e3f4a5b6c7d8e9f0a1b2",
+                    "actor": "approver1",
+                    "data": {"from": "pending_approval", "to": "approved", "detail": "ok"},
+                    "prev_hash": "9f2c…",
+                    "hash": "4ab1…",
+                }
+            ]
+        }
+    )
+
+
+class AuditPage(BaseModel):
+    data: list[AuditRecordOut]
+    next_cursor: str | None

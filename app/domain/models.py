@@ -295,6 +295,8 @@ class Refund:
     status_changed: bool = False
     # Raised by the last operations, written to the outbox by the service.
     events: list[DomainEvent] = field(default_factory=list)
+    # (from, change) of each status change since the last save, for the audit trail.
+    transitions: list[tuple[RefundStatus | None, StatusChange]] = field(default_factory=list)
 
     @property
     def currency(self) -> str:
@@ -308,10 +310,13 @@ class Refund:
     # -- transitions -------------------------------------------------------
 
     def _enter(self, to: RefundStatus, at: datetime, actor: str, detail: str | None) -> None:
+        previous = self.history[-1].status if self.history else None
         self.status = to
         self.updated_at = at
         self.status_changed = True
-        self.history.append(StatusChange(to, at, actor, detail))
+        change = StatusChange(to, at, actor, detail)
+        self.history.append(change)
+        self.transitions.append((previous, change))
         self.events.append(DomainEvent(EVENT_FOR_STATUS[to], self.id, at, detail))
 
     def _move(

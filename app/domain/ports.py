@@ -7,7 +7,7 @@ on these abstractions, which keeps them testable with fakes.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol, Self
 from app.domain.money import Money
 
 if TYPE_CHECKING:
+    from app.domain.audit import AuditEntry, AuditRecord
     from app.domain.models import Payment, Refund, RefundStatus
     from app.domain.reconciliation import RefundSnapshot
     from app.domain.records import (
@@ -325,6 +326,40 @@ class ReconciliationRepository(Protocol):
     ) -> list[FxTotal]: ...
 
 
+class AuditRepository(Protocol):
+    async def append(self, entries: Sequence[AuditEntry]) -> list[AuditRecord]: ...
+    async def head(self) -> tuple[int, str, int, str]: ...
+    async def after(self, seq: int, limit: int) -> list[AuditRecord]: ...
+    async def search(
+        self,
+        *,
+        refund_id: str | None,
+        payment_id: str | None,
+        request_id: str | None,
+        at_from: datetime | None,
+        at_to: datetime | None,
+        limit: int,
+        before_seq: int | None,
+        oldest_first: bool = False,
+        after_seq: int | None = None,
+    ) -> list[AuditRecord]: ...
+    async def purge(self, older_than: datetime, now: datetime) -> int: ...
+
+
+class AuditSink(Protocol):
+    """Where the services note what happened, for the audit trail."""
+
+    def record(
+        self,
+        kind: str,
+        data: dict[str, Any],
+        *,
+        refund_id: str | None = None,
+        payment_id: str | None = None,
+        actor: str | None = None,
+    ) -> None: ...
+
+
 class UnitOfWork(Protocol):
     """One transaction. Rolls back on exit unless `commit()` was called."""
 
@@ -336,6 +371,9 @@ class UnitOfWork(Protocol):
     api_keys: ApiKeyRepository
     auto_approvals: AutoApprovalTotals
     reconciliations: ReconciliationRepository
+    audit: AuditRepository
+
+    def after_commit(self, callback: Callable[[], None]) -> None: ...
 
     async def __aenter__(self) -> Self: ...
     async def __aexit__(self, *exc: object) -> None: ...

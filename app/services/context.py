@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from app.domain.errors import NotFound, UnknownPseAccount
 from app.domain.models import Payment, Refund
 from app.domain.policy import RefundPolicy
-from app.domain.ports import Clock, PseGateway, UnitOfWork
+from app.domain.ports import AuditSink, Clock, PseGateway, UnitOfWork
 from app.domain.records import OutboxEvent
 from app.domain.resolution import CheckSchedule
 from app.services.ids import new_id
@@ -29,6 +29,11 @@ class SubmissionQueue(Protocol):
     def submit_soon(self, refund_id: str) -> None: ...
 
 
+class _NoAudit:
+    def record(self, kind: str, data: dict[str, Any], **_ids: Any) -> None:
+        return None
+
+
 class _NoQueue:
     def submit_soon(self, refund_id: str) -> None:
         return None
@@ -46,6 +51,7 @@ class Deps:
     schedule: CheckSchedule = field(default_factory=CheckSchedule)
     # Whether events are queued for the store's webhook (a URL is configured).
     deliver_events: bool = False
+    audit: AuditSink = field(default_factory=_NoAudit)
 
     def account(self, name: str) -> AccountInfo:
         try:
@@ -88,7 +94,28 @@ async def save(deps: Deps, uow: UnitOfWork, payment: Payment, refund: Refund) ->
     await write_events(deps, uow, refund)
 
 
+def audit_transitions(deps: Deps, uow: UnitOfWork, refund: Refund) -> None:
+    """Note each status change in the audit trail once (and only if) it commits."""
+    transitions, refund.transitions = refund.transitions, []
+    for previous, change in transitions:
+        uow.after_commit(
+            lambda previous=previous, change=change: deps.audit.record(
+                "refund.status",
+                {
+                    "from": previous.value if previous else None,
+                    "to": change.status.value,
+                    "detail": change.detail,
+                    "at": change.at.isoformat(),
+                },
+                refund_id=refund.id,
+                payment_id=refund.payment_id,
+                actor=change.actor,
+            )
+        )
+
+
 async def write_events(deps: Deps, uow: UnitOfWork, refund: Refund) -> None:
+    audit_transitions(deps, uow, refund)
     if not refund.events:
         return
     snapshot = refund_view(refund)

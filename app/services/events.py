@@ -136,6 +136,21 @@ class DeliveryService:
         async with self.deps.uow() as uow:
             await uow.outbox.record_delivery(attempt, status=status, next_delivery_at=next_at)
             await uow.commit()
+        self.deps.audit.record(
+            "webhook.sent",
+            {
+                "event_id": event.id,
+                "event_type": event.type,
+                "url": attempt.url,
+                "attempt": attempt.attempt,
+                "status_code": attempt.status_code,
+                "duration_ms": attempt.duration_ms,
+                "error": attempt.error,
+                "outcome": status.value,
+            },
+            refund_id=event.refund_id,
+            payment_id=event.payment_id,
+        )
         log.info(
             "event.delivery",
             event_id=event.id,

@@ -57,6 +57,16 @@ class KeyService:
         async with self.deps.uow() as uow:
             await uow.api_keys.add(key, hash_key(secret))
             await uow.commit()
+        self.deps.audit.record(
+            "key.created",
+            {
+                "key_id": key.id,
+                "name": key.name,
+                "prefix": key.prefix,
+                "roles": sorted(r.value for r in key.roles),
+                "approval_level": key.approval_level,
+            },
+        )
         return key, secret
 
     async def revoke(self, key_id: str) -> None:
@@ -65,6 +75,7 @@ class KeyService:
             await uow.commit()
         if not revoked:
             raise NotFound(f"no active key {key_id}")
+        self.deps.audit.record("key.revoked", {"key_id": key_id})
 
     async def authenticate(self, secret: str) -> ApiKey | None:
         if not secret.startswith(KEY_PREFIX):

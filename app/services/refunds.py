@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from app.domain.errors import NotFound
 from app.domain.models import Actor, Approver, Refund, RefundReason, RefundStatus
 from app.domain.money import Money
-from app.domain.ports import RefundFilter
+from app.domain.ports import RefundFilter, UnitOfWork
 from app.services.context import Deps, lock_refund, reschedule, save, write_events
 from app.services.idempotency import IdempotencyClaim
 from app.services.ids import new_id
@@ -84,10 +84,31 @@ class RefundService:
             self.deps.queue.submit_soon(refund.id)
         return refund
 
+    def _audit_decision(
+        self, uow: UnitOfWork, refund: Refund, approver: Approver, decision: str, note: str | None
+    ) -> None:
+        uow.after_commit(
+            lambda: self.deps.audit.record(
+                "approval.decision",
+                {
+                    "decision": decision,
+                    "level": approver.level,
+                    "approver_key_id": approver.actor.id,
+                    "note": note,
+                    "required_approvals": list(refund.required_approvals),
+                    "status_after": refund.status.value,
+                },
+                refund_id=refund.id,
+                payment_id=refund.payment_id,
+                actor=approver.actor.name,
+            )
+        )
+
     async def approve(self, refund_id: str, approver: Approver, note: str | None) -> Refund:
         async with self.deps.uow() as uow:
             payment, refund = await lock_refund(uow, refund_id)
             refund.approve(payment, approver, note, self.deps.clock.now())
+            self._audit_decision(uow, refund, approver, "approved", note)
             await save(self.deps, uow, payment, refund)
             await uow.commit()
         if refund.status is RefundStatus.APPROVED:
@@ -98,6 +119,7 @@ class RefundService:
         async with self.deps.uow() as uow:
             payment, refund = await lock_refund(uow, refund_id)
             refund.reject(payment, approver, note, self.deps.clock.now())
+            self._audit_decision(uow, refund, approver, "rejected", note)
             await save(self.deps, uow, payment, refund)
             await uow.commit()
         return refund

@@ -8,6 +8,7 @@ row that resolution completes by asking the PSE before anything is resent.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from datetime import timedelta
 
 import structlog
@@ -29,6 +30,13 @@ log = structlog.get_logger("app.refunds")
 
 # Statuses in which the PSE may hold the refund and we may ask it.
 ASKABLE = frozenset({RefundStatus.SUBMITTING, RefundStatus.UNKNOWN, RefundStatus.PENDING})
+
+
+def _about(refund: Refund) -> AbstractContextManager[object]:
+    """Every log line and audit record of a PSE call names the refund it is for."""
+    return structlog.contextvars.bound_contextvars(
+        refund_id=refund.id, payment_id=refund.payment_id, pse_account=refund.pse_account
+    )
 
 
 def submission_for(payment: Payment, refund: Refund) -> RefundSubmission:
@@ -69,7 +77,8 @@ class SubmissionService:
             payment_id=payment.id,
             pse_account=refund.pse_account,
         )
-        result = await self.deps.gateway(refund.pse_account).create_refund(submission)
+        with _about(refund):
+            result = await self.deps.gateway(refund.pse_account).create_refund(submission)
         return await self.apply_submit_result(refund_id, result)
 
     async def apply_submit_result(self, refund_id: str, result: SubmitResult) -> Refund:
@@ -126,7 +135,8 @@ class SubmissionService:
         if refund.status not in ASKABLE:
             return refund
         gateway = self.deps.gateway(refund.pse_account)
-        lookup: LookupResult = await gateway.find_refund(submission_for(payment, refund))
+        with _about(refund):
+            lookup: LookupResult = await gateway.find_refund(submission_for(payment, refund))
         if isinstance(lookup, Accepted):
             return await self.apply_submit_result(refund_id, lookup)
         if isinstance(lookup, Unanswered):
@@ -166,7 +176,8 @@ class SubmissionService:
             if not resend:
                 return refund  # a call may still be in flight: do not race it
         log.info("refund.resend", refund_id=refund_id, pse_account=refund.pse_account)
-        result = await self.deps.gateway(refund.pse_account).create_refund(
-            submission_for(payment, refund)
-        )
+        with _about(refund):
+            result = await self.deps.gateway(refund.pse_account).create_refund(
+                submission_for(payment, refund)
+            )
         return await self.apply_submit_result(refund_id, result)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
+from app.domain.audit import AuditRecord
 from app.domain.models import Payment, Refund
 from app.domain.records import DeliveryAttempt, OutboxEvent
 
@@ -120,4 +122,19 @@ def delivery_view(attempt: DeliveryAttempt) -> dict[str, Any]:
         "duration_ms": attempt.duration_ms,
         "error": attempt.error,
         "delivered": attempt.delivered,
+    }
+
+
+def audit_view(record: AuditRecord) -> dict[str, Any]:
+    return {
+        "seq": record.seq,
+        "at": rfc3339(record.at),
+        "kind": record.kind,
+        "request_id": record.request_id,
+        "refund_id": record.refund_id,
+        "payment_id": record.payment_id,
+        "actor": record.actor,
+        "data": json.loads(record.body)["data"],
+        "prev_hash": record.prev_hash,
+        "hash": record.hash,
     }

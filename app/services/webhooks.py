@@ -23,6 +23,8 @@ from app.services.context import Deps, lock_refund, save
 
 log = structlog.get_logger("app.webhooks")
 
+_AUDIT_BODY_BYTES = 64 * 1024
+
 
 def pse_refund_to_dict(seen: PseRefund) -> dict[str, Any]:
     def money(m: Money | None) -> dict[str, Any] | None:
@@ -75,14 +77,36 @@ class WebhookService:
             raise NotFound(f"no PSE account named {pse_account!r}")
         now = self.deps.clock.now()
         lowered = {k.lower(): v for k, v in headers.items()}
+
+        def audit(verification: str, **extra: Any) -> None:
+            self.deps.audit.record(
+                "webhook.received",
+                {
+                    "pse_account": pse_account,
+                    "verification": verification,
+                    "headers": lowered,
+                    "body": body[:_AUDIT_BODY_BYTES].decode("utf-8", errors="replace"),
+                    **extra,
+                },
+                actor=f"pse:{pse_account}",
+            )
+
         try:
             event = gateway.parse_webhook(lowered, body, now)
         except InvalidWebhookSignature as exc:
             log.warning("webhook.rejected", pse_account=pse_account, reason=str(exc))
+            audit("invalid_signature", reason=str(exc))
             raise InvalidSignature() from None
         except InvalidWebhookPayload as exc:
             log.warning("webhook.unreadable", pse_account=pse_account, reason=str(exc))
+            audit("invalid_payload", reason=str(exc))
             raise InvalidWebhookBody(str(exc)) from None
+        audit(
+            "ok",
+            event_id=event.event_id,
+            event_type=event.event_type,
+            pse_refund_id=event.refund.pse_refund_id if event.refund else None,
+        )
         refund_data = pse_refund_to_dict(event.refund) if event.refund else None
         async with self.deps.uow() as uow:
             stored = await uow.webhooks.insert_if_new(

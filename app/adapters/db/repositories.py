@@ -17,6 +17,7 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
+    text,
     tuple_,
     update,
 )
@@ -26,6 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.adapters.db import tables as t
+from app.domain.audit import AuditEntry, AuditRecord, seal
 from app.domain.models import (
     FINAL_STATUSES,
     Approval,
@@ -1108,3 +1110,125 @@ class SqlReconciliationRepository(_Repo):
             )
             for row in await self.conn.execute(query)
         ]
+
+
+# -- audit ------------------------------------------------------------------
+
+_AUDIT_COLUMNS = (
+    "seq",
+    "at",
+    "kind",
+    "request_id",
+    "refund_id",
+    "payment_id",
+    "actor",
+    "body",
+    "prev_hash",
+    "hash",
+)
+
+
+def _audit(row: Any) -> AuditRecord:
+    return AuditRecord(*(getattr(row, name) for name in _AUDIT_COLUMNS))
+
+
+class SqlAuditRepository(_Repo):
+    async def append(self, entries: Sequence[AuditEntry]) -> list[AuditRecord]:
+        """Seal entries after the chain's head, under the head's lock: appends from
+        every process are serialised, one short transaction per batch."""
+        h = t.audit_head.c
+        head = (
+            await self.conn.execute(select(h.seq, h.hash).where(h.id == 1).with_for_update())
+        ).one()
+        seq, prev = head.seq, head.hash
+        records = []
+        for entry in entries:
+            seq += 1
+            record = seal(entry, seq, prev)
+            records.append(record)
+            prev = record.hash
+        await self.conn.execute(
+            insert(t.audit_log),
+            [{name: getattr(r, name) for name in _AUDIT_COLUMNS} for r in records],
+        )
+        await self.conn.execute(update(t.audit_head).where(h.id == 1).values(seq=seq, hash=prev))
+        return records
+
+    async def head(self) -> tuple[int, str, int, str]:
+        h = t.audit_head.c
+        row = (
+            await self.conn.execute(
+                select(h.seq, h.hash, h.anchor_seq, h.anchor_hash).where(h.id == 1)
+            )
+        ).one()
+        return row.seq, row.hash, row.anchor_seq, row.anchor_hash
+
+    async def after(self, seq: int, limit: int) -> list[AuditRecord]:
+        c = t.audit_log.c
+        rows = await self.conn.execute(
+            select(t.audit_log).where(c.seq > seq).order_by(c.seq).limit(limit)
+        )
+        return [_audit(row) for row in rows]
+
+    async def search(
+        self,
+        *,
+        refund_id: str | None,
+        payment_id: str | None,
+        request_id: str | None,
+        at_from: datetime | None,
+        at_to: datetime | None,
+        limit: int,
+        before_seq: int | None,
+        oldest_first: bool = False,
+        after_seq: int | None = None,
+    ) -> list[AuditRecord]:
+        c = t.audit_log.c
+        query = select(t.audit_log)
+        if refund_id is not None:
+            query = query.where(c.refund_id == refund_id)
+        if payment_id is not None:
+            query = query.where(c.payment_id == payment_id)
+        if request_id is not None:
+            query = query.where(c.request_id == request_id)
+        if at_from is not None:
+            query = query.where(c.at >= at_from)
+        if at_to is not None:
+            query = query.where(c.at < at_to)
+        if before_seq is not None:
+            query = query.where(c.seq < before_seq)
+        if after_seq is not None:
+            query = query.where(c.seq > after_seq)
+        query = query.order_by(c.seq if oldest_first else c.seq.desc()).limit(limit)
+        return [_audit(row) for row in await self.conn.execute(query)]
+
+    async def purge(self, older_than: datetime, now: datetime) -> int:
+        """Remove the oldest records, all older than `older_than`, keeping the
+        chain verifiable: the head remembers the last removed record's hash."""
+        c = t.audit_log.c
+        h = t.audit_head.c
+        await self.conn.execute(select(h.seq).where(h.id == 1).with_for_update())
+        first_kept = (
+            await self.conn.execute(select(func.min(c.seq)).where(c.at >= older_than))
+        ).scalar()
+        if first_kept is None:
+            first_kept = (await self.conn.execute(select(func.max(c.seq)))).scalar()
+            if first_kept is None:
+                return 0
+            first_kept += 1
+        last = (
+            await self.conn.execute(
+                select(c.seq, c.hash).where(c.seq < first_kept).order_by(c.seq.desc()).limit(1)
+            )
+        ).first()
+        if last is None:
+            return 0
+        if self._is_postgres:
+            await self.conn.execute(text("SET LOCAL pse_refunds.audit_purge = 'on'"))
+        result = await self.conn.execute(delete(t.audit_log).where(c.seq <= last.seq))
+        await self.conn.execute(
+            update(t.audit_head)
+            .where(h.id == 1)
+            .values(anchor_seq=last.seq, anchor_hash=last.hash, purged_at=now)
+        )
+        return int(result.rowcount or 0)

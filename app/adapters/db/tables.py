@@ -288,3 +288,36 @@ reconciliation_rows = Table(
     Index("ix_reconciliation_rows_outcome", "reconciliation_id", "outcome", "id"),
     Index("ix_reconciliation_rows_refund", "reconciliation_id", "refund_id"),
 )
+
+# The audit trail: append-only (a trigger refuses UPDATE and DELETE on
+# PostgreSQL, except inside `pse-refunds audit purge`), hash-chained by `seq`.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("at", UtcDateTime, nullable=False),
+    Column("kind", String(64), nullable=False),
+    Column("request_id", String(128), nullable=True),
+    Column("refund_id", String(40), nullable=True),
+    Column("payment_id", String(40), nullable=True),
+    Column("actor", String(200), nullable=True),
+    Column("body", Text, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    Index("ix_audit_log_refund_id", "refund_id", "seq"),
+    Index("ix_audit_log_payment_id", "payment_id", "seq"),
+    Index("ix_audit_log_request_id", "request_id"),
+    Index("ix_audit_log_at", "at"),
+)
+
+# The chain's head (one row), and where it starts after a purge.
+audit_head = Table(
+    "audit_head",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("hash", String(64), nullable=False),
+    Column("anchor_seq", BigInteger, nullable=False),
+    Column("anchor_hash", String(64), nullable=False),
+    Column("purged_at", UtcDateTime, nullable=True),
+)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Self
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.adapters.db.repositories import (
     SqlApiKeyRepository,
+    SqlAuditRepository,
     SqlAutoApprovalTotals,
     SqlIdempotencyRepository,
     SqlOutboxRepository,
@@ -23,6 +25,7 @@ class SqlUnitOfWork:
         self._engine = engine
         self._conn: AsyncConnection | None = None
         self._committed = False
+        self._after_commit: list[Callable[[], None]] = []
 
     async def __aenter__(self) -> Self:
         self._conn = await self._engine.connect()
@@ -36,6 +39,7 @@ class SqlUnitOfWork:
         self.api_keys = SqlApiKeyRepository(conn)
         self.auto_approvals = SqlAutoApprovalTotals(conn)
         self.reconciliations = SqlReconciliationRepository(conn)
+        self.audit = SqlAuditRepository(conn)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -53,6 +57,13 @@ class SqlUnitOfWork:
         assert self._conn is not None, "commit outside the unit of work"
         await self._conn.commit()
         self._committed = True
+        callbacks, self._after_commit = self._after_commit, []
+        for callback in callbacks:
+            callback()
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Run `callback` once the transaction has committed (never if it rolls back)."""
+        self._after_commit.append(callback)
 
 
 class SqlUnitOfWorkFactory:

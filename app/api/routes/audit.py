@@ -1,0 +1,66 @@
+"""The audit trail, for ops and admins (and, through them, a regulator or an acquirer)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+from pydantic import AwareDatetime
+from starlette.responses import Response
+
+from app.api.deps import ContainerDep, Cursor, Limit, json_response, require
+from app.api.docs import AUTH, problems
+from app.api.problems import ApiError
+from app.api.schemas import AuditPage
+from app.domain.records import ApiKey, Role
+from app.services.views import audit_view
+
+router = APIRouter(tags=["audit"])
+
+OpsOrAdmin = Annotated[ApiKey, Depends(require(Role.OPS, Role.ADMIN))]
+
+
+@router.get(
+    "/v1/audit",
+    summary="Search the audit trail",
+    response_model=AuditPage,
+    responses=problems(*AUTH, 422),
+)
+async def search_audit(
+    container: ContainerDep,
+    _key: OpsOrAdmin,
+    refund_id: Annotated[str | None, Query(max_length=40)] = None,
+    payment_id: Annotated[str | None, Query(max_length=40)] = None,
+    request_id: Annotated[str | None, Query(max_length=128)] = None,
+    from_: Annotated[AwareDatetime | None, Query(alias="from")] = None,
+    to: Annotated[AwareDatetime | None, Query()] = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> Response:
+    """Every API request and response, PSE call, webhook received and sent, refund
+    state change, key created or revoked and approval decision, newest first,
+    with secrets and card numbers redacted. Each record carries the hash of the
+    one before it; `pse-refunds audit verify` checks the whole chain."""
+    before = None
+    if cursor is not None:
+        if not cursor.isdigit() or len(cursor) > 18:
+            raise ApiError(422, "validation_error", "Invalid cursor", "cursor is not one we issued")
+        before = int(cursor)
+    records = await container.audit.search(
+        refund_id=refund_id,
+        payment_id=payment_id,
+        request_id=request_id,
+        at_from=from_,
+        at_to=to,
+        limit=limit + 1,
+        before_seq=before,
+    )
+    more = len(records) > limit
+    records = records[:limit]
+    return json_response(
+        200,
+        {
+            "data": [audit_view(r) for r in records],
+            "next_cursor": str(records[-1].seq) if more and records else None,
+        },
+    )
