@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
 import httpx
@@ -22,6 +22,7 @@ from app.config import AccountSettings, ConfigError, Settings, secrets_of
 from app.domain.policy import ApprovalTier, RefundPolicy
 from app.domain.ports import Clock, PseGateway
 from app.domain.resolution import CheckSchedule
+from app.metrics import Metrics
 from app.redaction import Redactor
 from app.services.audit import AuditService
 from app.services.context import AccountInfo, Deps
@@ -126,6 +127,22 @@ class Container:
     http: httpx.AsyncClient
     pse_accounts: dict[str, PseAccount] = field(default_factory=dict)
 
+    async def metrics_text(self) -> bytes:
+        """The metrics, with the current-state gauges read from the database."""
+        metrics: Metrics = self.deps.metrics
+        now = self.deps.clock.now()
+        async with self.deps.uow() as uow:
+            counts, stale = await uow.refunds.open_counts(
+                now - timedelta(hours=self.settings.stale_after_hours)
+            )
+            oldest = await uow.outbox.oldest_undelivered()
+        for status, count in counts.items():
+            metrics.refunds_by_status.labels(status).set(count)
+        metrics.refunds_stale.set(stale)
+        metrics.delivery_lag.set(max(0.0, (now - oldest).total_seconds()) if oldest else 0)
+        metrics.audit_buffered.set(self.audit.pending)
+        return metrics.render()
+
     async def readiness(self) -> tuple[bool, str]:
         """(True, schema revision) when the database answers at the head revision."""
         try:
@@ -168,12 +185,19 @@ def build_container(
     the_clock = clock or SystemClock()
     redactor = Redactor(secrets_of(settings))
     audit = AuditService(uow, the_clock, redactor, enabled=settings.audit_enabled)
+    metrics = Metrics()
     http = httpx.AsyncClient(
-        transport=AuditingTransport(pse_transport or httpx.AsyncHTTPTransport(), audit),
+        transport=AuditingTransport(pse_transport or httpx.AsyncHTTPTransport(), audit, metrics),
         limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
         headers={"User-Agent": "pse-refunds/0.1"},
     )
-    accounts = {name: pse_account(name, cfg) for name, cfg in settings.accounts.items()}
+    accounts = {
+        name: replace(
+            pse_account(name, cfg),
+            on_retry=lambda name=name: metrics.pse_retries.labels(name).inc(),
+        )
+        for name, cfg in settings.accounts.items()
+    }
     make = gateway_factory or gateway_for
     gateways = {name: make(account, http) for name, account in accounts.items()}
     deps = Deps(
@@ -189,6 +213,7 @@ def build_container(
         schedule=schedule_from(settings),
         deliver_events=settings.store_webhook is not None,
         audit=audit,
+        metrics=metrics,
     )
     publisher = None
     retry = RetryPolicy()

@@ -72,7 +72,7 @@ class RequestContextMiddleware:
         )
         scope.setdefault("state", {})["request_id"] = request_id
         structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(request_id=request_id)
+        structlog.contextvars.bind_contextvars(request_id=request_id, **_path_ids(scope["path"]))
         rid_header = (b"x-request-id", request_id.encode("latin-1"))
         status_holder: dict[str, Any] = {"status": None}
 
@@ -243,3 +243,15 @@ def _ids_of(path: str, response_body: bytearray) -> tuple[str | None, str | None
             if isinstance(linked, str) and payment_id is None:
                 payment_id = linked
     return refund_id, payment_id
+
+
+def _path_ids(path: str) -> dict[str, str]:
+    """What a request's path says it concerns, for its log lines."""
+    parts = path.split("/")
+    if len(parts) > 3 and parts[1] == "v1":
+        key = {"refunds": "refund_id", "payments": "payment_id", "webhooks": "pse_account"}.get(
+            parts[2]
+        )
+        if key and parts[3]:
+            return {key: parts[3][:64]}
+    return {}

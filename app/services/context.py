@@ -12,6 +12,7 @@ from app.domain.policy import RefundPolicy
 from app.domain.ports import AuditSink, Clock, PseGateway, UnitOfWork
 from app.domain.records import OutboxEvent
 from app.domain.resolution import CheckSchedule
+from app.metrics import NoMetrics
 from app.services.ids import new_id
 from app.services.views import refund_view
 
@@ -52,6 +53,7 @@ class Deps:
     # Whether events are queued for the store's webhook (a URL is configured).
     deliver_events: bool = False
     audit: AuditSink = field(default_factory=_NoAudit)
+    metrics: Any = field(default_factory=NoMetrics)
 
     def account(self, name: str) -> AccountInfo:
         try:
@@ -98,6 +100,18 @@ def audit_transitions(deps: Deps, uow: UnitOfWork, refund: Refund) -> None:
     """Note each status change in the audit trail once (and only if) it commits."""
     transitions, refund.transitions = refund.transitions, []
     for previous, change in transitions:
+        if previous is None:
+            uow.after_commit(
+                lambda change=change: deps.metrics.refunds_created.labels(
+                    refund.pse_account, change.status.value
+                ).inc()
+            )
+        if change.status.is_final:
+            uow.after_commit(
+                lambda change=change: deps.metrics.refunds_finished.labels(
+                    refund.pse_account, change.status.value
+                ).inc()
+            )
         uow.after_commit(
             lambda previous=previous, change=change: deps.audit.record(
                 "refund.status",

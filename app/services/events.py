@@ -136,6 +136,13 @@ class DeliveryService:
         async with self.deps.uow() as uow:
             await uow.outbox.record_delivery(attempt, status=status, next_delivery_at=next_at)
             await uow.commit()
+        self.deps.metrics.events_delivered.labels(
+            "delivered"
+            if attempt.delivered
+            else status.value
+            if status is not DeliveryStatus.PENDING
+            else "retry"
+        ).inc()
         self.deps.audit.record(
             "webhook.sent",
             {

@@ -74,11 +74,13 @@ class WebhookService:
     ) -> WebhookReceipt:
         gateway = self.deps.gateways.get(pse_account)
         if gateway is None:
+            self.deps.metrics.webhooks_received.labels("(unknown)", "unknown_account").inc()
             raise NotFound(f"no PSE account named {pse_account!r}")
         now = self.deps.clock.now()
         lowered = {k.lower(): v for k, v in headers.items()}
 
         def audit(verification: str, **extra: Any) -> None:
+            self.deps.metrics.webhooks_received.labels(pse_account, verification).inc()
             self.deps.audit.record(
                 "webhook.received",
                 {

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -302,6 +302,22 @@ class SqlRefundRepository(_Repo):
             )
         return ids
 
+    async def open_counts(self, stale_before: datetime) -> tuple[dict[str, int], int]:
+        """Refunds not final, by status, and how many of them are stale."""
+        c = t.refunds.c
+        open_statuses = [s.value for s in RefundStatus if not s.is_final]
+        rows = await self.conn.execute(
+            select(c.status, func.count()).where(c.status.in_(open_statuses)).group_by(c.status)
+        )
+        counts = {status: 0 for status in open_statuses}
+        counts.update({status: n for status, n in rows})
+        stale = (
+            await self.conn.execute(
+                select(func.count()).where(c.status.in_(open_statuses), c.created_at < stale_before)
+            )
+        ).scalar_one()
+        return counts, int(stale)
+
     async def find_for_settlement(
         self, pse_account: str, pse_refund_ids: Sequence[str], references: Sequence[str]
     ) -> list[RefundSnapshot]:
@@ -593,6 +609,19 @@ class SqlOutboxRepository(_Repo):
                 last_error=None if attempt.delivered else _attempt_error(attempt),
             )
         )
+
+    async def oldest_undelivered(self) -> datetime | None:
+        c = t.events.c
+        found: datetime | None = (
+            await self.conn.execute(
+                select(func.min(c.created_at)).where(
+                    c.delivery_status == DeliveryStatus.PENDING.value
+                )
+            )
+        ).scalar()
+        if found is not None and found.tzinfo is None:  # SQLite hands back naive times
+            found = found.replace(tzinfo=UTC)
+        return found
 
     async def attempts(self, event_id: str) -> list[DeliveryAttempt]:
         d = t.event_deliveries.c

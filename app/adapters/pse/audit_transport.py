@@ -26,9 +26,12 @@ def _text(content: bytes) -> str:
 
 
 class AuditingTransport(httpx.AsyncBaseTransport):
-    def __init__(self, inner: httpx.AsyncBaseTransport, audit: AuditSink) -> None:
+    def __init__(
+        self, inner: httpx.AsyncBaseTransport, audit: AuditSink, metrics: Any = None
+    ) -> None:
         self._inner = inner
         self._audit = audit
+        self._metrics = metrics
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         started = time.perf_counter()
@@ -47,16 +50,16 @@ class AuditingTransport(httpx.AsyncBaseTransport):
             response = await self._inner.handle_async_request(request)
             body = await response.aread()
         except httpx.TimeoutException as exc:
-            self._note(call, started, "timeout", error=type(exc).__name__)
+            self._note(request, call, started, "timeout", error=type(exc).__name__)
             raise
         except httpx.HTTPError as exc:
-            self._note(call, started, "connection_error", error=type(exc).__name__)
+            self._note(request, call, started, "connection_error", error=type(exc).__name__)
             raise
         status = response.status_code
         outcome = (
-            "ok" if status < 400 else ("retryable" if status >= 500 or status == 429 else "4xx")
+            "ok" if status < 400 else "429" if status == 429 else "5xx" if status >= 500 else "4xx"
         )
-        self._note(call, started, outcome, status_code=status, response_body=_text(body))
+        self._note(request, call, started, outcome, status_code=status, response_body=_text(body))
         # The body is decoded already: the new response must not decode it again.
         headers = [
             (k, v)
@@ -71,15 +74,22 @@ class AuditingTransport(httpx.AsyncBaseTransport):
             extensions=response.extensions,
         )
 
-    def _note(self, call: dict[str, Any], started: float, outcome: str, **extra: Any) -> None:
+    def _note(
+        self,
+        request: httpx.Request,
+        call: dict[str, Any],
+        started: float,
+        outcome: str,
+        **extra: Any,
+    ) -> None:
+        seconds = time.perf_counter() - started
+        if self._metrics is not None:
+            host = request.url.host
+            self._metrics.pse_calls.labels(host, outcome).inc()
+            self._metrics.pse_call_seconds.labels(host, outcome).observe(seconds)
         self._audit.record(
             "pse.call",
-            {
-                **call,
-                "outcome": outcome,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 1),
-                **extra,
-            },
+            {**call, "outcome": outcome, "duration_ms": round(seconds * 1000, 1), **extra},
         )
 
     async def aclose(self) -> None:

@@ -9,7 +9,7 @@ same idempotency key: that is what makes a retry safe.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +43,8 @@ class PseAccount:
     webhook_tolerance_seconds: int = 300
     # Provider-specific extras (e.g. Razorpay's key id) without widening this class.
     options: Mapping[str, str] = field(default_factory=dict)
+    # Told of every retry (for metrics); not part of the account's identity.
+    on_retry: Callable[[], None] | None = field(default=None, compare=False, repr=False)
 
 
 class PseNoAnswer(Exception):
@@ -148,6 +150,7 @@ class RetryingHttp:
             ),
             stop=stop_after_attempt(attempts),
             reraise=False,
+            before_sleep=lambda _state: self.account.on_retry() if self.account.on_retry else None,
         )
         try:
             async for try_ in retrying:

@@ -66,3 +66,17 @@ async def get_policy(container: ContainerDep, _key: Admin) -> Response:
             "stale_after_hours": settings.stale_after_hours,
         },
     )
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+)
+async def metrics(container: ContainerDep) -> Response:
+    """Refunds created and finished by status and account, PSE call latency and
+    outcomes, retries, webhooks received by verification result, store webhook
+    deliveries and lag, and the refunds currently open by status and stale.
+    Expose it to your Prometheus only (it carries no secret, but business volumes)."""
+    body = await container.metrics_text()
+    return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
