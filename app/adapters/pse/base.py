@@ -8,8 +8,9 @@ same idempotency key: that is what makes a retry safe.
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,8 @@ from tenacity import (
     stop_after_attempt,
     wait_random_exponential,
 )
+
+from app.domain.ports import InvalidWebhookPayload, PseRefund, PseRefundState
 
 log = structlog.get_logger("app.pse")
 
@@ -175,3 +178,28 @@ def json_or_none(response: httpx.Response) -> Any:
         return response.json()
     except ValueError:
         return None
+
+
+# When one of our references has several refunds at a PSE (a double refund),
+# report the one that moved money: the service must never free an amount that
+# was in fact paid out.
+_MONEY_MOVED_FIRST = {
+    PseRefundState.SUCCEEDED: 0,
+    PseRefundState.PENDING: 1,
+    PseRefundState.FAILED: 2,
+}
+
+
+def money_moving_first(refunds: Iterable[PseRefund]) -> PseRefund:
+    return min(refunds, key=lambda r: _MONEY_MOVED_FIRST[r.state])
+
+
+def json_object(body: bytes) -> Mapping[str, Any]:
+    """A webhook body as a JSON object, or InvalidWebhookPayload."""
+    try:
+        event = json.loads(body)
+    except ValueError:
+        raise InvalidWebhookPayload("body is not JSON") from None
+    if not isinstance(event, Mapping):
+        raise InvalidWebhookPayload("body is not a JSON object")
+    return event

@@ -28,7 +28,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -39,7 +38,7 @@ from urllib.parse import quote
 import httpx
 import structlog
 
-from app.adapters.pse.base import PseAccount, PseNoAnswer, RetryingHttp, json_or_none
+from app.adapters.pse.base import PseAccount, PseNoAnswer, RetryingHttp, json_object, json_or_none
 from app.domain.errors import DomainError
 from app.domain.money import Money, is_currency
 from app.domain.ports import (
@@ -493,12 +492,7 @@ class KomojuGateway(PseGateway):
         # KOMOJU signs the body only, with no timestamp: the tolerance cannot apply,
         # and replays are stopped by the event id, stored once per account.
         self._verify_signature(headers.get(_SIGNATURE_HEADER), body)
-        try:
-            event = json.loads(body)
-        except ValueError:
-            raise InvalidWebhookPayload("body is not JSON") from None
-        if not isinstance(event, Mapping):
-            raise InvalidWebhookPayload("body is not a JSON object")
+        event = json_object(body)
         resource, event_type = event.get("resource"), event.get("type")
         if resource is not None and resource != "event":
             raise InvalidWebhookPayload("body is not a KOMOJU event")

@@ -61,7 +61,13 @@ from urllib.parse import quote
 import httpx
 import structlog
 
-from app.adapters.pse.base import PseAccount, PseNoAnswer, RetryingHttp, json_or_none
+from app.adapters.pse.base import (
+    PseAccount,
+    PseNoAnswer,
+    RetryingHttp,
+    json_or_none,
+    money_moving_first,
+)
 from app.domain.errors import DomainError
 from app.domain.money import Money, exponent, is_currency
 from app.domain.ports import (
@@ -153,7 +159,6 @@ _STATES = {
 }
 # Preference when one reference has several refunds (a double refund): report
 # the one that moved money, so the service never frees an amount paid out.
-_PRECEDENCE = {PseRefundState.SUCCEEDED: 0, PseRefundState.PENDING: 1, PseRefundState.FAILED: 2}
 
 
 class UnreadableRefund(ValueError):
@@ -459,7 +464,7 @@ class OmiseGateway(PseGateway):
                 reference=submission.reference,
                 pse_refund_ids=[r.pse_refund_id for r in mine],
             )
-        return Accepted(min(mine, key=lambda r: _PRECEDENCE[r.state]))
+        return Accepted(money_moving_first(mine))
 
     # -- webhooks -------------------------------------------------------------
 

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -49,7 +48,14 @@ from urllib.parse import quote, urlparse
 import httpx
 import structlog
 
-from app.adapters.pse.base import PseAccount, PseNoAnswer, RetryingHttp, json_or_none
+from app.adapters.pse.base import (
+    PseAccount,
+    PseNoAnswer,
+    RetryingHttp,
+    json_object,
+    json_or_none,
+    money_moving_first,
+)
 from app.domain.errors import DomainError
 from app.domain.money import Money
 from app.domain.ports import (
@@ -106,7 +112,6 @@ _FAILURES = {
 }
 # Preference when one reference has several refunds (a double refund): report the
 # one that moved money, so the service never frees an amount that was paid out.
-_PRECEDENCE = {PseRefundState.SUCCEEDED: 0, PseRefundState.PENDING: 1, PseRefundState.FAILED: 2}
 
 
 class UnreadableRefund(ValueError):
@@ -448,7 +453,7 @@ class PayjpGateway(PseGateway):
                 reference=submission.reference,
                 pse_refund_ids=[r.pse_refund_id for r in mine],
             )
-        return Accepted(min(mine, key=lambda r: _PRECEDENCE[r.state]))
+        return Accepted(money_moving_first(mine))
 
     # -- webhooks -------------------------------------------------------------
 
@@ -457,12 +462,7 @@ class PayjpGateway(PseGateway):
     ) -> PseWebhookEvent:
         # No timestamp in this scheme: `now` and the tolerance have nothing to check.
         self._verify_token(headers.get(_WEBHOOK_AUTH_HEADER))
-        try:
-            event = json.loads(body)
-        except ValueError:
-            raise InvalidWebhookPayload("body is not JSON") from None
-        if not isinstance(event, Mapping):
-            raise InvalidWebhookPayload("body is not a JSON object")
+        event = json_object(body)
         kind = event.get("object")
         if kind is not None and kind != "event":
             raise InvalidWebhookPayload("body is not a PAY.JP event")

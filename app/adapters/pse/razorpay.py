@@ -30,7 +30,13 @@ from urllib.parse import quote
 import httpx
 import structlog
 
-from app.adapters.pse.base import PseAccount, PseNoAnswer, RetryingHttp, json_or_none
+from app.adapters.pse.base import (
+    PseAccount,
+    PseNoAnswer,
+    RetryingHttp,
+    json_or_none,
+    money_moving_first,
+)
 from app.domain.errors import DomainError
 from app.domain.money import Money, exponent, is_currency
 from app.domain.ports import (
@@ -309,7 +315,6 @@ _REFUND_EVENTS = frozenset({"refund.created", "refund.processed", "refund.failed
 
 # Where a refund may have several candidates for one reference (a double
 # refund), report the one that moved money, so no amount is freed that was paid.
-_PRECEDENCE = {PseRefundState.SUCCEEDED: 0, PseRefundState.PENDING: 1, PseRefundState.FAILED: 2}
 
 
 def derived_event_id(body: bytes) -> str:
@@ -494,7 +499,7 @@ class RazorpayGateway(PseGateway):
                 reference=submission.reference,
                 pse_refund_ids=sorted(distinct),
             )
-        return Accepted(min(distinct.values(), key=lambda r: _PRECEDENCE[r.state]))
+        return Accepted(money_moving_first(distinct.values()))
 
     @staticmethod
     def _is_unknown_id(response: httpx.Response) -> bool:

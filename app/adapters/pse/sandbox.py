@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -17,7 +16,14 @@ import structlog
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import EmptyWebhookSecretError
 
-from app.adapters.pse.base import PseAccount, PseNoAnswer, RetryingHttp, json_or_none
+from app.adapters.pse.base import (
+    PseAccount,
+    PseNoAnswer,
+    RetryingHttp,
+    json_object,
+    json_or_none,
+    money_moving_first,
+)
 from app.domain.errors import DomainError
 from app.domain.money import Money
 from app.domain.ports import (
@@ -60,7 +66,6 @@ _DECLINES: dict[str, tuple[str, bool]] = {
 # Preference when one reference has several refunds at the sandbox (a double
 # refund): report the one that moved money, so the service never frees an amount
 # that was in fact paid out.
-_PRECEDENCE = {PseRefundState.SUCCEEDED: 0, PseRefundState.PENDING: 1, PseRefundState.FAILED: 2}
 
 
 class UnreadableRefund(ValueError):
@@ -211,7 +216,7 @@ class SandboxGateway(PseGateway):
                 reference=submission.reference,
                 pse_refund_ids=[r.pse_refund_id for r in mine],
             )
-        return Accepted(min(mine, key=lambda r: _PRECEDENCE[r.state]))
+        return Accepted(money_moving_first(mine))
 
     @staticmethod
     def _accepted_or_unanswered(obj: Any) -> LookupResult:
@@ -228,12 +233,7 @@ class SandboxGateway(PseGateway):
         self, headers: Mapping[str, str], body: bytes, now: datetime
     ) -> PseWebhookEvent:
         self._verify(headers, body, now)
-        try:
-            event = json.loads(body)
-        except ValueError:
-            raise InvalidWebhookPayload("body is not JSON") from None
-        if not isinstance(event, Mapping):
-            raise InvalidWebhookPayload("body is not a JSON object")
+        event = json_object(body)
         event_id, event_type = event.get("id"), event.get("type")
         if not isinstance(event_id, str) or not event_id or not isinstance(event_type, str):
             raise InvalidWebhookPayload("event without id or type")

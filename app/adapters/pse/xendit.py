@@ -48,7 +48,14 @@ from urllib.parse import quote
 import httpx
 import structlog
 
-from app.adapters.pse.base import PseAccount, PseNoAnswer, RetryingHttp, json_or_none
+from app.adapters.pse.base import (
+    PseAccount,
+    PseNoAnswer,
+    RetryingHttp,
+    json_object,
+    json_or_none,
+    money_moving_first,
+)
 from app.domain.errors import DomainError
 from app.domain.money import Money, exponent, is_currency
 from app.domain.ports import (
@@ -250,7 +257,6 @@ def refund_from_xendit(obj: Any) -> PseRefund:
 
 # Preference when one reference has several refunds at Xendit: report the one
 # that moved money, so the service never frees an amount that was paid out.
-_PRECEDENCE = {PseRefundState.SUCCEEDED: 0, PseRefundState.PENDING: 1, PseRefundState.FAILED: 2}
 
 
 # --------------------------------------------------------------------------
@@ -495,7 +501,7 @@ class XenditGateway(PseGateway):
                 reference=submission.reference,
                 pse_refund_ids=[r.pse_refund_id for r in mine],
             )
-        return Accepted(min(mine, key=lambda r: _PRECEDENCE[r.state]))
+        return Accepted(money_moving_first(mine))
 
     # -- webhooks -------------------------------------------------------------
 
@@ -505,12 +511,7 @@ class XenditGateway(PseGateway):
         # A static token has no timestamp: `now` and the tolerance do not apply,
         # and replays are caught by the event id (see `_derived_event_id`).
         self._verify_token(headers.get(_CALLBACK_HEADER))
-        try:
-            event = json.loads(body)
-        except ValueError:
-            raise InvalidWebhookPayload("body is not JSON") from None
-        if not isinstance(event, Mapping):
-            raise InvalidWebhookPayload("body is not a JSON object")
+        event = json_object(body)
         event_type = event.get("event")
         if not isinstance(event_type, str) or not event_type:
             raise InvalidWebhookPayload("body is not a Xendit event (no `event`)")
