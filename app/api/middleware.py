@@ -96,6 +96,14 @@ class RequestContextMiddleware:
             )
             await send({"type": "http.response.body", "body": body})
 
+        query = scope.get("query_string", b"")
+        if "\x00" in scope["path"] or b"%00" in query or b"\x00" in query:
+            # NUL cannot be an id nor a filter value, and cannot be stored.
+            await problem(
+                422, "validation_error", "The request is not valid", "NUL is not allowed in a URL"
+            )
+            return
+
         if content_length is not None and content_length > limit:
             await problem(
                 413,

@@ -156,6 +156,13 @@ def install(app: FastAPI) -> None:
             405: ("method_not_allowed", "Method not allowed"),
             413: ("payload_too_large", "Request body too large"),
         }
+        if exc.status_code == 400:
+            # The framework's own 400s: a body that is not UTF-8 JSON, or broken
+            # multipart. To a client these are invalid requests like any other.
+            detail = exc.detail if isinstance(exc.detail, str) else "the body cannot be read"
+            return problem_response(
+                422, "validation_error", "The request is not valid", detail, request_id_of(request)
+            )
         code, title = codes.get(exc.status_code, ("http_error", "HTTP error"))
         detail = exc.detail if isinstance(exc.detail, str) else title
         return problem_response(

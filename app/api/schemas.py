@@ -3,11 +3,11 @@ rejected, money is an integer of minor units, times carry their zone."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from app.domain.models import RefundReason, RefundStatus
 from app.domain.money import is_currency
@@ -59,8 +59,44 @@ Metadata = Annotated[dict[str, str], AfterValidator(_metadata)]
 Note = Annotated[str, Field(max_length=1000)]
 
 
+def _no_nul(value: Any) -> Any:
+    """NUL cannot be stored (PostgreSQL text refuses it) and has no business in a
+    request: refuse it anywhere in a body."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("text must not contain NUL (\\u0000)")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _no_nul(key)
+            _no_nul(item)
+    elif isinstance(value, list):
+        for item in value:
+            _no_nul(item)
+    return value
+
+
+def utc_instant(value: datetime) -> datetime:
+    """An aware time, normalised to UTC, within years 1970-2999 (beyond, dates
+    overflow once windows and SLAs are added to them)."""
+    try:
+        moment = value.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise ValueError("time out of range") from None
+    if not 1970 <= moment.year <= 2999:
+        raise ValueError("time must be between 1970 and 2999")
+    return moment
+
+
+Instant = Annotated[AwareDatetime, AfterValidator(utc_instant)]
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_nul(cls, data: Any) -> Any:
+        return _no_nul(data)
 
 
 # -- payments ---------------------------------------------------------------
@@ -72,7 +108,7 @@ class PaymentIn(Strict):
     order_id: str | None = Field(default=None, max_length=255, examples=["ORD-1001"])
     amount: PositiveMinorUnits = Field(examples=[12000])
     currency: Currency
-    captured_at: AwareDatetime = Field(examples=["2026-11-01T10:00:00Z"])
+    captured_at: Instant = Field(examples=["2026-11-01T10:00:00Z"])
     payment_method: str | None = Field(default=None, max_length=64, examples=["card"])
     risk_level: Literal["normal", "high"] = "normal"
     settlement_currency: Currency | None = None
@@ -277,7 +313,7 @@ class CancelIn(Strict):
 
 class OfflinePayoutIn(Strict):
     reference: str = Field(min_length=1, max_length=255, examples=["BANK-TRX-20261127-001"])
-    paid_at: AwareDatetime = Field(examples=["2026-11-27T09:00:00Z"])
+    paid_at: Instant = Field(examples=["2026-11-27T09:00:00Z"])
 
     model_config = ConfigDict(
         extra="forbid",

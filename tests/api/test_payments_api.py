@@ -149,3 +149,60 @@ async def test_an_oversized_body_is_refused_with_413(make_api):
 async def test_unknown_routes_answer_problem_json(api):
     assert_problem(await api.client.get("/v1/nothing-here"), 404, "not_found")
     assert_problem(await api.client.delete("/v1/payments"), 405, "method_not_allowed")
+
+
+async def test_nul_in_a_body_a_path_or_a_query_is_a_validation_error(api):
+    r = await api.client.post(
+        "/v1/payments", json=payment_body(order_id="ORD\x00"), headers=api.auth("store")
+    )
+    assert_problem(r, 422, "validation_error")
+    assert_problem(
+        await api.client.get("/v1/payments/pay_x%00", headers=api.auth("ops")),
+        422,
+        "validation_error",
+    )
+    assert_problem(
+        await api.client.get("/v1/payments", params={"order_id": "a\x00"}, headers=api.auth("ops")),
+        422,
+        "validation_error",
+    )
+
+
+async def test_times_out_of_range_are_validation_errors(api):
+    for captured in (
+        "9999-12-31T23:59:59-14:00",
+        "0001-01-01T00:00:00+14:00",
+        "1900-01-01T00:00:00Z",
+    ):
+        r = await api.client.post(
+            "/v1/payments", json=payment_body(captured_at=captured), headers=api.auth("store")
+        )
+        assert_problem(r, 422, "validation_error")
+    r = await api.client.get(
+        "/v1/refunds",
+        params={"created_from": "9999-12-31T23:59:59-14:00"},
+        headers=api.auth("ops"),
+    )
+    assert_problem(r, 422, "validation_error")
+
+
+async def test_a_body_that_is_not_utf8_is_a_validation_error(api):
+    r = await api.client.post(
+        "/v1/payments",
+        content=b'{"a": "\xa2\xae"}',
+        headers={**api.auth("store"), "Content-Type": "application/json"},
+    )
+    assert_problem(r, 422, "validation_error")
+
+
+async def test_the_openapi_document_describes_every_422_as_problem_json(api):
+    spec = (await api.client.get("/openapi.json")).json()
+    for item in spec["paths"].values():
+        for operation in item.values():
+            if "422" in operation["responses"]:
+                assert list(operation["responses"]["422"]["content"]) == [
+                    "application/problem+json"
+                ]
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
+    params = spec["paths"]["/v1/refunds"]["post"]["parameters"]
+    assert next(p for p in params if p["name"] == "Idempotency-Key")["required"] is True

@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
-from pydantic import AwareDatetime
 from starlette.responses import Response
 
 from app.api.deps import ContainerDep, Cursor, Limit, json_response, require
 from app.api.docs import AUTH, problems
 from app.api.problems import ApiError
-from app.api.schemas import AuditPage
+from app.api.schemas import AuditPage, Instant
 from app.domain.records import ApiKey, Role
 from app.services.views import audit_view
 
@@ -32,8 +31,8 @@ async def search_audit(
     refund_id: Annotated[str | None, Query(max_length=40)] = None,
     payment_id: Annotated[str | None, Query(max_length=40)] = None,
     request_id: Annotated[str | None, Query(max_length=128)] = None,
-    from_: Annotated[AwareDatetime | None, Query(alias="from")] = None,
-    to: Annotated[AwareDatetime | None, Query()] = None,
+    from_: Annotated[Instant | None, Query(alias="from")] = None,
+    to: Annotated[Instant | None, Query()] = None,
     limit: Limit = 50,
     cursor: Cursor = None,
 ) -> Response:

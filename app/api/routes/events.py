@@ -144,7 +144,12 @@ async def list_deliveries(event_id: str, container: ContainerDep, _key: StoreOrO
     "/{event_id}/redeliver",
     summary="Deliver an event again",
     response_model=EventOut,
-    responses=problems(*AUTH, 404),
+    responses=problems(
+        *AUTH,
+        404,
+        (409, "`idempotency_key_in_use`"),
+        (422, "`validation_error`; `idempotency_key_reused`"),
+    ),
 )
 async def redeliver_event(
     event_id: str,

@@ -11,13 +11,12 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, BinaryIO
 
 from fastapi import APIRouter, File, Form, Query, UploadFile
-from pydantic import AwareDatetime
 from starlette.responses import Response, StreamingResponse
 
 from app.api.deps import ContainerDep, Cursor, Limit, Ops, json_response
 from app.api.docs import AUTH, problems
 from app.api.problems import ApiError
-from app.api.schemas import Currency, FxReportOut, ReconciliationOut
+from app.api.schemas import Currency, FxReportOut, Instant, ReconciliationOut
 from app.domain.reconciliation import OUTCOMES
 from app.domain.records import Reconciliation, ReconciliationLine
 from app.services.views import rfc3339
@@ -110,7 +109,8 @@ async def create_reconciliation(
     with os.fdopen(fd, "wb") as out:
         while chunk := await file.read(_CHUNK):
             out.write(chunk)
-    reconciliation = await container.reconciliations.start(pse_account, file.filename, key.id)
+    filename = (file.filename or "").replace("\x00", "")[:500] or None
+    reconciliation = await container.reconciliations.start(pse_account, filename, key.id)
 
     async def job() -> None:
         try:
@@ -218,8 +218,8 @@ async def reconciliation_report(
 async def fx_report(
     container: ContainerDep,
     _key: Ops,
-    from_: Annotated[AwareDatetime | None, Query(alias="from")] = None,
-    to: Annotated[AwareDatetime | None, Query()] = None,
+    from_: Annotated[Instant | None, Query(alias="from")] = None,
+    to: Annotated[Instant | None, Query()] = None,
     currency: Annotated[Currency | None, Query(description="a settlement currency")] = None,
 ) -> Response:
     """Per settlement currency, for refunds created in [from, to): how many,

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Query, Request
-from pydantic import AwareDatetime
 from starlette.responses import Response
 
 from app.api.deps import (
@@ -30,6 +29,7 @@ from app.api.docs import AUTH, problems
 from app.api.schemas import (
     CancelIn,
     DecisionIn,
+    Instant,
     OfflinePayoutIn,
     Page,
     RefundIn,
@@ -139,8 +139,8 @@ async def list_refunds(
         Query(description="one or more statuses (repeat the parameter)"),
     ] = None,
     payment_id: Annotated[str | None, Query(max_length=40)] = None,
-    created_from: Annotated[AwareDatetime | None, Query()] = None,
-    created_to: Annotated[AwareDatetime | None, Query()] = None,
+    created_from: Annotated[Instant | None, Query()] = None,
+    created_to: Annotated[Instant | None, Query()] = None,
     stale: Annotated[
         bool,
         Query(description="only refunds not final and older than the SLA (oldest first)"),
