@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 from collections.abc import Iterable
 
 from app.domain.errors import InvalidInput, NotFound
@@ -23,8 +24,13 @@ def hash_key(secret: str) -> str:
 
 
 class KeyService:
-    def __init__(self, deps: Deps) -> None:
+    def __init__(self, deps: Deps, cache_seconds: float = 5.0) -> None:
         self.deps = deps
+        # Authenticated keys are remembered briefly, so a request does not pay a
+        # database round trip to know its caller. A revocation is immediate in
+        # the process that makes it and takes at most `cache_seconds` elsewhere.
+        self._cache: dict[str, tuple[ApiKey, float]] = {}
+        self._cache_seconds = cache_seconds
 
     async def create(
         self, name: str, roles: Iterable[str], approval_level: int | None = None
@@ -73,6 +79,7 @@ class KeyService:
         async with self.deps.uow() as uow:
             revoked = await uow.api_keys.revoke(key_id, self.deps.clock.now())
             await uow.commit()
+        self._cache = {h: entry for h, entry in self._cache.items() if entry[0].id != key_id}
         if not revoked:
             raise NotFound(f"no active key {key_id}")
         self.deps.audit.record("key.revoked", {"key_id": key_id})
@@ -80,9 +87,20 @@ class KeyService:
     async def authenticate(self, secret: str) -> ApiKey | None:
         if not secret.startswith(KEY_PREFIX):
             return None
+        digest = hash_key(secret)
+        now = time.monotonic()
+        cached = self._cache.get(digest)
+        if cached is not None and cached[1] > now:
+            return cached[0]
         async with self.deps.uow() as uow:
-            key = await uow.api_keys.by_hash(hash_key(secret))
-        return key if key is not None and key.active else None
+            key = await uow.api_keys.by_hash(digest)
+        if key is None or not key.active:
+            self._cache.pop(digest, None)
+            return None
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[digest] = (key, now + self._cache_seconds)
+        return key
 
     async def list(self) -> list[ApiKey]:
         async with self.deps.uow() as uow:

@@ -86,6 +86,7 @@ class SubmissionService:
         async with self.deps.uow() as uow:
             payment, refund = await lock_refund(uow, refund_id)
             actor = self._actor(refund)
+            knew_pse_id = refund.pse_refund_id is not None
             in_flight = refund.status in (RefundStatus.SUBMITTING, RefundStatus.UNKNOWN)
             if isinstance(result, Accepted):
                 refund.apply_pse(payment, result.refund, now, actor)
@@ -115,7 +116,9 @@ class SubmissionService:
             status=refund.status.value,
             result=type(result).__name__,
         )
-        await self.webhooks.apply_waiting(refund)
+        if not knew_pse_id:
+            # Webhooks that came before we knew the PSE's id can be matched now.
+            await self.webhooks.apply_waiting(refund)
         return refund
 
     async def get(self, refund_id: str) -> Refund:

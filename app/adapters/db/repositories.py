@@ -262,6 +262,14 @@ class SqlRefundRepository(_Repo):
             return None
         return (await self._hydrate([row]))[0]
 
+    async def payment_id_of(self, refund_id: str) -> str | None:
+        found: str | None = (
+            await self.conn.execute(
+                select(t.refunds.c.payment_id).where(t.refunds.c.id == refund_id)
+            )
+        ).scalar()
+        return found
+
     async def find_by_pse_refund_id(self, pse_account: str, pse_refund_id: str) -> Refund | None:
         query = select(t.refunds).where(
             t.refunds.c.pse_account == pse_account,
@@ -381,8 +389,14 @@ class SqlRefundRepository(_Repo):
                 StatusChange(RefundStatus(hrow.status), hrow.at, hrow.actor, hrow.detail)
             )
         a = t.refund_approvals
-        for arow in await self.conn.execute(
-            select(a).where(a.c.refund_id.in_(ids)).order_by(a.c.id)
+        # Refunds that never needed an approval have none to load.
+        with_approvals = [row.id for row in rows if row.required_approvals]
+        for arow in (
+            await self.conn.execute(
+                select(a).where(a.c.refund_id.in_(with_approvals)).order_by(a.c.id)
+            )
+            if with_approvals
+            else []
         ):
             approvals[arow.refund_id].append(
                 Approval(
