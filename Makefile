@@ -32,7 +32,7 @@ test: install-dev
 
 ## Static checks: ruff, mypy (strict on the domain) and the layer contracts.
 lint: install-dev
-	$(BIN)/ruff check app tests
+	$(BIN)/ruff check app tests bench migrations
 	$(BIN)/mypy app/domain
 	$(BIN)/lint-imports
 
