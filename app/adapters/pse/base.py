@@ -203,3 +203,13 @@ def json_object(body: bytes) -> Mapping[str, Any]:
     if not isinstance(event, Mapping):
         raise InvalidWebhookPayload("body is not a JSON object")
     return event
+
+
+@dataclass(frozen=True, slots=True)
+class DeclineRule:
+    """How a provider's refusal maps to a `Declined`: our code, and whether the
+    refund must be paid out offline or may be sent again later."""
+
+    code: str
+    offline: bool = False
+    retriable: bool = False

@@ -30,7 +30,6 @@ import hashlib
 import hmac
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -38,7 +37,14 @@ from urllib.parse import quote
 import httpx
 import structlog
 
-from app.adapters.pse.base import PseAccount, PseNoAnswer, RetryingHttp, json_object, json_or_none
+from app.adapters.pse.base import (
+    DeclineRule,
+    PseAccount,
+    PseNoAnswer,
+    RetryingHttp,
+    json_object,
+    json_or_none,
+)
 from app.domain.errors import DomainError
 from app.domain.money import Money, is_currency
 from app.domain.ports import (
@@ -223,11 +229,7 @@ def _latest_refund(payment: Mapping[str, Any]) -> Any:
 # --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Decline:
-    code: str
-    offline: bool = False
-    retriable: bool = False
+_Decline = DeclineRule
 
 
 # KOMOJU documents one error list for every endpoint (the generic HTTP codes plus

@@ -62,6 +62,7 @@ import httpx
 import structlog
 
 from app.adapters.pse.base import (
+    DeclineRule,
     PseAccount,
     PseNoAnswer,
     RetryingHttp,
@@ -209,11 +210,7 @@ def refund_from_omise(obj: Any) -> PseRefund:
 # --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Decline:
-    code: str
-    offline: bool = False
-    retriable: bool = False
+_Decline = DeclineRule
 
 
 # Codes under which Omise refuses a refund; the reason is in the message.

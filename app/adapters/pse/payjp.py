@@ -40,7 +40,6 @@ import hashlib
 import hmac
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote, urlparse
@@ -49,6 +48,7 @@ import httpx
 import structlog
 
 from app.adapters.pse.base import (
+    DeclineRule,
     PseAccount,
     PseNoAnswer,
     RetryingHttp,
@@ -169,11 +169,7 @@ def refund_from_payjp(obj: Any) -> PseRefund:
 # --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Decline:
-    code: str
-    offline: bool = False
-    retriable: bool = False
+_Decline = DeclineRule
 
 
 _WINDOW_PASSED = _Decline("refund_window_passed", offline=True)

@@ -31,6 +31,7 @@ import httpx
 import structlog
 
 from app.adapters.pse.base import (
+    DeclineRule,
     PseAccount,
     PseNoAnswer,
     RetryingHttp,
@@ -190,11 +191,7 @@ def refund_from_razorpay(obj: Any) -> PseRefund | None:
 # --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Decline:
-    code: str
-    offline: bool = False
-    retriable: bool = False
+_Decline = DeclineRule
 
 
 @dataclass(frozen=True, slots=True)

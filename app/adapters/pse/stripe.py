@@ -11,7 +11,6 @@ import hmac
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote
@@ -19,7 +18,7 @@ from urllib.parse import quote
 import httpx
 import structlog
 
-from app.adapters.pse.base import PseAccount, PseNoAnswer, RetryingHttp, json_or_none
+from app.adapters.pse.base import DeclineRule, PseAccount, PseNoAnswer, RetryingHttp, json_or_none
 from app.domain.errors import DomainError
 from app.domain.money import Money, exponent, is_currency
 from app.domain.ports import (
@@ -186,11 +185,7 @@ def refund_from_stripe(obj: Any) -> PseRefund | None:
 # --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Decline:
-    code: str
-    offline: bool = False
-    retriable: bool = False
+_Decline = DeclineRule
 
 
 _CARD_GONE = _Decline("payment_method_unavailable", offline=True)

@@ -39,7 +39,6 @@ import hmac
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -49,6 +48,7 @@ import httpx
 import structlog
 
 from app.adapters.pse.base import (
+    DeclineRule,
     PseAccount,
     PseNoAnswer,
     RetryingHttp,
@@ -264,11 +264,7 @@ def refund_from_xendit(obj: Any) -> PseRefund:
 # --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Decline:
-    code: str
-    offline: bool = False
-    retriable: bool = False
+_Decline = DeclineRule
 
 
 _PAYMENT_NOT_FOUND = _Decline("payment_not_found")
