@@ -230,10 +230,14 @@ def worker() -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        audit_stop = asyncio.Event()
+        sealing = asyncio.create_task(container.audit.run(audit_stop))
         try:
             await container.worker.run(stop)
         finally:
             await container.aclose()
+            audit_stop.set()
+            await sealing
 
     _run(main())
 
