@@ -38,6 +38,7 @@ class WorkerPass:
     errors: int = 0
     webhooks_applied: int = 0
     events_delivered: int = 0  # attempted
+    stale_flagged: int = 0
     refund_ids: list[str] = field(default_factory=list)
 
 
@@ -95,6 +96,7 @@ class Worker:
         for outcome in outcomes:
             setattr(result, outcome, getattr(result, outcome) + 1)
         result.webhooks_applied = await self._apply_stuck_webhooks()
+        result.stale_flagged = await self._flag_stale()
         if self.deliveries is not None:
             try:
                 result.events_delivered = await self.deliveries.deliver_due()
@@ -140,6 +142,24 @@ class Worker:
             log.warning("refund.needs_attention", refund_id=refund_id, status=status.value)
             return "exhausted"
         return "rescheduled"
+
+    async def _flag_stale(self) -> int:
+        """Raise `refund.needs_attention` once for each refund that outlives the SLA
+        without reaching a final status (before its customer opens a chargeback)."""
+        now = self.deps.clock.now()
+        cutoff = now - timedelta(hours=self.deps.stale_after_hours)
+        async with self.deps.uow() as uow:
+            ids = await uow.refunds.stale_unflagged(cutoff, 100)
+        for refund_id in ids:
+            async with self.deps.uow() as uow:
+                payment, refund = await lock_refund(uow, refund_id)
+                if refund.status.is_final:
+                    continue
+                hours = self.deps.stale_after_hours
+                refund.flag(f"stale: still {refund.status} after {hours:g} h", now)
+                await save(self.deps, uow, payment, refund)
+                await uow.commit()
+        return len(ids)
 
     async def _apply_stuck_webhooks(self) -> int:
         before = self.deps.clock.now() - self.webhook_retry_after

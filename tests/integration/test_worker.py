@@ -243,3 +243,20 @@ async def test_stopping_the_worker_lets_the_check_in_flight_finish_and_be_record
     stop.set()
     await asyncio.wait_for(task, 5)
     assert (await get_refund(api, created["id"]))["status"] == "succeeded"
+
+
+async def test_a_refund_older_than_the_sla_raises_attention_once(make_api):
+    api = await worker_api(make_api)
+    payment = await register(api)
+    waiting = (await refund(api, payment["id"], 20000)).json()  # waits for approval
+    done = (await refund(api, payment["id"], 100)).json()
+    await api.settle()
+    api.gateway.settle(done["id"], PseRefundState.SUCCEEDED)
+    await api.client.post(f"/v1/refunds/{done['id']}/sync", headers=api.auth("ops"))
+    api.clock.advance(hours=23)
+    assert (await api.container.worker.run_once()).stale_flagged == 0
+    api.clock.advance(hours=2)
+    assert (await api.container.worker.run_once()).stale_flagged == 1
+    assert (await api.container.worker.run_once()).stale_flagged == 0
+    assert (await events_of(api, waiting["id"]))[-1] == "refund.needs_attention"
+    assert "refund.needs_attention" not in await events_of(api, done["id"])

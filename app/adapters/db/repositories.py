@@ -262,6 +262,33 @@ class SqlRefundRepository(_Repo):
             return None
         return (await self._hydrate([row]))[0]
 
+    async def stale_unflagged(self, created_before: datetime, limit: int) -> list[str]:
+        """Open refunds older than the SLA that have not yet raised `needs_attention`
+        for being stale."""
+        c = t.refunds.c
+        e = t.events.c
+        flagged = (
+            select(literal_column("1"))
+            .select_from(t.events)
+            .where(
+                e.refund_id == c.id,
+                e.type == "refund.needs_attention",
+                e.detail.like("stale:%"),
+            )
+            .exists()
+        )
+        rows = await self.conn.execute(
+            select(c.id)
+            .where(
+                c.status.not_in([s.value for s in FINAL_STATUSES]),
+                c.created_at < created_before,
+                ~flagged,
+            )
+            .order_by(c.created_at)
+            .limit(limit)
+        )
+        return [row.id for row in rows]
+
     async def payment_id_of(self, refund_id: str) -> str | None:
         found: str | None = (
             await self.conn.execute(
