@@ -108,6 +108,12 @@ class SubmissionService:
             else:
                 refund.mark_unknown(payment, result.reason, now)
             await save(self.deps, uow, payment, refund)
+            waiting = []
+            if not knew_pse_id and refund.pse_refund_id is not None:
+                # Webhooks that came before we knew the PSE's id can be matched now.
+                waiting = await uow.webhooks.waiting_for(
+                    refund.pse_account, refund.pse_refund_id, refund.id
+                )
             await uow.commit()
         log.info(
             "refund.submit_result",
@@ -116,9 +122,8 @@ class SubmissionService:
             status=refund.status.value,
             result=type(result).__name__,
         )
-        if not knew_pse_id:
-            # Webhooks that came before we knew the PSE's id can be matched now.
-            await self.webhooks.apply_waiting(refund)
+        for stored in waiting:
+            await self.webhooks.apply(stored)
         return refund
 
     async def get(self, refund_id: str) -> Refund:

@@ -170,15 +170,6 @@ class WebhookService:
         )
         return status
 
-    async def apply_waiting(self, refund: Refund) -> None:
-        """Apply events that arrived before the refund could be matched."""
-        async with self.deps.uow() as uow:
-            waiting = await uow.webhooks.waiting_for(
-                refund.pse_account, refund.pse_refund_id, refund.id
-            )
-        for stored in waiting:
-            await self.apply(stored)
-
     async def _match(self, uow: UnitOfWork, pse_account: str, seen: PseRefund) -> Refund | None:
         if seen.pse_refund_id:
             found = await uow.refunds.find_by_pse_refund_id(pse_account, seen.pse_refund_id)
