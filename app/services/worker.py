@@ -97,6 +97,11 @@ class Worker:
             setattr(result, outcome, getattr(result, outcome) + 1)
         result.webhooks_applied = await self._apply_stuck_webhooks()
         result.stale_flagged = await self._flag_stale()
+        async with self.deps.uow() as uow:
+            # A reconciliation runs in the process it was uploaded to; one that
+            # has been `processing` for an hour lost that process.
+            if await uow.reconciliations.fail_stalled(now - timedelta(hours=1), now):
+                await uow.commit()
         if self.deliveries is not None:
             try:
                 result.events_delivered = await self.deliveries.deliver_due()

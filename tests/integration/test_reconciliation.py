@@ -249,3 +249,14 @@ async def test_a_file_that_is_not_utf8_names_its_line(api):
 
     failed = await service.run(started.id, binary)
     assert failed.status == "failed" and failed.error == "line 2: not UTF-8 text"
+
+
+async def test_a_reconciliation_whose_process_died_is_failed_after_an_hour(api):
+    started = await api.container.reconciliations.start("fake_jp", "lost.csv", None)
+    api.clock.advance(minutes=59)
+    await api.container.worker.run_once()
+    assert (await api.container.reconciliations.get(started.id)).status == "processing"
+    api.clock.advance(minutes=2)
+    await api.container.worker.run_once()
+    failed = await api.container.reconciliations.get(started.id)
+    assert failed.status == "failed" and "interrupted" in failed.error

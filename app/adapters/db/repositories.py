@@ -1028,6 +1028,20 @@ class SqlReconciliationRepository(_Repo):
             .values(**self._values(reconciliation))
         )
 
+    async def fail_stalled(self, started_before: datetime, now: datetime) -> int:
+        """Runs still `processing` long after they began: their process stopped."""
+        c = t.reconciliations.c
+        result = await self.conn.execute(
+            update(t.reconciliations)
+            .where(c.status == "processing", c.created_at < started_before)
+            .values(
+                status="failed",
+                error="interrupted (the process running it stopped); upload the file again",
+                completed_at=now,
+            )
+        )
+        return int(result.rowcount or 0)
+
     async def add_lines(self, lines: Sequence[ReconciliationLine]) -> None:
         if not lines:
             return
