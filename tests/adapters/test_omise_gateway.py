@@ -13,7 +13,7 @@ import base64
 import hashlib
 import hmac
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -165,12 +165,6 @@ def signed(body: bytes, secret: str = WEBHOOK_SECRET, at: datetime = NOW) -> dic
         "omise-signature": omise_signature(secret, timestamp, body),
         "omise-signature-timestamp": timestamp,
     }
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as client:
-        yield client
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -152,12 +152,6 @@ def payjp_event(
 def delivered(token: str = WEBHOOK_TOKEN) -> dict[str, str]:
     """The headers of a PAY.JP delivery, lower-cased as the service passes them."""
     return {"x-payjp-webhook-token": token, "content-type": "application/json"}
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as client:
-        yield client
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import hmac
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -129,12 +129,6 @@ def token(value: str = CALLBACK_TOKEN) -> dict[str, str]:
 def body_of(request: httpx.Request) -> dict[str, Any]:
     parsed: dict[str, Any] = json.loads(request.content)
     return parsed
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as client:
-        yield client
 
 
 @pytest.fixture
