@@ -272,6 +272,7 @@ def build_container(
             batch_size=settings.worker.batch_size,
             concurrency=settings.worker.concurrency,
             lease_seconds=settings.worker.lease_seconds,
+            idempotency_retention_days=settings.idempotency_retention_days,
         ),
         http=http,
         pse_accounts=accounts,

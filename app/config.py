@@ -188,6 +188,8 @@ class Settings(BaseSettings):
     # A request holding an Idempotency-Key this long without finishing is taken
     # to have died with its process: a retry with the key may run again.
     idempotency_in_flight_seconds: float = Field(default=60, gt=0)
+    # Answers kept for replay; the contract promises at least 30 days.
+    idempotency_retention_days: int = Field(default=30, ge=30)
     policy: PolicySettings = Field(default_factory=PolicySettings)
     accounts: dict[str, AccountSettings] = Field(default_factory=dict)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)

@@ -55,7 +55,9 @@ class Worker:
         concurrency: int = 8,
         lease_seconds: float = 300.0,
         webhook_retry_after_seconds: float = 5.0,
+        idempotency_retention_days: int = 30,
     ) -> None:
+        self.idempotency_retention = timedelta(days=idempotency_retention_days)
         self.deps = deps
         self.submissions = submissions
         self.webhooks = webhooks
@@ -100,7 +102,10 @@ class Worker:
         async with self.deps.uow() as uow:
             # A reconciliation runs in the process it was uploaded to; one that
             # has been `processing` for an hour lost that process.
-            if await uow.reconciliations.fail_stalled(now - timedelta(hours=1), now):
+            changed = await uow.reconciliations.fail_stalled(now - timedelta(hours=1), now)
+            # Replayable answers are kept for the retention the contract promises.
+            changed += await uow.idempotency.purge(now - self.idempotency_retention)
+            if changed:
                 await uow.commit()
         if self.deliveries is not None:
             try:

@@ -260,3 +260,19 @@ async def test_a_refund_older_than_the_sla_raises_attention_once(make_api):
     assert (await api.container.worker.run_once()).stale_flagged == 0
     assert (await events_of(api, waiting["id"]))[-1] == "refund.needs_attention"
     assert "refund.needs_attention" not in await events_of(api, done["id"])
+
+
+async def test_idempotent_answers_are_kept_thirty_days_then_purged(make_api):
+    api = await worker_api(make_api)
+    payment = await register(api)
+    first = await refund(api, payment["id"], 100, key="kept-key")
+    api.clock.advance(days=29)
+    await api.container.worker.run_once()
+    again = await refund(api, payment["id"], 100, key="kept-key")
+    assert again.headers.get("idempotent-replayed") == "true"
+    assert again.json()["id"] == first.json()["id"]
+    api.clock.advance(days=2)
+    await api.container.worker.run_once()
+    fresh = await refund(api, payment["id"], 100, key="kept-key")
+    assert "idempotent-replayed" not in fresh.headers
+    assert fresh.json()["id"] != first.json()["id"]

@@ -767,6 +767,15 @@ class SqlIdempotencyRepository(_Repo):
     async def delete(self, api_key_id: str, key: str) -> None:
         await self.conn.execute(delete(t.idempotency_keys).where(self._key(api_key_id, key)))
 
+    async def purge(self, created_before: datetime) -> int:
+        result = await self.conn.execute(
+            delete(t.idempotency_keys).where(
+                t.idempotency_keys.c.created_at < created_before,
+                t.idempotency_keys.c.state == IdempotencyState.COMPLETED.value,
+            )
+        )
+        return int(result.rowcount or 0)
+
 
 # -- PSE webhooks -----------------------------------------------------------
 
