@@ -13,7 +13,6 @@ import base64
 import hashlib
 import hmac
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -165,12 +164,6 @@ def signed(body: bytes, secret: str = WEBHOOK_SECRET, at: datetime = NOW) -> dic
         "omise-signature": omise_signature(secret, timestamp, body),
         "omise-signature-timestamp": timestamp,
     }
-
-
-@pytest.fixture
-def router() -> Iterator[respx.MockRouter]:
-    with respx.mock(base_url=BASE_URL, assert_all_called=False) as mock:
-        yield mock
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -152,12 +151,6 @@ def payjp_event(
 def delivered(token: str = WEBHOOK_TOKEN) -> dict[str, str]:
     """The headers of a PAY.JP delivery, lower-cased as the service passes them."""
     return {"x-payjp-webhook-token": token, "content-type": "application/json"}
-
-
-@pytest.fixture
-def router() -> Iterator[respx.MockRouter]:
-    with respx.mock(base_url=BASE_URL, assert_all_called=False) as mock:
-        yield mock
 
 
 @pytest.fixture

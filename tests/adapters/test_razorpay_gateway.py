@@ -7,7 +7,6 @@ import base64
 import hashlib
 import hmac
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -187,12 +186,6 @@ def delivery(
 
 def json_of(request: httpx.Request) -> Any:
     return json.loads(request.content)
-
-
-@pytest.fixture
-def router() -> Iterator[respx.MockRouter]:
-    with respx.mock(base_url=BASE_URL, assert_all_called=False) as mock:
-        yield mock
 
 
 @pytest.fixture

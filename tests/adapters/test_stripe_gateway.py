@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl
@@ -153,12 +152,6 @@ def signed(payload: str, secret: str = WEBHOOK_SECRET, at: datetime = NOW) -> di
 
 def form_of(request: httpx.Request) -> dict[str, str]:
     return dict(parse_qsl(request.content.decode(), keep_blank_values=True))
-
-
-@pytest.fixture
-def router() -> Iterator[respx.MockRouter]:
-    with respx.mock(base_url=BASE_URL, assert_all_called=False) as mock:
-        yield mock
 
 
 @pytest.fixture

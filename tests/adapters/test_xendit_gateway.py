@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import hmac
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -129,12 +128,6 @@ def token(value: str = CALLBACK_TOKEN) -> dict[str, str]:
 def body_of(request: httpx.Request) -> dict[str, Any]:
     parsed: dict[str, Any] = json.loads(request.content)
     return parsed
-
-
-@pytest.fixture
-def router() -> Iterator[respx.MockRouter]:
-    with respx.mock(base_url=BASE_URL, assert_all_called=False) as mock:
-        yield mock
 
 
 @pytest.fixture
