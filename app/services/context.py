@@ -71,12 +71,11 @@ class Deps:
 async def lock_refund(uow: UnitOfWork, refund_id: str) -> tuple[Payment, Refund]:
     """Lock the payment, then the refund: always in this order, so two
     transactions never wait on each other in a cycle."""
-    payment_id = await uow.refunds.payment_id_of(refund_id)
-    if payment_id is None:
+    payment = await uow.payments.lock_for_refund(refund_id)
+    if payment is None:
         raise NotFound(f"no refund {refund_id}")
-    payment = await uow.payments.get(payment_id, for_update=True)
     refund = await uow.refunds.get(refund_id, for_update=True)
-    if payment is None or refund is None:  # pragma: no cover - foreign key
+    if refund is None:  # pragma: no cover - foreign key
         raise NotFound(f"no refund {refund_id}")
     return payment, refund
 

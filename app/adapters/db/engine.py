@@ -53,7 +53,6 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
         pool_recycle=1800,
         pool_timeout=30,
         # No statement may hang a request or the worker for ever.

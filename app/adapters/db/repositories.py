@@ -75,7 +75,7 @@ class _Repo:
 # -- payments ---------------------------------------------------------------
 
 
-def _payment(row: Any) -> Payment:
+def payment_from_row(row: Any) -> Payment:
     return Payment(
         id=row.id,
         pse_account=row.pse_account,
@@ -128,7 +128,18 @@ class SqlPaymentRepository(_Repo):
         if for_update:
             query = query.with_for_update()
         row = (await self.conn.execute(query)).first()
-        return _payment(row) if row else None
+        return payment_from_row(row) if row else None
+
+    async def lock_for_refund(self, refund_id: str) -> Payment | None:
+        """The payment of a refund, locked."""
+        of_refund = select(t.refunds.c.payment_id).where(t.refunds.c.id == refund_id)
+        query = (
+            select(t.payments)
+            .where(t.payments.c.id == of_refund.scalar_subquery())
+            .with_for_update()
+        )
+        row = (await self.conn.execute(query)).first()
+        return payment_from_row(row) if row else None
 
     async def get_by_pse(self, pse_account: str, pse_payment_id: str) -> Payment | None:
         query = select(t.payments).where(
@@ -136,7 +147,7 @@ class SqlPaymentRepository(_Repo):
             t.payments.c.pse_payment_id == pse_payment_id,
         )
         row = (await self.conn.execute(query)).first()
-        return _payment(row) if row else None
+        return payment_from_row(row) if row else None
 
     async def update(self, payment: Payment) -> None:
         await self.conn.execute(
@@ -157,10 +168,45 @@ class SqlPaymentRepository(_Repo):
             query = query.where(t.payments.c.order_id == order_id)
         if before_id is not None:
             query = query.where(t.payments.c.id < before_id)
-        return [_payment(row) for row in await self.conn.execute(query)]
+        return [payment_from_row(row) for row in await self.conn.execute(query)]
 
 
 # -- refunds ----------------------------------------------------------------
+
+
+def refund_from_row(row: Any, history: list[StatusChange], approvals: list[Approval]) -> Refund:
+    """A refund from its row (read by attribute) and its loaded children."""
+    return Refund(
+        id=row.id,
+        payment_id=row.payment_id,
+        pse_account=row.pse_account,
+        amount=Money(row.amount, row.currency),
+        status=_STATUSES[row.status],
+        reason=RefundReason(row.reason),
+        note=row.note,
+        metadata=dict(row.metadata or {}),
+        required_approvals=list(row.required_approvals or []),
+        offline=row.offline,
+        offline_reason=row.offline_reason,
+        auto_approved=row.auto_approved,
+        created_by=row.created_by,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        approvals=approvals,
+        history=history,
+        pse_refund_id=row.pse_refund_id,
+        failure_code=row.failure_code,
+        failure_message=row.failure_message,
+        settlement_amount=row.settlement_amount,
+        settlement_currency=row.settlement_currency,
+        fx_difference=row.fx_difference,
+        fee_amount=row.fee_amount,
+        offline_reference=row.offline_reference,
+        offline_paid_at=row.offline_paid_at,
+        submit_attempts=row.submit_attempts,
+        resolve_attempts=row.resolve_attempts,
+        next_check_at=row.next_check_at,
+    )
 
 
 class SqlRefundRepository(_Repo):
@@ -437,37 +483,7 @@ class SqlRefundRepository(_Repo):
             )
         result = []
         for row in rows:
-            refund = Refund(
-                id=row.id,
-                payment_id=row.payment_id,
-                pse_account=row.pse_account,
-                amount=Money(row.amount, row.currency),
-                status=RefundStatus(row.status),
-                reason=RefundReason(row.reason),
-                note=row.note,
-                metadata=dict(row.metadata or {}),
-                required_approvals=list(row.required_approvals or []),
-                offline=row.offline,
-                offline_reason=row.offline_reason,
-                auto_approved=row.auto_approved,
-                created_by=row.created_by,
-                created_at=row.created_at,
-                updated_at=row.updated_at,
-                approvals=approvals[row.id],
-                history=history[row.id],
-                pse_refund_id=row.pse_refund_id,
-                failure_code=row.failure_code,
-                failure_message=row.failure_message,
-                settlement_amount=row.settlement_amount,
-                settlement_currency=row.settlement_currency,
-                fx_difference=row.fx_difference,
-                fee_amount=row.fee_amount,
-                offline_reference=row.offline_reference,
-                offline_paid_at=row.offline_paid_at,
-                submit_attempts=row.submit_attempts,
-                resolve_attempts=row.resolve_attempts,
-                next_check_at=row.next_check_at,
-            )
+            refund = refund_from_row(row, history[row.id], approvals[row.id])
             self._loaded[refund.id] = (len(refund.history), len(refund.approvals))
             result.append(refund)
         return result
@@ -693,7 +709,7 @@ def _attempt_error(attempt: DeliveryAttempt) -> str:
 # -- idempotency ------------------------------------------------------------
 
 
-def _idempotency(row: Any) -> IdempotencyRecord:
+def idempotency_from_row(row: Any) -> IdempotencyRecord:
     return IdempotencyRecord(
         api_key_id=row.api_key_id,
         key=row.key,
@@ -735,7 +751,7 @@ class SqlIdempotencyRepository(_Repo):
         row = (
             await self.conn.execute(select(t.idempotency_keys).where(self._key(api_key_id, key)))
         ).first()
-        return _idempotency(row) if row else None
+        return idempotency_from_row(row) if row else None
 
     async def reclaim(
         self, api_key_id: str, key: str, *, stale_before: datetime, now: datetime
@@ -780,7 +796,7 @@ class SqlIdempotencyRepository(_Repo):
 # -- PSE webhooks -----------------------------------------------------------
 
 
-def _webhook(row: Any) -> StoredWebhook:
+def webhook_from_row(row: Any) -> StoredWebhook:
     return StoredWebhook(
         id=row.id,
         pse_account=row.pse_account,
@@ -823,7 +839,7 @@ class SqlWebhookRepository(_Repo):
             .returning(t.pse_webhook_events)
         )
         row = (await self.conn.execute(stmt)).first()
-        return _webhook(row) if row else None
+        return webhook_from_row(row) if row else None
 
     async def mark(
         self, webhook_id: int, status: WebhookStatus, refund_id: str | None, at: datetime
@@ -843,7 +859,7 @@ class SqlWebhookRepository(_Repo):
             .order_by(c.id)
             .limit(limit)
         )
-        return [_webhook(row) for row in await self.conn.execute(query)]
+        return [webhook_from_row(row) for row in await self.conn.execute(query)]
 
     async def waiting_for(
         self, pse_account: str, pse_refund_id: str | None, reference: str
@@ -861,7 +877,7 @@ class SqlWebhookRepository(_Repo):
             )
             .order_by(c.id)
         )
-        return [_webhook(row) for row in await self.conn.execute(query)]
+        return [webhook_from_row(row) for row in await self.conn.execute(query)]
 
 
 # -- API keys ---------------------------------------------------------------
@@ -1207,7 +1223,7 @@ class SqlReconciliationRepository(_Repo):
 
 # -- audit ------------------------------------------------------------------
 
-_AUDIT_COLUMNS = (
+AUDIT_COLUMNS = (
     "seq",
     "at",
     "kind",
@@ -1222,7 +1238,7 @@ _AUDIT_COLUMNS = (
 
 
 def _audit(row: Any) -> AuditRecord:
-    return AuditRecord(*(getattr(row, name) for name in _AUDIT_COLUMNS))
+    return AuditRecord(*(getattr(row, name) for name in AUDIT_COLUMNS))
 
 
 class SqlAuditRepository(_Repo):
@@ -1242,7 +1258,7 @@ class SqlAuditRepository(_Repo):
             prev = record.hash
         await self.conn.execute(
             insert(t.audit_log),
-            [{name: getattr(r, name) for name in _AUDIT_COLUMNS} for r in records],
+            [{name: getattr(r, name) for name in AUDIT_COLUMNS} for r in records],
         )
         await self.conn.execute(update(t.audit_head).where(h.id == 1).values(seq=seq, hash=prev))
         return records

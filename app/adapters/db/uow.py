@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Self
+from typing import Any, Self
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from app.adapters.db.pg import (
+    PgAuditRepository,
+    PgIdempotencyRepository,
+    PgOutboxRepository,
+    PgPaymentRepository,
+    PgRefundRepository,
+    PgWebhookRepository,
+)
 from app.adapters.db.repositories import (
     SqlApiKeyRepository,
     SqlAuditRepository,
@@ -29,8 +37,19 @@ class SqlUnitOfWork:
 
     async def __aenter__(self) -> Self:
         self._conn = await self._engine.connect()
-        await self._conn.begin()
-        conn = self._conn
+        try:
+            await self._begin(self._conn)
+        except BaseException:
+            await self._conn.close()
+            self._conn = None
+            raise
+        return self
+
+    async def _begin(self, conn: AsyncConnection) -> None:
+        await conn.begin()
+        self._repositories(conn)
+
+    def _repositories(self, conn: AsyncConnection) -> None:
         self.payments = SqlPaymentRepository(conn)
         self.refunds = SqlRefundRepository(conn)
         self.outbox = SqlOutboxRepository(conn)
@@ -40,7 +59,12 @@ class SqlUnitOfWork:
         self.auto_approvals = SqlAutoApprovalTotals(conn)
         self.reconciliations = SqlReconciliationRepository(conn)
         self.audit = SqlAuditRepository(conn)
-        return self
+
+    async def _rollback(self, conn: AsyncConnection) -> None:
+        await conn.rollback()
+
+    async def _commit(self, conn: AsyncConnection) -> None:
+        await conn.commit()
 
     async def __aexit__(self, *exc: object) -> None:
         conn = self._conn
@@ -49,13 +73,13 @@ class SqlUnitOfWork:
             return
         try:
             if not self._committed:
-                await conn.rollback()
+                await self._rollback(conn)
         finally:
             await conn.close()
 
     async def commit(self) -> None:
         assert self._conn is not None, "commit outside the unit of work"
-        await self._conn.commit()
+        await self._commit(self._conn)
         self._committed = True
         callbacks, self._after_commit = self._after_commit, []
         for callback in callbacks:
@@ -66,9 +90,38 @@ class SqlUnitOfWork:
         self._after_commit.append(callback)
 
 
+class PgUnitOfWork(SqlUnitOfWork):
+    """On PostgreSQL the transaction is asyncpg's own (see app.adapters.db.pg):
+    SQLAlchemy runs in autocommit mode inside it, the hot repositories run
+    prepared statements on the driver, both on the one connection."""
+
+    _tx: Any = None
+
+    async def _begin(self, conn: AsyncConnection) -> None:
+        await conn.execution_options(isolation_level="AUTOCOMMIT")
+        raw = (await conn.get_raw_connection()).driver_connection
+        tx = raw.transaction()
+        await tx.start()
+        self._tx = tx
+        self._repositories(conn)
+        self.payments = PgPaymentRepository(conn, raw)
+        self.refunds = PgRefundRepository(conn, raw)
+        self.outbox = PgOutboxRepository(conn, raw)
+        self.idempotency = PgIdempotencyRepository(conn, raw)
+        self.webhooks = PgWebhookRepository(conn, raw)
+        self.audit = PgAuditRepository(conn, raw)
+
+    async def _rollback(self, conn: AsyncConnection) -> None:
+        await self._tx.rollback()
+
+    async def _commit(self, conn: AsyncConnection) -> None:
+        await self._tx.commit()
+
+
 class SqlUnitOfWorkFactory:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        self._kind = PgUnitOfWork if engine.dialect.name == "postgresql" else SqlUnitOfWork
 
     def __call__(self) -> SqlUnitOfWork:
-        return SqlUnitOfWork(self.engine)
+        return self._kind(self.engine)
