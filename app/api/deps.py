@@ -99,6 +99,21 @@ def json_response(status: int, data: Any) -> Response:
 Handler = Callable[[IdempotencyClaim | None], Awaitable[tuple[int, bytes]]]
 
 
+def idempotency_key_required() -> ApiError:
+    return ApiError(
+        400,
+        "idempotency_key_required",
+        "Idempotency-Key header required",
+        "send an Idempotency-Key header (1-255 characters) with this request",
+    )
+
+
+def replayable(status: int, body: bytes, *, replayed: bool) -> Response:
+    """An answer kept under an Idempotency-Key; a replay says so."""
+    headers = {"Idempotent-Replayed": "true"} if replayed else None
+    return Response(body, status, media_type=_media(status), headers=headers)
+
+
 async def idempotent(
     request: Request,
     container: Container,
@@ -115,12 +130,7 @@ async def idempotent(
     """
     if idempotency_key is None:
         if required:
-            raise ApiError(
-                400,
-                "idempotency_key_required",
-                "Idempotency-Key header required",
-                "send an Idempotency-Key header (1-255 characters) with this request",
-            )
+            raise idempotency_key_required()
         status, body = await _run(request, handler, None)
         return Response(body, status, media_type=_media(status))
     fingerprint = request_fingerprint(request.method, request.url.path, await request.body())
@@ -128,12 +138,7 @@ async def idempotent(
         key.id, idempotency_key, request.method, request.url.path, fingerprint
     )
     if isinstance(outcome, Replay):
-        return Response(
-            outcome.body,
-            outcome.status,
-            media_type=_media(outcome.status),
-            headers={"Idempotent-Replayed": "true"},
-        )
+        return replayable(outcome.status, outcome.body, replayed=True)
     claim = outcome
     try:
         status, body = await _run(request, handler, claim)

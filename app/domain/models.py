@@ -251,12 +251,14 @@ class Payment:
             refund._enter(S.APPROVED, now, "policy", "approved automatically")
         return refund, decision
 
-    def _settle(self, refund: Refund, previous: RefundStatus) -> None:
-        """Move the refund's amount out of `reserved` when it reaches a final status."""
+    def _settle(self, refund: Refund, previous: RefundStatus, at: datetime) -> None:
+        """Move the refund's amount out of `reserved` when it reaches a final status
+        (the payment changes, and says when, only then)."""
         if previous in RESERVING and refund.status.is_final:
             self.reserved_amount -= refund.amount.amount
             if refund.status in PAID_OUT:
                 self.refunded_amount += refund.amount.amount
+            self.updated_at = at
 
 
 @dataclass(slots=True)
@@ -333,8 +335,7 @@ class Refund:
             raise ValueError("refund moved with another payment's counters")
         previous = self.status
         self._enter(to, at, actor, detail)
-        payment._settle(self, previous)
-        payment.updated_at = at
+        payment._settle(self, previous, at)
 
     def can_move_to(self, to: RefundStatus) -> bool:
         return to in TRANSITIONS[self.status]

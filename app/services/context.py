@@ -71,13 +71,10 @@ class Deps:
 async def lock_refund(uow: UnitOfWork, refund_id: str) -> tuple[Payment, Refund]:
     """Lock the payment, then the refund: always in this order, so two
     transactions never wait on each other in a cycle."""
-    payment = await uow.payments.lock_for_refund(refund_id)
-    if payment is None:
+    found = await uow.refunds.lock_with_payment(refund_id)
+    if found is None:
         raise NotFound(f"no refund {refund_id}")
-    refund = await uow.refunds.get(refund_id, for_update=True)
-    if refund is None:  # pragma: no cover - foreign key
-        raise NotFound(f"no refund {refund_id}")
-    return payment, refund
+    return found
 
 
 def reschedule(deps: Deps, refund: Refund) -> None:

@@ -6,16 +6,30 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from app.domain.errors import NotFound
+from app.domain.errors import DomainError, IdempotencyKeyInUse, NotFound
 from app.domain.models import Actor, Approver, Refund, RefundReason, RefundStatus
 from app.domain.money import Money
 from app.domain.ports import RefundFilter, UnitOfWork
 from app.services.context import Deps, lock_refund, reschedule, save, write_events
-from app.services.idempotency import IdempotencyClaim
+from app.services.idempotency import (
+    CONTENDED,
+    IdempotencyClaim,
+    KeyedRequest,
+    Replay,
+    claim_in,
+)
 from app.services.ids import new_id
 
-# Renders the response to keep for an idempotent request, inside its transaction.
+# Render the answer to keep for an idempotent request, inside its transaction.
 Render = Callable[[Refund], tuple[int, bytes]]
+RenderError = Callable[[DomainError], tuple[int, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    status: int
+    body: bytes
+    replayed: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,57 +46,90 @@ class RefundService:
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
 
-    async def request(
+    async def request(self, cmd: RequestRefund, actor: Actor) -> Refund:
+        """Phase 1: check the rules and reserve the amount under the payment's lock,
+        record the refund with its PSE idempotency key and its events, and
+        commit — all before any PSE is called."""
+        async with self.deps.uow() as uow:
+            refund = await self._create(uow, cmd, actor)
+            await uow.commit()
+        self._after_creation(refund)
+        return refund
+
+    async def request_once(
         self,
         cmd: RequestRefund,
         actor: Actor,
-        claim: IdempotencyClaim | None = None,
-        render: Render | None = None,
-    ) -> Refund:
-        """Phase 1: check the rules and reserve the amount under the payment's lock,
-        record the refund with its PSE idempotency key, its events and the
-        idempotent response, and commit — all before any PSE is called."""
+        keyed: KeyedRequest,
+        render: Render,
+        render_error: RenderError,
+        in_flight_timeout: timedelta = timedelta(seconds=120),
+    ) -> Answer:
+        """`request` under an Idempotency-Key, in one transaction: the key's
+        claim, the refund and the answer kept for replays commit together.
+
+        A rule the request breaks is answered (and that answer kept) like a
+        success; anything else rolls back and frees the key for a retry."""
+        for _ in range(3):
+            async with self.deps.uow() as uow:
+                outcome = await claim_in(uow, keyed, self.deps.clock.now(), in_flight_timeout)
+                if isinstance(outcome, Replay):
+                    return Answer(outcome.status, outcome.body, replayed=True)
+                if not isinstance(outcome, IdempotencyClaim):
+                    continue
+                try:
+                    refund: Refund | None = await self._create(uow, cmd, actor)
+                except DomainError as error:
+                    refund = None
+                    status, body = render_error(error)
+                    if status >= 500:
+                        raise
+                else:
+                    status, body = render(refund)
+                await uow.idempotency.complete(keyed.api_key_id, keyed.key, status, body)
+                await uow.commit()
+            if refund is not None:
+                self._after_creation(refund)
+            return Answer(status, body, replayed=False)
+        raise IdempotencyKeyInUse(CONTENDED)
+
+    async def _create(self, uow: UnitOfWork, cmd: RequestRefund, actor: Actor) -> Refund:
         now = self.deps.clock.now()
-        async with self.deps.uow() as uow:
-            payment = await uow.payments.get(cmd.payment_id, for_update=True)
-            if payment is None:
-                raise NotFound(f"no payment {cmd.payment_id}")
-            window = self.deps.account(payment.pse_account).refund_window_days
-            amount = None
-            if cmd.amount is not None:
-                amount = Money(cmd.amount, cmd.currency or payment.currency)
-            day = now.date().isoformat()
-            auto_today = 0
-            limit_currency = cmd.currency or payment.currency
-            if limit_currency in self.deps.policy.daily_auto_approve_limit:
-                auto_today = await uow.auto_approvals.lock_total(limit_currency, day)
-            refund, decision = payment.request_refund(
-                refund_id=new_id("rf"),
-                amount=amount,
-                reason=cmd.reason,
-                note=cmd.note,
-                metadata=cmd.metadata,
-                policy=self.deps.policy,
-                window_days=window,
-                now=now,
-                created_by=actor,
-                auto_approved_today=auto_today,
-            )
-            if decision.counts_toward_daily_limit and refund.auto_approved:
-                await uow.auto_approvals.add(refund.currency, day, refund.amount.amount)
-            reschedule(self.deps, refund)
-            await uow.refunds.add(refund)
-            await uow.payments.update(payment)
-            await write_events(self.deps, uow, refund)
-            if claim is not None and render is not None:
-                status, body = render(refund)
-                await uow.idempotency.complete(claim.api_key_id, claim.key, status, body)
-            await uow.commit()
-        if claim is not None and render is not None:
-            claim.completed = True
+        payment = await uow.payments.get(cmd.payment_id, for_update=True)
+        if payment is None:
+            raise NotFound(f"no payment {cmd.payment_id}")
+        window = self.deps.account(payment.pse_account).refund_window_days
+        amount = None
+        if cmd.amount is not None:
+            amount = Money(cmd.amount, cmd.currency or payment.currency)
+        day = now.date().isoformat()
+        auto_today = 0
+        limit_currency = cmd.currency or payment.currency
+        if limit_currency in self.deps.policy.daily_auto_approve_limit:
+            auto_today = await uow.auto_approvals.lock_total(limit_currency, day)
+        refund, decision = payment.request_refund(
+            refund_id=new_id("rf"),
+            amount=amount,
+            reason=cmd.reason,
+            note=cmd.note,
+            metadata=cmd.metadata,
+            policy=self.deps.policy,
+            window_days=window,
+            now=now,
+            created_by=actor,
+            auto_approved_today=auto_today,
+        )
+        if decision.counts_toward_daily_limit and refund.auto_approved:
+            await uow.auto_approvals.add(refund.currency, day, refund.amount.amount)
+        reschedule(self.deps, refund)
+        await uow.refunds.add(refund)
+        await uow.payments.update(payment)
+        await write_events(self.deps, uow, refund)
+        return refund
+
+    def _after_creation(self, refund: Refund) -> None:
         if refund.status is RefundStatus.APPROVED:
             self.deps.queue.submit_soon(refund.id)
-        return refund
 
     def _audit_decision(
         self, uow: UnitOfWork, refund: Refund, approver: Approver, decision: str, note: str | None

@@ -9,7 +9,8 @@ from collections import Counter
 from sqlalchemy import func, select
 
 from app.adapters.db import tables as t
-from tests.api.helpers import get_payment, refund, register
+from app.adapters.db.pg import PgRefundRepository
+from tests.api.helpers import assert_problem, get_payment, get_refund, refund, register
 
 
 async def test_thirty_concurrent_refunds_never_exceed_the_payment(api):
@@ -37,18 +38,43 @@ async def test_ten_concurrent_requests_with_one_key_create_one_refund(api):
     results = await asyncio.gather(
         *(refund(api, payment["id"], 1000, key="one-key") for _ in range(10))
     )
-    created_ids = {r.json()["id"] for r in results if r.status_code == 201}
-    assert len(created_ids) == 1
-    for r in results:
-        assert r.status_code in (201, 409), r.text
-        if r.status_code == 409:
-            assert r.json()["code"] == "idempotency_key_in_use"
+    # The claim commits with the refund: the others wait for it and replay it.
+    assert [r.status_code for r in results] == [201] * 10, [r.text for r in results]
+    assert len({r.content for r in results}) == 1
+    replayed = [r.headers.get("idempotent-replayed") for r in results]
+    assert replayed.count("true") == 9 and replayed.count(None) == 1
     async with api.container.engine.connect() as conn:
         count = (await conn.execute(select(func.count()).select_from(t.refunds))).scalar_one()
     assert count == 1
-    # Once the first has finished, a retry replays it.
-    again = await refund(api, payment["id"], 1000, key="one-key")
-    assert again.status_code == 201 and again.json()["id"] in created_ids
+    after = await get_payment(api, payment["id"])
+    assert after["reserved_amount"] + after["refunded_amount"] == 1000
+
+
+async def test_a_creation_that_fails_leaves_no_claim_and_a_retry_creates_the_refund(
+    api, monkeypatch
+):
+    payment = await register(api, amount=10000)
+
+    class Broken(Exception):
+        pass
+
+    async def broken_add(_self, _refund):
+        raise Broken("the database went away")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(PgRefundRepository, "add", broken_add)
+        failed = await refund(api, payment["id"], 1000, key="retry-me")
+    assert_problem(failed, 500, "internal_error")
+    async with api.container.engine.connect() as conn:
+        keys = (
+            await conn.execute(select(func.count()).select_from(t.idempotency_keys))
+        ).scalar_one()
+    assert keys == 0
+    retried = await refund(api, payment["id"], 1000, key="retry-me")
+    assert retried.status_code == 201 and "idempotent-replayed" not in retried.headers
+    assert (await get_payment(api, payment["id"]))["reserved_amount"] + (
+        await get_payment(api, payment["id"])
+    )["refunded_amount"] == 1000
 
 
 async def test_concurrent_registrations_of_one_payment_make_one_payment(api):
@@ -102,3 +128,24 @@ async def test_the_same_webhook_delivered_concurrently_is_applied_once(api):
             )
         ).scalar_one()
     assert succeeded == 1
+
+
+async def test_two_approvals_given_at_once_both_count(api):
+    payment = await register(api, amount=2000000)
+    created = (await refund(api, payment["id"], 200000)).json()
+    assert created["status"] == "pending_approval"
+    assert sorted(created["required_approvals"]) == [1, 2]
+
+    async def approve(who: str):
+        return await api.client.post(
+            f"/v1/refunds/{created['id']}/approve", json={"note": who}, headers=api.auth(who)
+        )
+
+    for _ in range(5):  # each round races two approvers on a fresh refund
+        results = await asyncio.gather(approve("approver2"), approve("approver3"))
+        assert [r.status_code for r in results] == [200, 200], [r.text for r in results]
+        await api.settle()
+        after = await get_refund(api, created["id"])
+        assert len(after["approvals"]) == 2
+        assert after["status"] in ("approved", "submitting", "pending"), after["status"]
+        created = (await refund(api, payment["id"], 200000)).json()

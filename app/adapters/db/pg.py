@@ -92,24 +92,35 @@ class _Raw:
 
 _PAYMENT = "SELECT * FROM payments WHERE id = $1"
 _PAYMENT_LOCKED = _PAYMENT + " FOR UPDATE"
-_PAYMENT_OF_REFUND = (
-    "SELECT * FROM payments WHERE id = (SELECT payment_id FROM refunds WHERE id = $1) FOR UPDATE"
-)
 _PAYMENT_UPDATE = (
     "UPDATE payments SET refunded_amount = $2, reserved_amount = $3, updated_at = $4 WHERE id = $1"
 )
 
 
+def _counters(payment: Payment) -> tuple[int, int, datetime | None]:
+    return payment.refunded_amount, payment.reserved_amount, payment.updated_at
+
+
 class PgPaymentRepository(_Raw, SqlPaymentRepository):
+    """Remembers the payments it read, so one whose counters did not move is
+    not written again (its row lock is what the transaction needed)."""
+
+    def __init__(self, conn: AsyncConnection, raw: Connection) -> None:
+        super().__init__(conn, raw)
+        self.loaded: dict[str, tuple[int, int, datetime | None]] = {}
+
+    def _payment(self, record: Record) -> Payment:
+        payment = payment_from_row(_Row(record))
+        self.loaded[payment.id] = _counters(payment)
+        return payment
+
     async def get(self, payment_id: str, *, for_update: bool = False) -> Payment | None:
         row = await self.raw.fetchrow(_PAYMENT_LOCKED if for_update else _PAYMENT, payment_id)
-        return payment_from_row(_Row(row)) if row else None
-
-    async def lock_for_refund(self, refund_id: str) -> Payment | None:
-        row = await self.raw.fetchrow(_PAYMENT_OF_REFUND, refund_id)
-        return payment_from_row(_Row(row)) if row else None
+        return self._payment(row) if row else None
 
     async def update(self, payment: Payment) -> None:
+        if self.loaded.get(payment.id) == _counters(payment):
+            return
         await self.raw.execute(
             _PAYMENT_UPDATE,
             payment.id,
@@ -117,6 +128,7 @@ class PgPaymentRepository(_Raw, SqlPaymentRepository):
             payment.reserved_amount,
             payment.updated_at,
         )
+        self.loaded[payment.id] = _counters(payment)
 
 
 # -- refunds ----------------------------------------------------------------
@@ -194,6 +206,14 @@ _REFUND = (
     "FROM refunds r WHERE r.id = $1"
 )
 _REFUND_LOCKED = _REFUND + " FOR UPDATE OF r"
+# The payment of a refund, locked. Its refund is read by a second statement
+# once this lock is held: every writer of a refund holds its payment's lock,
+# so that statement's snapshot sees the refund, its history and approvals as
+# the last writer left them (one statement doing both would read the
+# children with a snapshot taken before waiting for the lock).
+_PAYMENT_OF_REFUND = (
+    "SELECT * FROM payments WHERE id = (SELECT payment_id FROM refunds WHERE id = $1) FOR UPDATE"
+)
 _REFUND_BY_PSE_ID = _REFUND.replace(
     "WHERE r.id = $1", "WHERE r.pse_account = $1 AND r.pse_refund_id = $2"
 )
@@ -233,6 +253,9 @@ def _history_arrays(changes: Sequence[StatusChange]) -> list[list[Any]]:
 
 
 class PgRefundRepository(_Raw, SqlRefundRepository):
+    # The unit of work's payments, told what `lock_with_payment` read.
+    payments: PgPaymentRepository | None = None
+
     async def add(self, refund: Refund) -> None:
         await self.raw.execute(
             _REFUND_INSERT,
@@ -292,6 +315,16 @@ class PgRefundRepository(_Raw, SqlRefundRepository):
     async def get(self, refund_id: str, *, for_update: bool = False) -> Refund | None:
         record = await self.raw.fetchrow(_REFUND_LOCKED if for_update else _REFUND, refund_id)
         return self._refund(record) if record else None
+
+    async def lock_with_payment(self, refund_id: str) -> tuple[Payment, Refund] | None:
+        row = await self.raw.fetchrow(_PAYMENT_OF_REFUND, refund_id)
+        if row is None:
+            return None
+        payment = payment_from_row(_Row(row))
+        if self.payments is not None:
+            self.payments.loaded[payment.id] = _counters(payment)
+        record = await self.raw.fetchrow(_REFUND_LOCKED, refund_id)
+        return (payment, self._refund(record)) if record else None
 
     async def payment_id_of(self, refund_id: str) -> str | None:
         found: str | None = await self.raw.fetchval(

@@ -130,17 +130,6 @@ class SqlPaymentRepository(_Repo):
         row = (await self.conn.execute(query)).first()
         return payment_from_row(row) if row else None
 
-    async def lock_for_refund(self, refund_id: str) -> Payment | None:
-        """The payment of a refund, locked."""
-        of_refund = select(t.refunds.c.payment_id).where(t.refunds.c.id == refund_id)
-        query = (
-            select(t.payments)
-            .where(t.payments.c.id == of_refund.scalar_subquery())
-            .with_for_update()
-        )
-        row = (await self.conn.execute(query)).first()
-        return payment_from_row(row) if row else None
-
     async def get_by_pse(self, pse_account: str, pse_payment_id: str) -> Payment | None:
         query = select(t.payments).where(
             t.payments.c.pse_account == pse_account,
@@ -334,6 +323,19 @@ class SqlRefundRepository(_Repo):
             .limit(limit)
         )
         return [row.id for row in rows]
+
+    async def lock_with_payment(self, refund_id: str) -> tuple[Payment, Refund] | None:
+        of_refund = select(t.refunds.c.payment_id).where(t.refunds.c.id == refund_id)
+        query = (
+            select(t.payments)
+            .where(t.payments.c.id == of_refund.scalar_subquery())
+            .with_for_update()
+        )
+        row = (await self.conn.execute(query)).first()
+        if row is None:
+            return None
+        refund = await self.get(refund_id, for_update=True)
+        return (payment_from_row(row), refund) if refund else None
 
     async def payment_id_of(self, refund_id: str) -> str | None:
         found: str | None = (

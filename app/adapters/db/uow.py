@@ -104,8 +104,9 @@ class PgUnitOfWork(SqlUnitOfWork):
         await tx.start()
         self._tx = tx
         self._repositories(conn)
-        self.payments = PgPaymentRepository(conn, raw)
-        self.refunds = PgRefundRepository(conn, raw)
+        self.payments = payments = PgPaymentRepository(conn, raw)
+        self.refunds = refunds = PgRefundRepository(conn, raw)
+        refunds.payments = payments
         self.outbox = PgOutboxRepository(conn, raw)
         self.idempotency = PgIdempotencyRepository(conn, raw)
         self.webhooks = PgWebhookRepository(conn, raw)

@@ -20,12 +20,15 @@ from app.api.deps import (
     actor_of,
     approver_of,
     decode_cursor,
+    idempotency_key_required,
     idempotent,
     json_bytes,
     json_response,
     page,
+    replayable,
 )
 from app.api.docs import AUTH, problems
+from app.api.problems import domain_problem, request_id_of
 from app.api.schemas import (
     CancelIn,
     DecisionIn,
@@ -37,7 +40,7 @@ from app.api.schemas import (
     RejectIn,
 )
 from app.domain.models import Refund, RefundStatus
-from app.services.idempotency import IdempotencyClaim
+from app.services.idempotency import IdempotencyClaim, KeyedRequest, request_fingerprint
 from app.services.refunds import RequestRefund
 from app.services.views import refund_view
 
@@ -62,7 +65,7 @@ def _answer(refund: Refund, status: int = 200) -> tuple[int, bytes]:
         (400, "`idempotency_key_required`: the Idempotency-Key header is missing"),
         *AUTH,
         (404, "`not_found`: no such payment"),
-        _IDEM,
+        (409, "`idempotency_key_in_use`: the key is contended; retry later"),
         (422, "`amount_exceeds_refundable`: amount < 1 or above the refundable amount"),
         (422, "`amount_exceeds_limit`: above the policy's max_refund_amount"),
         (422, "`currency_mismatch`; `validation_error`"),
@@ -91,27 +94,34 @@ async def create_refund(
     4. Otherwise the refund is `approved` and sent to the PSE right after this
        answer; follow it with `GET /v1/refunds/{id}` or the event feed.
 
-    The answer is 201 with the refund as recorded. A repeat with the same key
-    and body replays it with `Idempotent-Replayed: true`.
+    The answer is 201 with the refund as recorded. The key's claim, the refund
+    and the answer commit together: a repeat with the same key and body
+    replays the answer with `Idempotent-Replayed: true` (a repeat sent while
+    the first is still running waits for it, then replays its answer).
     """
-
-    async def handler(claim: IdempotencyClaim | None) -> tuple[int, bytes]:
-        refund = await container.refunds.request(
-            RequestRefund(
-                payment_id=body.payment_id,
-                amount=body.amount,
-                currency=body.currency,
-                reason=body.reason,
-                note=body.note,
-                metadata=body.metadata,
-            ),
-            actor_of(key),
-            claim=claim,
-            render=lambda r: _answer(r, 201),
-        )
-        return _answer(refund, 201)
-
-    return await idempotent(request, container, key, idempotency_key, handler, required=True)
+    if idempotency_key is None:
+        raise idempotency_key_required()
+    answer = await container.refunds.request_once(
+        RequestRefund(
+            payment_id=body.payment_id,
+            amount=body.amount,
+            currency=body.currency,
+            reason=body.reason,
+            note=body.note,
+            metadata=body.metadata,
+        ),
+        actor_of(key),
+        KeyedRequest(
+            key.id,
+            idempotency_key,
+            request.method,
+            request.url.path,
+            request_fingerprint(request.method, request.url.path, await request.body()),
+        ),
+        render=lambda refund: _answer(refund, 201),
+        render_error=lambda error: domain_problem(error, request_id_of(request)),
+    )
+    return replayable(answer.status, answer.body, replayed=answer.replayed)
 
 
 @router.get(
