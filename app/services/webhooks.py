@@ -1,9 +1,14 @@
-"""PSE webhooks: verify, store the raw event once, then apply it monotonically."""
+"""PSE webhooks: verify, store the raw event once, then apply it monotonically.
+
+The raw event and its application commit together; should applying fail,
+the raw event is stored alone and the worker applies it later. Either way it
+is stored before the PSE gets its 200."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -16,6 +21,7 @@ from app.domain.ports import (
     InvalidWebhookSignature,
     PseRefund,
     PseRefundState,
+    PseWebhookEvent,
     UnitOfWork,
 )
 from app.domain.records import StoredWebhook, WebhookStatus
@@ -110,8 +116,25 @@ class WebhookService:
             pse_refund_id=event.refund.pse_refund_id if event.refund else None,
         )
         refund_data = pse_refund_to_dict(event.refund) if event.refund else None
-        async with self.deps.uow() as uow:
-            stored = await uow.webhooks.insert_if_new(
+        stored, status = await self._store_and_apply(pse_account, event, body, refund_data, now)
+        if stored is None:
+            log.info("webhook.duplicate", pse_account=pse_account, event_id=event.event_id)
+            return WebhookReceipt(event.event_id, True, None)
+        return WebhookReceipt(event.event_id, False, status)
+
+    async def _store_and_apply(
+        self,
+        pse_account: str,
+        event: PseWebhookEvent,
+        body: bytes,
+        refund_data: dict[str, Any] | None,
+        now: datetime,
+    ) -> tuple[StoredWebhook | None, WebhookStatus]:
+        """Store the raw event and apply it in one transaction. If applying
+        fails, the event is stored alone (`received`) for the worker to apply."""
+
+        async def store(uow: UnitOfWork) -> StoredWebhook | None:
+            return await uow.webhooks.insert_if_new(
                 pse_account=pse_account,
                 event_id=event.event_id,
                 event_type=event.event_type,
@@ -119,48 +142,60 @@ class WebhookService:
                 refund=refund_data,
                 received_at=now,
             )
-            if stored is not None and refund_data is None:
-                await uow.webhooks.mark(stored.id, WebhookStatus.IGNORED, None, now)
-            await uow.commit()
-        if stored is None:
-            log.info("webhook.duplicate", pse_account=pse_account, event_id=event.event_id)
-            return WebhookReceipt(event.event_id, True, None)
-        if refund_data is None:
-            return WebhookReceipt(event.event_id, False, WebhookStatus.IGNORED)
+
         try:
-            status = await self.apply(stored)
-        except Exception:  # stored already: the worker applies it later
+            async with self.deps.uow() as uow:
+                stored = await store(uow)
+                if stored is None:
+                    return None, WebhookStatus.RECEIVED
+                if refund_data is None:
+                    await uow.webhooks.mark(stored.id, WebhookStatus.IGNORED, None, now)
+                    await uow.commit()
+                    return stored, WebhookStatus.IGNORED
+                status, done = await self._apply_in(uow, stored)
+                await uow.commit()
+        except Exception:
             log.exception("webhook.apply_failed", pse_account=pse_account, event_id=event.event_id)
-            status = WebhookStatus.RECEIVED
-        return WebhookReceipt(event.event_id, False, status)
+            async with self.deps.uow() as uow:
+                stored = await store(uow)
+                await uow.commit()
+            return stored, WebhookStatus.RECEIVED
+        done()
+        return stored, status
 
     async def apply(self, stored: StoredWebhook) -> WebhookStatus:
         """Apply one stored event to its refund, under the refund's lock."""
         if stored.refund is None:
             return WebhookStatus.IGNORED
+        async with self.deps.uow() as uow:
+            status, done = await self._apply_in(uow, stored)
+            await uow.commit()
+        done()
+        return status
+
+    async def _apply_in(
+        self, uow: UnitOfWork, stored: StoredWebhook
+    ) -> tuple[WebhookStatus, Callable[[], None]]:
+        """Apply in the caller's transaction; returns the status and what to log
+        once it has committed."""
+        assert stored.refund is not None
         seen = pse_refund_from_dict(stored.refund)
         now = self.deps.clock.now()
-        async with self.deps.uow() as uow:
-            match = await self._match(uow, stored.pse_account, seen)
-            if match is None:
-                await uow.webhooks.mark(stored.id, WebhookStatus.UNMATCHED, None, now)
-                await uow.commit()
-                log.info(
-                    "webhook.unmatched",
-                    pse_account=stored.pse_account,
-                    event_id=stored.event_id,
-                    pse_refund_id=seen.pse_refund_id,
-                )
-                return WebhookStatus.UNMATCHED
-            payment, refund = await lock_refund(uow, match.id)
-            outcome = refund.apply_pse(payment, seen, now, f"pse:{stored.pse_account} webhook")
-            status = (
-                WebhookStatus.CONFLICT if outcome is Applied.CONTRADICTS else WebhookStatus.APPLIED
+        match = await self._match(uow, stored.pse_account, seen)
+        if match is None:
+            await uow.webhooks.mark(stored.id, WebhookStatus.UNMATCHED, None, now)
+            return WebhookStatus.UNMATCHED, lambda: log.info(
+                "webhook.unmatched",
+                pse_account=stored.pse_account,
+                event_id=stored.event_id,
+                pse_refund_id=seen.pse_refund_id,
             )
-            await save(self.deps, uow, payment, refund)
-            await uow.webhooks.mark(stored.id, status, refund.id, now)
-            await uow.commit()
-        log.info(
+        payment, refund = await lock_refund(uow, match.id)
+        outcome = refund.apply_pse(payment, seen, now, f"pse:{stored.pse_account} webhook")
+        status = WebhookStatus.CONFLICT if outcome is Applied.CONTRADICTS else WebhookStatus.APPLIED
+        await save(self.deps, uow, payment, refund)
+        await uow.webhooks.mark(stored.id, status, refund.id, now)
+        return status, lambda: log.info(
             "webhook.applied",
             pse_account=stored.pse_account,
             event_id=stored.event_id,
@@ -168,7 +203,6 @@ class WebhookService:
             outcome=outcome.value,
             status=refund.status.value,
         )
-        return status
 
     async def _match(self, uow: UnitOfWork, pse_account: str, seen: PseRefund) -> Refund | None:
         if seen.pse_refund_id:

@@ -5,6 +5,7 @@ import json
 from sqlalchemy import select
 
 from app.adapters.db import tables as t
+from app.adapters.db.pg import PgRefundRepository
 from app.domain.ports import Unanswered
 from tests.api.helpers import assert_problem, get_payment, get_refund, refund, register
 
@@ -154,3 +155,31 @@ async def test_other_event_types_are_stored_and_ignored(api):
     r = await api.client.post("/v1/webhooks/fake_jp", content=body, headers=SIGNED)
     assert r.status_code == 200 and r.json()["status"] == "ignored"
     assert [e["status"] for e in await stored_events(api)] == ["ignored"]
+
+
+async def test_an_event_whose_application_fails_is_kept_for_the_worker(api, monkeypatch):
+    payment, pending = await sent_refund(api)
+
+    async def broken_update(_self, _refund):
+        raise RuntimeError("the refund row could not be written")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(PgRefundRepository, "update", broken_update)
+        r = await api.client.post(
+            "/v1/webhooks/fake_jp",
+            content=event("evt_later", pending["pse_refund_id"], "succeeded"),
+            headers=SIGNED,
+        )
+    # The PSE is told it was received: the raw event is stored, nothing applied.
+    assert r.status_code == 200
+    assert r.json()["status"] == "received"
+    [stored] = await stored_events(api)
+    assert (stored["event_id"], stored["status"]) == ("evt_later", "received")
+    assert (await get_refund(api, pending["id"]))["status"] == "pending"
+    # The worker's pass over stuck events applies it.
+    api.clock.advance(seconds=120)
+    await api.container.worker.run_once()
+    [stored] = await stored_events(api)
+    assert stored["status"] == "applied"
+    assert (await get_refund(api, pending["id"]))["status"] == "succeeded"
+    assert (await get_payment(api, payment["id"]))["refunded_amount"] == 3000
