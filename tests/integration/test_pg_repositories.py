@@ -1,0 +1,168 @@
+"""PostgreSQL's unit of work: prepared asyncpg statements beside SQLAlchemy.
+
+The hot repositories must read and write exactly what the SQLAlchemy ones do,
+and both kinds of statement must run in the one transaction."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import func, select
+
+from app.adapters.db import tables as t
+from app.adapters.db.uow import PgUnitOfWork, SqlUnitOfWork
+from app.domain.models import RefundStatus
+from app.domain.ports import PseRefund, PseRefundState
+from app.domain.records import OutboxEvent, WebhookStatus
+from app.services.views import payment_view, refund_view
+from tests.api.helpers import refund, register
+
+AT = datetime(2026, 11, 20, 9, 30, 15, 123456, tzinfo=UTC)
+
+
+async def _count(engine, table) -> int:
+    async with engine.connect() as conn:
+        return (await conn.execute(select(func.count()).select_from(table))).scalar_one()
+
+
+async def test_both_kinds_of_statement_commit_or_roll_back_together(api):
+    engine = api.container.engine
+    payment = await register(api)
+    async with PgUnitOfWork(engine) as uow:
+        # A SQLAlchemy statement, then a prepared one, in one transaction.
+        await uow.api_keys.revoke("key_nobody", AT)
+        refund_events = [
+            OutboxEvent(
+                id="evt_rollback",
+                type="refund.x",
+                refund_id=None,
+                payment_id=None,
+                created_at=AT,
+                data={"n": 1},
+            )
+        ]
+        await uow.outbox.add(refund_events, deliver=False)
+        locked = await uow.payments.get(payment["id"], for_update=True)
+        assert locked is not None
+        # No commit: nothing stays.
+    assert await _count(engine, t.events) == 0
+    async with PgUnitOfWork(engine) as uow:
+        await uow.outbox.add(refund_events, deliver=False)
+        await uow.idempotency.delete("key_nobody", "nothing")
+        await uow.commit()
+    assert await _count(engine, t.events) == 1
+
+
+async def test_a_refund_reads_back_alike_through_both_implementations(api):
+    payment = await register(api, amount=500000)
+    created = (
+        await refund(api, payment["id"], 200000, note="damaged", metadata={"order": "A-1"})
+    ).json()
+    for who in ("approver2", "approver3"):
+        r = await api.client.post(
+            f"/v1/refunds/{created['id']}/approve", json={"note": who}, headers=api.auth(who)
+        )
+        assert r.status_code == 200, r.text
+    await api.settle()
+    engine = api.container.engine
+    async with SqlUnitOfWork(engine) as plain, PgUnitOfWork(engine) as raw:
+        by_orm = await plain.refunds.get(created["id"])
+        by_driver = await raw.refunds.get(created["id"])
+        locked = await raw.refunds.lock_with_payment(created["id"])
+        orm_payment = await plain.payments.get(payment["id"])
+        driver_payment = await raw.payments.get(payment["id"])
+    assert by_orm is not None and by_driver is not None and locked is not None
+    assert len(by_driver.approvals) == 2 and len(by_driver.history) >= 4
+    assert by_driver == by_orm
+    assert refund_view(by_driver) == refund_view(by_orm)
+    assert locked[1] == by_orm
+    assert driver_payment == orm_payment == locked[0]
+    assert payment_view(driver_payment, AT) == payment_view(orm_payment, AT)
+    assert all(change.at.tzinfo is UTC for change in by_driver.history)
+
+
+async def test_a_refund_written_by_the_driver_reads_back_through_sqlalchemy(api):
+    payment = await register(api)
+    created = (await refund(api, payment["id"], 3000)).json()
+    await api.settle()
+    engine = api.container.engine
+    async with PgUnitOfWork(engine) as uow:
+        found = await uow.refunds.lock_with_payment(created["id"])
+        assert found is not None
+        pay, ref = found
+        ref.apply_pse(pay, PseRefund(ref.pse_refund_id or "", PseRefundState.SUCCEEDED), AT, "test")
+        await uow.refunds.update(ref)
+        await uow.payments.update(pay)
+        await uow.commit()
+    async with SqlUnitOfWork(engine) as plain:
+        again = await plain.refunds.get(created["id"])
+    assert again is not None
+    # The prepared update wrote every mutable column and appended only the new history.
+    assert [c.status for c in again.history] == [c.status for c in ref.history]
+    assert again.status is RefundStatus.SUCCEEDED and again.updated_at == AT
+    async with SqlUnitOfWork(engine) as plain:
+        paid = await plain.payments.get(payment["id"])
+    assert paid is not None
+    assert (paid.refunded_amount, paid.reserved_amount, paid.updated_at) == (3000, 0, AT)
+
+
+async def test_events_written_from_arrays_keep_their_order_and_data(api):
+    engine = api.container.engine
+    events = [
+        OutboxEvent(
+            id=f"evt_{i}",
+            type="refund.pending",
+            refund_id="rf_x",
+            payment_id="pay_x",
+            created_at=AT,
+            data={"i": i, "nested": {"list": [1, 2], "text": "é"}},
+            detail=None if i % 2 else f"detail {i}",
+        )
+        for i in range(3)
+    ]
+    async with PgUnitOfWork(engine) as uow:
+        await uow.outbox.add(events, deliver=True)
+        await uow.commit()
+    async with SqlUnitOfWork(engine) as plain:
+        stored = await plain.outbox.list_newest(types=[], refund_id="rf_x", limit=10, before=None)
+    stored = sorted(stored, key=lambda e: e.seq or 0)
+    assert [e.id for e in stored] == ["evt_0", "evt_1", "evt_2"]
+    assert [e.data for e in stored] == [e.data for e in events]
+    assert [e.detail for e in stored] == [e.detail for e in events]
+    assert all(e.next_delivery_at == AT and e.delivery_status.value == "pending" for e in stored)
+
+
+async def test_webhook_rows_round_trip_and_are_found_while_waiting(api):
+    engine = api.container.engine
+    refund_data = {"pse_refund_id": "re_1", "state": "succeeded", "reference": "rf_ref"}
+    async with PgUnitOfWork(engine) as uow:
+        first = await uow.webhooks.insert_if_new(
+            pse_account="fake_jp",
+            event_id="evt_w",
+            event_type="refund.succeeded",
+            body="{}",
+            refund=refund_data,
+            received_at=AT,
+        )
+        again = await uow.webhooks.insert_if_new(
+            pse_account="fake_jp",
+            event_id="evt_w",
+            event_type="refund.succeeded",
+            body="{}",
+            refund=refund_data,
+            received_at=AT,
+        )
+        await uow.commit()
+    assert first is not None and again is None
+    assert first.refund == refund_data and first.status is WebhookStatus.RECEIVED
+    async with PgUnitOfWork(engine) as uow:
+        by_reference = await uow.webhooks.waiting_for("fake_jp", None, "rf_ref")
+        by_pse_id = await uow.webhooks.waiting_for("fake_jp", "re_1", "rf_other")
+        elsewhere = await uow.webhooks.waiting_for("other", "re_1", "rf_ref")
+        await uow.webhooks.mark(first.id, WebhookStatus.APPLIED, None, AT)
+        applied = await uow.webhooks.waiting_for("fake_jp", "re_1", "rf_ref")
+    assert [w.id for w in by_reference] == [first.id] == [w.id for w in by_pse_id]
+    assert elsewhere == [] and applied == []
+    async with SqlUnitOfWork(engine) as plain:
+        [orm] = await plain.webhooks.waiting_for("fake_jp", "re_1", "rf_ref")
+    assert orm == first
