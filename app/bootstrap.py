@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -143,6 +145,25 @@ class Container:
         metrics.audit_buffered.set(self.audit.pending)
         return metrics.render()
 
+    @property
+    def shares_metrics(self) -> bool:
+        """True in each process of `serve --workers N` (N > 1): the processes'
+        metrics are merged at every scrape."""
+        return isinstance(self.deps.metrics, Metrics) and self.deps.metrics.multiprocess
+
+    async def publish_process_gauges(self, stop: asyncio.Event, every: float = 1.0) -> None:
+        """With shared metrics, keep this process's share of the gauges that are
+        summed over processes (the audit buffer) current, whichever process is
+        scraped; when stopped, withdraw it."""
+        metrics: Metrics = self.deps.metrics
+        try:
+            while not stop.is_set():
+                metrics.audit_buffered.set(self.audit.pending)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), every)
+        finally:
+            metrics.withdraw_process()
+
     async def readiness(self) -> tuple[bool, str]:
         """(True, schema revision) when the database answers at the head revision."""
         try:
@@ -179,13 +200,14 @@ def build_container(
     pse_transport: httpx.AsyncBaseTransport | None = None,
     gateway_factory: Callable[[PseAccount, httpx.AsyncClient], PseGateway] | None = None,
     engine: AsyncEngine | None = None,
+    metrics: Metrics | None = None,
 ) -> Container:
     engine = engine or create_engine(settings.database_url)
     uow = SqlUnitOfWorkFactory(engine)
     the_clock = clock or SystemClock()
     redactor = Redactor(secrets_of(settings))
     audit = AuditService(uow, the_clock, redactor, enabled=settings.audit_enabled)
-    metrics = Metrics()
+    metrics = metrics or Metrics()
     http = httpx.AsyncClient(
         transport=AuditingTransport(pse_transport or httpx.AsyncHTTPTransport(), audit, metrics),
         limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),

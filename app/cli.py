@@ -132,12 +132,25 @@ async def _demo_keys(settings: Settings) -> list[tuple[str, str, list[str], int 
 def serve(
     host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=256,
+            show_default=False,
+            help="API processes sharing the port; more than one needs PostgreSQL "
+            "(default: server.workers of the configuration, else 1)",
+        ),
+    ] = None,
 ) -> None:
     """Run the HTTP API and, unless `[worker] enabled = false`, the background worker.
 
     With no configuration at all (no config file, no PSE_REFUNDS_ variables)
     it starts the embedded demo: SQLite, a `sandbox` PSE account served by this
     same process, and one demo key per role printed below.
+
+    With `--workers N` (N > 1) it runs N processes on the port, each with its
+    own background worker; this needs PostgreSQL.
     """
     import uvicorn
 
@@ -147,12 +160,34 @@ def serve(
     from app.logs import configure_logging
 
     demo = not has_any_configuration()
+    if demo and workers is not None and workers > 1:
+        typer.echo(
+            f"pse-refunds: --workers {workers}: the embedded demo runs in one process "
+            "(SQLite, and its sandbox PSE lives in that process); configure a PostgreSQL "
+            "database_url to run several",
+            err=True,
+        )
+        raise typer.Exit(2)
     sandbox_cfg = None
     if demo:
         settings, sandbox_cfg = demo_settings(host, port)
     else:
         settings = _settings()
+    processes = workers if workers is not None else settings.server.workers
+    if processes > 1 and settings.is_sqlite:
+        source = (
+            f"--workers {processes}" if workers is not None else f"server.workers = {processes}"
+        )
+        typer.echo(
+            f"pse-refunds: {source}: several processes need PostgreSQL "
+            "(SQLite has one writer); set a postgresql+asyncpg:// database_url or run one",
+            err=True,
+        )
+        raise typer.Exit(2)
     configure_logging(settings.log_format, settings.log_level, _redactor(settings))
+    if processes > 1:
+        _serve_processes(settings, host, port, processes)
+        return
     if settings.is_sqlite:
         run_migrations(settings.database_url)
     if demo:
@@ -182,6 +217,84 @@ def serve(
         lifespan="on",
         timeout_graceful_shutdown=30,
     )
+
+
+SERVED_APP = "app.cli:app_from_environment"
+
+
+def _serve_processes(settings: Settings, host: str, port: int, processes: int) -> None:
+    """`processes` uvicorn workers on one socket, each building its app with
+    `app_from_environment`, their metrics merged through a fresh directory that
+    lives as long as this command."""
+    import shutil
+    import tempfile
+
+    import uvicorn
+
+    from app.metrics import MULTIPROC_DIR_VAR
+
+    _check_buildable(settings)
+    metrics_dir = tempfile.mkdtemp(prefix="pse-refunds-metrics-")
+    previous = os.environ.get(MULTIPROC_DIR_VAR)
+    os.environ[MULTIPROC_DIR_VAR] = metrics_dir
+    try:
+        uvicorn.run(
+            SERVED_APP,
+            factory=True,
+            workers=processes,
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=30,
+        )
+    finally:
+        if previous is None:
+            os.environ.pop(MULTIPROC_DIR_VAR, None)
+        else:
+            os.environ[MULTIPROC_DIR_VAR] = previous
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _check_buildable(settings: Settings) -> None:
+    """Refuse here, once, what would stop every process at its start (an
+    adapter refusing its account's settings)."""
+    from app.bootstrap import build_container
+
+    async def build_and_close() -> None:
+        container = build_container(settings)
+        await container.aclose()
+
+    try:
+        _run(build_and_close())
+    except ConfigError as exc:
+        typer.echo(f"pse-refunds: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def app_from_environment() -> Any:
+    """The app of one process of `serve --workers N`: settings from the same
+    sources as the command's (the file named by PSE_REFUNDS_CONFIG_FILE or
+    ./pse-refunds.toml, PSE_REFUNDS_ variables), its own background worker and
+    audit flusher, and metrics shared through PROMETHEUS_MULTIPROC_DIR."""
+    from uvicorn.config import STARTUP_FAILURE
+
+    from app.api.app import create_app
+    from app.bootstrap import build_container
+    from app.logs import configure_logging
+    from app.metrics import MULTIPROC_DIR_VAR, Metrics
+
+    try:
+        settings = load_settings()
+        configure_logging(settings.log_format, settings.log_level, _redactor(settings))
+        metrics = Metrics(multiprocess_dir=os.environ.get(MULTIPROC_DIR_VAR))
+        container = build_container(settings, metrics=metrics)
+    except ConfigError as exc:
+        typer.echo(f"pse-refunds: {exc}", err=True)
+        # Not restarted by the supervising process: it would fail the same way.
+        sys.exit(STARTUP_FAILURE)
+    return create_app(container, run_worker=True)
 
 
 def _print_demo_banner(host: str, port: int, keys: list[tuple[str, str, list[str], int | None]]):  # type: ignore[no-untyped-def]

@@ -137,6 +137,12 @@ class WorkerSettings(_Strict):
     lease_seconds: float = Field(default=300, gt=0)
 
 
+class ServerSettings(_Strict):
+    # API processes `serve` runs on its port (`--workers` overrides); more than
+    # one needs PostgreSQL. Each has its own connection pool and background worker.
+    workers: int = Field(default=1, ge=1, le=256)
+
+
 class StoreWebhookSettings(_Strict):
     url: str
     # Signs every event; during a rotation list the old one in secrets_previous
@@ -193,6 +199,7 @@ class Settings(BaseSettings):
     policy: PolicySettings = Field(default_factory=PolicySettings)
     accounts: dict[str, AccountSettings] = Field(default_factory=dict)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
     store_webhook: StoreWebhookSettings | None = None
     # Set by `serve` when it starts the embedded demo; never read from outside.
     demo: bool = Field(default=False, exclude=True)

@@ -63,6 +63,10 @@ def create_app(
             worker_task = asyncio.create_task(container.worker.run(stop))
         audit_stop = asyncio.Event()
         audit_task = asyncio.create_task(container.audit.run(audit_stop))
+        gauges_stop = asyncio.Event()
+        gauges_task = None
+        if container.shares_metrics:
+            gauges_task = asyncio.create_task(container.publish_process_gauges(gauges_stop))
         try:
             yield
         finally:
@@ -76,6 +80,9 @@ def create_app(
                 closer = getattr(getattr(mounted, "state", None), "sandbox", None)
                 if closer is not None:
                     await closer.aclose()
+            if gauges_task is not None:
+                gauges_stop.set()
+                await gauges_task
 
     app = FastAPI(
         title="PSE Refund Service",
