@@ -1,8 +1,9 @@
 """Refund creation under load, measured against a yardstick.
 
 Creates a scratch PostgreSQL database with 1,000 large JPY payments on a
-`sandbox` account, starts the sandbox PSE (settling nothing for an hour, so it
-only answers) and the service (`pse-refunds serve`, worker disabled, so only
+`sandbox` account, starts a PSE double answering the sandbox's refund calls at
+once (bench/pse_double.py; `--pse sandbox` runs the full sandbox PSE instead,
+settling nothing for an hour) and the service (`pse-refunds serve`, worker disabled, so only
 the request path and the background submission right after it run), and loads
 `POST /v1/refunds` with wrk: 32 connections, 2 threads, a random payment and a
 fresh Idempotency-Key per request. Then the same load against the yardstick
@@ -11,7 +12,8 @@ asyncpg pool), and prints both side by side with the targets:
 service >= 0.5 x yardstick, p99 <= 100 ms, audit overhead <= 15 %.
 
     .venv/bin/python bench/refunds.py [--duration 15] [--warmup 3] [--connections 32]
-        [--threads 2] [--audit on|off|both] [--only service|yardstick] [--keep-db]
+        [--threads 2] [--audit on|off|both] [--only service|yardstick]
+        [--pse double|sandbox] [--workers N] [--keep-db]
         [--keep-logs] [--profile DIR] [--dsn postgresql://postgres@127.0.0.1:5432/postgres]
 
 Each run also prints what else used the CPUs meanwhile (other processes on a
@@ -52,6 +54,7 @@ import asyncpg
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
@@ -936,14 +939,16 @@ async def service_phase(
     key: str,
     load: Load,
     profile_dir: Path | None,
+    workers: int = 1,
 ) -> Phase:
     slug = label.replace(" ", "-").replace("(", "").replace(")", "")
     config = workdir / f"{slug}.toml"
     config.write_text(service_toml(db.url, sandbox_url, audit=audit))
     port = free_port()
-    service = await children.start(
-        slug, [*cli_command(), "serve", "--host", LOOPBACK, "--port", str(port)], child_env(config)
-    )
+    argv = [*cli_command(), "serve", "--host", LOOPBACK, "--port", str(port)]
+    if workers > 1:
+        argv += ["--workers", str(workers)]
+    service = await children.start(slug, argv, child_env(config))
     profile: list[asyncio.Task[None]] = []
     profile_out = profile_dir / f"{slug}.txt" if profile_dir is not None else None
     try:
@@ -1065,12 +1070,13 @@ def _verdict(ok: bool) -> str:
     return "ok" if ok else "MISSED"
 
 
-def report(phases: list[Phase], load: Load, payments: int) -> str:
+def report(phases: list[Phase], load: Load, payments: int, setup: str = "") -> str:
     lines = [
         "",
         f"refund creation: wrk {load.threads} threads, {load.connections} connections, "
         f"{load.duration:.0f} s per run (after {load.warmup:.0f} s of warm-up), "
-        f"{payments:,} payments, {os.cpu_count()} CPUs shared by wrk, PostgreSQL and the servers",
+        f"{payments:,} payments, {os.cpu_count()} CPUs shared by wrk, PostgreSQL and the servers"
+        + (f"; {setup}" if setup else ""),
         f"  {'':<22}{'req/s':>10}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'requests':>11}"
         f"{'non-2xx':>9}",
     ]
@@ -1165,9 +1171,8 @@ async def run(args: argparse.Namespace) -> None:
 
         if variants:
             sandbox_port = free_port()
-            sandbox = await children.start(
-                "sandbox",
-                [
+            if args.pse == "sandbox":
+                pse_argv = [
                     *cli_command(),
                     "sandbox",
                     "--host",
@@ -1178,11 +1183,15 @@ async def run(args: argparse.Namespace) -> None:
                     SANDBOX_KEY,
                     "--settle-delay",
                     "3600",
-                ],
-                child_env(),
-            )
+                ]
+            else:
+                double = str(BENCH / "pse_double.py")
+                pse_argv = [sys.executable, double, "--port", str(sandbox_port)]
+            sandbox = await children.start(f"pse-{args.pse}", pse_argv, child_env())
             sandbox_url = f"http://{LOOPBACK}:{sandbox_port}"
-            await wait_http(f"{sandbox_url}/openapi.json", sandbox)
+            await wait_http(
+                f"{sandbox_url}/{'openapi.json' if args.pse == 'sandbox' else 'healthz'}", sandbox
+            )
             for label, audit in variants:
                 print(f"running {label} ...", flush=True)
                 phase = await service_phase(
@@ -1197,6 +1206,7 @@ async def run(args: argparse.Namespace) -> None:
                     key=key,
                     load=load,
                     profile_dir=profile_dir,
+                    workers=args.workers,
                 )
                 phases.append(phase)
                 print(
@@ -1216,7 +1226,8 @@ async def run(args: argparse.Namespace) -> None:
                 f"p99 {phase.result.p99_ms:.1f} ms",
                 flush=True,
             )
-        print(report(phases, load, args.payments))
+        setup = f"PSE: {args.pse}; service processes: {args.workers}"
+        print(report(phases, load, args.payments, setup))
     finally:
         await children.stop_all()
         if args.keep_db:
@@ -1238,6 +1249,15 @@ def arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--payments", type=int, default=PAYMENTS)
     parser.add_argument("--audit", choices=["on", "off", "both"], default="both")
     parser.add_argument("--only", choices=["service", "yardstick"], default=None)
+    parser.add_argument(
+        "--pse",
+        choices=["double", "sandbox"],
+        default="double",
+        help="the PSE the service calls: a double answering at once, or the sandbox",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="API processes of the service (serve --workers)"
+    )
     parser.add_argument("--keep-db", action="store_true", help="do not drop the scratch database")
     parser.add_argument("--keep-logs", action="store_true", help="keep the subprocess logs")
     parser.add_argument(

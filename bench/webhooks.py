@@ -11,7 +11,7 @@ checks in the database that every event was stored once and applied once:
 as many refunds `succeeded` as events stored, payments' counters consistent.
 
     .venv/bin/python bench/webhooks.py [--duration 15] [--connections 64]
-        [--events 60000] [--keep-db] [--profile DIR]
+        [--events 60000] [--workers N] [--keep-db] [--profile DIR]
 
 Needs `wrk` (apt-get install wrk). Loopback only; the service is stopped and
 the scratch database dropped at the end, also on errors and Ctrl-C.
@@ -382,11 +382,10 @@ async def run(args: argparse.Namespace) -> None:
         script = workdir / "webhooks.lua"
         script.write_text(WEBHOOKS_LUA)
         port = free_port()
-        service = await children.start(
-            "service",
-            [*cli_command(), "serve", "--host", LOOPBACK, "--port", str(port)],
-            child_env(config),
-        )
+        argv = [*cli_command(), "serve", "--host", LOOPBACK, "--port", str(port)]
+        if args.workers > 1:
+            argv += ["--workers", str(args.workers)]
+        service = await children.start("service", argv, child_env(config))
         base = f"http://{LOOPBACK}:{port}"
         await wait_http(f"{base}/readyz", service)
         url = f"{base}/v1/webhooks/{ACCOUNT}"
@@ -445,7 +444,8 @@ async def run(args: argparse.Namespace) -> None:
         print(
             f"\nwebhook ingestion (wrk, {threads} threads, {args.connections} connections, "
             f"{args.duration:.0f} s after {args.warmup:.0f} s of warm-up; "
-            f"each request a distinct signed refund.succeeded event)"
+            f"each request a distinct signed refund.succeeded event; "
+            f"service processes: {args.workers})"
         )
         print(
             f"  events/s {result.rps:,.1f}   p50 {result.p50_ms:.1f} ms   "
@@ -487,6 +487,9 @@ def arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--events", type=int, default=60_000, help="events (and pending refunds) to send"
     )
     parser.add_argument("--payments", type=int, default=1_000)
+    parser.add_argument(
+        "--workers", type=int, default=1, help="API processes of the service (serve --workers)"
+    )
     parser.add_argument("--keep-db", action="store_true", help="do not drop the scratch database")
     parser.add_argument("--keep-logs", action="store_true", help="keep the service's log")
     parser.add_argument(

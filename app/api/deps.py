@@ -24,7 +24,7 @@ JSON = "application/json"
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer prk_…`")
 
 
-def get_container(request: Request) -> Container:
+async def get_container(request: Request) -> Container:
     container: Container = request.app.state.container
     return container
 
