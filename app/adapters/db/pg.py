@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.adapters.db.repositories import (
     AUDIT_COLUMNS,
+    STATUSES,
     SqlAuditRepository,
     SqlIdempotencyRepository,
     SqlOutboxRepository,
@@ -40,6 +41,8 @@ from app.adapters.db.repositories import (
 )
 from app.domain.audit import AuditEntry, AuditRecord, seal
 from app.domain.models import Approval, Decision, Payment, Refund, RefundStatus, StatusChange
+from app.domain.money import money
+from app.domain.reconciliation import RefundSnapshot
 from app.domain.records import (
     DeliveryStatus,
     IdempotencyRecord,
@@ -331,6 +334,24 @@ class PgRefundRepository(_Raw, SqlRefundRepository):
             "SELECT payment_id FROM refunds WHERE id = $1", refund_id
         )
         return found
+
+    async def find_for_settlement(
+        self, pse_account: str, pse_refund_ids: Sequence[str], references: Sequence[str]
+    ) -> list[RefundSnapshot]:
+        if not pse_refund_ids and not references:
+            return []
+        rows = await self.raw.fetch(
+            "SELECT id, pse_refund_id, amount, currency, status FROM refunds "
+            "WHERE pse_account = $1 "
+            "AND (pse_refund_id = ANY($2::text[]) OR id = ANY($3::text[]))",
+            pse_account,
+            list(pse_refund_ids),
+            list(references),
+        )
+        return [
+            RefundSnapshot(id_, pse_id, money(amount, currency), STATUSES[status])
+            for id_, pse_id, amount, currency, status in rows
+        ]
 
     async def find_by_pse_refund_id(self, pse_account: str, pse_refund_id: str) -> Refund | None:
         record = await self.raw.fetchrow(_REFUND_BY_PSE_ID, pse_account, pse_refund_id)

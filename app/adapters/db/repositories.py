@@ -57,7 +57,7 @@ from app.domain.records import (
     WebhookStatus,
 )
 
-_STATUSES = {status.value: status for status in RefundStatus}
+STATUSES = {status.value: status for status in RefundStatus}
 
 
 class _Repo:
@@ -170,7 +170,7 @@ def refund_from_row(row: Any, history: list[StatusChange], approvals: list[Appro
         payment_id=row.payment_id,
         pse_account=row.pse_account,
         amount=Money(row.amount, row.currency),
-        status=_STATUSES[row.status],
+        status=STATUSES[row.status],
         reason=RefundReason(row.reason),
         note=row.note,
         metadata=dict(row.metadata or {}),
@@ -419,7 +419,7 @@ class SqlRefundRepository(_Repo):
             )
         )
         return [
-            RefundSnapshot(id_, pse_id, money(amount, currency), _STATUSES[status])
+            RefundSnapshot(id_, pse_id, money(amount, currency), STATUSES[status])
             for id_, pse_id, amount, currency, status in rows
         ]
 
