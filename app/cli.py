@@ -207,19 +207,18 @@ def serve(
             mounts["/sandbox"] = create_sandbox_app(sandbox_cfg)
         return create_app(container, extra_mounts=mounts, run_worker=True)
 
-    uvicorn.run(
-        factory,
-        factory=True,
-        host=host,
-        port=port,
-        log_level="warning",
-        access_log=False,
-        lifespan="on",
-        timeout_graceful_shutdown=30,
-    )
+    uvicorn.run(factory, host=host, port=port, **_UVICORN)
 
 
 SERVED_APP = "app.cli:app_from_environment"
+# How `serve` runs uvicorn, with one process or several.
+_UVICORN: dict[str, Any] = {
+    "factory": True,
+    "log_level": "warning",
+    "access_log": False,
+    "lifespan": "on",
+    "timeout_graceful_shutdown": 30,
+}
 
 
 def _serve_processes(settings: Settings, host: str, port: int, processes: int) -> None:
@@ -238,17 +237,7 @@ def _serve_processes(settings: Settings, host: str, port: int, processes: int) -
     previous = os.environ.get(MULTIPROC_DIR_VAR)
     os.environ[MULTIPROC_DIR_VAR] = metrics_dir
     try:
-        uvicorn.run(
-            SERVED_APP,
-            factory=True,
-            workers=processes,
-            host=host,
-            port=port,
-            log_level="warning",
-            access_log=False,
-            lifespan="on",
-            timeout_graceful_shutdown=30,
-        )
+        uvicorn.run(SERVED_APP, workers=processes, host=host, port=port, **_UVICORN)
     finally:
         if previous is None:
             os.environ.pop(MULTIPROC_DIR_VAR, None)
