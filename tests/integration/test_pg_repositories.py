@@ -166,3 +166,45 @@ async def test_webhook_rows_round_trip_and_are_found_while_waiting(api):
     async with SqlUnitOfWork(engine) as plain:
         [orm] = await plain.webhooks.waiting_for("fake_jp", "re_1", "rf_ref")
     assert orm == first
+
+
+async def _kill_other_backends(engine) -> int:
+    async with engine.connect() as conn:
+        raw = (await conn.get_raw_connection()).driver_connection
+        return await raw.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+
+
+async def test_units_of_work_recover_when_the_database_dropped_every_connection(api):
+    engine = api.container.engine
+    # Fill the pool with several idle connections, then have the server drop them.
+    uows = [PgUnitOfWork(engine) for _ in range(4)]
+    for uow in uows:
+        await uow.__aenter__()
+    for uow in uows:
+        await uow.__aexit__(None, None, None)
+    assert await _kill_other_backends(engine) >= 1
+    # Each unit of work still runs: a dead connection is replaced at the start.
+    payment = await register(api)
+    for _ in range(6):
+        async with PgUnitOfWork(engine) as uow:
+            assert await uow.payments.get(payment["id"]) is not None
+
+
+async def test_a_connection_dying_during_a_unit_of_work_is_not_reused(api):
+    engine = api.container.engine
+    payment = await register(api)
+    failed = False
+    try:
+        async with PgUnitOfWork(engine) as uow:
+            await uow.payments.get(payment["id"], for_update=True)
+            await _kill_other_backends(engine)
+            await uow.payments.get(payment["id"])
+    except Exception:
+        failed = True
+    assert failed
+    for _ in range(6):
+        async with PgUnitOfWork(engine) as uow:
+            assert await uow.payments.get(payment["id"]) is not None

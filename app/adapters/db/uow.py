@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Self
 
+import asyncpg
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.adapters.db.pg import (
@@ -93,15 +94,35 @@ class SqlUnitOfWork:
 class PgUnitOfWork(SqlUnitOfWork):
     """On PostgreSQL the transaction is asyncpg's own (see app.adapters.db.pg):
     SQLAlchemy runs in autocommit mode inside it, the hot repositories run
-    prepared statements on the driver, both on the one connection."""
+    prepared statements on the driver, both on the one connection.
+
+    The pool does not ping before each checkout. A connection found dead when
+    the transaction begins, or dying during the unit of work, is thrown away
+    with the whole pool (after a database restart every pooled connection is
+    dead); a unit of work that found it dead at its start tries once more."""
 
     _tx: Any = None
+    _raw: Any = None
+
+    async def __aenter__(self) -> Self:
+        try:
+            return await super().__aenter__()
+        except _DEAD_CONNECTION:
+            # Stale after a database restart: so is every connection pooled
+            # before it. A new pool, and one more try.
+            await self._engine.dispose()
+            return await super().__aenter__()
 
     async def _begin(self, conn: AsyncConnection) -> None:
         await conn.execution_options(isolation_level="AUTOCOMMIT")
         raw = (await conn.get_raw_connection()).driver_connection
+        self._raw = raw
         tx = raw.transaction()
-        await tx.start()
+        try:
+            await tx.start()
+        except _DEAD_CONNECTION:
+            await conn.invalidate()
+            raise
         self._tx = tx
         self._repositories(conn)
         self.payments = payments = PgPaymentRepository(conn, raw)
@@ -113,10 +134,27 @@ class PgUnitOfWork(SqlUnitOfWork):
         self.audit = PgAuditRepository(conn, raw)
 
     async def _rollback(self, conn: AsyncConnection) -> None:
-        await self._tx.rollback()
+        try:
+            await self._tx.rollback()
+        except _DEAD_CONNECTION:
+            await conn.invalidate()
+            await self._engine.dispose()
+            return
+        if self._raw.is_closed():
+            await conn.invalidate()
+            await self._engine.dispose()
 
     async def _commit(self, conn: AsyncConnection) -> None:
         await self._tx.commit()
+
+
+# What a connection that is no longer there raises.
+_DEAD_CONNECTION = (
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.InterfaceError,
+    ConnectionError,
+    OSError,
+)
 
 
 class SqlUnitOfWorkFactory:
