@@ -1,8 +1,8 @@
 """PostgreSQL: the hot path's statements as prepared asyncpg calls.
 
-A refund's creation, submission and PSE webhooks run a few dozen statements;
-through SQLAlchemy Core each costs about three times the CPU of the same
-prepared statement on asyncpg (bench/refunds.py). On PostgreSQL the unit of
+A refund's creation and submission run fifteen statements, a PSE webhook
+eight; through SQLAlchemy Core each costs about three times the CPU of the
+same prepared statement on asyncpg (bench/refunds.py). On PostgreSQL the unit of
 work therefore opens its transaction with asyncpg itself and these
 repositories run their hot statements on the driver; every other statement
 goes through the inherited SQLAlchemy code on the same connection, inside
@@ -112,14 +112,15 @@ class PgPaymentRepository(_Raw, SqlPaymentRepository):
         super().__init__(conn, raw)
         self.loaded: dict[str, tuple[int, int, datetime | None]] = {}
 
-    def _payment(self, record: Record) -> Payment:
+    def remember(self, record: Record) -> Payment:
+        """The payment of a row this unit of work read, its counters noted."""
         payment = payment_from_row(_Row(record))
         self.loaded[payment.id] = _counters(payment)
         return payment
 
     async def get(self, payment_id: str, *, for_update: bool = False) -> Payment | None:
         row = await self.raw.fetchrow(_PAYMENT_LOCKED if for_update else _PAYMENT, payment_id)
-        return self._payment(row) if row else None
+        return self.remember(row) if row else None
 
     async def update(self, payment: Payment) -> None:
         if self.loaded.get(payment.id) == _counters(payment):
@@ -323,9 +324,7 @@ class PgRefundRepository(_Raw, SqlRefundRepository):
         row = await self.raw.fetchrow(_PAYMENT_OF_REFUND, refund_id)
         if row is None:
             return None
-        payment = payment_from_row(_Row(row))
-        if self.payments is not None:
-            self.payments.loaded[payment.id] = _counters(payment)
+        payment = self.payments.remember(row) if self.payments else payment_from_row(_Row(row))
         record = await self.raw.fetchrow(_REFUND_LOCKED, refund_id)
         return (payment, self._refund(record)) if record else None
 
