@@ -385,6 +385,19 @@ class UnitOfWork(Protocol):
 
     def after_commit(self, callback: Callable[[], None]) -> None: ...
 
+    async def save_refund(
+        self,
+        refund: Refund,
+        payment: Payment,
+        events: Sequence[OutboxEvent],
+        *,
+        deliver: bool,
+        new: bool = False,
+    ) -> None:
+        """Write a new or changed refund, its payment's counters and its new
+        events (together, where the database allows)."""
+        ...
+
     async def __aenter__(self) -> Self: ...
     async def __aexit__(self, *exc: object) -> None: ...
     async def commit(self) -> None: ...

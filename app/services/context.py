@@ -84,12 +84,15 @@ def reschedule(deps: Deps, refund: Refund) -> None:
         refund.status_changed = False
 
 
-async def save(deps: Deps, uow: UnitOfWork, payment: Payment, refund: Refund) -> None:
-    """Write the refund, the payment's counters and the refund's new events."""
+async def save(
+    deps: Deps, uow: UnitOfWork, payment: Payment, refund: Refund, *, new: bool = False
+) -> None:
+    """Write the refund (a new one with `new`), the payment's counters and the
+    refund's new events."""
     reschedule(deps, refund)
-    await uow.refunds.update(refund)
-    await uow.payments.update(payment)
-    await write_events(deps, uow, refund)
+    await uow.save_refund(
+        refund, payment, outbox_events(deps, uow, refund), deliver=deps.deliver_events, new=new
+    )
 
 
 def audit_transitions(deps: Deps, uow: UnitOfWork, refund: Refund) -> None:
@@ -124,24 +127,24 @@ def audit_transitions(deps: Deps, uow: UnitOfWork, refund: Refund) -> None:
         )
 
 
-async def write_events(deps: Deps, uow: UnitOfWork, refund: Refund) -> None:
+def outbox_events(deps: Deps, uow: UnitOfWork, refund: Refund) -> list[OutboxEvent]:
+    """The refund's new events as outbox rows (its status changes noted for the
+    audit trail once they commit)."""
     audit_transitions(deps, uow, refund)
     if not refund.events:
-        return
+        return []
     snapshot = refund_view(refund)
-    await uow.outbox.add(
-        [
-            OutboxEvent(
-                id=new_id("evt"),
-                type=event.type,
-                refund_id=refund.id,
-                payment_id=refund.payment_id,
-                created_at=event.at,
-                data=snapshot,
-                detail=event.detail,
-            )
-            for event in refund.events
-        ],
-        deliver=deps.deliver_events,
-    )
+    events = [
+        OutboxEvent(
+            id=new_id("evt"),
+            type=event.type,
+            refund_id=refund.id,
+            payment_id=refund.payment_id,
+            created_at=event.at,
+            data=snapshot,
+            detail=event.detail,
+        )
+        for event in refund.events
+    ]
     refund.events.clear()
+    return events

@@ -10,7 +10,7 @@ from app.domain.errors import DomainError, IdempotencyKeyInUse, NotFound
 from app.domain.models import Actor, Approver, Refund, RefundReason, RefundStatus
 from app.domain.money import Money
 from app.domain.ports import RefundFilter, UnitOfWork
-from app.services.context import Deps, lock_refund, reschedule, save, write_events
+from app.services.context import Deps, lock_refund, save
 from app.services.idempotency import (
     CONTENDED,
     IdempotencyClaim,
@@ -121,10 +121,7 @@ class RefundService:
         )
         if decision.counts_toward_daily_limit and refund.auto_approved:
             await uow.auto_approvals.add(refund.currency, day, refund.amount.amount)
-        reschedule(self.deps, refund)
-        await uow.refunds.add(refund)
-        await uow.payments.update(payment)
-        await write_events(self.deps, uow, refund)
+        await save(self.deps, uow, payment, refund, new=True)
         return refund
 
     def _after_creation(self, refund: Refund) -> None:

@@ -5,7 +5,7 @@ import json
 from sqlalchemy import select
 
 from app.adapters.db import tables as t
-from app.adapters.db.pg import PgRefundRepository
+from app.adapters.db.uow import PgUnitOfWork
 from app.domain.ports import Unanswered
 from tests.api.helpers import assert_problem, get_payment, get_refund, refund, register
 
@@ -160,11 +160,11 @@ async def test_other_event_types_are_stored_and_ignored(api):
 async def test_an_event_whose_application_fails_is_kept_for_the_worker(api, monkeypatch):
     payment, pending = await sent_refund(api)
 
-    async def broken_update(_self, _refund):
+    async def broken_save(_self, *_args, **_kwargs):
         raise RuntimeError("the refund row could not be written")
 
     with monkeypatch.context() as patched:
-        patched.setattr(PgRefundRepository, "update", broken_update)
+        patched.setattr(PgUnitOfWork, "save_refund", broken_save)
         r = await api.client.post(
             "/v1/webhooks/fake_jp",
             content=event("evt_later", pending["pse_refund_id"], "succeeded"),

@@ -9,7 +9,7 @@ from collections import Counter
 from sqlalchemy import func, select
 
 from app.adapters.db import tables as t
-from app.adapters.db.pg import PgRefundRepository
+from app.adapters.db.uow import PgUnitOfWork
 from tests.api.helpers import assert_problem, get_payment, get_refund, refund, register
 
 
@@ -58,11 +58,11 @@ async def test_a_creation_that_fails_leaves_no_claim_and_a_retry_creates_the_ref
     class Broken(Exception):
         pass
 
-    async def broken_add(_self, _refund):
+    async def broken_save(_self, *_args, **_kwargs):
         raise Broken("the database went away")
 
     with monkeypatch.context() as patched:
-        patched.setattr(PgRefundRepository, "add", broken_add)
+        patched.setattr(PgUnitOfWork, "save_refund", broken_save)
         failed = await refund(api, payment["id"], 1000, key="retry-me")
     assert_problem(failed, 500, "internal_error")
     async with api.container.engine.connect() as conn:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pytest
 from sqlalchemy import func, select
 
 from app.adapters.db import tables as t
@@ -177,7 +178,16 @@ async def _kill_other_backends(engine) -> int:
         )
 
 
-async def test_units_of_work_recover_when_the_database_dropped_every_connection(api):
+@pytest.fixture
+async def fresh_pool_after(api):
+    """The engine is the session's: leave it with no connection these tests killed."""
+    yield
+    await api.container.engine.dispose()
+
+
+async def test_units_of_work_recover_when_the_database_dropped_every_connection(
+    api, fresh_pool_after
+):
     engine = api.container.engine
     # Fill the pool with several idle connections, then have the server drop them.
     uows = [PgUnitOfWork(engine) for _ in range(4)]
@@ -193,7 +203,7 @@ async def test_units_of_work_recover_when_the_database_dropped_every_connection(
             assert await uow.payments.get(payment["id"]) is not None
 
 
-async def test_a_connection_dying_during_a_unit_of_work_is_not_reused(api):
+async def test_a_connection_dying_during_a_unit_of_work_is_not_reused(api, fresh_pool_after):
     engine = api.container.engine
     payment = await register(api)
     failed = False
@@ -208,3 +218,47 @@ async def test_a_connection_dying_during_a_unit_of_work_is_not_reused(api):
     for _ in range(6):
         async with PgUnitOfWork(engine) as uow:
             assert await uow.payments.get(payment["id"]) is not None
+
+
+async def test_a_refund_saved_in_one_statement_reads_back_with_its_payment_and_events(api):
+    payment = await register(api)
+    created = (await refund(api, payment["id"], 3000)).json()
+    await api.settle()
+    engine = api.container.engine
+    events = [
+        OutboxEvent(
+            id="evt_saved",
+            type="refund.succeeded",
+            refund_id=created["id"],
+            payment_id=payment["id"],
+            created_at=AT,
+            data={"status": "succeeded"},
+        )
+    ]
+    async with PgUnitOfWork(engine) as uow:
+        found = await uow.refunds.lock_with_payment(created["id"])
+        assert found is not None
+        pay, ref = found
+        ref.apply_pse(pay, PseRefund(ref.pse_refund_id or "", PseRefundState.SUCCEEDED), AT, "test")
+        await uow.save_refund(ref, pay, events, deliver=False)
+        await uow.commit()
+    async with SqlUnitOfWork(engine) as plain:
+        again = await plain.refunds.get(created["id"])
+        paid = await plain.payments.get(payment["id"])
+        stored = await plain.outbox.get("evt_saved")
+    assert again is not None and paid is not None and stored is not None
+    assert refund_view(again) == refund_view(ref) and again.history == ref.history
+    assert (paid.refunded_amount, paid.reserved_amount, paid.updated_at) == (3000, 0, AT)
+    assert stored.data == {"status": "succeeded"} and stored.refund_id == created["id"]
+    # Nothing moved the payment this time: only the refund and its history change.
+    async with PgUnitOfWork(engine) as uow:
+        found = await uow.refunds.lock_with_payment(created["id"])
+        assert found is not None
+        pay, ref = found
+        ref.flag("looked at", AT)
+        await uow.save_refund(ref, pay, [], deliver=False)
+        await uow.commit()
+    async with SqlUnitOfWork(engine) as plain:
+        last = await plain.refunds.get(created["id"])
+        assert last is not None and refund_view(last) == refund_view(ref)
+        assert await plain.payments.get(payment["id"]) == paid

@@ -18,6 +18,7 @@ round trip is paid per change, not per row.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -171,29 +172,68 @@ _FIXED = (
 )
 
 
-def _history_insert(first: int) -> str:
-    """New history rows from four arrays starting at parameter `first`, in order."""
-    a, b, c, d = first, first + 1, first + 2, first + 3
-    return (
-        "INSERT INTO refund_status_history (refund_id, status, at, actor, detail) "  # noqa: S608
-        "SELECT $1, h.status, h.at, h.actor, h.detail FROM unnest("
-        f"${a}::text[], ${b}::timestamptz[], ${c}::text[], ${d}::text[]"
-        ") WITH ORDINALITY AS h(status, at, actor, detail, n) ORDER BY h.n"
-    )
+def _renumbered(statement: str, offset: int) -> str:
+    return re.sub(r"\$(\d+)", lambda m: f"${int(m.group(1)) + offset}", statement)
+
+
+def _combined(*parts: tuple[str, int]) -> str:
+    """One statement of several writes (each numbering its parameters from $1,
+    with how many it takes): all but the last as data-modifying CTEs, which
+    PostgreSQL runs together, with the same snapshot, as one round trip."""
+    offset, pieces = 0, []
+    for statement, count in parts:
+        pieces.append(_renumbered(statement, offset))
+        offset += count
+    *ctes, last = pieces
+    return "WITH " + ", ".join(f"w{i} AS ({cte})" for i, cte in enumerate(ctes)) + " " + last
 
 
 _ALL = ("id", *_FIXED, *_MUTABLE)
-_REFUND_INSERT = (
-    f"WITH r AS (INSERT INTO refunds ({', '.join(_ALL)}) "  # noqa: S608
-    f"VALUES ({', '.join(f'${i}' for i in range(1, len(_ALL) + 1))})) "
-    + _history_insert(len(_ALL) + 1)
+# The writes, each with its parameter count.
+_REFUND_ROW_INSERT = (
+    f"INSERT INTO refunds ({', '.join(_ALL)}) "  # noqa: S608
+    f"VALUES ({', '.join(f'${i}' for i in range(1, len(_ALL) + 1))})",
+    len(_ALL),
 )
-_REFUND_UPDATE = (
-    "WITH r AS (UPDATE refunds SET "  # noqa: S608
+_REFUND_ROW_UPDATE = (
+    "UPDATE refunds SET "  # noqa: S608
     + ", ".join(f"{name} = ${i}" for i, name in enumerate(_MUTABLE, start=2))
-    + " WHERE id = $1) "
-    + _history_insert(len(_MUTABLE) + 2)
+    + " WHERE id = $1",
+    1 + len(_MUTABLE),
 )
+# New history rows, in order: the refund's id, then four arrays.
+_HISTORY_INSERT = (
+    "INSERT INTO refund_status_history (refund_id, status, at, actor, detail) "
+    "SELECT $1, h.status, h.at, h.actor, h.detail FROM unnest("
+    "$2::text[], $3::timestamptz[], $4::text[], $5::text[]"
+    ") WITH ORDINALITY AS h(status, at, actor, detail, n) ORDER BY h.n",
+    5,
+)
+_PAYMENT_WRITE = (_PAYMENT_UPDATE, 4)
+_EVENTS_WRITE = (
+    "INSERT INTO events (id, type, refund_id, payment_id, detail, data, created_at, "
+    "delivery_status, delivery_attempts, next_delivery_at) "
+    "SELECT e.id, e.type, e.refund_id, e.payment_id, e.detail, e.data::jsonb, e.created_at, "
+    "$8, 0, CASE WHEN $9 THEN e.created_at END FROM unnest("
+    "$1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[]"
+    ") WITH ORDINALITY AS e(id, type, refund_id, payment_id, detail, data, created_at, n) "
+    "ORDER BY e.n",
+    9,
+)
+_REFUND_INSERT = _combined(_REFUND_ROW_INSERT, _HISTORY_INSERT)
+_REFUND_UPDATE = _combined(_REFUND_ROW_UPDATE, _HISTORY_INSERT)
+# A refund's change with its payment's counters (when they moved) and its new
+# events: (new refund?, payment written?) -> statement.
+_REFUND_SAVE = {
+    (new, with_payment): _combined(
+        _REFUND_ROW_INSERT if new else _REFUND_ROW_UPDATE,
+        _HISTORY_INSERT,
+        *((_PAYMENT_WRITE,) if with_payment else ()),
+        _EVENTS_WRITE,
+    )
+    for new in (True, False)
+    for with_payment in (True, False)
+}
 _APPROVALS_INSERT = (
     "INSERT INTO refund_approvals (refund_id, approver_id, approver, level, decision, note, at) "
     "VALUES ($1, $2, $3, $4, $5, $6, $7)"
@@ -222,6 +262,22 @@ _REFUND_BY_PSE_ID = _REFUND.replace(
     "WHERE r.id = $1", "WHERE r.pse_account = $1 AND r.pse_refund_id = $2"
 )
 _REFUND_JSON = frozenset({"metadata", "required_approvals", "history_rows", "approval_rows"})
+
+
+def _fixed_values(refund: Refund) -> list[Any]:
+    """The id and the columns a refund is created with, in `_ALL`'s order."""
+    return [
+        refund.id,
+        refund.payment_id,
+        refund.pse_account,
+        refund.amount.amount,
+        refund.currency,
+        refund.reason.value,
+        refund.note,
+        _dumps(refund.metadata),
+        refund.created_by,
+        refund.created_at,
+    ]
 
 
 def _mutable_values(refund: Refund) -> list[Any]:
@@ -263,21 +319,39 @@ class PgRefundRepository(_Raw, SqlRefundRepository):
     async def add(self, refund: Refund) -> None:
         await self.raw.execute(
             _REFUND_INSERT,
-            refund.id,
-            refund.payment_id,
-            refund.pse_account,
-            refund.amount.amount,
-            refund.currency,
-            refund.reason.value,
-            refund.note,
-            _dumps(refund.metadata),
-            refund.created_by,
-            refund.created_at,
+            *_fixed_values(refund),
             *_mutable_values(refund),
+            refund.id,
             *_history_arrays(refund.history),
         )
         self._loaded[refund.id] = (len(refund.history), 0)
         await self._add_approvals(refund, 0)
+
+    async def save_with(
+        self,
+        refund: Refund,
+        payment: Payment,
+        events: Sequence[OutboxEvent],
+        *,
+        deliver: bool,
+        new: bool,
+    ) -> None:
+        """A new or changed refund, its payment's counters (if they moved) and
+        its new events, in one statement."""
+        history_seen, approvals_seen = (0, 0) if new else self._loaded.get(refund.id, (0, 0))
+        payments = self.payments
+        with_payment = payments is None or payments.loaded.get(payment.id) != _counters(payment)
+        args: list[Any] = _fixed_values(refund) if new else [refund.id]
+        args += _mutable_values(refund)
+        args += [refund.id, *_history_arrays(refund.history[history_seen:])]
+        if with_payment:
+            args += [payment.id, *_counters(payment)]
+        args += _events_values(events, deliver)
+        await self.raw.execute(_REFUND_SAVE[(new, with_payment)], *args)
+        self._loaded[refund.id] = (len(refund.history), approvals_seen)
+        if payments is not None:
+            payments.loaded[payment.id] = _counters(payment)
+        await self._add_approvals(refund, approvals_seen)
 
     async def update(self, refund: Refund) -> None:
         history_seen, approvals_seen = self._loaded.get(refund.id, (0, 0))
@@ -285,6 +359,7 @@ class PgRefundRepository(_Raw, SqlRefundRepository):
             _REFUND_UPDATE,
             refund.id,
             *_mutable_values(refund),
+            refund.id,
             *_history_arrays(refund.history[history_seen:]),
         )
         self._loaded[refund.id] = (len(refund.history), approvals_seen)
@@ -359,34 +434,27 @@ class PgRefundRepository(_Raw, SqlRefundRepository):
 
 # -- outbox -----------------------------------------------------------------
 
-_EVENTS_INSERT = (
-    "INSERT INTO events (id, type, refund_id, payment_id, detail, data, created_at, "
-    "delivery_status, delivery_attempts, next_delivery_at) "
-    "SELECT e.id, e.type, e.refund_id, e.payment_id, e.detail, e.data::jsonb, e.created_at, "
-    "$8, 0, CASE WHEN $9 THEN e.created_at END FROM unnest("
-    "$1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[]"
-    ") WITH ORDINALITY AS e(id, type, refund_id, payment_id, detail, data, created_at, n) "
-    "ORDER BY e.n"
-)
-
 
 class PgOutboxRepository(_Raw, SqlOutboxRepository):
     async def add(self, events: Sequence[OutboxEvent], *, deliver: bool) -> None:
         if not events:
             return
-        status = DeliveryStatus.PENDING if deliver else DeliveryStatus.NONE
-        await self.raw.execute(
-            _EVENTS_INSERT,
-            [e.id for e in events],
-            [e.type for e in events],
-            [e.refund_id for e in events],
-            [e.payment_id for e in events],
-            [e.detail for e in events],
-            [_dumps(e.data) for e in events],
-            [e.created_at for e in events],
-            status.value,
-            deliver,
-        )
+        await self.raw.execute(_EVENTS_WRITE[0], *_events_values(events, deliver))
+
+
+def _events_values(events: Sequence[OutboxEvent], deliver: bool) -> list[Any]:
+    status = DeliveryStatus.PENDING if deliver else DeliveryStatus.NONE
+    return [
+        [e.id for e in events],
+        [e.type for e in events],
+        [e.refund_id for e in events],
+        [e.payment_id for e in events],
+        [e.detail for e in events],
+        [_dumps(e.data) for e in events],
+        [e.created_at for e in events],
+        status.value,
+        deliver,
+    ]
 
 
 # -- idempotency ------------------------------------------------------------

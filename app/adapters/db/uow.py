@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Self
 
 import asyncpg
@@ -27,6 +27,8 @@ from app.adapters.db.repositories import (
     SqlRefundRepository,
     SqlWebhookRepository,
 )
+from app.domain.models import Payment, Refund
+from app.domain.records import OutboxEvent
 
 
 class SqlUnitOfWork:
@@ -86,6 +88,23 @@ class SqlUnitOfWork:
         for callback in callbacks:
             callback()
 
+    async def save_refund(
+        self,
+        refund: Refund,
+        payment: Payment,
+        events: Sequence[OutboxEvent],
+        *,
+        deliver: bool,
+        new: bool = False,
+    ) -> None:
+        """Write a new or changed refund, its payment's counters and its new events."""
+        if new:
+            await self.refunds.add(refund)
+        else:
+            await self.refunds.update(refund)
+        await self.payments.update(payment)
+        await self.outbox.add(events, deliver=deliver)
+
     def after_commit(self, callback: Callable[[], None]) -> None:
         """Run `callback` once the transaction has committed (never if it rolls back)."""
         self._after_commit.append(callback)
@@ -133,10 +152,22 @@ class PgUnitOfWork(SqlUnitOfWork):
         self.webhooks = PgWebhookRepository(conn, raw)
         self.audit = PgAuditRepository(conn, raw)
 
+    async def save_refund(
+        self,
+        refund: Refund,
+        payment: Payment,
+        events: Sequence[OutboxEvent],
+        *,
+        deliver: bool,
+        new: bool = False,
+    ) -> None:
+        """One statement for the refund, its history, its payment and its events."""
+        await self.refunds.save_with(refund, payment, events, deliver=deliver, new=new)
+
     async def _rollback(self, conn: AsyncConnection) -> None:
         try:
             await self._tx.rollback()
-        except _DEAD_CONNECTION:
+        except Exception:  # a connection that cannot roll back is not reused
             await conn.invalidate()
             await self._engine.dispose()
             return
@@ -148,10 +179,12 @@ class PgUnitOfWork(SqlUnitOfWork):
         await self._tx.commit()
 
 
-# What a connection that is no longer there raises.
+# What a connection that is no longer there (or no longer usable: the server
+# ended its session while it sat in the pool) raises.
 _DEAD_CONNECTION = (
     asyncpg.exceptions.PostgresConnectionError,
     asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
     ConnectionError,
     OSError,
 )
