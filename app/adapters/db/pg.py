@@ -1,7 +1,7 @@
 """PostgreSQL: the hot path's statements as prepared asyncpg calls.
 
-A refund's creation and submission run fifteen statements, a PSE webhook
-eight; through SQLAlchemy Core each costs about three times the CPU of the
+A refund's creation and submission run eleven statements, a PSE webhook
+six; through SQLAlchemy Core each costs about three times the CPU of the
 same prepared statement on asyncpg (bench/refunds.py). On PostgreSQL the unit of
 work therefore opens its transaction with asyncpg itself and these
 repositories run their hot statements on the driver; every other statement
