@@ -136,23 +136,17 @@ async def test_events_written_from_arrays_keep_their_order_and_data(api):
 async def test_webhook_rows_round_trip_and_are_found_while_waiting(api):
     engine = api.container.engine
     refund_data = {"pse_refund_id": "re_1", "state": "succeeded", "reference": "rf_ref"}
+    event = {
+        "pse_account": "fake_jp",
+        "event_id": "evt_w",
+        "event_type": "refund.succeeded",
+        "body": "{}",
+        "refund": refund_data,
+        "received_at": AT,
+    }
     async with PgUnitOfWork(engine) as uow:
-        first = await uow.webhooks.insert_if_new(
-            pse_account="fake_jp",
-            event_id="evt_w",
-            event_type="refund.succeeded",
-            body="{}",
-            refund=refund_data,
-            received_at=AT,
-        )
-        again = await uow.webhooks.insert_if_new(
-            pse_account="fake_jp",
-            event_id="evt_w",
-            event_type="refund.succeeded",
-            body="{}",
-            refund=refund_data,
-            received_at=AT,
-        )
+        first = await uow.webhooks.insert_if_new(**event)
+        again = await uow.webhooks.insert_if_new(**event)
         await uow.commit()
     assert first is not None and again is None
     assert first.refund == refund_data and first.status is WebhookStatus.RECEIVED
