@@ -8,9 +8,9 @@ reference. The file may settle a refund we still hold as `unknown` or
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from typing import NamedTuple
 
 from app.domain.models import RefundStatus
 from app.domain.money import Money
@@ -40,9 +40,12 @@ class ReconciliationStatus(StrEnum):
     FAILED = "failed"
 
 
-@dataclass(frozen=True, slots=True)
-class SettlementRow:
-    """One refund line of a settlement file, in our units."""
+class SettlementRow(NamedTuple):
+    """One refund line of a settlement file, in our units.
+
+    Named tuples, like the other per-line values here: a large file makes a
+    million of each, and a tuple is built several times faster than a frozen
+    dataclass."""
 
     line: int
     pse_refund_id: str | None
@@ -65,8 +68,7 @@ class SettlementRow:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class RefundSnapshot:
+class RefundSnapshot(NamedTuple):
     """What matching needs of one of our refunds."""
 
     id: str
@@ -85,8 +87,7 @@ _AGREES: dict[SettledStatus, frozenset[RefundStatus]] = {
 ADOPTABLE = frozenset({RefundStatus.UNKNOWN, RefundStatus.PENDING})
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
+class Verdict(NamedTuple):
     outcome: Outcome
     # The file proves an uncertain refund settled: make it `succeeded`.
     adopt: bool = False

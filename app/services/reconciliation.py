@@ -229,7 +229,8 @@ class ReconciliationService:
             if refund is None and row.reference:
                 refund = by_id.get(row.reference)
             verdict = judge(row, refund)
-            counts[verdict.outcome.value] += 1
+            # The enums are strings: their members stand for their values.
+            counts[verdict.outcome] += 1
             if verdict.adopt and refund is not None:
                 adoptions.append(_Adoption(refund.id, row))
             settlement = row.settlement_amount
@@ -237,14 +238,14 @@ class ReconciliationService:
                 ReconciliationLine(
                     reconciliation_id,
                     row.line,
-                    verdict.outcome.value,
+                    verdict.outcome,
                     row.pse_refund_id,
                     row.reference,
                     refund.id if refund else None,
                     row.amount.amount,
-                    row.status.value,
+                    row.status,
                     refund.amount.amount if refund else None,
-                    refund.status.value if refund else None,
+                    refund.status if refund else None,
                     row.amount.currency,
                     row.settled_at,
                     row.fee.amount if row.fee else None,
