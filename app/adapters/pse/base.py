@@ -9,6 +9,7 @@ same idempotency key: that is what makes a retry safe.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from tenacity import (
 )
 
 from app.domain.ports import InvalidWebhookPayload, PseRefund, PseRefundState
+from app.redaction import REDACTED
 
 log = structlog.get_logger("app.pse")
 
@@ -170,6 +172,31 @@ class RetryingHttp:
                 raise PseNoAnswer(f"timeout after {attempt_no} attempts") from None
             raise PseNoAnswer(f"{type(last).__name__} after {attempt_no} attempts") from None
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+# How much of a PSE's message is kept in a refund's failure or a log line.
+MESSAGE_MAX_CHARS = 500
+
+
+def scrubbed(text: Any, secrets: Iterable[str], key_shape: re.Pattern[str]) -> str:
+    """A PSE's words, safe to store, log or show: each of `secrets`, and anything
+    shaped like the provider's keys (masked or not), replaced; cut to
+    MESSAGE_MAX_CHARS."""
+    value = str(text)
+    for secret in secrets:
+        if secret:
+            value = value.replace(secret, REDACTED)
+    return key_shape.sub(REDACTED, value)[:MESSAGE_MAX_CHARS]
+
+
+def answer_summary(status: int, code: Any, message: Any) -> str:
+    """`HTTP 400 code: message`, leaving out what the answer did not say."""
+    text = f"HTTP {status}"
+    if code:
+        text += f" {code}"
+    if message:
+        text += f": {message}"
+    return text
 
 
 def json_or_none(response: httpx.Response) -> Any:

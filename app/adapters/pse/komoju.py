@@ -42,8 +42,10 @@ from app.adapters.pse.base import (
     PseAccount,
     PseNoAnswer,
     RetryingHttp,
+    answer_summary,
     json_object,
     json_or_none,
+    scrubbed,
 )
 from app.domain.errors import DomainError
 from app.domain.money import Money, is_currency
@@ -71,7 +73,6 @@ _IDEMPOTENCY_KEY_MAX_CHARS = 100
 _API_VERSION_HEADER = "X-KOMOJU-API-VERSION"
 # `[accounts.<name>.options] api_version = "…"` pins the API version of every call.
 API_VERSION_OPTION = "api_version"
-_MESSAGE_MAX_CHARS = 500
 
 # The currencies KOMOJU's API accepts. Its amounts are "the lowest denomination
 # of the currency", read here as the ISO 4217 minor unit for every one of them.
@@ -556,17 +557,10 @@ class KomojuGateway(PseGateway):
 
     def _describe(self, response: httpx.Response) -> str:
         error = _error_of(response)
-        text = f"HTTP {response.status_code}"
-        if error.get("code"):
-            text += f" {error['code']}"
-        if error.get("message"):
-            text += f": {error['message']}"
-        return self._safe(text)
+        return self._safe(
+            answer_summary(response.status_code, error.get("code"), error.get("message"))
+        )
 
     def _safe(self, text: Any) -> str:
         """Never pass a key or webhook secret on, even if an answer echoes one."""
-        value = str(text)
-        for secret in (self._account.api_key, *self._account.webhook_secrets):
-            if secret:
-                value = value.replace(secret, "[redacted]")
-        return _KEY_PATTERN.sub("[redacted]", value)[:_MESSAGE_MAX_CHARS]
+        return scrubbed(text, (self._account.api_key, *self._account.webhook_secrets), _KEY_PATTERN)

@@ -66,8 +66,10 @@ from app.adapters.pse.base import (
     PseAccount,
     PseNoAnswer,
     RetryingHttp,
+    answer_summary,
     json_or_none,
     money_moving_first,
+    scrubbed,
 )
 from app.domain.errors import DomainError
 from app.domain.money import Money, exponent, is_currency
@@ -96,7 +98,6 @@ _VERSION_OPTION = "omise_version"
 
 _LIST_PAGE_SIZE = 100  # Omise's maximum `limit`
 _MAX_LIST_PAGES = 10  # a charge holds fewer than 15 refunds: one page in practice
-_MESSAGE_MAX_CHARS = 500
 
 _REFERENCE_KEY = "refund_id"
 _REASON_KEY = "reason"
@@ -538,16 +539,8 @@ class OmiseGateway(PseGateway):
 
     def _describe(self, response: httpx.Response) -> str:
         error = _error_of(response)
-        text = f"HTTP {response.status_code}"
-        if error.code:
-            text += f" {error.code}"
-        if error.message:
-            text += f": {error.message}"
-        return self._safe(text)
+        return self._safe(answer_summary(response.status_code, error.code, error.message))
 
     def _safe(self, text: Any) -> str:
         """Never pass a key on, whole or as echoed in a message."""
-        value = str(text)
-        if self._account.api_key:
-            value = value.replace(self._account.api_key, "[redacted]")
-        return _KEY_PATTERN.sub("[redacted]", value)[:_MESSAGE_MAX_CHARS]
+        return scrubbed(text, (self._account.api_key,), _KEY_PATTERN)

@@ -52,9 +52,11 @@ from app.adapters.pse.base import (
     PseAccount,
     PseNoAnswer,
     RetryingHttp,
+    answer_summary,
     json_object,
     json_or_none,
     money_moving_first,
+    scrubbed,
 )
 from app.domain.errors import DomainError
 from app.domain.money import Money
@@ -80,7 +82,6 @@ _REFUNDS_PATH = "/v2/payment_refunds"
 _FLOW_REFUNDS_PATH = "/v2/payment_flows/{payment_flow_id}/refunds"
 _LIST_PAGE_SIZE = 100  # the documented maximum of `limit`
 _MAX_LIST_PAGES = 20
-_MESSAGE_MAX_CHARS = 500
 
 # PAY.JP v2 charges and refunds in Japanese yen only, in whole yen (our minor unit).
 _CURRENCY = "JPY"
@@ -522,19 +523,12 @@ class PayjpGateway(PseGateway):
 
     def _describe(self, response: httpx.Response) -> str:
         problem = _problem_of(response)
-        code = _code_of(problem)
-        text = f"HTTP {response.status_code}"
-        if code:
-            text += f" {code}"
-        message = _text_of(problem)
-        if message:
-            text += f": {message}"
-        return self._safe(text)
+        return self._safe(
+            answer_summary(response.status_code, _code_of(problem), _text_of(problem))
+        )
 
     def _safe(self, text: Any) -> str:
         """Keep keys and webhook tokens out of anything that is stored or logged."""
-        value = str(text)
-        for secret in (self._account.api_key, *self._account.webhook_secrets):
-            if secret:
-                value = value.replace(secret, "[redacted]")
-        return _SECRET_PATTERN.sub("[redacted]", value)[:_MESSAGE_MAX_CHARS]
+        return scrubbed(
+            text, (self._account.api_key, *self._account.webhook_secrets), _SECRET_PATTERN
+        )

@@ -35,8 +35,10 @@ from app.adapters.pse.base import (
     PseAccount,
     PseNoAnswer,
     RetryingHttp,
+    answer_summary,
     json_or_none,
     money_moving_first,
+    scrubbed,
 )
 from app.domain.errors import DomainError
 from app.domain.money import Money, exponent, is_currency
@@ -63,7 +65,6 @@ KEY_ID_OPTION = "key_id"
 _REFUNDS_PATH = "/v1/refunds"
 _LIST_PAGE_SIZE = 100  # the largest `count` Razorpay accepts on list endpoints
 _MAX_LIST_PAGES = 20
-_MESSAGE_MAX_CHARS = 500
 
 # Normal speed only: "optimum" (instant) refunds carry a fee and can fall back
 # to normal anyway; the service never asks for them.
@@ -586,18 +587,14 @@ class RazorpayGateway(PseGateway):
     def _describe(self, response: httpx.Response) -> str:
         error = _error_of(response)
         code = error.get("code")
-        description = _description_of(error)
-        text = f"HTTP {response.status_code}"
-        if isinstance(code, str) and code:
-            text += f" {code}"
-        if description:
-            text += f": {description}"
-        return self._safe(text)
+        return self._safe(
+            answer_summary(
+                response.status_code,
+                code if isinstance(code, str) else None,
+                _description_of(error),
+            )
+        )
 
     def _safe(self, text: Any) -> str:
         """Never pass credentials on, whatever an answer echoes."""
-        value = str(text)
-        for secret in (self._account.api_key, *self._account.webhook_secrets):
-            if secret:
-                value = value.replace(secret, "[redacted]")
-        return _KEY_PATTERN.sub("[redacted]", value)[:_MESSAGE_MAX_CHARS]
+        return scrubbed(text, (self._account.api_key, *self._account.webhook_secrets), _KEY_PATTERN)

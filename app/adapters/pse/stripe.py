@@ -18,7 +18,15 @@ from urllib.parse import quote
 import httpx
 import structlog
 
-from app.adapters.pse.base import DeclineRule, PseAccount, PseNoAnswer, RetryingHttp, json_or_none
+from app.adapters.pse.base import (
+    DeclineRule,
+    PseAccount,
+    PseNoAnswer,
+    RetryingHttp,
+    answer_summary,
+    json_or_none,
+    scrubbed,
+)
 from app.domain.errors import DomainError
 from app.domain.money import Money, exponent, is_currency
 from app.domain.ports import (
@@ -45,7 +53,6 @@ STRIPE_API_VERSION = "2024-06-20"
 _REFUNDS_PATH = "/v1/refunds"
 _LIST_PAGE_SIZE = 100  # Stripe's maximum `limit`
 _MAX_LIST_PAGES = 20
-_MESSAGE_MAX_CHARS = 500
 
 # Stripe accepts only these three `reason` values; ours always travel in metadata.
 _STRIPE_REASONS = frozenset({"duplicate", "fraudulent", "requested_by_customer"})
@@ -515,20 +522,11 @@ class StripeGateway(PseGateway):
     def _describe(self, response: httpx.Response) -> str:
         error = _error_of(response)
         label = error.get("code") or error.get("type")
-        message = error.get("message")
-        text = f"HTTP {response.status_code}"
-        if label:
-            text += f" {label}"
-        if message:
-            text += f": {message}"
-        return self._safe(text)
+        return self._safe(answer_summary(response.status_code, label, error.get("message")))
 
     def _safe(self, text: Any) -> str:
         """Stripe echoes keys (masked or not) in some messages: never pass them on."""
-        value = str(text)
-        if self._account.api_key:
-            value = value.replace(self._account.api_key, "[redacted]")
-        return _KEY_PATTERN.sub("[redacted]", value)[:_MESSAGE_MAX_CHARS]
+        return scrubbed(text, (self._account.api_key,), _KEY_PATTERN)
 
 
 def _error_of(response: httpx.Response) -> Mapping[str, Any]:

@@ -52,9 +52,11 @@ from app.adapters.pse.base import (
     PseAccount,
     PseNoAnswer,
     RetryingHttp,
+    answer_summary,
     json_object,
     json_or_none,
     money_moving_first,
+    scrubbed,
 )
 from app.domain.errors import DomainError
 from app.domain.money import Money, exponent, is_currency
@@ -78,7 +80,6 @@ log = structlog.get_logger("app.pse.xendit")
 
 _REFUNDS_PATH = "/refunds"
 _MAX_LIST_PAGES = 20  # pages of Xendit's default size; a payment has far fewer refunds
-_MESSAGE_MAX_CHARS = 500
 
 # `account.options` keys.
 # xenPlatform: refunds of a sub-account's payments are made on its behalf.
@@ -548,23 +549,14 @@ class XenditGateway(PseGateway):
 
     def _describe(self, response: httpx.Response) -> str:
         code, message = _error_of(response)
-        text = f"HTTP {response.status_code}"
-        if code:
-            text += f" {code}"
-        if message:
-            text += f": {message}"
-        return self._safe(text)
+        return self._safe(answer_summary(response.status_code, code, message))
 
     def _safe(self, text: Any) -> str:
         """Never pass a key or token on, whatever Xendit echoes."""
-        value = str(text)
         hidden = [self._account.api_key, *self._account.webhook_secrets]
         if self._account.api_key:
             hidden.append(base64.b64encode(f"{self._account.api_key}:".encode()).decode())
-        for secret in hidden:
-            if secret:
-                value = value.replace(secret, "[redacted]")
-        return _KEY_PATTERN.sub("[redacted]", value)[:_MESSAGE_MAX_CHARS]
+        return scrubbed(text, hidden, _KEY_PATTERN)
 
 
 # --------------------------------------------------------------------------
