@@ -14,7 +14,7 @@ from app.adapters.db import tables as t
 from app.adapters.db.uow import PgUnitOfWork, SqlUnitOfWork
 from app.domain.models import RefundStatus
 from app.domain.ports import PseRefund, PseRefundState
-from app.domain.records import OutboxEvent, WebhookStatus
+from app.domain.records import IdempotencyRecord, IdempotencyState, OutboxEvent, WebhookStatus
 from app.services.views import payment_view, refund_view
 from tests.api.helpers import refund, register
 
@@ -28,30 +28,29 @@ async def _count(engine, table) -> int:
 
 async def test_both_kinds_of_statement_commit_or_roll_back_together(api):
     engine = api.container.engine
-    payment = await register(api)
-    async with PgUnitOfWork(engine) as uow:
-        # A SQLAlchemy statement, then a prepared one, in one transaction.
-        await uow.api_keys.revoke("key_nobody", AT)
-        refund_events = [
-            OutboxEvent(
-                id="evt_rollback",
-                type="refund.x",
-                refund_id=None,
-                payment_id=None,
-                created_at=AT,
-                data={"n": 1},
-            )
-        ]
-        await uow.outbox.add(refund_events, deliver=False)
-        locked = await uow.payments.get(payment["id"], for_update=True)
-        assert locked is not None
-        # No commit: nothing stays.
-    assert await _count(engine, t.events) == 0
-    async with PgUnitOfWork(engine) as uow:
-        await uow.outbox.add(refund_events, deliver=False)
-        await uow.idempotency.delete("key_nobody", "nothing")
-        await uow.commit()
-    assert await _count(engine, t.events) == 1
+    claim = IdempotencyRecord(
+        api_key_id="key_x",
+        key="k",
+        method="POST",
+        path="/v1/refunds",
+        request_hash="0" * 64,
+        state=IdempotencyState.STARTED,
+        created_at=AT,
+        locked_at=AT,
+    )
+    event = OutboxEvent(
+        id="evt_both", type="refund.x", refund_id=None, payment_id=None, created_at=AT
+    )
+    for commit in (False, True):
+        async with PgUnitOfWork(engine) as uow:
+            # A SQLAlchemy statement, then a prepared one, in one transaction.
+            await uow.outbox.add([event], deliver=False)
+            assert await uow.idempotency.insert_if_absent(claim)
+            if commit:
+                await uow.commit()
+        expected = 1 if commit else 0
+        assert await _count(engine, t.events) == expected
+        assert await _count(engine, t.idempotency_keys) == expected
 
 
 async def test_a_refund_reads_back_alike_through_both_implementations(api):
@@ -80,57 +79,6 @@ async def test_a_refund_reads_back_alike_through_both_implementations(api):
     assert driver_payment == orm_payment == locked[0]
     assert payment_view(driver_payment, AT) == payment_view(orm_payment, AT)
     assert all(change.at.tzinfo is UTC for change in by_driver.history)
-
-
-async def test_a_refund_written_by_the_driver_reads_back_through_sqlalchemy(api):
-    payment = await register(api)
-    created = (await refund(api, payment["id"], 3000)).json()
-    await api.settle()
-    engine = api.container.engine
-    async with PgUnitOfWork(engine) as uow:
-        found = await uow.refunds.lock_with_payment(created["id"])
-        assert found is not None
-        pay, ref = found
-        ref.apply_pse(pay, PseRefund(ref.pse_refund_id or "", PseRefundState.SUCCEEDED), AT, "test")
-        await uow.refunds.update(ref)
-        await uow.payments.update(pay)
-        await uow.commit()
-    async with SqlUnitOfWork(engine) as plain:
-        again = await plain.refunds.get(created["id"])
-    assert again is not None
-    # The prepared update wrote every mutable column and appended only the new history.
-    assert [c.status for c in again.history] == [c.status for c in ref.history]
-    assert again.status is RefundStatus.SUCCEEDED and again.updated_at == AT
-    async with SqlUnitOfWork(engine) as plain:
-        paid = await plain.payments.get(payment["id"])
-    assert paid is not None
-    assert (paid.refunded_amount, paid.reserved_amount, paid.updated_at) == (3000, 0, AT)
-
-
-async def test_events_written_from_arrays_keep_their_order_and_data(api):
-    engine = api.container.engine
-    events = [
-        OutboxEvent(
-            id=f"evt_{i}",
-            type="refund.pending",
-            refund_id="rf_x",
-            payment_id="pay_x",
-            created_at=AT,
-            data={"i": i, "nested": {"list": [1, 2], "text": "é"}},
-            detail=None if i % 2 else f"detail {i}",
-        )
-        for i in range(3)
-    ]
-    async with PgUnitOfWork(engine) as uow:
-        await uow.outbox.add(events, deliver=True)
-        await uow.commit()
-    async with SqlUnitOfWork(engine) as plain:
-        stored = await plain.outbox.list_newest(types=[], refund_id="rf_x", limit=10, before=None)
-    stored = sorted(stored, key=lambda e: e.seq or 0)
-    assert [e.id for e in stored] == ["evt_0", "evt_1", "evt_2"]
-    assert [e.data for e in stored] == [e.data for e in events]
-    assert [e.detail for e in stored] == [e.detail for e in events]
-    assert all(e.next_delivery_at == AT and e.delivery_status.value == "pending" for e in stored)
 
 
 async def test_webhook_rows_round_trip_and_are_found_while_waiting(api):
@@ -221,29 +169,39 @@ async def test_a_refund_saved_in_one_statement_reads_back_with_its_payment_and_e
     engine = api.container.engine
     events = [
         OutboxEvent(
-            id="evt_saved",
+            id=f"evt_saved_{i}",
             type="refund.succeeded",
             refund_id=created["id"],
             payment_id=payment["id"],
             created_at=AT,
-            data={"status": "succeeded"},
+            data={"i": i, "nested": {"list": [1, 2], "text": "é"}},
+            detail=None if i % 2 else f"detail {i}",
         )
+        for i in range(3)
     ]
     async with PgUnitOfWork(engine) as uow:
         found = await uow.refunds.lock_with_payment(created["id"])
         assert found is not None
         pay, ref = found
         ref.apply_pse(pay, PseRefund(ref.pse_refund_id or "", PseRefundState.SUCCEEDED), AT, "test")
-        await uow.save_refund(ref, pay, events, deliver=False)
+        await uow.save_refund(ref, pay, events, deliver=True)
         await uow.commit()
     async with SqlUnitOfWork(engine) as plain:
         again = await plain.refunds.get(created["id"])
         paid = await plain.payments.get(payment["id"])
-        stored = await plain.outbox.get("evt_saved")
-    assert again is not None and paid is not None and stored is not None
+        stored = [await plain.outbox.get(e.id) for e in events]
+    assert again is not None and paid is not None
+    # Every mutable column written, only the new history appended.
     assert refund_view(again) == refund_view(ref) and again.history == ref.history
+    assert again.status is RefundStatus.SUCCEEDED and again.updated_at == AT
     assert (paid.refunded_amount, paid.reserved_amount, paid.updated_at) == (3000, 0, AT)
-    assert stored.data == {"status": "succeeded"} and stored.refund_id == created["id"]
+    # The events from arrays: in order, data and detail intact, queued for delivery.
+    assert None not in stored
+    assert [e.seq for e in stored] == sorted(e.seq for e in stored)
+    assert [(e.id, e.data, e.detail, e.refund_id) for e in stored] == [
+        (e.id, e.data, e.detail, e.refund_id) for e in events
+    ]
+    assert all(e.next_delivery_at == AT and e.delivery_status.value == "pending" for e in stored)
     # Nothing moved the payment this time: only the refund and its history change.
     async with PgUnitOfWork(engine) as uow:
         found = await uow.refunds.lock_with_payment(created["id"])

@@ -31,7 +31,6 @@ from app.adapters.db.repositories import (
     STATUSES,
     SqlAuditRepository,
     SqlIdempotencyRepository,
-    SqlOutboxRepository,
     SqlPaymentRepository,
     SqlRefundRepository,
     SqlWebhookRepository,
@@ -106,8 +105,8 @@ def _counters(payment: Payment) -> tuple[int, int, datetime | None]:
 
 
 class PgPaymentRepository(_Raw, SqlPaymentRepository):
-    """Remembers the payments it read, so one whose counters did not move is
-    not written again (its row lock is what the transaction needed)."""
+    """Remembers the counters of the payments it read: `save_with` writes a
+    payment only when they moved (its row lock is what the transaction needed)."""
 
     def __init__(self, conn: AsyncConnection, raw: Connection) -> None:
         super().__init__(conn, raw)
@@ -122,18 +121,6 @@ class PgPaymentRepository(_Raw, SqlPaymentRepository):
     async def get(self, payment_id: str, *, for_update: bool = False) -> Payment | None:
         row = await self.raw.fetchrow(_PAYMENT_LOCKED if for_update else _PAYMENT, payment_id)
         return self.remember(row) if row else None
-
-    async def update(self, payment: Payment) -> None:
-        if self.loaded.get(payment.id) == _counters(payment):
-            return
-        await self.raw.execute(
-            _PAYMENT_UPDATE,
-            payment.id,
-            payment.refunded_amount,
-            payment.reserved_amount,
-            payment.updated_at,
-        )
-        self.loaded[payment.id] = _counters(payment)
 
 
 # -- refunds ----------------------------------------------------------------
@@ -220,8 +207,6 @@ _EVENTS_WRITE = (
     "ORDER BY e.n",
     9,
 )
-_REFUND_INSERT = _combined(_REFUND_ROW_INSERT, _HISTORY_INSERT)
-_REFUND_UPDATE = _combined(_REFUND_ROW_UPDATE, _HISTORY_INSERT)
 # A refund's change with its payment's counters (when they moved) and its new
 # events: (new refund?, payment written?) -> statement.
 _REFUND_SAVE = {
@@ -316,17 +301,6 @@ class PgRefundRepository(_Raw, SqlRefundRepository):
     # The unit of work's payments, told what `lock_with_payment` read.
     payments: PgPaymentRepository | None = None
 
-    async def add(self, refund: Refund) -> None:
-        await self.raw.execute(
-            _REFUND_INSERT,
-            *_fixed_values(refund),
-            *_mutable_values(refund),
-            refund.id,
-            *_history_arrays(refund.history),
-        )
-        self._loaded[refund.id] = (len(refund.history), 0)
-        await self._add_approvals(refund, 0)
-
     async def save_with(
         self,
         refund: Refund,
@@ -351,18 +325,6 @@ class PgRefundRepository(_Raw, SqlRefundRepository):
         self._loaded[refund.id] = (len(refund.history), approvals_seen)
         if payments is not None:
             payments.loaded[payment.id] = _counters(payment)
-        await self._add_approvals(refund, approvals_seen)
-
-    async def update(self, refund: Refund) -> None:
-        history_seen, approvals_seen = self._loaded.get(refund.id, (0, 0))
-        await self.raw.execute(
-            _REFUND_UPDATE,
-            refund.id,
-            *_mutable_values(refund),
-            refund.id,
-            *_history_arrays(refund.history[history_seen:]),
-        )
-        self._loaded[refund.id] = (len(refund.history), approvals_seen)
         await self._add_approvals(refund, approvals_seen)
 
     async def _add_approvals(self, refund: Refund, seen: int) -> None:
@@ -430,16 +392,6 @@ class PgRefundRepository(_Raw, SqlRefundRepository):
     async def find_by_pse_refund_id(self, pse_account: str, pse_refund_id: str) -> Refund | None:
         record = await self.raw.fetchrow(_REFUND_BY_PSE_ID, pse_account, pse_refund_id)
         return self._refund(record) if record else None
-
-
-# -- outbox -----------------------------------------------------------------
-
-
-class PgOutboxRepository(_Raw, SqlOutboxRepository):
-    async def add(self, events: Sequence[OutboxEvent], *, deliver: bool) -> None:
-        if not events:
-            return
-        await self.raw.execute(_EVENTS_WRITE[0], *_events_values(events, deliver))
 
 
 def _events_values(events: Sequence[OutboxEvent], deliver: bool) -> list[Any]:

@@ -11,7 +11,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from app.adapters.db.pg import (
     PgAuditRepository,
     PgIdempotencyRepository,
-    PgOutboxRepository,
     PgPaymentRepository,
     PgRefundRepository,
     PgWebhookRepository,
@@ -147,7 +146,6 @@ class PgUnitOfWork(SqlUnitOfWork):
         self.payments = payments = PgPaymentRepository(conn, raw)
         self.refunds = refunds = PgRefundRepository(conn, raw)
         refunds.payments = payments
-        self.outbox = PgOutboxRepository(conn, raw)
         self.idempotency = PgIdempotencyRepository(conn, raw)
         self.webhooks = PgWebhookRepository(conn, raw)
         self.audit = PgAuditRepository(conn, raw)
