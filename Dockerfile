@@ -3,17 +3,23 @@ FROM python:3.11-slim AS build
 WORKDIR /src
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
+# The locked versions with their hashes, in a layer of their own that only a
+# change of the lock rebuilds.
+COPY requirements.lock ./
+RUN pip install --no-cache-dir --require-hashes -r requirements.lock
+# The package carries its migrations (app._migrations), so nothing of the
+# source tree is needed beside it at run time.
 COPY pyproject.toml README.md ./
 COPY app ./app
-RUN pip install --no-cache-dir --upgrade pip && pip install --no-cache-dir .
+COPY migrations ./migrations
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
+    && pip install --no-cache-dir --no-deps /wheels/*.whl \
+    && pip check
 
 FROM python:3.11-slim
 RUN useradd --create-home --uid 10001 refunds
 WORKDIR /srv
 COPY --from=build /opt/venv /opt/venv
-COPY alembic.ini ./
-COPY migrations ./migrations
-COPY app ./app
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PSE_REFUNDS_LOG_FORMAT=json

@@ -5,18 +5,27 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: run test lint install install-dev bench clean
+# Exact versions with hashes, made by `make lock` from pyproject.toml.
+LOCK     := requirements.lock
+DEV_LOCK := requirements-dev.lock
+UV_VERSION ?= 0.13.9
+
+.PHONY: run test lint install install-dev lock bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e .
+# The project itself goes in with --no-deps: everything it needs comes from
+# the lock, so nothing is resolved afresh on a new machine.
+$(VENV)/.installed: $(LOCK) pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $@
 
-$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+$(VENV)/.installed-dev: $(DEV_LOCK) pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --require-hashes -r $(DEV_LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(VENV)/.installed $@
 
 install: $(VENV)/.installed
@@ -35,6 +44,23 @@ lint: install-dev
 	$(BIN)/ruff check app tests bench migrations
 	$(BIN)/mypy app/domain
 	$(BIN)/lint-imports
+
+## Regenerate both lock files after a change to the dependencies in pyproject.toml.
+# Made with uv (put into the venv on demand) for CPython 3.11 on linux x86_64,
+# the platform of CI and of the image, whichever machine runs it:
+#   uv pip compile pyproject.toml --generate-hashes --python-version 3.11
+#     --python-platform x86_64-unknown-linux-gnu [--extra dev] -o <lock>
+# Versions already in a lock are kept where they still fit; pass
+# LOCK_FLAGS=--upgrade to take the newest allowed. The runtime lock is
+# constrained by the dev one, so production gets the versions the tests ran on.
+# The first locks kept the versions of the venv the suite had last passed on.
+UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --quiet --generate-hashes \
+	--python-version 3.11 --python-platform x86_64-unknown-linux-gnu \
+	--custom-compile-command 'make lock' $(LOCK_FLAGS)
+lock: | $(BIN)/python
+	$(BIN)/python -m pip install --quiet uv==$(UV_VERSION)
+	$(UV_COMPILE) --extra dev -o $(DEV_LOCK)
+	$(UV_COMPILE) --constraint $(DEV_LOCK) -o $(LOCK)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -13,18 +15,25 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-
-def _project_root() -> Path:
-    """Where alembic.ini and migrations/ live: beside the source tree, or (in an
-    installed image) the working directory."""
-    source_root = Path(__file__).resolve().parents[3]
-    if (source_root / "migrations").is_dir():
-        return source_root
-    return Path.cwd()
+MIGRATIONS_PACKAGE = "app._migrations"
 
 
-PROJECT_ROOT = _project_root()
-MIGRATIONS_DIR = PROJECT_ROOT / "migrations"
+@functools.cache
+def migrations_dir() -> Path:
+    """The alembic scripts, found through the package: the checkout's
+    migrations/ in an editable install, app/_migrations in an installed wheel."""
+    try:
+        location = resources.files(MIGRATIONS_PACKAGE)
+    except ModuleNotFoundError:
+        # A bare checkout on sys.path has app/ but not the mapping to migrations/.
+        raise RuntimeError(
+            f"{MIGRATIONS_PACKAGE} is not importable: install the project "
+            "(`make install`, or `pip install -e .`)"
+        ) from None
+    if not isinstance(location, Path):
+        # alembic reads its scripts as plain files, which a zipped install has not.
+        raise RuntimeError(f"{MIGRATIONS_PACKAGE} is not a directory on disk: {location}")
+    return location
 
 
 def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
@@ -61,8 +70,10 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
 
 
 def alembic_config(url: str) -> Config:
-    config = Config(str(PROJECT_ROOT / "alembic.ini"))
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    # Built here rather than read from alembic.ini, which only a checkout has.
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    config.set_main_option("path_separator", "os")
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return config
 

@@ -1,0 +1,1 @@
+"""The schema's alembic scripts; installed as `app._migrations` (see pyproject.toml)."""
