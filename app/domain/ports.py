@@ -70,6 +70,9 @@ class PseRefund:
     # What the PSE settled in the settlement currency, and its fee, when it says so.
     settlement_amount: Money | None = None
     fee: Money | None = None
+    # The ids the PSE gives the payment the refund belongs to, when it says
+    # (Stripe names both the payment intent and the charge).
+    pse_payment_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,9 +91,15 @@ class RefundSubmission:
 
 @dataclass(frozen=True, slots=True)
 class Accepted:
-    """The PSE has the refund (pending, succeeded, or failed by its own processing)."""
+    """The PSE has the refund (pending, succeeded, or failed by its own processing).
+
+    `other_money_moving`: further refunds the PSE holds under our reference that
+    also moved money (succeeded or pending) — the PSE refunded more than once.
+    `refund` is still the one to apply; a person must look at the others.
+    """
 
     refund: PseRefund
+    other_money_moving: tuple[PseRefund, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +205,8 @@ class RefundFilter:
     created_to: datetime | None = None
     # Not final and created before this instant (the stale list).
     open_before: datetime | None = None
+    # Flagged for a person and not yet acknowledged.
+    needs_attention: bool = False
     oldest_first: bool = False
 
 

@@ -90,6 +90,18 @@ class SubmissionService:
             in_flight = refund.status in (RefundStatus.SUBMITTING, RefundStatus.UNKNOWN)
             if isinstance(result, Accepted):
                 refund.apply_pse(payment, result.refund, now, actor)
+                if result.other_money_moving:
+                    # The PSE paid (or is paying) this refund more than once: the
+                    # money-moving one is applied, the surplus needs a person.
+                    extra = ", ".join(
+                        f"{r.pse_refund_id} ({r.state})" for r in result.other_money_moving
+                    )
+                    refund.flag(
+                        f"the PSE holds more than one refund that moved money under this "
+                        f"reference: {result.refund.pse_refund_id} ({result.refund.state}) "
+                        f"applied, also {extra}",
+                        now,
+                    )
             elif isinstance(result, Declined):
                 if not in_flight:
                     refund.flag(

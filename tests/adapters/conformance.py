@@ -9,6 +9,7 @@ against every case.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -39,6 +40,9 @@ class ProviderCase(Protocol):
     # False for static-token schemes (the token proves the sender, not the
     # body): a body changed by a holder of the token cannot be detected.
     signs_body: bool
+    # The states a refund listed by the provider's look-up can be in (KOMOJU and
+    # Omise list no failed refunds: theirs have no failure status).
+    listed_states: frozenset[PseRefundState]
 
     def account(self) -> PseAccount:
         """An account at BASE_URL with both secrets, instant retries
@@ -73,6 +77,14 @@ class ProviderCase(Protocol):
 
     def mock_lookup_empty(self, router: respx.MockRouter) -> None:
         """The look-up proves the PSE has no refund with our reference."""
+
+    def mock_lookup_several(
+        self, router: respx.MockRouter, states: Sequence[PseRefundState]
+    ) -> list[str]:
+        """The look-up by our reference (no PSE id known) finds one refund under
+        our reference for each of `states`, from the newest to the oldest, each
+        with its own PSE id, listed in the order and shape the provider documents.
+        Returns their PSE ids, newest first."""
 
     def webhook(
         self, state: PseRefundState, secret: str, event_id: str = "evt_conformance_1"

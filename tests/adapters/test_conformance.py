@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import pkgutil
 from collections.abc import AsyncIterator
@@ -89,6 +90,15 @@ async def test_a_pending_refund_is_settled_by_its_signed_webhook(case, gateway, 
     )
 
 
+async def test_a_webhooks_refund_names_its_payment_and_amount(case, gateway, router):
+    # What lets the service trust a reference only when the payment and amount agree.
+    hook = case.webhook(PseRefundState.SUCCEEDED, case.secrets[0])
+    event = gateway.parse_webhook({k.lower(): v for k, v in hook.headers.items()}, hook.body, now())
+    assert event.refund is not None
+    assert case.submission().pse_payment_id in event.refund.pse_payment_ids
+    assert event.refund.amount == case.submission().amount
+
+
 async def test_more_than_the_refundable_amount_is_declined_for_good(case, gateway, router):
     case.mock_create_rejected(router, "amount_too_large")
     result = await gateway.create_refund(case.submission())
@@ -121,6 +131,40 @@ async def test_a_timeout_then_a_look_up_that_finds_nothing(case, gateway, router
     assert isinstance(await gateway.find_refund(case.submission()), NotFound)
 
 
+async def test_a_look_up_by_reference_reports_the_refund_that_moved_money_not_the_newest(
+    case, gateway, router
+):
+    if PseRefundState.FAILED not in case.listed_states:
+        pytest.skip(f"{case.name} lists no failed refunds")
+    newer_failed, older_succeeded = case.mock_lookup_several(
+        router, [PseRefundState.FAILED, PseRefundState.SUCCEEDED]
+    )
+    found = await gateway.find_refund(case.submission())
+    assert isinstance(found, Accepted)
+    assert found.refund.pse_refund_id == older_succeeded != newer_failed
+    assert found.refund.state is PseRefundState.SUCCEEDED
+    assert found.other_money_moving == ()
+
+
+@pytest.mark.parametrize(
+    "states",
+    [
+        pytest.param([PseRefundState.PENDING, PseRefundState.SUCCEEDED], id="pending+succeeded"),
+        pytest.param([PseRefundState.SUCCEEDED, PseRefundState.SUCCEEDED], id="succeeded-twice"),
+    ],
+)
+async def test_two_refunds_that_moved_money_under_one_reference_are_reported_as_doubled(
+    case, gateway, router, states
+):
+    ids = case.mock_lookup_several(router, states)
+    found = await gateway.find_refund(case.submission())
+    assert isinstance(found, Accepted)
+    assert found.refund.state is PseRefundState.SUCCEEDED
+    others = [r.pse_refund_id for r in found.other_money_moving]
+    assert sorted([found.refund.pse_refund_id, *others]) == sorted(ids)
+    assert len(others) == 1
+
+
 async def test_a_forged_webhook_is_refused(case, gateway):
     hook = case.webhook(PseRefundState.SUCCEEDED, "whsec_" + "Zm9yZ2VkLXNlY3JldC0xMjM0NTY3OA==")
     with pytest.raises(InvalidWebhookSignature):
@@ -135,6 +179,28 @@ async def test_a_forged_webhook_is_refused(case, gateway):
     )
     with pytest.raises(InvalidWebhookSignature):
         gateway.parse_webhook({k.lower(): v for k, v in real.headers.items()}, tampered, now())
+
+
+@pytest.mark.parametrize(
+    "configured",
+    [pytest.param(("",), id="only-empty"), pytest.param(("", None), id="empty-beside-real")],
+)
+async def test_a_webhook_signed_with_an_empty_key_is_refused_even_if_one_is_configured(
+    case, configured
+):
+    secrets = tuple(case.secrets[0] if s is None else s for s in configured)
+    account = dataclasses.replace(case.account(), webhook_secrets=secrets)
+    hook = case.webhook(PseRefundState.SUCCEEDED, "")
+    async with httpx.AsyncClient() as http:
+        gateway = case.gateway(account, http)
+        with pytest.raises(InvalidWebhookSignature):
+            gateway.parse_webhook({k.lower(): v for k, v in hook.headers.items()}, hook.body, now())
+        if case.secrets[0] in secrets:
+            real = case.webhook(PseRefundState.SUCCEEDED, case.secrets[0])
+            event = gateway.parse_webhook(
+                {k.lower(): v for k, v in real.headers.items()}, real.body, now()
+            )
+            assert event.refund is not None
 
 
 async def test_a_webhook_signed_with_the_previous_secret_is_accepted(case, gateway):

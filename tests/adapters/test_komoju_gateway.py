@@ -104,6 +104,7 @@ OUR_REFUND = PseRefund(
     state=PseRefundState.SUCCEEDED,
     amount=Money(3000, "JPY"),
     reference=REFERENCE,
+    pse_payment_ids=(PAYMENT_ID,),
 )
 
 

@@ -190,6 +190,7 @@ async def test_a_refund_is_sent_as_omise_expects_and_a_closed_one_is_accepted_as
             amount=Money(150000, "THB"),
             reference=REFERENCE,
             settlement_amount=Money(150000, "THB"),
+            pse_payment_ids=(CHARGE_ID,),
         )
     )
     request = route.calls.last.request
@@ -272,6 +273,7 @@ async def test_a_refund_object_from_an_older_api_version_without_status_is_pendi
             pse_refund_id=REFUND_ID,
             state=PseRefundState.PENDING,
             amount=Money(150000, "THB"),
+            pse_payment_ids=(CHARGE_ID,),
         )
     )
 
@@ -773,6 +775,7 @@ async def test_a_signed_refund_event_is_accepted_and_translated_like_the_create_
         amount=Money(150000, "THB"),
         reference=REFERENCE,
         settlement_amount=Money(150000, "THB"),
+        pse_payment_ids=(CHARGE_ID,),
     )
 
 

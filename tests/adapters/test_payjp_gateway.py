@@ -176,6 +176,7 @@ async def test_a_pending_refund_is_accepted_and_sent_as_payjp_expects(
             state=PseRefundState.PENDING,
             amount=Money(3000, "JPY"),
             reference=REFERENCE,
+            pse_payment_ids=(PAYMENT_FLOW_ID,),
         )
     )
     request = route.calls.last.request
@@ -698,6 +699,7 @@ async def test_a_known_payjp_refund_id_is_looked_up_directly(
             state=PseRefundState.SUCCEEDED,
             amount=Money(3000, "JPY"),
             reference=REFERENCE,
+            pse_payment_ids=(PAYMENT_FLOW_ID,),
         )
     )
     request = by_id.calls.last.request
@@ -896,6 +898,7 @@ async def test_a_webhook_with_the_account_token_is_accepted_and_translated(
         state=PseRefundState.SUCCEEDED,
         amount=Money(3000, "JPY"),
         reference=REFERENCE,
+        pse_payment_ids=(PAYMENT_FLOW_ID,),
     )
 
 
@@ -941,7 +944,7 @@ async def test_every_configured_token_is_compared_in_constant_time(
 
     assert compared == [
         (WEBHOOK_TOKEN.encode(), WEBHOOK_TOKEN.encode()),
-        (WEBHOOK_TOKEN.encode(), OLD_WEBHOOK_TOKEN.encode()),
+        (OLD_WEBHOOK_TOKEN.encode(), WEBHOOK_TOKEN.encode()),
     ]
 
 

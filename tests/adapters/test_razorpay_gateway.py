@@ -223,6 +223,7 @@ async def test_a_pending_refund_is_accepted_and_sent_as_razorpay_documents_it(
             state=PseRefundState.PENDING,
             amount=Money(50000, "INR"),
             reference=REFERENCE,
+            pse_payment_ids=(PAYMENT_ID,),
         )
     )
     request = route.calls.last.request
@@ -1053,6 +1054,7 @@ async def test_a_signed_webhook_translates_like_the_create_answer_for_the_same_r
             state=PseRefundState.SUCCEEDED,
             amount=Money(50000, "INR"),
             reference=REFERENCE,
+            pse_payment_ids=(PAYMENT_ID,),
         )
     )
 

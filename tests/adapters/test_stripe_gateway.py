@@ -177,6 +177,7 @@ async def test_a_pending_refund_is_accepted_and_sent_as_stripe_expects(
             state=PseRefundState.PENDING,
             amount=Money(3000, "USD"),
             reference=REFERENCE,
+            pse_payment_ids=(PAYMENT_INTENT, CHARGE),
         )
     )
     request = route.calls.last.request
@@ -630,6 +631,31 @@ async def test_our_refund_is_found_by_reference_on_the_second_page(
     assert "idempotency-key" not in first.headers
 
 
+async def test_an_older_refund_that_paid_wins_over_a_newer_failed_one_on_a_later_page(
+    gateway: StripeGateway, router: respx.MockRouter
+) -> None:
+    newer_failed = stripe_refund(id="re_newer_failed", status="failed", failure_reason="declined")
+    older_paid = stripe_refund(id="re_older_paid", status="succeeded")
+    router.get("/v1/refunds").mock(
+        side_effect=[
+            httpx.Response(200, json=stripe_list([newer_failed], has_more=True)),
+            httpx.Response(200, json=stripe_list([older_paid], has_more=False)),
+        ]
+    )
+
+    result = await gateway.find_refund(make_submission())
+
+    assert result == Accepted(
+        PseRefund(
+            pse_refund_id="re_older_paid",
+            state=PseRefundState.SUCCEEDED,
+            amount=Money(3000, "USD"),
+            reference=REFERENCE,
+            pse_payment_ids=(PAYMENT_INTENT, CHARGE),
+        )
+    )
+
+
 async def test_a_charge_is_searched_by_charge_id(
     gateway: StripeGateway, router: respx.MockRouter
 ) -> None:
@@ -705,6 +731,7 @@ async def test_a_webhook_signed_by_the_stripe_sdk_is_accepted_and_translated(
         state=PseRefundState.SUCCEEDED,
         amount=Money(3000, "USD"),
         reference=REFERENCE,
+        pse_payment_ids=(PAYMENT_INTENT, CHARGE),
     )
 
 
@@ -770,6 +797,16 @@ async def test_a_webhook_without_a_valid_fresh_signature_is_rejected(
         gateway.parse_webhook(headers, body.encode(), NOW)
 
 
+async def test_a_webhook_signed_with_an_empty_key_is_rejected_when_the_secret_is_empty(
+    http: httpx.AsyncClient,
+) -> None:
+    # An HMAC keyed with nothing is one anyone can compute.
+    gateway = StripeGateway(make_account(webhook_secrets=("",)), http)
+
+    with pytest.raises(InvalidWebhookSignature):
+        gateway.parse_webhook(signed(_PAYLOAD, ""), _PAYLOAD.encode(), NOW)
+
+
 async def test_a_webhook_is_rejected_when_no_secret_is_configured(
     http: httpx.AsyncClient,
 ) -> None:
@@ -806,6 +843,46 @@ async def test_a_failed_refund_event_carries_stripe_failure_reason(
     assert event.refund is not None
     assert event.refund.state is PseRefundState.FAILED
     assert event.refund.failure_code == "lost_or_stolen_card"
+
+
+@pytest.mark.parametrize(
+    ("status", "failure_reason", "state"),
+    [
+        pytest.param("succeeded", None, PseRefundState.SUCCEEDED, id="settled"),
+        pytest.param(
+            "failed", "expired_or_canceled_card", PseRefundState.FAILED, id="failed-after-success"
+        ),
+    ],
+)
+async def test_a_card_refund_change_on_an_older_api_version_comes_as_charge_refund_updated(
+    gateway: StripeGateway, status: str, failure_reason: str | None, state: PseRefundState
+) -> None:
+    # Before 2024-10-28 Stripe sends no `refund.*` event for a card refund.
+    refund = stripe_refund(status=status, failure_reason=failure_reason)
+    payload = stripe_event("charge.refund.updated", refund, "evt_card_refund")
+
+    event = gateway.parse_webhook(signed(payload), payload.encode(), NOW)
+
+    assert event.event_type == "charge.refund.updated"
+    assert event.refund is not None
+    assert event.refund.pse_refund_id == REFUND_ID
+    assert event.refund.reference == REFERENCE
+    assert event.refund.state is state
+    assert event.refund.failure_code == failure_reason
+
+
+@pytest.mark.parametrize(
+    "event_type", ["charge.refund.updated", "refund.created", "refund.updated", "refund.failed"]
+)
+async def test_every_event_carrying_a_refund_object_must_carry_a_readable_one(
+    gateway: StripeGateway, event_type: str
+) -> None:
+    readable = stripe_event(event_type, stripe_refund(status="pending"))
+    unreadable = stripe_event(event_type, {"id": CHARGE, "object": "charge"})
+
+    assert gateway.parse_webhook(signed(readable), readable.encode(), NOW).refund is not None
+    with pytest.raises(InvalidWebhookPayload):
+        gateway.parse_webhook(signed(unreadable), unreadable.encode(), NOW)
 
 
 async def test_a_charge_refunded_event_yields_the_most_recent_embedded_refund(

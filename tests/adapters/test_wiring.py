@@ -8,6 +8,7 @@ import pytest
 
 from app.bootstrap import ADAPTERS, build_container
 from app.config import ConfigError, Provider, load_settings
+from tests.webhook_secrets import WELL_FORMED
 
 
 def test_every_configurable_provider_has_an_adapter():
@@ -17,7 +18,11 @@ def test_every_configurable_provider_has_an_adapter():
 @pytest.mark.parametrize("provider", sorted(ADAPTERS))
 async def test_an_account_of_each_provider_gets_its_gateway(provider, tmp_path, monkeypatch):
     monkeypatch.delenv("PSE_REFUNDS_CONFIG_FILE", raising=False)
-    account = {"provider": provider, "api_key": "sk_test", "webhook_secrets": ["whsec_dGVzdA=="]}
+    account = {
+        "provider": provider,
+        "api_key": "sk_test",
+        "webhook_secrets": [WELL_FORMED[provider]],
+    }
     if provider == "razorpay":
         account["options"] = {"key_id": "rzp_test_1"}
     if provider == "sandbox":

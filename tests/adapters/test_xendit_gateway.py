@@ -42,6 +42,7 @@ OLD_CALLBACK_TOKEN = "cbtok_previous_4Hs5Jt0Wy9Qm3Zr7Lx2Vb8Nc4Kd6Pf"
 REFERENCE = "rf_01JD4M7Q2X8V5N6B3C9K0T1W2Y"
 IDEMPOTENCY_KEY = "refund-rf_01JD4M7Q2X8V5N6B3C9K0T1W2Y"
 PAYMENT_REQUEST_ID = "pr-1102feb0-bb79-47ae-9d1e-e69394d3949c"
+PAYMENT_ID = "py-3cd658ae-25b9-4659-aa36-596ae41a809f"
 INVOICE_ID = "65fc7522ff846905c2fc1c8d"
 REFUND_ID = "rfd-6f4a377d-a201-437f-9119-f8b00cbbe857"
 OTHER_REFUND_ID = "rfd-fca8d8bc-497c-42a5-b16f-97825323502a"
@@ -85,7 +86,7 @@ def xendit_refund(**overrides: Any) -> dict[str, Any]:
     refund: dict[str, Any] = {
         "id": REFUND_ID,
         "payment_request_id": PAYMENT_REQUEST_ID,
-        "payment_id": "py-3cd658ae-25b9-4659-aa36-596ae41a809f",
+        "payment_id": PAYMENT_ID,
         "invoice_id": "",
         "amount": 150000,
         "payment_method_type": "EWALLET",
@@ -153,6 +154,7 @@ async def test_a_pending_refund_is_accepted_and_sent_as_xendit_expects(
             state=PseRefundState.PENDING,
             amount=Money(15_000_000, "IDR"),
             reference=REFERENCE,
+            pse_payment_ids=(PAYMENT_REQUEST_ID, PAYMENT_ID),
         )
     )
     assert route.call_count == 1
@@ -525,19 +527,20 @@ async def test_an_amount_xendit_answers_that_cannot_be_read_exactly_is_left_out(
             True,
         ),
         (
-            400,
+            403,
             "INELIGIBLE_TRANSACTION",
-            "The transaction is past the refund window of the channel",
-            "refund_ineligible",
-            True,
+            "Requested refund transaction cannot be processed as the transaction is in "
+            '"FAILED", "PENDING", or "VOIDED" status',
+            "payment_not_collected",
+            False,
             False,
         ),
         (
             400,
             "INELIGIBLE_TRANSACTION_STATUS",
             "Feature is not allowed for the payment request because of its current status.",
-            "refund_ineligible",
-            True,
+            "payment_not_collected",
+            False,
             False,
         ),
         (
@@ -623,6 +626,54 @@ async def test_xendit_refusals_map_to_domain_declines(
 
     assert result == Declined(code=code, message=message, offline=offline, retriable=retriable)
     assert route.call_count == 1  # an answer is never retried
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        'Requested refund transaction cannot be processed as the transaction is in "FAILED", '
+        '"PENDING", or "VOIDED" status',
+        # Whatever the words say: the immediate error is about the payment's status.
+        "The transaction is past the refund window of the channel",
+    ],
+)
+async def test_an_immediate_ineligible_transaction_stops_for_a_person_and_is_never_paid_out(
+    gateway: XenditGateway, router: respx.MockRouter, message: str
+) -> None:
+    # The payment is FAILED, PENDING or VOIDED: the payer was never charged.
+    router.post("/refunds").mock(return_value=xendit_error(403, "INELIGIBLE_TRANSACTION", message))
+
+    result = await gateway.create_refund(make_submission())
+
+    assert result == Declined(code="payment_not_collected", message=message)
+    assert not result.offline and not result.retriable
+
+
+async def test_a_refund_failed_past_the_refund_period_goes_to_an_offline_payout(
+    gateway: XenditGateway, router: respx.MockRouter
+) -> None:
+    failed = xendit_refund(status="FAILED", failure_code="INELIGIBLE_TRANSACTION")
+    router.post("/refunds").mock(return_value=httpx.Response(200, json=failed))
+
+    result = await gateway.create_refund(make_submission())
+
+    assert isinstance(result, Declined)
+    assert (result.code, result.offline, result.retriable) == ("refund_window_passed", True, False)
+    assert "another way" in result.message
+
+
+async def test_a_refund_failed_past_the_refund_period_says_so_in_its_webhook(
+    gateway: XenditGateway,
+) -> None:
+    body = xendit_event(
+        "refund.failed", xendit_refund(status="FAILED", failure_code="INELIGIBLE_TRANSACTION")
+    )
+
+    event = gateway.parse_webhook(token(), body, NOW)
+
+    assert event.refund is not None
+    assert event.refund.failure_code == "ineligible_transaction"
+    assert "refund period" in (event.refund.failure_message or "")
 
 
 @pytest.mark.parametrize(
@@ -766,6 +817,7 @@ async def test_a_known_refund_is_fetched_by_its_xendit_id(
             state=PseRefundState.SUCCEEDED,
             amount=Money(15_000_000, "IDR"),
             reference=REFERENCE,
+            pse_payment_ids=(PAYMENT_REQUEST_ID, PAYMENT_ID),
         )
     )
     request = route.calls.last.request
@@ -1040,6 +1092,7 @@ async def test_a_refund_succeeded_webhook_translates_like_the_look_up(
         amount=Money(15_000_000, "IDR"),
         reference=REFERENCE,
         fee=Money(250_000, "IDR"),
+        pse_payment_ids=(PAYMENT_REQUEST_ID, PAYMENT_ID),
     )
 
 

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
 
 import pytest
 
-from app.domain.models import RefundStatus
+from app.domain.models import Payment, Refund, RefundStatus
+from app.domain.money import Money
+from app.domain.policy import RefundPolicy
+from app.domain.ports import Accepted, PseRefund, PseRefundState
+from app.domain.records import OutboxEvent
 from app.domain.resolution import CheckSchedule
+from app.services.context import Deps
+from app.services.submission import SubmissionService
+from app.services.webhooks import WebhookService
+from tests.fakes import FakeClock, FakeGateway
 from tests.unit.builders import NOW, refund_in
 
 SCHEDULE = CheckSchedule(
@@ -75,3 +84,87 @@ def test_a_refund_entering_a_status_is_marked_for_rescheduling():
     refund.status_changed = False
     refund.start_submission(payment, NOW)
     assert refund.status_changed is True
+
+
+# --------------------------------------------------------------------------
+# What a check does with what the PSE holds under the refund's reference
+# --------------------------------------------------------------------------
+
+
+class OneRefundUnitOfWork:
+    """One payment and its refund in memory: what the submission service locks,
+    and the events it writes."""
+
+    def __init__(self, payment: Payment, refund: Refund) -> None:
+        self.payment, self.refund = payment, refund
+        self.refunds = self.webhooks = self
+        self.events: list[OutboxEvent] = []
+
+    async def lock_with_payment(self, refund_id: str) -> tuple[Payment, Refund]:
+        return self.payment, self.refund
+
+    async def waiting_for(self, *_about: object) -> list[object]:
+        return []
+
+    async def save_refund(
+        self,
+        refund: Refund,
+        payment: Payment,
+        events: Sequence[OutboxEvent],
+        *,
+        deliver: bool,
+        new: bool = False,
+    ) -> None:
+        self.events.extend(events)
+
+    def after_commit(self, callback: object) -> None:
+        return None
+
+    async def commit(self) -> None:
+        return None
+
+    async def __aenter__(self) -> OneRefundUnitOfWork:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+async def check_unknown_refund_finding(found: Accepted) -> tuple[Refund, list[OutboxEvent]]:
+    payment, refund = refund_in(RefundStatus.UNKNOWN)
+    uow = OneRefundUnitOfWork(payment, refund)
+    deps = Deps(
+        uow=lambda: uow,  # type: ignore[arg-type, return-value]
+        clock=FakeClock(NOW),
+        policy=RefundPolicy(),
+        accounts={},
+        gateways={refund.pse_account: FakeGateway(lookup_results=[found])},
+    )
+    checked = await SubmissionService(deps, WebhookService(deps)).resolve(refund.id)
+    return checked, uow.events
+
+
+def at_pse(pse_refund_id: str, state: PseRefundState) -> PseRefund:
+    return PseRefund(pse_refund_id, state, Money(3_000, "JPY"), reference="rf_1")
+
+
+async def test_a_check_finding_the_refund_made_twice_applies_the_paid_one_and_asks_a_person():
+    found = Accepted(
+        at_pse("re_paid", PseRefundState.SUCCEEDED),
+        other_money_moving=(at_pse("re_twin", PseRefundState.PENDING),),
+    )
+
+    refund, events = await check_unknown_refund_finding(found)
+
+    assert (refund.status, refund.pse_refund_id) == (RefundStatus.SUCCEEDED, "re_paid")
+    assert [e.type for e in events] == ["refund.succeeded", "refund.needs_attention"]
+    assert "re_paid" in (events[1].detail or "") and "re_twin" in (events[1].detail or "")
+
+
+async def test_a_check_finding_one_refund_that_moved_money_asks_no_one():
+    refund, events = await check_unknown_refund_finding(
+        Accepted(at_pse("re_paid", PseRefundState.SUCCEEDED))
+    )
+
+    assert refund.status is RefundStatus.SUCCEEDED
+    assert [e.type for e in events] == ["refund.succeeded"]

@@ -8,6 +8,7 @@ same idempotency key: that is what makes a retry safe.
 
 from __future__ import annotations
 
+import hmac
 import json
 import re
 import time
@@ -25,7 +26,14 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from app.domain.ports import InvalidWebhookPayload, PseRefund, PseRefundState
+from app.domain.ports import (
+    Accepted,
+    InvalidWebhookPayload,
+    InvalidWebhookSignature,
+    NotFound,
+    PseRefund,
+    PseRefundState,
+)
 from app.redaction import REDACTED
 
 log = structlog.get_logger("app.pse")
@@ -207,9 +215,9 @@ def json_or_none(response: httpx.Response) -> Any:
         return None
 
 
-# When one of our references has several refunds at a PSE (a double refund),
-# report the one that moved money: the service must never free an amount that
-# was in fact paid out.
+# One reference with several refunds at a PSE: the one that moved money is the
+# truth. Reporting the newest instead (often a failed retry) would free an
+# amount that was paid out and invite a resend or an offline payout on top.
 _MONEY_MOVED_FIRST = {
     PseRefundState.SUCCEEDED: 0,
     PseRefundState.PENDING: 1,
@@ -217,8 +225,100 @@ _MONEY_MOVED_FIRST = {
 }
 
 
-def money_moving_first(refunds: Iterable[PseRefund]) -> PseRefund:
-    return min(refunds, key=lambda r: _MONEY_MOVED_FIRST[r.state])
+def ours_among(
+    matches: Iterable[PseRefund], *, pse_account: str, reference: str
+) -> Accepted | NotFound:
+    """What a look-up by our reference found, from every refund the PSE holds
+    under it (in the PSE's own order).
+
+    Money moved wins: succeeded, then pending, then failed; among equals the
+    PSE's order decides. When more than one of them moved money, the PSE made
+    the refund twice: the others travel in `Accepted.other_money_moving`, so
+    the service applies the chosen one and asks a person about the rest.
+    """
+    distinct: dict[str, PseRefund] = {}
+    for refund in matches:
+        # Offset-paged lists can show one refund twice when a new one shifts them.
+        distinct.setdefault(refund.pse_refund_id, refund)
+    if not distinct:
+        return NotFound()
+    ranked = sorted(distinct.values(), key=lambda r: _MONEY_MOVED_FIRST[r.state])
+    chosen, others = ranked[0], ranked[1:]
+    moved = tuple(r for r in others if r.state is not PseRefundState.FAILED)
+    if others:
+        report = log.error if moved else log.warning
+        report(
+            "pse.several_refunds_for_reference",
+            pse_account=pse_account,
+            reference=reference,
+            chosen=chosen.pse_refund_id,
+            pse_refund_ids=[r.pse_refund_id for r in ranked],
+            money_moving=[r.pse_refund_id for r in (chosen, *moved)],
+        )
+    return Accepted(chosen, other_money_moving=moved)
+
+
+# --------------------------------------------------------------------------
+# Webhook authentication
+# --------------------------------------------------------------------------
+
+
+def _utf8(secret: str) -> bytes | None:
+    return secret.encode("utf-8")
+
+
+def verify_webhook(
+    account: PseAccount,
+    presented: Iterable[bytes],
+    expected: Callable[[bytes], bytes],
+    *,
+    header: str,
+    key_of: Callable[[str], bytes | None] = _utf8,
+) -> None:
+    """Accept a webhook only if one `presented` value (signature or token) equals
+    `expected(key)` for the key of one of the account's webhook secrets; raise
+    InvalidWebhookSignature otherwise.
+
+    `key_of` turns a configured secret into its key (None: unusable). An empty
+    secret or key never verifies anything: an HMAC keyed with nothing can be
+    computed by anyone, and an empty token equals an empty header. An empty
+    presented value is never compared either. Every pair is compared in
+    constant time and none stops early, so timing does not tell which matched.
+    """
+    keys: list[bytes] = []
+    for secret in account.webhook_secrets:
+        key = key_of(secret) if secret else None
+        if not key:
+            log.error("pse.webhook.unusable_secret", pse_account=account.name, header=header)
+            continue
+        keys.append(key)
+    given = [value for value in presented if value]
+    if not keys:
+        raise InvalidWebhookSignature(f"no usable webhook secret to check {header}")
+    if not given:
+        raise InvalidWebhookSignature(f"{header} is empty")
+    matched = False
+    for key in keys:
+        want = expected(key)
+        if not want:
+            continue
+        for candidate in given:
+            matched |= hmac.compare_digest(want, candidate)
+    if not matched:
+        raise InvalidWebhookSignature(f"{header} matches no configured webhook secret")
+
+
+def ids_in(obj: Mapping[str, Any], *keys: str) -> tuple[str, ...]:
+    """The ids a PSE object names under `keys` (a plain id, or an expanded
+    object's `id`), for telling which payment a refund belongs to."""
+    found: list[str] = []
+    for key in keys:
+        value = obj.get(key)
+        if isinstance(value, Mapping):
+            value = value.get("id")
+        if isinstance(value, str) and value:
+            found.append(value)
+    return tuple(found)
 
 
 def json_object(body: bytes) -> Mapping[str, Any]:

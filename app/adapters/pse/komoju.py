@@ -43,9 +43,12 @@ from app.adapters.pse.base import (
     PseNoAnswer,
     RetryingHttp,
     answer_summary,
+    ids_in,
     json_object,
     json_or_none,
+    ours_among,
     scrubbed,
+    verify_webhook,
 )
 from app.domain.errors import DomainError
 from app.domain.money import Money, is_currency
@@ -120,10 +123,16 @@ def _money(amount: Any, currency: Any) -> Money | None:
 
 
 def refund_from_komoju(
-    obj: Any, *, payment_currency: str | None = None, collected: bool = False
+    obj: Any,
+    *,
+    payment: Mapping[str, Any] | None = None,
+    payment_currency: str | None = None,
+    collected: bool = False,
 ) -> PseRefund:
     """Translate one entry of a payment's `refunds[]`.
 
+    `payment`: the payment object listing it (a KOMOJU refund does not name
+    its payment; the list it stands in does).
     `collected`: the payer is known to hold the money (a `payment.refunded` event),
     so a cash pick-up refund is no longer pending.
     """
@@ -144,6 +153,7 @@ def refund_from_komoju(
         state=PseRefundState.PENDING if awaiting_payer else PseRefundState.SUCCEEDED,
         amount=_money(obj.get("amount"), currency),
         reference=description if isinstance(description, str) and description else None,
+        pse_payment_ids=ids_in(payment, "id") if payment is not None else (),
     )
 
 
@@ -189,30 +199,37 @@ def _created_at(item: Any) -> datetime:
     return datetime.min.replace(tzinfo=UTC)
 
 
+def _newest_first(items: Sequence[Any]) -> list[Any]:
+    """By `created_at`, most recent first; the later one in the list first on a tie."""
+    ranked = sorted(enumerate(items), key=lambda pair: (_created_at(pair[1]), pair[0]))
+    return [item for _, item in reversed(ranked)]
+
+
 def _newest(items: Sequence[Any]) -> Any:
     """The most recent entry by `created_at`; the later one in the list on a tie."""
-    return max(enumerate(items), key=lambda pair: (_created_at(pair[1]), pair[0]))[1]
+    return _newest_first(items)[0]
 
 
-def _ours(payment: Mapping[str, Any], reference: str) -> PseRefund | None:
-    """Our refund among the payment's refunds (matched on `description`), or None."""
+def _ours(payment: Mapping[str, Any], reference: str, pse_account: str) -> Accepted | NotFound:
+    """Our refund among the payment's refunds (matched on `description`).
+
+    A KOMOJU refund has no failure status: every listed one moved money, so two
+    under one reference are a double refund, reported for the service to flag.
+    """
     mine = [
         item
         for item in _refunds_of(payment)
         if isinstance(item, Mapping) and item.get("description") == reference
     ]
-    if not mine:
-        return None
-    if len(mine) > 1:
-        # Two KOMOJU refunds under one reference is a double refund: report the newest
-        # and leave it to whoever reads the log; both moved money.
-        log.error(
-            "pse.komoju.several_refunds_for_reference",
-            reference=reference,
-            payment_id=payment.get("id"),
-            pse_refund_ids=[item.get("id") for item in mine],
-        )
-    return refund_from_komoju(_newest(mine), payment_currency=_currency_of(payment))
+    currency = _currency_of(payment)
+    return ours_among(
+        [
+            refund_from_komoju(item, payment=payment, payment_currency=currency)
+            for item in _newest_first(mine)
+        ],
+        pse_account=pse_account,
+        reference=reference,
+    )
 
 
 def _latest_refund(payment: Mapping[str, Any]) -> Any:
@@ -335,17 +352,17 @@ class KomojuGateway(PseGateway):
         if 200 <= status < 300:
             try:
                 payment = _read_payment(json_or_none(response), submission.pse_payment_id)
-                refund = _ours(payment, submission.reference)
+                ours = _ours(payment, submission.reference, self._account.name)
             except UnreadableKomoju as exc:
                 return Unanswered(f"HTTP {status} without a readable payment: {exc}")
-            if refund is None:
+            if isinstance(ours, NotFound):
                 log.warning(
                     "pse.komoju.refund_missing_from_answer",
                     pse_account=self._account.name,
                     reference=submission.reference,
                 )
                 return Unanswered(f"HTTP {status} but the payment lists no refund of ours")
-            return Accepted(refund)
+            return ours
         error = _error_of(response)
         code = error.get("code")
         if status in (401, 403):
@@ -404,11 +421,11 @@ class KomojuGateway(PseGateway):
             return Unanswered(f"not_refundable, payment look-up: {self._describe(response)}")
         try:
             payment = _read_payment(json_or_none(response), submission.pse_payment_id)
-            ours = _ours(payment, submission.reference)
+            ours = _ours(payment, submission.reference, self._account.name)
         except UnreadableKomoju as exc:
             return Unanswered(f"not_refundable, payment unreadable: {exc}")
-        if ours is not None:
-            return Accepted(ours)
+        if isinstance(ours, Accepted):
+            return ours
         status = payment.get("status")
         kind = _payment_type(payment)
         if status == "refunded":
@@ -464,15 +481,15 @@ class KomojuGateway(PseGateway):
         try:
             payment = _read_payment(json_or_none(response), submission.pse_payment_id)
             by_id = self._by_id(payment, submission.pse_refund_id)
-            ours = _ours(payment, submission.reference)
+            ours = _ours(payment, submission.reference, self._account.name)
         except UnreadableKomoju as exc:
             return Unanswered(f"payment unreadable: {exc}")
         if by_id is not None:
             if by_id.reference is not None and by_id.reference != submission.reference:
                 return Unanswered(f"refund {by_id.pse_refund_id} carries another reference")
             return Accepted(by_id)
-        if ours is not None:
-            return Accepted(ours)
+        if isinstance(ours, Accepted):
+            return ours
         if submission.pse_refund_id:
             # KOMOJU once answered with this refund: its absence now proves nothing.
             return Unanswered(f"refund {submission.pse_refund_id} is no longer listed")
@@ -484,7 +501,9 @@ class KomojuGateway(PseGateway):
             return None
         for item in _refunds_of(payment):
             if isinstance(item, Mapping) and item.get("id") == refund_id:
-                return refund_from_komoju(item, payment_currency=_currency_of(payment))
+                return refund_from_komoju(
+                    item, payment=payment, payment_currency=_currency_of(payment)
+                )
         return None
 
     # -- webhooks -------------------------------------------------------------
@@ -517,6 +536,7 @@ class KomojuGateway(PseGateway):
             # `payment.refunded` is sent once the payer has the money, cash included.
             refund = refund_from_komoju(
                 latest,
+                payment=payment,
                 payment_currency=_currency_of(payment),
                 collected=event_type == _FULLY_REFUNDED,
             )
@@ -531,15 +551,12 @@ class KomojuGateway(PseGateway):
         given = header.strip().lower()
         if len(given) != hashlib.sha256().digest_size * 2 or not set(given) <= _HEX_DIGITS:
             raise InvalidWebhookSignature("malformed X-Komoju-Signature header")
-        matched = False
-        for secret in self._account.webhook_secrets:
-            if not secret:
-                continue
-            expected = hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
-            # Every secret is compared, so the time taken does not tell which one matched.
-            matched |= hmac.compare_digest(expected, given)
-        if not matched:
-            raise InvalidWebhookSignature("no webhook secret matches X-Komoju-Signature")
+        verify_webhook(
+            self._account,
+            [given.encode("ascii")],
+            lambda key: hmac.new(key, body, hashlib.sha256).hexdigest().encode("ascii"),
+            header="X-Komoju-Signature",
+        )
 
     # -- helpers --------------------------------------------------------------
 

@@ -67,9 +67,11 @@ from app.adapters.pse.base import (
     PseNoAnswer,
     RetryingHttp,
     answer_summary,
+    ids_in,
     json_or_none,
-    money_moving_first,
+    ours_among,
     scrubbed,
+    verify_webhook,
 )
 from app.domain.errors import DomainError
 from app.domain.money import Money, exponent, is_currency
@@ -79,7 +81,6 @@ from app.domain.ports import (
     InvalidWebhookPayload,
     InvalidWebhookSignature,
     LookupResult,
-    NotFound,
     PseGateway,
     PseRefund,
     PseRefundState,
@@ -159,8 +160,6 @@ _STATES = {
     "pending": PseRefundState.PENDING,
     "closed": PseRefundState.SUCCEEDED,
 }
-# Preference when one reference has several refunds (a double refund): report
-# the one that moved money, so the service never frees an amount paid out.
 
 
 class UnreadableRefund(ValueError):
@@ -203,6 +202,7 @@ def refund_from_omise(obj: Any) -> PseRefund:
         amount=amount,
         reference=_reference_of(obj),
         settlement_amount=settlement,
+        pse_payment_ids=ids_in(obj, "charge"),
     )
 
 
@@ -293,17 +293,12 @@ def _error_of(response: httpx.Response) -> _OmiseError:
 _REFUND_EVENT_PREFIX = "refund."
 
 
-def _decoded_secrets(account: PseAccount) -> list[bytes]:
-    keys = []
-    for secret in account.webhook_secrets:
-        try:
-            key = base64.b64decode(secret, validate=True)
-        except (binascii.Error, ValueError):
-            log.error("pse.omise.bad_webhook_secret", pse_account=account.name)
-            continue
-        if key:
-            keys.append(key)
-    return keys
+def _decoded_secret(secret: str) -> bytes | None:
+    """The HMAC key of a webhook secret: Omise shows it base64-encoded."""
+    try:
+        return base64.b64decode(secret, validate=True)
+    except (binascii.Error, ValueError):
+        return None
 
 
 class OmiseGateway(PseGateway):
@@ -453,16 +448,7 @@ class OmiseGateway(PseGateway):
         return Unanswered(f"more than {_MAX_LIST_PAGES} pages of refunds for the charge")
 
     def _pick(self, submission: RefundSubmission, mine: list[PseRefund]) -> LookupResult:
-        if not mine:
-            return NotFound()
-        if len(mine) > 1:
-            log.error(
-                "pse.omise.several_refunds_for_reference",
-                pse_account=self._account.name,
-                reference=submission.reference,
-                pse_refund_ids=[r.pse_refund_id for r in mine],
-            )
-        return Accepted(money_moving_first(mine))
+        return ours_among(mine, pse_account=self._account.name, reference=submission.reference)
 
     # -- webhooks -------------------------------------------------------------
 
@@ -501,14 +487,13 @@ class OmiseGateway(PseGateway):
         if not candidates:
             raise InvalidWebhookSignature("Omise-Signature holds no hex signature")
         signed = timestamp.encode("ascii") + b"." + body
-        matched = False
-        for key in _decoded_secrets(self._account):
-            expected = hmac.new(key, signed, hashlib.sha256).hexdigest().encode("ascii")
-            for candidate in candidates:
-                if hmac.compare_digest(expected, candidate.encode("ascii")):
-                    matched = True
-        if not matched:
-            raise InvalidWebhookSignature("no Omise-Signature matches")
+        verify_webhook(
+            self._account,
+            [candidate.encode("ascii") for candidate in candidates],
+            lambda key: hmac.new(key, signed, hashlib.sha256).hexdigest().encode("ascii"),
+            header="Omise-Signature",
+            key_of=_decoded_secret,
+        )
         if abs(now.timestamp() - int(timestamp)) > self._account.webhook_tolerance_seconds:
             raise InvalidWebhookSignature("Omise-Signature-Timestamp outside the tolerance")
 

@@ -37,7 +37,6 @@ What the adapter relies on, from PAY.JP's v2 reference and its generated SDKs:
 from __future__ import annotations
 
 import hashlib
-import hmac
 import re
 from collections.abc import Mapping
 from datetime import datetime
@@ -53,10 +52,12 @@ from app.adapters.pse.base import (
     PseNoAnswer,
     RetryingHttp,
     answer_summary,
+    ids_in,
     json_object,
     json_or_none,
-    money_moving_first,
+    ours_among,
     scrubbed,
+    verify_webhook,
 )
 from app.domain.errors import DomainError
 from app.domain.money import Money
@@ -111,8 +112,6 @@ _FAILURES = {
     "failed": ("refund_failed", "PAY.JP could not carry out the refund; pay out another way."),
     "canceled": ("refund_canceled", "The refund was canceled at PAY.JP."),
 }
-# Preference when one reference has several refunds (a double refund): report the
-# one that moved money, so the service never frees an amount that was paid out.
 
 
 class UnreadableRefund(ValueError):
@@ -162,6 +161,7 @@ def refund_from_payjp(obj: Any) -> PseRefund:
         reference=_reference_of(obj),
         failure_code=failure_code,
         failure_message=failure_message,
+        pse_payment_ids=ids_in(obj, "payment_flow_id"),
     )
 
 
@@ -442,15 +442,8 @@ class PayjpGateway(PseGateway):
             return self._chosen(submission, mine)
         return Unanswered(f"more than {_MAX_LIST_PAGES} pages of refunds for the payment")
 
-    def _chosen(self, submission: RefundSubmission, mine: list[PseRefund]) -> Accepted:
-        if len(mine) > 1:
-            log.error(
-                "pse.payjp.several_refunds_for_reference",
-                pse_account=self._account.name,
-                reference=submission.reference,
-                pse_refund_ids=[r.pse_refund_id for r in mine],
-            )
-        return Accepted(money_moving_first(mine))
+    def _chosen(self, submission: RefundSubmission, mine: list[PseRefund]) -> LookupResult:
+        return ours_among(mine, pse_account=self._account.name, reference=submission.reference)
 
     # -- webhooks -------------------------------------------------------------
 
@@ -481,16 +474,13 @@ class PayjpGateway(PseGateway):
     def _verify_token(self, given: str | None) -> None:
         if not given:
             raise InvalidWebhookSignature("missing X-Payjp-Webhook-Token header")
-        presented = given.strip().encode("utf-8")
-        matched = False
-        for token in self._account.webhook_secrets:
-            if not token:
-                continue
-            # Every configured token is compared, in constant time each.
-            if hmac.compare_digest(presented, token.encode("utf-8")):
-                matched = True
-        if not matched:
-            raise InvalidWebhookSignature("X-Payjp-Webhook-Token matches no configured token")
+        # A static token: what is presented must be the configured token itself.
+        verify_webhook(
+            self._account,
+            [given.strip().encode("utf-8")],
+            lambda token: token,
+            header="X-Payjp-Webhook-Token",
+        )
 
     # -- helpers --------------------------------------------------------------
 

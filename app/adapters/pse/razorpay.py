@@ -36,9 +36,11 @@ from app.adapters.pse.base import (
     PseNoAnswer,
     RetryingHttp,
     answer_summary,
+    ids_in,
     json_or_none,
-    money_moving_first,
+    ours_among,
     scrubbed,
+    verify_webhook,
 )
 from app.domain.errors import DomainError
 from app.domain.money import Money, exponent, is_currency
@@ -48,7 +50,6 @@ from app.domain.ports import (
     InvalidWebhookPayload,
     InvalidWebhookSignature,
     LookupResult,
-    NotFound,
     PseGateway,
     PseRefund,
     PseRefundState,
@@ -184,6 +185,7 @@ def refund_from_razorpay(obj: Any) -> PseRefund | None:
         reference=_reference_of(obj),
         failure_code=FAILURE_CODE if failed else None,
         failure_message=_FAILURE_MESSAGE if failed else None,
+        pse_payment_ids=ids_in(obj, "payment_id"),
     )
 
 
@@ -311,9 +313,6 @@ _EVENT_ID_HEADER = "x-razorpay-event-id"
 _EVENT_ID_MAX_CHARS = 255
 _REFUND_EVENTS = frozenset({"refund.created", "refund.processed", "refund.failed"})
 
-# Where a refund may have several candidates for one reference (a double
-# refund), report the one that moved money, so no amount is freed that was paid.
-
 
 def derived_event_id(body: bytes) -> str:
     """A stable event id from the raw body, for deliveries without X-Razorpay-Event-Id.
@@ -337,7 +336,6 @@ class RazorpayGateway(PseGateway):
         self._http = RetryingHttp(account, http)
         credentials = f"{key_id}:{account.api_key}".encode()
         self._authorization = "Basic " + base64.b64encode(credentials).decode("ascii")
-        self._secrets = tuple(s.encode("utf-8") for s in account.webhook_secrets if s)
 
     # -- create ---------------------------------------------------------------
 
@@ -487,17 +485,7 @@ class RazorpayGateway(PseGateway):
         return Unanswered(f"more than {_MAX_LIST_PAGES} pages of refunds for the payment")
 
     def _pick(self, submission: RefundSubmission, mine: list[PseRefund]) -> LookupResult:
-        if not mine:
-            return NotFound()
-        distinct = {refund.pse_refund_id: refund for refund in mine}
-        if len(distinct) > 1:
-            log.error(
-                "pse.razorpay.several_refunds_for_reference",
-                pse_account=self._account.name,
-                reference=submission.reference,
-                pse_refund_ids=sorted(distinct),
-            )
-        return Accepted(money_moving_first(distinct.values()))
+        return ours_among(mine, pse_account=self._account.name, reference=submission.reference)
 
     @staticmethod
     def _is_unknown_id(response: httpx.Response) -> bool:
@@ -547,14 +535,12 @@ class RazorpayGateway(PseGateway):
         candidate = header.strip()
         if not candidate.isascii():
             raise InvalidWebhookSignature("malformed X-Razorpay-Signature header")
-        given = candidate.encode("ascii")
-        matched = False
-        for secret in self._secrets:
-            expected = hmac.new(secret, body, hashlib.sha256).hexdigest().encode("ascii")
-            # No early exit: the time taken does not tell which secret matched.
-            matched |= hmac.compare_digest(expected, given)
-        if not matched:
-            raise InvalidWebhookSignature("X-Razorpay-Signature does not match")
+        verify_webhook(
+            self._account,
+            [candidate.encode("ascii")],
+            lambda key: hmac.new(key, body, hashlib.sha256).hexdigest().encode("ascii"),
+            header="X-Razorpay-Signature",
+        )
 
     @staticmethod
     def _event_id(headers: Mapping[str, str], body: bytes) -> str:

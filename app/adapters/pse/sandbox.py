@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hmac
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -14,15 +13,16 @@ from urllib.parse import quote
 import httpx
 import structlog
 from standardwebhooks import Webhook
-from standardwebhooks.webhooks import EmptyWebhookSecretError
 
 from app.adapters.pse.base import (
     PseAccount,
     PseNoAnswer,
     RetryingHttp,
+    ids_in,
     json_object,
     json_or_none,
-    money_moving_first,
+    ours_among,
+    verify_webhook,
 )
 from app.domain.errors import DomainError
 from app.domain.money import Money
@@ -32,7 +32,6 @@ from app.domain.ports import (
     InvalidWebhookPayload,
     InvalidWebhookSignature,
     LookupResult,
-    NotFound,
     PseGateway,
     PseRefund,
     PseRefundState,
@@ -63,9 +62,6 @@ _DECLINES: dict[str, tuple[str, bool]] = {
     "invalid_request": ("invalid_request", False),
     "idempotency_key_missing": ("idempotency_key_missing", False),
 }
-# Preference when one reference has several refunds at the sandbox (a double
-# refund): report the one that moved money, so the service never frees an amount
-# that was in fact paid out.
 
 
 class UnreadableRefund(ValueError):
@@ -97,6 +93,7 @@ def refund_from_sandbox(obj: Any) -> PseRefund:
         reference=_optional_str(obj.get("reference")),
         failure_code=_optional_str(obj.get("failure_code")),
         failure_message=_optional_str(obj.get("failure_message")),
+        pse_payment_ids=ids_in(obj, "payment_id"),
     )
 
 
@@ -208,15 +205,7 @@ class SandboxGateway(PseGateway):
             return Unanswered(f"unreadable refund in the list: {exc}")
         # The sandbox filters by reference already; checking again costs nothing.
         mine = [r for r in refunds if r.reference == submission.reference]
-        if not mine:
-            return NotFound()
-        if len(mine) > 1:
-            log.error(
-                "pse.sandbox.several_refunds_for_reference",
-                reference=submission.reference,
-                pse_refund_ids=[r.pse_refund_id for r in mine],
-            )
-        return Accepted(money_moving_first(mine))
+        return ours_among(mine, pse_account=self._account.name, reference=submission.reference)
 
     @staticmethod
     def _accepted_or_unanswered(obj: Any) -> LookupResult:
@@ -271,17 +260,27 @@ class SandboxGateway(PseGateway):
             text = body.decode("utf-8")
         except UnicodeDecodeError:
             raise InvalidWebhookSignature("body is not UTF-8") from None
-        given = _v1_signatures(signatures)
-        for secret in self._account.webhook_secrets:
-            try:
-                expected = Webhook(secret).sign(msg_id=msg_id, timestamp=sent_at, data=text)
-            except (ValueError, TypeError, binascii.Error, EmptyWebhookSecretError):
-                log.error("pse.sandbox.bad_webhook_secret", pse_account=self._account.name)
-                continue
-            digest = base64.b64decode(expected.partition(",")[2])
-            if any(hmac.compare_digest(digest, candidate) for candidate in given):
-                return
-        raise InvalidWebhookSignature("no signature matches")
+
+        def expected(key: bytes) -> bytes:
+            signature = Webhook(key).sign(msg_id=msg_id, timestamp=sent_at, data=text)
+            return base64.b64decode(signature.partition(",")[2])
+
+        verify_webhook(
+            self._account,
+            _v1_signatures(signatures),
+            expected,
+            header="webhook-signature v1",
+            key_of=_standard_webhooks_key,
+        )
+
+
+def _standard_webhooks_key(secret: str) -> bytes | None:
+    """The HMAC key of a Standard Webhooks secret: base64 after the `whsec_` prefix,
+    read as `standardwebhooks` reads it (padding optional)."""
+    try:
+        return base64.b64decode(secret.removeprefix("whsec_") + "==")
+    except (ValueError, binascii.Error):
+        return None
 
 
 def _v1_signatures(header: str) -> list[bytes]:

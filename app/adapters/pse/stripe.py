@@ -24,8 +24,11 @@ from app.adapters.pse.base import (
     PseNoAnswer,
     RetryingHttp,
     answer_summary,
+    ids_in,
     json_or_none,
+    ours_among,
     scrubbed,
+    verify_webhook,
 )
 from app.domain.errors import DomainError
 from app.domain.money import Money, exponent, is_currency
@@ -35,7 +38,6 @@ from app.domain.ports import (
     InvalidWebhookPayload,
     InvalidWebhookSignature,
     LookupResult,
-    NotFound,
     PseGateway,
     PseRefund,
     PseRefundState,
@@ -184,6 +186,7 @@ def refund_from_stripe(obj: Any) -> PseRefund | None:
         reference=_reference_of(obj),
         failure_code=failure_code,
         failure_message=failure_message,
+        pse_payment_ids=ids_in(obj, "payment_intent", "charge"),
     )
 
 
@@ -236,7 +239,15 @@ _KEY_PATTERN = re.compile(r"\b[sr]k_(?:live|test)_[A-Za-z0-9*]+")
 # --------------------------------------------------------------------------
 
 _SIGNATURE_HEADER = "stripe-signature"
-_REFUND_EVENTS = frozenset({"refund.created", "refund.updated", "refund.failed"})
+# Events whose `data.object` is a refund. Before API version 2024-10-28 Stripe
+# sends the `refund.*` ones only for refunds without a charge: a card refund
+# changes (settles, fails, or fails after `succeeded` when the card account is
+# closed) only through `charge.refund.updated`. The version an event is written
+# in is the webhook endpoint's, not our pinned request version, so all are read.
+_REFUND_EVENTS = frozenset(
+    {"charge.refund.updated", "refund.created", "refund.updated", "refund.failed"}
+)
+# `data.object` is the charge; its `refunds` list only before 2022-11-15 or expanded.
 _CHARGE_REFUNDED = "charge.refunded"
 
 
@@ -400,6 +411,7 @@ class StripeGateway(PseGateway):
             self._payment_param(submission.pse_payment_id): submission.pse_payment_id,
             "limit": _LIST_PAGE_SIZE,
         }
+        mine: list[PseRefund] = []
         for _ in range(_MAX_LIST_PAGES):
             try:
                 response = await self._http.send(
@@ -418,10 +430,14 @@ class StripeGateway(PseGateway):
                     refund = refund_from_stripe(item)
                     if refund is None:
                         return Unanswered("matching refund is not a recognisable refund object")
-                    return Accepted(refund)
+                    mine.append(refund)
             has_more = page.get("has_more")
             if has_more is False:
-                return NotFound()
+                # Every page is read: the newest match may be a failed one while
+                # an older one under the same reference paid the customer.
+                return ours_among(
+                    mine, pse_account=self._account.name, reference=submission.reference
+                )
             last = items[-1] if items else None
             cursor = last.get("id") if isinstance(last, Mapping) else None
             if has_more is not True or not isinstance(cursor, str):
@@ -468,18 +484,13 @@ class StripeGateway(PseGateway):
             raise InvalidWebhookSignature("missing Stripe-Signature header")
         timestamp, signatures = _parse_signature_header(header)
         signed = timestamp.encode("ascii") + b"." + body
-        candidates = [signature.encode("ascii") for signature in signatures]
         # Stripe keys the HMAC with the whole `whsec_…` string, not a decoded form.
-        matched = any(
-            hmac.compare_digest(
-                hmac.new(secret.encode("utf-8"), signed, hashlib.sha256).hexdigest().encode(),
-                candidate,
-            )
-            for secret in self._account.webhook_secrets
-            for candidate in candidates
+        verify_webhook(
+            self._account,
+            [signature.encode("ascii") for signature in signatures],
+            lambda key: hmac.new(key, signed, hashlib.sha256).hexdigest().encode("ascii"),
+            header="Stripe-Signature v1",
         )
-        if not matched:
-            raise InvalidWebhookSignature("no Stripe-Signature v1 signature matches")
         if abs(now.timestamp() - int(timestamp)) > self._account.webhook_tolerance_seconds:
             raise InvalidWebhookSignature("Stripe-Signature timestamp outside the tolerance")
 

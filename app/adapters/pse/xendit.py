@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import hmac
 import json
 import re
 from collections.abc import Mapping
@@ -53,10 +52,12 @@ from app.adapters.pse.base import (
     PseNoAnswer,
     RetryingHttp,
     answer_summary,
+    ids_in,
     json_object,
     json_or_none,
-    money_moving_first,
+    ours_among,
     scrubbed,
+    verify_webhook,
 )
 from app.domain.errors import DomainError
 from app.domain.money import Money, exponent, is_currency
@@ -66,7 +67,6 @@ from app.domain.ports import (
     InvalidWebhookPayload,
     InvalidWebhookSignature,
     LookupResult,
-    NotFound,
     PseGateway,
     PseRefund,
     PseRefundState,
@@ -194,6 +194,12 @@ _STATES = {
 # Xendit's documented `failure_code` values; the code is passed on lower-cased
 # (stable), the words help whoever picks the refund up.
 _FAILURE_MESSAGES = {
+    # Only as a refund's failure (callback), never as an immediate error: the
+    # immediate INELIGIBLE_TRANSACTION means the payment was never collected.
+    "ineligible_transaction": (
+        "The payment is past its refund period at Xendit, or out of refund attempts; "
+        "pay out another way."
+    ),
     "account_access_blocked": "The payer's account is blocked and cannot receive the refund.",
     "account_not_found": "The payer's account no longer exists; pay out another way.",
     "duplicate_error": "Xendit refused the refund as a duplicate of another one.",
@@ -253,11 +259,8 @@ def refund_from_xendit(obj: Any) -> PseRefund:
         failure_code=failure_code,
         failure_message=failure_message,
         fee=from_xendit_amount(obj.get("refund_fee_amount"), currency),
+        pse_payment_ids=ids_in(obj, "payment_request_id", "invoice_id", "payment_id"),
     )
-
-
-# Preference when one reference has several refunds at Xendit: report the one
-# that moved money, so the service never frees an amount that was paid out.
 
 
 # --------------------------------------------------------------------------
@@ -269,7 +272,9 @@ _Decline = DeclineRule
 
 
 _PAYMENT_NOT_FOUND = _Decline("payment_not_found")
-_INELIGIBLE = _Decline("refund_ineligible", offline=True)
+# The payment is FAILED, PENDING or VOIDED at Xendit: no money was collected, so
+# none may go back (least of all by an offline payout). A person must look.
+_NOT_COLLECTED = _Decline("payment_not_collected")
 
 # Xendit error codes that prove the refund was not made. Two generations of the
 # API reference name some of them differently (the SDKs' `MAXIMUM_REFUND_AMOUNT_
@@ -280,20 +285,23 @@ _INELIGIBLE = _Decline("refund_ineligible", offline=True)
 # has no dedicated code for either. The maximum-amount code is documented as
 # "the amount cannot exceed the remaining unrefunded amount"; a fully refunded
 # payment has nothing left, so it lands there too (amount_exceeds_refundable;
-# no separate already_refunded can be told apart). Each channel has its own
-# refund window (cards, e-wallets, direct debit, QR) and the reference names no
-# code for passing it; INELIGIBLE_TRANSACTION(_STATUS), "not allowed for the
-# payment because of its current status", is the refusal that covers it
-# (unconfirmed beyond that description). The money can then only go back outside
-# Xendit, hence offline. REFUND_NOT_SUPPORTED (a channel without refunds through
-# the API: not every channel has them) means the payer can only be paid back
+# no separate already_refunded can be told apart). The immediate (403)
+# INELIGIBLE_TRANSACTION(_STATUS) is documented as "the transaction is in
+# FAILED, PENDING or VOIDED status" / "not allowed for the payment because of
+# its current status": the payer was never charged, or was given the money
+# back, so it is declined and never paid out offline. Past the channel's refund
+# period Xendit accepts the refund and fails it later with the *failure code*
+# INELIGIBLE_TRANSACTION ("passed its validity period … or exceeded the
+# allowable number of tries"): that one is the offline payout (see
+# `_create_answer` and `_FAILURE_MESSAGES`). REFUND_NOT_SUPPORTED (a channel
+# without refunds through the API) means the payer can only be paid back
 # another way, e.g. to a bank account, which is offline too.
 _DECLINES: Mapping[str, _Decline] = {
     "MAXIMUM_REFUND_AMOUNT_REACHED": _Decline("amount_exceeds_refundable"),
     "REFUND_AMOUNT_EXCEEDED": _Decline("amount_exceeds_refundable"),
     "INSUFFICIENT_BALANCE": _Decline("insufficient_balance", retriable=True),
-    "INELIGIBLE_TRANSACTION": _INELIGIBLE,
-    "INELIGIBLE_TRANSACTION_STATUS": _INELIGIBLE,
+    "INELIGIBLE_TRANSACTION": _NOT_COLLECTED,
+    "INELIGIBLE_TRANSACTION_STATUS": _NOT_COLLECTED,
     "REFUND_NOT_SUPPORTED": _Decline("refund_not_supported", offline=True),
     "PARTIAL_REFUND_NOT_SUPPORTED": _Decline("partial_refund_not_supported"),
     "PARTIAL_REFUND_COUNTS_EXCEEDED": _Decline("partial_refund_limit_reached"),
@@ -304,6 +312,8 @@ _DECLINES: Mapping[str, _Decline] = {
     "TEMPORARILY_UNAVAILABLE": _Decline("temporarily_unavailable", retriable=True),
     "INVALID_MERCHANT_SETTINGS": _Decline("pse_account_misconfigured"),
 }
+# The failure code of a refund Xendit accepted, then failed past the refund period.
+_PAST_WINDOW_FAILURE = "ineligible_transaction"
 # 403 REQUEST_FORBIDDEN_ERROR: the key lacks the permission to refund.
 _AUTHENTICATION_CODES = frozenset({"INVALID_API_KEY", "REQUEST_FORBIDDEN_ERROR"})
 # The statuses each declining code is documented with; another pairing is not trusted.
@@ -393,6 +403,14 @@ class XenditGateway(PseGateway):
                 return Unanswered(f"HTTP {status} with an unreadable refund: {exc}")
             if refund.reference is not None and refund.reference != submission.reference:
                 return Unanswered(f"refund {refund.pse_refund_id} carries another reference")
+            if refund.failure_code == _PAST_WINDOW_FAILURE:
+                # Failed at once for the documented past-the-window reason: nothing
+                # was refunded, and only an offline payout can give the money back.
+                return Declined(
+                    code="refund_window_passed",
+                    message=refund.failure_message or _PAST_WINDOW_FAILURE,
+                    offline=True,
+                )
             return Accepted(refund)
         code, message = _error_of(response)
         if status == 401 or (status == 403 and code in _AUTHENTICATION_CODES):
@@ -489,16 +507,7 @@ class XenditGateway(PseGateway):
         return Unanswered(f"more than {_MAX_LIST_PAGES} pages of refunds for the payment")
 
     def _pick(self, submission: RefundSubmission, mine: list[PseRefund]) -> LookupResult:
-        if not mine:
-            return NotFound()
-        if len(mine) > 1:
-            log.error(
-                "pse.xendit.several_refunds_for_reference",
-                pse_account=self._account.name,
-                reference=submission.reference,
-                pse_refund_ids=[r.pse_refund_id for r in mine],
-            )
-        return Accepted(money_moving_first(mine))
+        return ours_among(mine, pse_account=self._account.name, reference=submission.reference)
 
     # -- webhooks -------------------------------------------------------------
 
@@ -527,15 +536,10 @@ class XenditGateway(PseGateway):
         """The callback token against every configured one (rotation), in constant time."""
         if not token:
             raise InvalidWebhookSignature("missing x-callback-token header")
-        given = token.encode("utf-8")
-        matched = False
-        for secret in self._account.webhook_secrets:
-            if not secret:
-                continue
-            # Every secret is compared, so the time taken says nothing about which matched.
-            matched |= hmac.compare_digest(secret.encode("utf-8"), given)
-        if not matched:
-            raise InvalidWebhookSignature("x-callback-token matches no configured token")
+        # A static token: what is presented must be the configured token itself.
+        verify_webhook(
+            self._account, [token.encode("utf-8")], lambda key: key, header="x-callback-token"
+        )
 
     # -- helpers --------------------------------------------------------------
 

@@ -10,6 +10,7 @@ import base64
 import hashlib
 import hmac
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import httpx
@@ -141,6 +142,7 @@ def _refund_in(state: PseRefundState) -> dict[str, Any]:
 class KomojuCase:
     signs_body = True
     name = "komoju"
+    listed_states = frozenset({PseRefundState.SUCCEEDED, PseRefundState.PENDING})
 
     def __init__(self) -> None:
         self.secrets = ("whk_current_4f1c2a9b7e", "whk_previous_0d8e3b6a51")
@@ -214,6 +216,24 @@ class KomojuCase:
         router.get(PAYMENT_PATH).mock(
             return_value=httpx.Response(200, json=komoju_payment([_refund_in(state)]))
         )
+
+    def mock_lookup_several(
+        self, router: respx.MockRouter, states: Sequence[PseRefundState]
+    ) -> list[str]:
+        # `refunds[]` in the order they were made, oldest first.
+        newest_first = [
+            {
+                **_refund_in(state),
+                "id": f"6bqx1q5w9xkuj5f1ahkvv1hz{n}",
+                "amount": 1000,
+                "created_at": f"2026-11-27T08:0{9 - n}:00Z",
+            }
+            for n, state in enumerate(states)
+        ]
+        router.get(PAYMENT_PATH).mock(
+            return_value=httpx.Response(200, json=komoju_payment(newest_first[::-1]))
+        )
+        return [refund["id"] for refund in newest_first]
 
     def mock_lookup_empty(self, router: respx.MockRouter) -> None:
         router.get(PAYMENT_PATH).mock(return_value=httpx.Response(200, json=komoju_payment([])))

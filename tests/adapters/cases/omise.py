@@ -12,6 +12,7 @@ import binascii
 import hashlib
 import hmac
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -83,6 +84,8 @@ def omise_list(refunds: list[dict[str, Any]]) -> dict[str, Any]:
 class OmiseCase:
     signs_body = True
     name = "omise"
+    # Omise documents `pending` and `closed` refunds only.
+    listed_states = frozenset({PseRefundState.PENDING, PseRefundState.SUCCEEDED})
 
     def __init__(self) -> None:
         self.secrets = (CURRENT_SECRET, PREVIOUS_SECRET)
@@ -155,6 +158,24 @@ class OmiseCase:
         router.get(REFUNDS_PATH).mock(
             return_value=httpx.Response(200, json=omise_list([other, omise_refund(_STATUS[state])]))
         )
+
+    def mock_lookup_several(
+        self, router: respx.MockRouter, states: Sequence[PseRefundState]
+    ) -> list[str]:
+        newest_first = [
+            {
+                **omise_refund(_STATUS[state], refund_id=f"rfnd_test_5xuy4wgj2pj1qp9pl0{n}"),
+                "amount": 50000,
+                "funding_amount": 50000,
+                "created_at": f"2026-11-27T08:0{9 - n}:00Z",
+            }
+            for n, state in enumerate(states)
+        ]
+        # The adapter asks for `order=chronological`: oldest first.
+        router.get(REFUNDS_PATH).mock(
+            return_value=httpx.Response(200, json=omise_list(newest_first[::-1]))
+        )
+        return [refund["id"] for refund in newest_first]
 
     def mock_lookup_empty(self, router: respx.MockRouter) -> None:
         other = omise_refund("closed", reference="rf_someone_else", refund_id="rfnd_test_other")

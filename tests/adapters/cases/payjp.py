@@ -8,6 +8,7 @@ account's static `X-Payjp-Webhook-Token` header (no body signature exists to sig
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import httpx
@@ -28,6 +29,7 @@ CREATED_AT = "2026-11-27T08:00:00Z"
 class PayjpCase:
     signs_body = False
     name = "payjp"
+    listed_states = frozenset(PseRefundState)
 
     def __init__(self) -> None:
         self.secrets = (
@@ -143,6 +145,23 @@ class PayjpCase:
         router.get(f"/v2/payment_flows/{PAYMENT_FLOW_ID}/refunds").mock(
             return_value=httpx.Response(200, json=self._list([self._refund(state)]))
         )
+
+    def mock_lookup_several(
+        self, router: respx.MockRouter, states: Sequence[PseRefundState]
+    ) -> list[str]:
+        # Newest first, as PAY.JP lists.
+        refunds = [
+            {
+                **self._refund(state),
+                "id": f"pyr_5e6f7a8b9c0d1e2f3a4b5c6d7{n}",
+                "created_at": f"2026-11-27T08:0{9 - n}:00Z",
+            }
+            for n, state in enumerate(states)
+        ]
+        router.get(f"/v2/payment_flows/{PAYMENT_FLOW_ID}/refunds").mock(
+            return_value=httpx.Response(200, json=self._list(refunds))
+        )
+        return [refund["id"] for refund in refunds]
 
     def mock_lookup_empty(self, router: respx.MockRouter) -> None:
         other = {

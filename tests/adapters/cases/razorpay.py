@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import httpx
@@ -50,6 +51,7 @@ _REFUSALS = {
 class RazorpayCase:
     signs_body = True
     name = "razorpay"
+    listed_states = frozenset(PseRefundState)
     secrets = ("conformance_webhook_secret_current", "conformance_webhook_secret_previous")
 
     def account(self) -> PseAccount:
@@ -128,6 +130,24 @@ class RazorpayCase:
                 200, json=razorpay_collection([someone_else, self._refund(state)])
             )
         )
+
+    def mock_lookup_several(
+        self, router: respx.MockRouter, states: Sequence[PseRefundState]
+    ) -> list[str]:
+        # Newest first, as Razorpay lists.
+        refunds = [
+            {
+                **self._refund(state),
+                "id": f"rfnd_Conform00001{n}",
+                "amount": 10000,
+                "created_at": 1795766400 - n,
+            }
+            for n, state in enumerate(states)
+        ]
+        router.get(f"/v1/payments/{PAYMENT_ID}/refunds").mock(
+            return_value=httpx.Response(200, json=razorpay_collection(refunds))
+        )
+        return [refund["id"] for refund in refunds]
 
     def mock_lookup_empty(self, router: respx.MockRouter) -> None:
         router.get(f"/v1/payments/{PAYMENT_ID}/refunds").mock(

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import httpx
 import respx
 from standardwebhooks import Webhook
+from standardwebhooks.webhooks import EmptyWebhookSecretError
 
 from app.adapters.pse.base import PseAccount
 from app.adapters.pse.sandbox import SandboxGateway
@@ -20,9 +25,21 @@ PAYMENT_ID = "pay_sandbox_1"
 REFUND_ID = "sbre_0193c1d2e3f4"
 
 
+def sign(secret: str, msg_id: str, at: datetime, body: str) -> str:
+    """`webhook-signature` as Standard Webhooks defines it, by the `standardwebhooks`
+    package; for an empty key, which the package will not use, by hand, as a
+    forger would."""
+    try:
+        return Webhook(secret).sign(msg_id, at, body)
+    except EmptyWebhookSecretError:
+        signed = f"{msg_id}.{int(at.timestamp())}.{body}".encode()
+        return "v1," + base64.b64encode(hmac.new(b"", signed, hashlib.sha256).digest()).decode()
+
+
 class SandboxCase:
     signs_body = True
     name = "sandbox"
+    listed_states = frozenset(PseRefundState)
 
     def __init__(self) -> None:
         self.secrets = (new_webhook_secret(), new_webhook_secret())
@@ -98,6 +115,22 @@ class SandboxCase:
             return_value=httpx.Response(200, json={"object": "list", "data": [self._refund(state)]})
         )
 
+    def mock_lookup_several(
+        self, router: respx.MockRouter, states: Sequence[PseRefundState]
+    ) -> list[str]:
+        refunds = [
+            {
+                **self._refund(state),
+                "id": f"sbre_0193c1d2e3f{n}",
+                "created_at": f"2026-11-27T08:0{9 - n}:00Z",
+            }
+            for n, state in enumerate(states)
+        ]
+        router.get("/v1/refunds", params={"reference": REFERENCE}).mock(
+            return_value=httpx.Response(200, json={"object": "list", "data": refunds})
+        )
+        return [refund["id"] for refund in refunds]
+
     def mock_lookup_empty(self, router: respx.MockRouter) -> None:
         router.get("/v1/refunds", params={"reference": REFERENCE}).mock(
             return_value=httpx.Response(200, json={"object": "list", "data": []})
@@ -119,7 +152,7 @@ class SandboxCase:
             headers={
                 "webhook-id": event_id,
                 "webhook-timestamp": str(int(now.timestamp())),
-                "webhook-signature": Webhook(secret).sign(event_id, now, body),
+                "webhook-signature": sign(secret, event_id, now, body),
                 "content-type": "application/json",
             },
             body=body.encode(),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from urllib.parse import parse_qsl
 
 import httpx
@@ -24,6 +25,7 @@ API_KEY = "sk_test_conformance_0000000000000000"
 class StripeCase:
     signs_body = True
     name = "stripe"
+    listed_states = frozenset(PseRefundState)
     secrets = ("whsec_conformance_current_secret", "whsec_conformance_previous_secret")
 
     def account(self) -> PseAccount:
@@ -103,6 +105,26 @@ class StripeCase:
                 },
             )
         )
+
+    def mock_lookup_several(
+        self, router: respx.MockRouter, states: Sequence[PseRefundState]
+    ) -> list[str]:
+        # Stripe lists refunds newest first.
+        refunds = [
+            {
+                **self._refund(state),
+                "id": f"re_3QJx2aLkdIwHu7ix0Several{n}",
+                "created": 1795766400 - n,
+            }
+            for n, state in enumerate(states)
+        ]
+        router.get("/v1/refunds", params={"payment_intent": PAYMENT_INTENT}).mock(
+            return_value=httpx.Response(
+                200,
+                json={"object": "list", "data": refunds, "has_more": False, "url": "/v1/refunds"},
+            )
+        )
+        return [refund["id"] for refund in refunds]
 
     def mock_lookup_empty(self, router: respx.MockRouter) -> None:
         router.get("/v1/refunds", params={"payment_intent": PAYMENT_INTENT}).mock(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+from collections.abc import Sequence
 from typing import Any
 
 import httpx
@@ -43,6 +44,7 @@ def _basic(key: str) -> str:
 class XenditCase:
     signs_body = False
     name = "xendit"
+    listed_states = frozenset(PseRefundState)
 
     def __init__(self) -> None:
         # Callback verification tokens as the dashboard shows them: long random strings.
@@ -114,19 +116,25 @@ class XenditCase:
         router.post("/refunds").mock(side_effect=answer)
 
     def mock_create_rejected(self, router: respx.MockRouter, reason: str) -> None:
-        errors = {
-            "amount_too_large": (
-                "MAXIMUM_REFUND_AMOUNT_REACHED",
-                "Refund amount has exceeded the remaining refundable amount of the payment",
-            ),
-            "window_passed": (
-                "INELIGIBLE_TRANSACTION",
-                "The transaction is no longer eligible for a refund",
-            ),
-        }
-        code, message = errors[reason]
+        if reason == "window_passed":
+            # Xendit has no immediate error for a payment past its refund period
+            # (the immediate INELIGIBLE_TRANSACTION is a payment never collected):
+            # the refund object comes back FAILED with that failure code.
+            refund = {
+                **self._refund(PseRefundState.FAILED),
+                "failure_code": "INELIGIBLE_TRANSACTION",
+            }
+            router.post("/refunds").mock(return_value=httpx.Response(200, json=refund))
+            return
         router.post("/refunds").mock(
-            return_value=httpx.Response(400, json={"error_code": code, "message": message})
+            return_value=httpx.Response(
+                400,
+                json={
+                    "error_code": "MAXIMUM_REFUND_AMOUNT_REACHED",
+                    "message": "Refund amount has exceeded the remaining refundable amount "
+                    "of the payment",
+                },
+            )
         )
 
     def mock_create_timeout(self, router: respx.MockRouter) -> None:
@@ -145,6 +153,23 @@ class XenditCase:
         router.get("/refunds", params={"payment_request_id": PAYMENT_REQUEST_ID}).mock(
             return_value=self._list([other, self._refund(state)])
         )
+
+    def mock_lookup_several(
+        self, router: respx.MockRouter, states: Sequence[PseRefundState]
+    ) -> list[str]:
+        refunds = [
+            {
+                **self._refund(state),
+                "id": f"rfd-6f4a377d-a201-437f-9119-f8b00cbbe85{n}",
+                "created": f"2026-11-27T08:0{9 - n}:00.000Z",
+                "updated": f"2026-11-27T08:0{9 - n}:00.000Z",
+            }
+            for n, state in enumerate(states)
+        ]
+        router.get("/refunds", params={"payment_request_id": PAYMENT_REQUEST_ID}).mock(
+            return_value=self._list(refunds)
+        )
+        return [refund["id"] for refund in refunds]
 
     def mock_lookup_empty(self, router: respx.MockRouter) -> None:
         router.get("/refunds", params={"payment_request_id": PAYMENT_REQUEST_ID}).mock(
