@@ -21,7 +21,8 @@ from app.adapters.pse.audit_transport import AuditingTransport
 from app.adapters.pse.base import PseAccount
 from app.adapters.settlement.parsers import SettlementFileError, open_settlement
 from app.config import AccountSettings, ConfigError, Settings, secrets_of
-from app.domain.policy import ApprovalTier, RefundPolicy
+from app.domain.money import parse_rate
+from app.domain.policy import ApprovalTier, RefundPolicy, TrustedRate
 from app.domain.ports import Clock, PseGateway
 from app.domain.resolution import CheckSchedule
 from app.metrics import Metrics
@@ -51,6 +52,11 @@ def policy_from(settings: Settings) -> RefundPolicy:
             ApprovalTier(t.currency, t.above, t.approvals, t.min_level) for t in p.approval_tiers
         ),
         offline_payment_methods=frozenset(m.lower() for m in p.offline_payment_methods),
+        rates=tuple(
+            TrustedRate(*pair.split("_"), parse_rate(r.rate), r.as_of)
+            for pair, r in p.rates.items()
+        ),
+        rate_max_age_days=p.rate_max_age_days,
     )
 
 

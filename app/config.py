@@ -10,6 +10,8 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -20,6 +22,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 from pydantic_settings import (
@@ -29,7 +32,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from app.domain.money import is_currency
+from app.domain.errors import InvalidMoney
+from app.domain.money import is_currency, parse_rate
 
 ENV_PREFIX = "PSE_REFUNDS_"
 CONFIG_FILE_VAR = "PSE_REFUNDS_CONFIG_FILE"
@@ -80,6 +84,61 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+@dataclass(frozen=True)
+class WebhookSecretFormat:
+    """What a provider's webhook secret looks like, so a short or malformed one
+    is refused at start rather than accepting forgeries later."""
+
+    min_length: int
+    prefix: str = ""
+    # Standard Webhooks and Omise secrets are base64 of random bytes: count those.
+    base64_min_bytes: int | None = None
+    describe: str = ""
+
+
+# Issued secrets follow the provider's own format; where the merchant chooses
+# the secret (KOMOJU, Razorpay) there is no documented minimum, so 16
+# characters is ours: an HMAC key shorter than that can be guessed offline.
+WEBHOOK_SECRET_FORMATS: dict[str, WebhookSecretFormat] = {
+    "sandbox": WebhookSecretFormat(
+        30, "whsec_", base64_min_bytes=24, describe="whsec_ + base64 of at least 24 bytes"
+    ),
+    "stripe": WebhookSecretFormat(
+        38, "whsec_", describe="the endpoint's signing secret, whsec_ + at least 32 characters"
+    ),
+    "komoju": WebhookSecretFormat(16, describe="the webhook secret, at least 16 characters"),
+    "razorpay": WebhookSecretFormat(16, describe="the webhook secret, at least 16 characters"),
+    "payjp": WebhookSecretFormat(
+        24, describe="the webhook token shown in the dashboard, at least 24 characters"
+    ),
+    "xendit": WebhookSecretFormat(
+        32, describe="the callback verification token, at least 32 characters"
+    ),
+    "omise": WebhookSecretFormat(
+        24, base64_min_bytes=16, describe="the base64 webhook secret of at least 16 bytes"
+    ),
+}
+
+
+def _check_webhook_secret(provider: str, secret: str) -> str | None:
+    """Why `secret` cannot be this provider's webhook secret, or None."""
+    rule = WEBHOOK_SECRET_FORMATS[provider]
+    if not secret:
+        return "is empty"
+    if rule.prefix and not secret.startswith(rule.prefix):
+        return f"must start with {rule.prefix} ({rule.describe})"
+    if len(secret) < rule.min_length:
+        return f"is too short ({rule.describe})"
+    if rule.base64_min_bytes is not None:
+        try:
+            decoded = base64.b64decode(secret[len(rule.prefix) :], validate=True)
+        except (binascii.Error, ValueError):
+            return f"is not base64 ({rule.describe})"
+        if len(decoded) < rule.base64_min_bytes:
+            return f"is too short ({rule.describe})"
+    return None
+
+
 class AccountSettings(_Strict):
     provider: Provider
     api_key: Secret = SecretStr("")
@@ -92,6 +151,19 @@ class AccountSettings(_Strict):
     backoff_max_seconds: float = Field(default=8.0, ge=0, le=600)
     webhook_tolerance_seconds: int = Field(default=300, ge=1, le=3600)
     options: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("webhook_secrets")
+    @classmethod
+    def _webhook_secret_format(cls, value: list[SecretStr], info: ValidationInfo) -> Any:
+        provider = info.data.get("provider")
+        if provider is None:
+            return value  # the provider itself was refused; that error names it
+        for index, secret in enumerate(value):
+            problem = _check_webhook_secret(provider, secret.get_secret_value())
+            if problem is not None:
+                # The position, never the secret: errors end up in logs.
+                raise ValueError(f"secret #{index + 1} {problem}")
+        return value
 
     @field_validator("base_url")
     @classmethod
@@ -111,6 +183,27 @@ class ApprovalTierSettings(_Strict):
     min_level: int = Field(default=1, ge=1, le=3)
 
 
+def _rate_pair(pair: str) -> str:
+    parts = pair.split("_")
+    if len(parts) != 2 or not all(is_currency(code) for code in parts) or parts[0] == parts[1]:
+        raise ValueError(f"{pair!r}: name a rate FROM_TO with two ISO 4217 codes, e.g. EUR_JPY")
+    return pair
+
+
+def _config_rate(value: str) -> str:
+    try:
+        parse_rate(value)
+    except InvalidMoney as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
+class RateSettings(_Strict):
+    # A string, as every rate is: TOML floats carry binary noise.
+    rate: Annotated[str, AfterValidator(_config_rate)]
+    as_of: date
+
+
 class PolicySettings(_Strict):
     refund_window_days: int = Field(default=180, ge=1, le=3650)
     max_refund_amount: dict[Currency, Annotated[int, Field(ge=1)]] = Field(default_factory=dict)
@@ -118,6 +211,12 @@ class PolicySettings(_Strict):
         default_factory=dict
     )
     approval_tiers: list[ApprovalTierSettings] = Field(default_factory=list)
+    # Rates the operator trusts for comparing refunds with tiers of another
+    # currency, e.g. EUR_JPY = {rate = "162.35", as_of = 2026-11-30}.
+    rates: dict[Annotated[str, AfterValidator(_rate_pair)], RateSettings] = Field(
+        default_factory=dict
+    )
+    rate_max_age_days: int | None = Field(default=None, ge=1, le=3650)
     offline_payment_methods: list[str] = Field(
         default_factory=lambda: ["konbini", "pay_easy", "bank_transfer", "cash", "cash_on_delivery"]
     )

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from app.domain.money import Money
 from app.domain.ports import (
     Accepted,
     Clock,
@@ -68,6 +69,7 @@ class FakeGateway(PseGateway):
             state=self.state_on_create,
             amount=submission.amount,
             reference=submission.reference,
+            pse_payment_ids=(submission.pse_payment_id,),
         )
         self.refunds[submission.reference] = refund
         return Accepted(refund)
@@ -97,6 +99,10 @@ class FakeGateway(PseGateway):
                     state=PseRefundState(refund["state"]),
                     reference=refund.get("reference"),
                     failure_code=refund.get("failure_code"),
+                    amount=Money(refund["amount"], refund["currency"])
+                    if "amount" in refund
+                    else None,
+                    pse_payment_ids=(refund["payment"],) if "payment" in refund else (),
                 )
                 if refund
                 else None,
@@ -106,6 +112,8 @@ class FakeGateway(PseGateway):
 
     def settle(self, reference: str, state: PseRefundState) -> PseRefund:
         old = self.refunds[reference]
-        new = PseRefund(old.pse_refund_id, state, old.amount, old.reference)
+        new = PseRefund(
+            old.pse_refund_id, state, old.amount, old.reference, pse_payment_ids=old.pse_payment_ids
+        )
         self.refunds[reference] = new
         return new

@@ -103,6 +103,15 @@ class RequestContextMiddleware:
                 422, "validation_error", "The request is not valid", "NUL is not allowed in a URL"
             )
             return
+        if any(b"\x00" in value for _name, value in scope.get("headers", ())):
+            # Headers are kept in the audit log and some are stored (Idempotency-Key).
+            await problem(
+                422,
+                "validation_error",
+                "The request is not valid",
+                "NUL is not allowed in a header",
+            )
+            return
 
         if content_length is not None and content_length > limit:
             await problem(

@@ -4,13 +4,22 @@ rejected, money is an integer of minor units, times carry their zone."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    model_validator,
+)
 
+from app.domain.errors import InvalidMoney
 from app.domain.models import RefundReason, RefundStatus
-from app.domain.money import is_currency
+from app.domain.money import is_currency, parse_rate
+from app.domain.text import text_problem
 
 T = TypeVar("T")
 
@@ -23,11 +32,9 @@ def _currency(code: str) -> str:
 
 def _rate(value: str) -> str:
     try:
-        rate = Decimal(value)
-    except InvalidOperation:
-        raise ValueError('must be a decimal number written as a string, e.g. "0.0067"') from None
-    if not rate.is_finite() or rate <= 0:
-        raise ValueError("must be a positive decimal")
+        parse_rate(value)
+    except InvalidMoney as exc:
+        raise ValueError(str(exc)) from None
     return value
 
 
@@ -59,19 +66,20 @@ Metadata = Annotated[dict[str, str], AfterValidator(_metadata)]
 Note = Annotated[str, Field(max_length=1000)]
 
 
-def _no_nul(value: Any) -> Any:
-    """NUL cannot be stored (PostgreSQL text refuses it) and has no business in a
-    request: refuse it anywhere in a body."""
+def _storable(value: Any) -> Any:
+    """Refuse, anywhere in a body, text that cannot be stored (NUL, lone
+    surrogates): a 422 before anything is written, never a failed write."""
     if isinstance(value, str):
-        if "\x00" in value:
-            raise ValueError("text must not contain NUL (\\u0000)")
+        problem = text_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
     elif isinstance(value, dict):
         for key, item in value.items():
-            _no_nul(key)
-            _no_nul(item)
+            _storable(key)
+            _storable(item)
     elif isinstance(value, list):
         for item in value:
-            _no_nul(item)
+            _storable(item)
     return value
 
 
@@ -87,7 +95,14 @@ def utc_instant(value: datetime) -> datetime:
     return moment
 
 
-Instant = Annotated[AwareDatetime, AfterValidator(utc_instant)]
+def _rfc3339_text(value: Any) -> Any:
+    # A number would be read as Unix seconds: the contract's times are RFC 3339 text.
+    if not isinstance(value, str | datetime):
+        raise ValueError("must be an RFC 3339 time, e.g. 2026-11-27T08:00:00Z")
+    return value
+
+
+Instant = Annotated[AwareDatetime, BeforeValidator(_rfc3339_text), AfterValidator(utc_instant)]
 
 
 class Strict(BaseModel):
@@ -95,8 +110,8 @@ class Strict(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _refuse_nul(cls, data: Any) -> Any:
-        return _no_nul(data)
+    def _refuse_unstorable_text(cls, data: Any) -> Any:
+        return _storable(data)
 
 
 # -- payments ---------------------------------------------------------------
@@ -262,6 +277,11 @@ REFUND_EXAMPLE: dict[str, Any] = {
 }
 
 
+class AttentionOut(BaseModel):
+    detail: str
+    at: datetime
+
+
 class RefundOut(BaseModel):
     id: str
     payment_id: str
@@ -286,6 +306,11 @@ class RefundOut(BaseModel):
     settlement_currency: str | None
     fx_difference: int | None
     fee_amount: int | None
+    attention: AttentionOut | None = Field(
+        default=None,
+        description="why the refund raised `refund.needs_attention`, until ops acknowledge it "
+        "(`POST /v1/refunds/{id}/acknowledge`)",
+    )
     created_at: datetime
     updated_at: datetime
     status_history: list[StatusChangeOut]
@@ -304,6 +329,15 @@ class RejectIn(Strict):
 
     model_config = ConfigDict(
         extra="forbid", json_schema_extra={"examples": [{"note": "customer already refunded"}]}
+    )
+
+
+class AcknowledgeIn(Strict):
+    note: Annotated[str, Field(min_length=1, max_length=1000)]
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"note": "PSE support confirmed the card refund failed"}]},
     )
 
 
@@ -352,7 +386,12 @@ class WebhookAck(BaseModel):
     received: bool = True
     event_id: str
     duplicate: bool
-    status: str | None
+    status: str | None = Field(
+        description="what became of the event: applied, unmatched (kept until its refund "
+        "is known), ignored (not about a refund), conflict (contradicts a final status), "
+        "mismatched (names our refund but is about another PSE refund, payment or amount), "
+        "received (stored; the worker applies it); null for a duplicate"
+    )
 
 
 class PolicyOut(BaseModel):
@@ -361,6 +400,12 @@ class PolicyOut(BaseModel):
     daily_auto_approve_limit: dict[str, int]
     approval_tiers: list[dict[str, Any]]
     offline_payment_methods: list[str]
+    rates: dict[str, dict[str, str]] = Field(
+        default_factory=dict,
+        description="operator rates (FROM_TO → {rate, as_of}) that compare refunds with "
+        "approval tiers of another currency",
+    )
+    rate_max_age_days: int | None = None
     accounts: dict[str, dict[str, Any]]
     stale_after_hours: float
 

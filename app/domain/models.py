@@ -212,8 +212,6 @@ class Payment:
             captured_at=self.captured_at,
             payment_method=self.payment_method,
             high_risk=self.risk_level is RiskLevel.HIGH,
-            settlement_currency=self.settlement_currency,
-            settlement_rate=self.settlement_rate,
             now=now,
             window_days=window_days,
             auto_approved_today=auto_approved_today,
@@ -293,6 +291,9 @@ class Refund:
     # Self-checks with the PSE (see resolution.CheckSchedule).
     resolve_attempts: int = 0
     next_check_at: datetime | None = None
+    # Why the refund last raised `refund.needs_attention`, until a person acknowledges it.
+    attention: str | None = None
+    attention_at: datetime | None = None
     # Set when the status changed since the refund was loaded: its checks are rescheduled.
     status_changed: bool = False
     # Raised by the last operations, written to the outbox by the service.
@@ -457,14 +458,8 @@ class Refund:
         if self.status.is_final:
             if target is S.PENDING and self.status is S.SUCCEEDED:
                 return Applied.UNCHANGED  # a late "pending" after success is old news
-            self.events.append(
-                DomainEvent(
-                    "refund.needs_attention",
-                    self.id,
-                    at,
-                    f"PSE reports {seen.state} but the refund is {self.status}",
-                )
-            )
+            said = f" ({seen.failure_code})" if seen.failure_code else ""
+            self.flag(f"PSE reports {seen.state}{said} but the refund is {self.status}", at)
             return Applied.CONTRADICTS
         if not self.can_move_to(target):
             if self.status is S.APPROVED:
@@ -505,8 +500,20 @@ class Refund:
             self.fx_difference = settled.amount - self.settlement_amount
 
     def flag(self, detail: str, at: datetime) -> None:
-        """Raise `refund.needs_attention` without changing the status."""
+        """Raise `refund.needs_attention` without changing the status; the refund
+        stays in the attention list until a person acknowledges it."""
+        self.attention, self.attention_at = detail, at
         self.events.append(DomainEvent("refund.needs_attention", self.id, at, detail))
+
+    def acknowledge_attention(self, at: datetime) -> str:
+        """A person has looked: the refund leaves the attention list. Returns
+        what it was flagged for."""
+        if self.attention is None:
+            raise InvalidState(f"refund {self.id} is not flagged for attention")
+        detail = self.attention
+        self.attention = self.attention_at = None
+        self.updated_at = at
+        return detail
 
 
 class Applied(StrEnum):

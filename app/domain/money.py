@@ -6,6 +6,7 @@ Amounts never pass through floats. Conversions between currencies use
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Context, Decimal, InvalidOperation
 from functools import lru_cache
@@ -58,17 +59,34 @@ def exponent(currency: str) -> int:
         raise UnknownCurrency(currency) from None
 
 
+# A rate is written as plain decimal digits, e.g. "0.0067" or "151.25": no
+# exponent, sign, NaN or infinity, and few enough digits to be a real quote.
+RATE_MAX_INTEGER_DIGITS = 12
+RATE_MAX_FRACTION_DIGITS = 12
+_RATE_SHAPE = re.compile(
+    rf"[0-9]{{1,{RATE_MAX_INTEGER_DIGITS}}}(?:\.[0-9]{{1,{RATE_MAX_FRACTION_DIGITS}}})?"
+)
+
+
 def parse_rate(value: str | Decimal) -> Decimal:
-    """A positive, finite exchange rate given as a decimal string."""
-    if not isinstance(value, str | Decimal):
+    """A positive exchange rate written as plain decimal digits (at most 12
+    before and 12 after the point)."""
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            raise InvalidMoney(f"exchange rate {value!r} must be a positive decimal")
+        value = format(value.normalize(), "f") if value != 0 else "0"
+    if not isinstance(value, str):
         # Floats carry binary noise (0.0067 is 0.00670000000000000022…), bools are not rates.
         raise InvalidMoney(f"exchange rate {value!r} must be a decimal string")
-    try:
-        rate = value if isinstance(value, Decimal) else Decimal(value)
-    except (InvalidOperation, TypeError, ValueError):
-        raise InvalidMoney(f"exchange rate {value!r} is not a decimal number") from None
-    if not rate.is_finite() or rate <= 0:
-        raise InvalidMoney(f"exchange rate {value!r} must be a positive decimal")
+    if not _RATE_SHAPE.fullmatch(value):
+        raise InvalidMoney(
+            f'exchange rate {value[:50]!r} must be plain decimal digits such as "0.0067", '
+            f"at most {RATE_MAX_INTEGER_DIGITS} before and {RATE_MAX_FRACTION_DIGITS} "
+            "after the point"
+        )
+    rate = Decimal(value)
+    if rate <= 0:
+        raise InvalidMoney(f"exchange rate {value!r} must be positive")
     return rate
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from decimal import Decimal
+from datetime import date, datetime, timedelta
+from decimal import Context, Decimal
 
 from app.domain.errors import AmountExceedsLimit, AmountExceedsRefundable
 from app.domain.money import Money
@@ -34,6 +34,22 @@ class ApprovalTier:
 
 
 @dataclass(frozen=True, slots=True)
+class TrustedRate:
+    """An exchange rate the operator configured (`[policy.rates]`): units of
+    `to_currency` per one major unit of `from_currency`, as of a date."""
+
+    from_currency: str
+    to_currency: str
+    rate: Decimal
+    as_of: date
+
+
+# Inverting a configured rate: far more digits than any rate carries, so the
+# one rounding that matters stays the half-even step of Money.convert.
+_INVERSE = Context(prec=34)
+
+
+@dataclass(frozen=True, slots=True)
 class RefundDecision:
     """What the policy decided for a new refund."""
 
@@ -54,6 +70,9 @@ class RefundPolicy:
     daily_auto_approve_limit: Mapping[str, int] = field(default_factory=dict)
     approval_tiers: tuple[ApprovalTier, ...] = ()
     offline_payment_methods: frozenset[str] = DEFAULT_OFFLINE_METHODS
+    rates: tuple[TrustedRate, ...] = ()
+    # A configured rate older than this is not trusted (None: any age).
+    rate_max_age_days: int | None = None
 
     def refund_deadline(self, captured_at: datetime, window_days: int | None = None) -> datetime:
         return captured_at + timedelta(days=window_days or self.refund_window_days)
@@ -71,15 +90,28 @@ class RefundPolicy:
                 f"amount {amount.amount} {amount.currency} is above the per-refund limit {cap}"
             )
 
-    def tier_levels(
-        self, amount: Money, settlement_currency: str, settlement_rate: Decimal
-    ) -> tuple[int, ...]:
+    def trusted_rate(self, from_currency: str, to_currency: str, now: datetime) -> Decimal | None:
+        """The operator's rate from one currency to another (or the inverse of
+        the opposite one), None when there is none fresh enough."""
+        for rate in self.rates:
+            if self.rate_max_age_days is not None and (now.date() - rate.as_of).days > (
+                self.rate_max_age_days
+            ):
+                continue
+            if (rate.from_currency, rate.to_currency) == (from_currency, to_currency):
+                return rate.rate
+            if (rate.from_currency, rate.to_currency) == (to_currency, from_currency):
+                return _INVERSE.divide(Decimal(1), rate.rate)
+        return None
+
+    def tier_levels(self, amount: Money, now: datetime) -> tuple[int, ...]:
         """Rule 3: the levels the highest exceeded tier requires, () when none applies.
 
-        Tiers in the refund's currency apply directly; tiers in the payment's
-        settlement currency apply to the amount converted at the payment's rate.
-        When tiers exist but none can be reached for this currency, one approval
-        is required: an amount we cannot measure is not waved through.
+        Tiers in the refund's currency apply directly; tiers of another currency
+        apply only through a rate the operator configured. The payment's own
+        settlement rate is the store's word and never decides approvals. When
+        tiers exist but none can be reached for this currency, one approval is
+        required: an amount we cannot measure is not waved through.
         """
         if not self.approval_tiers:
             return ()
@@ -87,9 +119,10 @@ class RefundPolicy:
         for tier in self.approval_tiers:
             if tier.currency == amount.currency:
                 comparable.append((tier, amount.amount))
-            elif tier.currency == settlement_currency:
-                converted = amount.convert(settlement_rate, settlement_currency)
-                comparable.append((tier, converted.amount))
+                continue
+            rate = self.trusted_rate(amount.currency, tier.currency, now)
+            if rate is not None:
+                comparable.append((tier, amount.convert(rate, tier.currency).amount))
         if not comparable:
             return (1,)
         exceeded = [tier for tier, value in comparable if value > tier.above]
@@ -111,8 +144,6 @@ class RefundPolicy:
         captured_at: datetime,
         payment_method: str | None,
         high_risk: bool,
-        settlement_currency: str,
-        settlement_rate: Decimal,
         now: datetime,
         window_days: int | None,
         auto_approved_today: int,
@@ -123,7 +154,7 @@ class RefundPolicy:
         elif payment_method and payment_method.lower() in self.offline_payment_methods:
             offline_reason = "payment_method_not_refundable"
 
-        levels = self.tier_levels(amount, settlement_currency, settlement_rate)
+        levels = self.tier_levels(amount, now)
         if high_risk and not levels:
             levels = (1,)
         counts_toward_daily = False

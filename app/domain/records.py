@@ -68,6 +68,9 @@ class WebhookStatus(StrEnum):
     UNMATCHED = "unmatched"  # no refund matches yet: applied when one appears
     IGNORED = "ignored"  # an event type we do not act on
     CONFLICT = "conflict"  # contradicts a final status: recorded, nothing changed
+    # Names our refund by reference but is about another PSE refund, payment or
+    # amount: recorded, nothing changed, the refund flagged.
+    MISMATCHED = "mismatched"
 
 
 @dataclass(slots=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from app.domain.errors import InvalidInput, NotFound, PaymentConflict
@@ -12,6 +12,9 @@ from app.domain.money import Money, parse_rate
 from app.domain.ports import AlreadyExists
 from app.services.context import Deps
 from app.services.ids import new_id
+
+# How far a store's clock may run ahead of ours.
+CAPTURE_CLOCK_SKEW = timedelta(minutes=5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +45,13 @@ class PaymentService:
         """Returns the payment and whether it was created now (False: already known)."""
         self.deps.account(cmd.pse_account)
         now = self.deps.clock.now()
+        if cmd.captured_at > now + CAPTURE_CLOCK_SKEW:
+            # A capture in the future would push the refund window past what
+            # the PSE allows, and no PSE captures ahead of time.
+            raise InvalidInput(
+                f"captured_at {cmd.captured_at.isoformat()} is in the future "
+                f"(more than {int(CAPTURE_CLOCK_SKEW.total_seconds() // 60)} minutes ahead)"
+            )
         settlement_currency = cmd.settlement_currency or cmd.currency
         rate = parse_rate(cmd.settlement_rate) if cmd.settlement_rate is not None else Decimal(1)
         if settlement_currency == cmd.currency and rate != 1:

@@ -186,6 +186,24 @@ class RefundService:
             await uow.commit()
         return refund
 
+    async def acknowledge(self, refund_id: str, actor: Actor, note: str) -> Refund:
+        """A person has looked at a flagged refund: it leaves the attention list."""
+        async with self.deps.uow() as uow:
+            payment, refund = await lock_refund(uow, refund_id)
+            flagged_for = refund.acknowledge_attention(self.deps.clock.now())
+            uow.after_commit(
+                lambda: self.deps.audit.record(
+                    "refund.attention_acknowledged",
+                    {"flagged_for": flagged_for, "note": note, "by_key_id": actor.id},
+                    refund_id=refund.id,
+                    payment_id=refund.payment_id,
+                    actor=actor.name,
+                )
+            )
+            await save(self.deps, uow, payment, refund)
+            await uow.commit()
+        return refund
+
     async def get(self, refund_id: str) -> Refund:
         async with self.deps.uow() as uow:
             refund = await uow.refunds.get(refund_id)
@@ -203,6 +221,7 @@ class RefundService:
         stale: bool,
         limit: int,
         before_id: str | None,
+        needs_attention: bool = False,
     ) -> list[Refund]:
         open_before = None
         if stale:
@@ -213,7 +232,8 @@ class RefundService:
             created_from=created_from,
             created_to=created_to,
             open_before=open_before,
-            oldest_first=stale,
+            needs_attention=needs_attention,
+            oldest_first=stale or needs_attention,
         )
         async with self.deps.uow() as uow:
             return await uow.refunds.list(flt, limit=limit, before_id=before_id)

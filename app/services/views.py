@@ -71,6 +71,9 @@ def refund_view(refund: Refund) -> dict[str, Any]:
         "settlement_currency": refund.settlement_currency,
         "fx_difference": refund.fx_difference,
         "fee_amount": refund.fee_amount,
+        "attention": None
+        if refund.attention is None
+        else {"detail": refund.attention, "at": rfc3339(refund.attention_at)},
         "created_at": rfc3339(refund.created_at),
         "updated_at": rfc3339(refund.updated_at),
         "status_history": [

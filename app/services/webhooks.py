@@ -14,6 +14,7 @@ from typing import Any
 import structlog
 
 from app.domain.errors import InvalidSignature, InvalidWebhookBody, NotFound
+from app.domain.matching import reference_claim_problem
 from app.domain.models import Applied, Refund
 from app.domain.money import Money
 from app.domain.ports import (
@@ -25,6 +26,7 @@ from app.domain.ports import (
     UnitOfWork,
 )
 from app.domain.records import StoredWebhook, WebhookStatus
+from app.domain.text import first_text_problem
 from app.services.context import Deps, lock_refund, save
 
 log = structlog.get_logger("app.webhooks")
@@ -45,6 +47,7 @@ def pse_refund_to_dict(seen: PseRefund) -> dict[str, Any]:
         "failure_message": seen.failure_message,
         "settlement_amount": money(seen.settlement_amount),
         "fee": money(seen.fee),
+        "pse_payment_ids": list(seen.pse_payment_ids),
     }
 
 
@@ -61,7 +64,23 @@ def pse_refund_from_dict(data: Mapping[str, Any]) -> PseRefund:
         failure_message=data.get("failure_message"),
         settlement_amount=money(data.get("settlement_amount")),
         fee=money(data.get("fee")),
+        pse_payment_ids=tuple(data.get("pse_payment_ids") or ()),
     )
+
+
+def _texts_of(event: PseWebhookEvent) -> list[str | None]:
+    """Every text of a verified event that would be stored."""
+    seen = event.refund
+    texts: list[str | None] = [event.event_id, event.event_type]
+    if seen is not None:
+        texts += [
+            seen.pse_refund_id,
+            seen.reference,
+            seen.failure_code,
+            seen.failure_message,
+            *seen.pse_payment_ids,
+        ]
+    return texts
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +128,11 @@ class WebhookService:
             log.warning("webhook.unreadable", pse_account=pse_account, reason=str(exc))
             audit("invalid_payload", reason=str(exc))
             raise InvalidWebhookBody(str(exc)) from None
+        problem = first_text_problem(_texts_of(event))
+        if problem is not None:
+            log.warning("webhook.unreadable", pse_account=pse_account, reason=problem)
+            audit("invalid_payload", reason=problem)
+            raise InvalidWebhookBody(problem)
         audit(
             "ok",
             event_id=event.event_id,
@@ -191,6 +215,19 @@ class WebhookService:
                 pse_refund_id=seen.pse_refund_id,
             )
         payment, refund = await lock_refund(uow, match.id)
+        by_pse_id = bool(seen.pse_refund_id) and refund.pse_refund_id == seen.pse_refund_id
+        problem = None if by_pse_id else reference_claim_problem(refund, payment, seen)
+        if problem is not None:
+            refund.flag(problem, now)
+            await save(self.deps, uow, payment, refund)
+            await uow.webhooks.mark(stored.id, WebhookStatus.MISMATCHED, refund.id, now)
+            return WebhookStatus.MISMATCHED, lambda: log.warning(
+                "webhook.mismatched",
+                pse_account=stored.pse_account,
+                event_id=stored.event_id,
+                refund_id=refund.id,
+                problem=problem,
+            )
         outcome = refund.apply_pse(payment, seen, now, f"pse:{stored.pse_account} webhook")
         status = WebhookStatus.CONFLICT if outcome is Applied.CONTRADICTS else WebhookStatus.APPLIED
         await save(self.deps, uow, payment, refund)
@@ -205,6 +242,8 @@ class WebhookService:
         )
 
     async def _match(self, uow: UnitOfWork, pse_account: str, seen: PseRefund) -> Refund | None:
+        """Our refund with the PSE's refund id, else the one its reference names
+        (which `reference_claim_problem` must still accept)."""
         if seen.pse_refund_id:
             found = await uow.refunds.find_by_pse_refund_id(pse_account, seen.pse_refund_id)
             if found is not None:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import pytest
+
 from tests.api.helpers import assert_problem, payment_body, register
 
 
@@ -69,10 +71,11 @@ async def test_a_naive_capture_time_and_a_lower_case_currency_are_refused(api):
     assert {"body.captured_at", "body.currency"} <= locs
 
 
-async def test_a_settlement_rate_must_be_a_positive_decimal_string(api):
+@pytest.mark.parametrize("rate", ["-1", "0", "NaN", "Infinity", "1e-6", "0.0000000000001"])
+async def test_a_settlement_rate_must_be_a_positive_decimal_string_of_sane_digits(api, rate):
     r = await api.client.post(
         "/v1/payments",
-        json=payment_body(settlement_currency="USD", settlement_rate="-1"),
+        json=payment_body(settlement_currency="USD", settlement_rate=rate),
         headers=api.auth("store"),
     )
     assert_problem(r, 422, "validation_error")

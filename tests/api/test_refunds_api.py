@@ -267,18 +267,64 @@ async def test_past_the_daily_auto_approval_limit_refunds_wait_for_approval(make
     assert (await refund(api, payment["id"], 1000)).json()["status"] == "approved"
 
 
-async def test_tiers_in_the_settlement_currency_apply_through_the_payments_rate(make_api):
+async def test_tiers_of_another_currency_apply_through_the_operators_rate(make_api):
     api = await make_api(
-        policy={"approval_tiers": [{"currency": "USD", "above": 10000, "approvals": 1}]}
+        policy={
+            "approval_tiers": [{"currency": "USD", "above": 10000, "approvals": 1}],
+            "rates": {"JPY_USD": {"rate": "0.0067", "as_of": "2026-11-01"}},
+        }
     )
+    # The store's settlement rate is for FX reporting only: a rate a hundred
+    # times lower does not lower the approvals.
     payment = await register(
-        api, amount=5000000, settlement_currency="USD", settlement_rate="0.0067"
+        api, amount=5000000, settlement_currency="USD", settlement_rate="0.000067"
     )
-    small = (await refund(api, payment["id"], 10000)).json()  # USD 67.00
+    small = (await refund(api, payment["id"], 10000)).json()  # USD 67.00 at the trusted rate
     assert small["status"] == "approved"
-    assert small["settlement_amount"] == 6700 and small["settlement_currency"] == "USD"
+    assert small["settlement_amount"] == 67 and small["settlement_currency"] == "USD"
     large = (await refund(api, payment["id"], 20000)).json()  # USD 134.00
     assert large["status"] == "pending_approval"
+    assert large["required_approvals"] == [1]
+
+
+async def test_a_store_cannot_skip_the_tiers_with_its_own_exchange_rate(make_api):
+    # JPY tiers only, no operator rate for EUR: a EUR refund cannot be measured
+    # and needs one approval, whatever settlement rate the store registered.
+    api = await make_api()
+    payment = await register(
+        api,
+        amount=10_000_000,
+        currency="EUR",
+        settlement_currency="JPY",
+        settlement_rate="0.000001",
+    )
+    r = await refund(api, payment["id"], 5_000_000)  # EUR 50,000.00
+    assert r.status_code == 201
+    assert r.json()["status"] == "pending_approval"
+    assert r.json()["required_approvals"] == [1]
+
+
+async def test_an_operator_rate_measures_a_foreign_refund_against_the_tiers(make_api):
+    api = await make_api(
+        policy={
+            "approval_tiers": [
+                {"currency": "JPY", "above": 10000, "approvals": 1, "min_level": 1},
+                {"currency": "JPY", "above": 100000, "approvals": 2, "min_level": 2},
+            ],
+            "rates": {"EUR_JPY": {"rate": "162.35", "as_of": "2026-11-01"}},
+        }
+    )
+    payment = await register(
+        api,
+        amount=10_000_000,
+        currency="EUR",
+        settlement_currency="JPY",
+        settlement_rate="0.000001",
+    )
+    big = (await refund(api, payment["id"], 5_000_000)).json()  # EUR 50,000 ≈ JPY 8.1 million
+    assert big["required_approvals"] == [2, 1]
+    small = (await refund(api, payment["id"], 5_000)).json()  # EUR 50 ≈ JPY 8,118
+    assert small["status"] == "approved" and small["required_approvals"] == []
 
 
 # -- cancel ----------------------------------------------------------------------
@@ -440,6 +486,19 @@ async def test_the_policy_is_readable_by_admins_only_and_shows_no_secret(api):
         "min_level": 2,
     }
     assert "sk_fake" not in r.text
+    assert body["rates"] == {} and body["rate_max_age_days"] is None
+
+
+async def test_the_policy_shows_the_operators_rates_with_their_date(make_api):
+    api = await make_api(
+        policy={
+            "rates": {"EUR_JPY": {"rate": "162.35", "as_of": "2026-11-30"}},
+            "rate_max_age_days": 7,
+        }
+    )
+    body = (await api.client.get("/v1/policy", headers=api.auth("admin"))).json()
+    assert body["rates"] == {"EUR_JPY": {"rate": "162.35", "as_of": "2026-11-30"}}
+    assert body["rate_max_age_days"] == 7
 
 
 async def test_readiness_checks_the_database_and_schema(api):

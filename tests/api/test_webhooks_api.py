@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from sqlalchemy import select
 
 from app.adapters.db import tables as t
@@ -12,14 +13,22 @@ from tests.api.helpers import assert_problem, get_payment, get_refund, refund, r
 SIGNED = {"x-fake-signature": "ok", "content-type": "application/json"}
 
 
-def event(event_id: str, pse_refund_id: str, state: str, reference: str | None = None) -> bytes:
-    return json.dumps(
-        {
-            "id": event_id,
-            "type": f"refund.{state}",
-            "refund": {"id": pse_refund_id, "state": state, "reference": reference},
-        }
-    ).encode()
+def event(
+    event_id: str,
+    pse_refund_id: str,
+    state: str,
+    reference: str | None = None,
+    *,
+    payment: str | None = None,
+    amount: int | None = None,
+    currency: str = "JPY",
+) -> bytes:
+    refund: dict = {"id": pse_refund_id, "state": state, "reference": reference}
+    if payment is not None:
+        refund["payment"] = payment
+    if amount is not None:
+        refund |= {"amount": amount, "currency": currency}
+    return json.dumps({"id": event_id, "type": f"refund.{state}", "refund": refund}).encode()
 
 
 async def stored_events(api) -> list[dict]:
@@ -142,12 +151,138 @@ async def test_an_event_naming_our_reference_is_matched_before_we_know_the_pse_i
     await api.settle()
     r = await api.client.post(
         "/v1/webhooks/fake_jp",
-        content=event("e_ref", "fre_5", "succeeded", reference=created["id"]),
+        content=event(
+            "e_ref",
+            "fre_5",
+            "succeeded",
+            reference=created["id"],
+            payment=payment["pse_payment_id"],
+            amount=3000,
+        ),
         headers=SIGNED,
     )
     assert r.json()["status"] == "applied"
     now = await get_refund(api, created["id"])
     assert now["status"] == "succeeded" and now["pse_refund_id"] == "fre_5"
+
+
+async def needs_attention_events(api, refund_id: str) -> list[dict]:
+    r = await api.client.get("/v1/events?type=refund.needs_attention", headers=api.auth("store"))
+    return [e for e in r.json()["data"] if e["refund_id"] == refund_id]
+
+
+async def test_another_pse_refund_carrying_our_reference_changes_nothing_and_is_flagged(api):
+    # Ours is pending as PSE refund fre_1; a signed event about another PSE
+    # refund (another payment, amount 1) names our refund in its metadata.
+    payment, pending = await sent_refund(api)
+    other = await register(api)
+    r = await api.client.post(
+        "/v1/webhooks/fake_jp",
+        content=event(
+            "e_other",
+            "re_B",
+            "failed",
+            reference=pending["id"],
+            payment=other["pse_payment_id"],
+            amount=1,
+        ),
+        headers=SIGNED,
+    )
+    assert r.status_code == 200 and r.json()["status"] == "mismatched"
+    now = await get_refund(api, pending["id"])
+    assert now["status"] == "pending" and now["pse_refund_id"] == pending["pse_refund_id"]
+    still = await get_payment(api, payment["id"])
+    assert still["reserved_amount"] == 3000 and still["refundable_amount"] == 47000
+    [flag] = await needs_attention_events(api, pending["id"])
+    assert "re_B" in flag["detail"]
+    [stored] = await stored_events(api)
+    assert (stored["status"], stored["refund_id"]) == ("mismatched", pending["id"])
+    # The freed amount the forged failure would have given is not there to refund.
+    over = await refund(api, payment["id"], 47001)
+    assert_problem(over, 422, "amount_exceeds_refundable")
+    # Ops find it in the attention list, with the reason, until they acknowledge it.
+    listed = await api.client.get("/v1/refunds?needs_attention=true", headers=api.auth("ops"))
+    [flagged] = listed.json()["data"]
+    assert flagged["id"] == pending["id"] and "re_B" in flagged["attention"]["detail"]
+
+
+async def test_a_contradiction_of_a_final_status_stays_on_the_attention_list_until_acknowledged(
+    api,
+):
+    _, pending = await sent_refund(api)
+    for event_id, state in (("e_ok", "succeeded"), ("e_late", "failed")):
+        await api.client.post(
+            "/v1/webhooks/fake_jp",
+            content=event(event_id, pending["pse_refund_id"], state),
+            headers=SIGNED,
+        )
+    now = await get_refund(api, pending["id"])
+    assert now["status"] == "succeeded"
+    assert "failed" in now["attention"]["detail"]
+    listed = await api.client.get("/v1/refunds?needs_attention=true", headers=api.auth("ops"))
+    assert [r["id"] for r in listed.json()["data"]] == [pending["id"]]
+    # The store may not clear it; ops must say what they found.
+    r = await api.client.post(
+        f"/v1/refunds/{pending['id']}/acknowledge", json={"note": "x"}, headers=api.auth("store")
+    )
+    assert_problem(r, 403, "forbidden")
+    r = await api.client.post(
+        f"/v1/refunds/{pending['id']}/acknowledge", json={}, headers=api.auth("ops")
+    )
+    assert_problem(r, 422, "validation_error")
+    r = await api.client.post(
+        f"/v1/refunds/{pending['id']}/acknowledge",
+        json={"note": "PSE confirmed: the card was closed, paid by bank transfer"},
+        headers=api.auth("ops"),
+    )
+    assert r.status_code == 200 and r.json()["attention"] is None
+    assert r.json()["status"] == "succeeded"
+    listed = await api.client.get("/v1/refunds?needs_attention=true", headers=api.auth("ops"))
+    assert listed.json()["data"] == []
+    again = await api.client.post(
+        f"/v1/refunds/{pending['id']}/acknowledge", json={"note": "again"}, headers=api.auth("ops")
+    )
+    assert_problem(again, 409, "invalid_state")
+
+
+@pytest.mark.parametrize(
+    ("case", "payment_of", "amount", "currency"),
+    [
+        ("another payment", "other", 3000, "JPY"),
+        ("another amount", "ours", 2999, "JPY"),
+        ("another currency", "ours", 3000, "USD"),
+        ("no amount", "ours", None, "JPY"),
+        ("no payment", None, 3000, "JPY"),
+    ],
+)
+async def test_a_reference_alone_settles_ours_only_when_payment_currency_and_amount_agree(
+    api, case, payment_of, amount, currency
+):
+    api.gateway.next_results.append(Unanswered("timeout"))
+    payment = await register(api)
+    other = await register(api)
+    created = (await refund(api, payment["id"], 3000)).json()
+    await api.settle()
+    assert (await get_refund(api, created["id"]))["status"] == "unknown"
+    pse_payment = {"ours": payment, "other": other}.get(payment_of, {}).get("pse_payment_id")
+    r = await api.client.post(
+        "/v1/webhooks/fake_jp",
+        content=event(
+            "e_ref",
+            "re_X",
+            "failed",
+            reference=created["id"],
+            payment=pse_payment,
+            amount=amount,
+            currency=currency,
+        ),
+        headers=SIGNED,
+    )
+    assert r.json()["status"] == "mismatched", case
+    now = await get_refund(api, created["id"])
+    assert now["status"] == "unknown" and now["pse_refund_id"] is None
+    assert (await get_payment(api, payment["id"]))["reserved_amount"] == 3000
+    assert len(await needs_attention_events(api, created["id"])) == 1
 
 
 async def test_other_event_types_are_stored_and_ignored(api):

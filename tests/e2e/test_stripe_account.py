@@ -41,7 +41,7 @@ min_level = 1
 [accounts.stripe_us]
 provider = "stripe"
 api_key = "env:STRIPE_SECRET_KEY"
-webhook_secrets = ["{WHSEC}", "whsec_old_one"]
+webhook_secrets = ["{WHSEC}", "whsec_old_signing_secret_of_the_endpoint"]
 base_url = "{STRIPE_BASE}"
 timeout_seconds = 2
 max_attempts = 3

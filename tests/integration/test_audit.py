@@ -18,8 +18,8 @@ from tests.api.helpers import refund, register
 PAN = "4242 4242 4242 4242"
 SECRETS = {
     "pse_api_key": "sk_live_pse_secret_value_0001",
-    "pse_webhook": "whsec_pse_webhook_secret_0002",
-    "pse_webhook_old": "whsec_pse_webhook_secret_0003",
+    "pse_webhook": "whsec_cHNlLXdlYmhvb2stc2VjcmV0LTAwMDItYWJjZA==",
+    "pse_webhook_old": "whsec_cHNlLXdlYmhvb2stc2VjcmV0LTAwMDMtYWJjZA==",
     "store_webhook": "whsec_c3RvcmUtd2ViaG9vay1zZWNyZXQtMDAwNA==",
 }
 

@@ -259,6 +259,21 @@ def test_a_rate_that_is_not_a_positive_finite_decimal_is_refused(value: object) 
         parse_rate(value)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    "value",
+    ["1e-6", "1E+3", "0.0000000000001", "1234567890123", " 1", "1.", ".5", "+1", "1_000", "\u0661"],
+)
+def test_a_rate_must_be_plain_digits_of_a_sane_length(value: str) -> None:
+    with pytest.raises(InvalidMoney):
+        parse_rate(value)
+
+
+def test_the_longest_sane_rates_are_accepted() -> None:
+    assert parse_rate("0.000000000001") == Decimal("1E-12")
+    assert parse_rate("999999999999.999999999999") == Decimal("999999999999.999999999999")
+    assert parse_rate(Decimal("1E+2")) == Decimal(100)
+
+
 @pytest.mark.parametrize("value", [0.0067, True])
 def test_a_float_or_boolean_rate_is_refused(value: object) -> None:
     with pytest.raises(InvalidMoney):

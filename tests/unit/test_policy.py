@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -15,6 +15,7 @@ from app.domain.policy import (
     ApprovalTier,
     RefundDecision,
     RefundPolicy,
+    TrustedRate,
     approvals_satisfied,
     can_fill_a_slot,
 )
@@ -40,8 +41,6 @@ def decide(
     now: datetime = SOON,
     payment_method: str | None = "card",
     high_risk: bool = False,
-    settlement_currency: str | None = None,
-    settlement_rate: Decimal = Decimal(1),
     window_days: int | None = None,
     auto_approved_today: int = 0,
 ) -> RefundDecision:
@@ -50,8 +49,6 @@ def decide(
         captured_at=CAPTURED_AT,
         payment_method=payment_method,
         high_risk=high_risk,
-        settlement_currency=settlement_currency or amount.currency,
-        settlement_rate=settlement_rate,
         now=now,
         window_days=window_days,
         auto_approved_today=auto_approved_today,
@@ -165,10 +162,12 @@ def test_a_tier_needs_one_approval_of_its_minimum_level_and_the_rest_of_any_leve
     assert tier.required_levels() == levels
 
 
-def tiers_of(
-    policy: RefundPolicy, amount: Money, settle: str | None = None, rate: str = "1"
-) -> tuple[int, ...]:
-    return policy.tier_levels(amount, settle or amount.currency, Decimal(rate))
+def tiers_of(policy: RefundPolicy, amount: Money, now: datetime = SOON) -> tuple[int, ...]:
+    return policy.tier_levels(amount, now)
+
+
+def jpy_to_usd(rate: str = "0.0067", as_of: date = SOON.date()) -> TrustedRate:
+    return TrustedRate("JPY", "USD", Decimal(rate), as_of)
 
 
 def test_without_tiers_no_approval_is_needed() -> None:
@@ -207,18 +206,33 @@ def test_the_highest_exceeded_tier_applies_even_when_it_asks_for_less() -> None:
     assert tiers_of(policy, jpy(6_000)) == (2,)
 
 
-def test_a_refund_in_another_currency_is_measured_by_the_settlement_rate() -> None:
+def test_a_refund_in_another_currency_is_measured_by_the_operators_rate() -> None:
     # JPY 12,000 at 0.0067 is USD 80.40: above a USD 50.00 tier.
-    policy = RefundPolicy(approval_tiers=(ApprovalTier("USD", above=5_000, approvals=1),))
-    assert tiers_of(policy, jpy(12_000), "USD", "0.0067") == (1,)
+    policy = RefundPolicy(
+        approval_tiers=(ApprovalTier("USD", above=5_000, approvals=1),), rates=(jpy_to_usd(),)
+    )
+    assert tiers_of(policy, jpy(12_000)) == (1,)
     # JPY 6,000 is USD 40.20: below it.
-    assert tiers_of(policy, jpy(6_000), "USD", "0.0067") == ()
+    assert tiers_of(policy, jpy(6_000)) == ()
+
+
+def test_the_inverse_of_a_configured_rate_measures_the_other_way() -> None:
+    # USD per JPY configured; a USD refund is measured against JPY tiers by 1/0.0067.
+    policy = RefundPolicy(
+        approval_tiers=(ApprovalTier("JPY", above=100_000, approvals=2, min_level=2),),
+        rates=(jpy_to_usd(),),
+    )
+    assert tiers_of(policy, usd(67_000)) == ()  # USD 670.00 is exactly JPY 100,000
+    assert tiers_of(policy, usd(67_100)) == (2, 1)  # USD 671.00 is about JPY 100,149
+    assert tiers_of(policy, usd(60_000)) == ()  # USD 600.00 is about JPY 89,552
 
 
 def test_a_converted_amount_exactly_at_the_threshold_does_not_exceed_it() -> None:
-    policy = RefundPolicy(approval_tiers=(ApprovalTier("USD", above=8_040, approvals=1),))
-    assert tiers_of(policy, jpy(12_000), "USD", "0.0067") == ()
-    assert tiers_of(policy, jpy(12_002), "USD", "0.0067") == (1,)
+    policy = RefundPolicy(
+        approval_tiers=(ApprovalTier("USD", above=8_040, approvals=1),), rates=(jpy_to_usd(),)
+    )
+    assert tiers_of(policy, jpy(12_000)) == ()
+    assert tiers_of(policy, jpy(12_002)) == (1,)
 
 
 def test_when_tiers_of_two_currencies_apply_the_more_demanding_wins() -> None:
@@ -226,30 +240,48 @@ def test_when_tiers_of_two_currencies_apply_the_more_demanding_wins() -> None:
         approval_tiers=(
             ApprovalTier("JPY", above=10_000, approvals=1, min_level=1),
             ApprovalTier("USD", above=50_000, approvals=2, min_level=2),
-        )
+        ),
+        rates=(jpy_to_usd(),),
     )
     # JPY 100,000 is USD 670.00: both tiers exceeded.
-    assert tiers_of(policy, jpy(100_000), "USD", "0.0067") == (2, 1)
+    assert tiers_of(policy, jpy(100_000)) == (2, 1)
     # JPY 20,000 is USD 134.00: only the JPY tier.
-    assert tiers_of(policy, jpy(20_000), "USD", "0.0067") == (1,)
+    assert tiers_of(policy, jpy(20_000)) == (1,)
 
 
 def test_when_no_tier_can_measure_the_currency_one_approval_is_required() -> None:
     policy = RefundPolicy(approval_tiers=(ApprovalTier("EUR", above=1_000_000),))
-    assert tiers_of(policy, jpy(1), "USD", "0.0067") == (1,)
     assert tiers_of(policy, jpy(1)) == (1,)
 
 
-def test_a_tier_in_the_settlement_currency_is_ignored_for_a_refund_when_settled_in_another() -> (
-    None
-):
+def test_without_a_trusted_rate_a_tier_of_another_currency_cannot_be_skipped() -> None:
+    # The store's own settlement rate plays no part: with no operator rate
+    # the EUR refund cannot be measured against JPY tiers and needs one approval.
+    policy = RefundPolicy(approval_tiers=CONTRACT_TIERS)
+    assert tiers_of(policy, Money(5_000_000, "EUR")) == (1,)
+
+
+def test_a_rate_older_than_the_allowed_age_is_not_trusted() -> None:
+    policy = RefundPolicy(
+        approval_tiers=(ApprovalTier("USD", above=100_000, approvals=2, min_level=2),),
+        rates=(jpy_to_usd(as_of=SOON.date() - timedelta(days=10)),),
+        rate_max_age_days=7,
+    )
+    assert tiers_of(policy, jpy(1_000)) == (1,)  # stale: cannot measure, one approval
+    fresh = RefundPolicy(
+        approval_tiers=policy.approval_tiers, rates=policy.rates, rate_max_age_days=30
+    )
+    assert tiers_of(fresh, jpy(1_000)) == ()
+
+
+def test_a_tier_in_another_currency_without_a_rate_is_ignored_when_one_in_ours_applies() -> None:
     policy = RefundPolicy(
         approval_tiers=(
             ApprovalTier("JPY", above=10_000),
             ApprovalTier("USD", above=1, approvals=2, min_level=3),
         )
     )
-    # Settled in JPY: the USD tier is out of reach, the JPY tier is not exceeded.
+    # No JPY→USD rate: the USD tier is out of reach, the JPY tier is not exceeded.
     assert tiers_of(policy, jpy(5_000)) == ()
 
 

@@ -264,6 +264,23 @@ def test_a_failure_reported_after_success_is_a_contradiction_that_needs_attentio
     assert "failed" in (event.detail or "")
 
 
+def test_a_contradiction_keeps_the_refund_on_the_attention_list_with_the_pse_code() -> None:
+    pay, refund = refund_in(S.SUCCEEDED)
+    refund.apply_pse(pay, seen(P.FAILED, failure_code="account_closed"), LATER, "webhook")
+    assert refund.attention is not None and "account_closed" in refund.attention
+    assert refund.attention_at == LATER
+
+
+def test_acknowledging_attention_clears_it_without_moving_the_refund() -> None:
+    _pay, refund = refund_in(S.PENDING)
+    refund.flag("stale: still pending after 24 h", LATER)
+    assert refund.acknowledge_attention(LATER) == "stale: still pending after 24 h"
+    assert refund.attention is None and refund.attention_at is None
+    assert refund.status is S.PENDING
+    with pytest.raises(InvalidState):
+        refund.acknowledge_attention(LATER)
+
+
 def test_a_repeated_success_report_is_applied_once() -> None:
     pay, refund = refund_in(S.SUBMITTING)
     assert refund.apply_pse(pay, seen(P.SUCCEEDED), NOW, "pse") is CHANGED

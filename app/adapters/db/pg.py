@@ -145,6 +145,8 @@ _MUTABLE = (
     "resolve_attempts",
     "next_check_at",
     "updated_at",
+    "attention",
+    "attention_at",
 )
 _FIXED = (
     "payment_id",
@@ -285,6 +287,8 @@ def _mutable_values(refund: Refund) -> list[Any]:
         refund.resolve_attempts,
         refund.next_check_at,
         refund.updated_at,
+        refund.attention,
+        refund.attention_at,
     ]
 
 

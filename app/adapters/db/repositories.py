@@ -195,6 +195,8 @@ def refund_from_row(row: Any, history: list[StatusChange], approvals: list[Appro
         submit_attempts=row.submit_attempts,
         resolve_attempts=row.resolve_attempts,
         next_check_at=row.next_check_at,
+        attention=row.attention,
+        attention_at=row.attention_at,
     )
 
 
@@ -225,6 +227,8 @@ class SqlRefundRepository(_Repo):
             "resolve_attempts": refund.resolve_attempts,
             "next_check_at": refund.next_check_at,
             "updated_at": refund.updated_at,
+            "attention": refund.attention,
+            "attention_at": refund.attention_at,
         }
 
     async def add(self, refund: Refund) -> None:
@@ -439,6 +443,8 @@ class SqlRefundRepository(_Repo):
                 c.created_at < flt.open_before,
                 c.status.not_in([s.value for s in FINAL_STATUSES]),
             )
+        if flt.needs_attention:
+            query = query.where(c.attention.is_not(None))
         if flt.oldest_first:
             query = query.order_by(c.id.asc())
             if before_id is not None:

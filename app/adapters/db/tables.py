@@ -125,11 +125,20 @@ refunds = Table(
     Column("next_check_at", UtcDateTime, nullable=True),
     Column("created_at", UtcDateTime, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
+    # Why the refund last raised `refund.needs_attention`, until ops acknowledge it.
+    Column("attention", Text, nullable=True),
+    Column("attention_at", UtcDateTime, nullable=True),
     Index("ix_refunds_payment_id", "payment_id"),
     Index("ix_refunds_status", "status"),
     Index("ix_refunds_pse", "pse_account", "pse_refund_id"),
     Index("ix_refunds_next_check_at", "next_check_at"),
     Index("ix_refunds_created_at", "created_at"),
+    Index(
+        "ix_refunds_attention_at",
+        "attention_at",
+        postgresql_where=text("attention IS NOT NULL"),
+        sqlite_where=text("attention IS NOT NULL"),
+    ),
 )
 
 refund_approvals = Table(

@@ -54,6 +54,11 @@ async def get_policy(container: ContainerDep, _key: Admin) -> Response:
             "daily_auto_approve_limit": policy.daily_auto_approve_limit,
             "approval_tiers": [tier.model_dump() for tier in policy.approval_tiers],
             "offline_payment_methods": policy.offline_payment_methods,
+            "rates": {
+                pair: {"rate": rate.rate, "as_of": rate.as_of.isoformat()}
+                for pair, rate in policy.rates.items()
+            },
+            "rate_max_age_days": policy.rate_max_age_days,
             "accounts": {
                 name: {
                     "provider": account.provider,

@@ -60,7 +60,14 @@ async def register_payment(
     Registering the same `(pse_account, pse_payment_id)` again with the same
     fields answers 200 with the existing payment; with different fields, 409
     `payment_conflict`. `settlement_currency`/`settlement_rate` default to the
-    payment's currency at rate 1.
+    payment's currency at rate 1; `settlement_rate` (plain decimal digits, at
+    most 12 before and 12 after the point) serves FX reporting only and never
+    changes the approvals a refund needs — tiers of another currency are
+    compared through the operator's `[policy.rates]`.
+
+    `captured_at` is RFC 3339 text no more than 5 minutes ahead of the
+    service's clock; text that cannot be stored (NUL, lone surrogates) is 422
+    `validation_error`.
     """
 
     async def handler(_claim: IdempotencyClaim | None) -> tuple[int, bytes]:

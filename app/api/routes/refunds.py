@@ -30,6 +30,7 @@ from app.api.deps import (
 from app.api.docs import AUTH, problems
 from app.api.problems import domain_problem, request_id_of
 from app.api.schemas import (
+    AcknowledgeIn,
     CancelIn,
     DecisionIn,
     Instant,
@@ -155,18 +156,29 @@ async def list_refunds(
         bool,
         Query(description="only refunds not final and older than the SLA (oldest first)"),
     ] = False,
+    needs_attention: Annotated[
+        bool,
+        Query(
+            description="only refunds flagged with `refund.needs_attention` and not yet "
+            "acknowledged, final ones included (oldest first)"
+        ),
+    ] = False,
     limit: Limit = 50,
     cursor: Cursor = None,
 ) -> Response:
     """Refunds, newest first. `stale=true` lists refunds that are not final and
     older than `stale_after_hours` (default 24 h), oldest first: the list ops
-    must clear before customers open chargebacks."""
+    must clear before customers open chargebacks. `needs_attention=true` lists
+    the refunds flagged for a person (an event contradicting a final status, a
+    PSE refund carrying our reference, a doubled refund at the PSE, a stale
+    refund…) until ops acknowledge them, oldest first."""
     items = await container.refunds.list(
         statuses=status or [],
         payment_id=payment_id,
         created_from=created_from,
         created_to=created_to,
         stale=stale,
+        needs_attention=needs_attention,
         limit=limit + 1,
         before_id=decode_cursor(cursor),
     )
@@ -285,6 +297,38 @@ async def offline_payout(
             refund_id, actor_of(key), body.reference, body.paid_at
         )
         return _answer(refund)
+
+    return await idempotent(request, container, key, idempotency_key, handler)
+
+
+@router.post(
+    "/{refund_id}/acknowledge",
+    summary="Acknowledge a refund flagged for attention",
+    response_model=RefundOut,
+    responses=problems(
+        *AUTH,
+        404,
+        (409, "`invalid_state`: the refund is not flagged"),
+        _IDEM,
+        (422, "`validation_error`: a note is required"),
+        _REUSED,
+    ),
+)
+async def acknowledge_refund(
+    refund_id: RefundId,
+    body: AcknowledgeIn,
+    request: Request,
+    container: ContainerDep,
+    key: Ops,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
+    """Say that a person has looked at a refund flagged with
+    `refund.needs_attention`: it leaves `GET /v1/refunds?needs_attention=true`.
+    The status does not change; the note and what it was flagged for go to the
+    audit log. A later flag puts it back on the list."""
+
+    async def handler(_claim: IdempotencyClaim | None) -> tuple[int, bytes]:
+        return _answer(await container.refunds.acknowledge(refund_id, actor_of(key), body.note))
 
     return await idempotent(request, container, key, idempotency_key, handler)
 

@@ -49,7 +49,12 @@ async def receive_webhook(pse_account: str, request: Request, container: Contain
     The raw event is stored before it is applied; a repeated event id answers
     200 and is applied once. Events for refunds not yet known are kept and
     applied when the refund appears. An event that contradicts a final status
-    changes nothing and raises `refund.needs_attention`."""
+    changes nothing and raises `refund.needs_attention` (`status: conflict`).
+
+    Matching: by the PSE's refund id first; by our reference only while our
+    refund has no PSE id yet and only when payment, currency and amount agree.
+    Any other event naming our refund is recorded (`status: mismatched`),
+    changes nothing, and raises `refund.needs_attention`."""
     body = await request.body()
     receipt = await container.webhooks.receive(pse_account, dict(request.headers), body)
     return json_response(
