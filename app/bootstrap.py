@@ -23,7 +23,10 @@ from app.adapters.settlement.parsers import SettlementFileError, open_settlement
 from app.config import AccountSettings, ConfigError, Settings, secrets_of
 from app.domain.money import parse_rate
 from app.domain.policy import ApprovalTier, RefundPolicy, TrustedRate
-from app.domain.ports import Clock, PseGateway
+from app.domain.ports import (
+    Clock,
+    PseGateway,
+)
 from app.domain.resolution import CheckSchedule
 from app.metrics import Metrics
 from app.redaction import Redactor

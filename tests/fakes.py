@@ -9,13 +9,15 @@ from datetime import UTC, datetime, timedelta
 
 from app.domain.money import Money
 from app.domain.ports import (
-    Accepted,
     Clock,
+    PseGateway,
+)
+from app.domain.pse import (
+    Accepted,
     InvalidWebhookPayload,
     InvalidWebhookSignature,
     LookupResult,
     NotFound,
-    PseGateway,
     PseRefund,
     PseRefundState,
     PseWebhookEvent,

@@ -9,7 +9,7 @@ other would free money that was paid out, or mark paid one that was not.
 from __future__ import annotations
 
 from app.domain.models import Payment, Refund
-from app.domain.ports import PseRefund
+from app.domain.pse import PseRefund
 
 
 def reference_claim_problem(refund: Refund, payment: Payment, seen: PseRefund) -> str | None:

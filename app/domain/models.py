@@ -28,7 +28,10 @@ from app.domain.policy import (
     approvals_satisfied,
     can_fill_a_slot,
 )
-from app.domain.ports import PseRefund, PseRefundState
+from app.domain.pse import (
+    PseRefund,
+    PseRefundState,
+)
 
 
 class RefundStatus(StrEnum):
@@ -249,9 +252,13 @@ class Payment:
             refund._enter(S.APPROVED, now, "policy", "approved automatically")
         return refund, decision
 
-    def _settle(self, refund: Refund, previous: RefundStatus, at: datetime) -> None:
-        """Move the refund's amount out of `reserved` when it reaches a final status
-        (the payment changes, and says when, only then)."""
+    def settle_refund(self, refund: Refund, previous: RefundStatus, at: datetime) -> None:
+        """Apply a refund's move from `previous` to its current status to the
+        counters: its amount leaves `reserved` when it reaches a final status,
+        and counts as refunded when it was paid out (the payment changes, and
+        says when, only then)."""
+        if refund.payment_id != self.id:
+            raise ValueError("refund moved with another payment's counters")
         if previous in RESERVING and refund.status.is_final:
             self.reserved_amount -= refund.amount.amount
             if refund.status in PAID_OUT:
@@ -332,11 +339,9 @@ class Refund:
     ) -> None:
         if to not in TRANSITIONS[self.status]:
             raise InvalidState(f"a refund cannot go from {self.status} to {to}")
-        if payment.id != self.payment_id:
-            raise ValueError("refund moved with another payment's counters")
         previous = self.status
         self._enter(to, at, actor, detail)
-        payment._settle(self, previous, at)
+        payment.settle_refund(self, previous, at)
 
     def can_move_to(self, to: RefundStatus) -> bool:
         return to in TRANSITIONS[self.status]
@@ -417,8 +422,19 @@ class Refund:
         self.submit_attempts += 1
         self._move(payment, S.SUBMITTING, at, actor)
 
-    def mark_unknown(self, payment: Payment, reason: str, at: datetime) -> None:
-        """No definitive answer: the worker will find out. Never `failed`."""
+    def mark_unknown(
+        self,
+        payment: Payment,
+        reason: str,
+        at: datetime,
+        *,
+        failure_code: str | None = None,
+        failure_message: str | None = None,
+    ) -> None:
+        """No definitive answer (or a passing refusal, whose code is kept): the
+        worker will find out. Never `failed`."""
+        if failure_code is not None:
+            self.failure_code, self.failure_message = failure_code, failure_message
         if self.status is S.SUBMITTING:
             self._move(payment, S.UNKNOWN, at, "service", reason)
 

@@ -14,7 +14,10 @@ from typing import NamedTuple
 
 from app.domain.models import RefundStatus
 from app.domain.money import Money
-from app.domain.ports import PseRefund, PseRefundState
+from app.domain.pse import (
+    PseRefund,
+    PseRefundState,
+)
 
 
 class SettledStatus(StrEnum):

@@ -20,7 +20,10 @@ from typing import Any
 import structlog
 
 from app.domain.audit import AuditEntry, AuditRecord, Break, check
-from app.domain.ports import Clock, UnitOfWork
+from app.domain.ports import (
+    Clock,
+    UnitOfWork,
+)
 from app.redaction import Redactor
 
 log = structlog.get_logger("app.audit")

@@ -9,7 +9,12 @@ from typing import Any, Protocol
 from app.domain.errors import NotFound, UnknownPseAccount
 from app.domain.models import Payment, Refund
 from app.domain.policy import RefundPolicy
-from app.domain.ports import AuditSink, Clock, PseGateway, UnitOfWork
+from app.domain.ports import (
+    AuditSink,
+    Clock,
+    PseGateway,
+    UnitOfWork,
+)
 from app.domain.records import OutboxEvent
 from app.domain.resolution import CheckSchedule
 from app.metrics import NoMetrics

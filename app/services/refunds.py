@@ -9,7 +9,10 @@ from datetime import datetime, timedelta
 from app.domain.errors import DomainError, IdempotencyKeyInUse, NotFound
 from app.domain.models import Actor, Approver, Refund, RefundReason, RefundStatus
 from app.domain.money import Money
-from app.domain.ports import RefundFilter, UnitOfWork
+from app.domain.ports import (
+    RefundFilter,
+    UnitOfWork,
+)
 from app.services.context import Deps, lock_refund, save
 from app.services.idempotency import (
     CONTENDED,

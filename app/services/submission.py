@@ -14,7 +14,7 @@ from datetime import timedelta
 import structlog
 
 from app.domain.models import Payment, Refund, RefundStatus
-from app.domain.ports import (
+from app.domain.pse import (
     Accepted,
     Declined,
     LookupResult,
@@ -108,8 +108,13 @@ class SubmissionService:
                         f"PSE declined ({result.code}) a refund that is {refund.status}", now
                     )
                 elif result.retriable:
-                    refund.failure_code, refund.failure_message = result.code, result.message
-                    refund.mark_unknown(payment, f"{result.code}: retriable", now)
+                    refund.mark_unknown(
+                        payment,
+                        f"{result.code}: retriable",
+                        now,
+                        failure_code=result.code,
+                        failure_message=result.message,
+                    )
                 elif result.offline and refund.can_move_to(RefundStatus.OFFLINE_REQUIRED):
                     refund.require_offline(payment, result.code, result.message, now, actor)
                 elif result.offline:

@@ -17,13 +17,13 @@ from app.domain.errors import InvalidSignature, InvalidWebhookBody, NotFound
 from app.domain.matching import reference_claim_problem
 from app.domain.models import Applied, Refund
 from app.domain.money import Money
-from app.domain.ports import (
+from app.domain.ports import UnitOfWork
+from app.domain.pse import (
     InvalidWebhookPayload,
     InvalidWebhookSignature,
     PseRefund,
     PseRefundState,
     PseWebhookEvent,
-    UnitOfWork,
 )
 from app.domain.records import StoredWebhook, WebhookStatus
 from app.domain.text import first_text_problem

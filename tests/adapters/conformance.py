@@ -17,7 +17,11 @@ import httpx
 import respx
 
 from app.adapters.pse.base import PseAccount
-from app.domain.ports import PseGateway, PseRefundState, RefundSubmission
+from app.domain.ports import PseGateway
+from app.domain.pse import (
+    PseRefundState,
+    RefundSubmission,
+)
 
 # Loopback only: respx answers every call; nothing leaves the machine.
 BASE_URL = "http://127.0.0.1:9"

@@ -13,12 +13,12 @@ import pytest
 import respx
 
 import tests.adapters.cases as cases_package
-from app.domain.ports import (
+from app.domain.ports import PseGateway
+from app.domain.pse import (
     Accepted,
     Declined,
     InvalidWebhookSignature,
     NotFound,
-    PseGateway,
     PseRefundState,
     Unanswered,
 )

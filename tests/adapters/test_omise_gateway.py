@@ -23,7 +23,7 @@ import respx
 from app.adapters.pse.base import PseAccount
 from app.adapters.pse.omise import OMISE_API_VERSION, OmiseGateway
 from app.domain.money import Money
-from app.domain.ports import (
+from app.domain.pse import (
     Accepted,
     Declined,
     InvalidWebhookPayload,

@@ -21,7 +21,7 @@ import respx
 from app.adapters.pse.base import PseAccount
 from app.adapters.pse.payjp import PayjpGateway, derived_event_id
 from app.domain.money import Money
-from app.domain.ports import (
+from app.domain.pse import (
     Accepted,
     Declined,
     InvalidWebhookPayload,

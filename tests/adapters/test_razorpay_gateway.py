@@ -25,7 +25,7 @@ from app.adapters.pse.razorpay import (
     derived_event_id,
 )
 from app.domain.money import Money
-from app.domain.ports import (
+from app.domain.pse import (
     Accepted,
     Declined,
     InvalidWebhookPayload,

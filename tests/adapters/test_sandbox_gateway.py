@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from app.adapters.pse.base import PseAccount
 from app.adapters.pse.sandbox import SandboxGateway
 from app.domain.money import Money
-from app.domain.ports import (
+from app.domain.pse import (
     Accepted,
     Declined,
     InvalidWebhookPayload,

@@ -15,7 +15,7 @@ import stripe
 from app.adapters.pse.base import PseAccount
 from app.adapters.pse.stripe import STRIPE_API_VERSION, StripeGateway
 from app.domain.money import Money
-from app.domain.ports import (
+from app.domain.pse import (
     Accepted,
     Declined,
     InvalidWebhookPayload,

@@ -8,7 +8,7 @@ import hmac
 import pytest
 
 from app.adapters.pse.base import PseAccount, verify_webhook
-from app.domain.ports import InvalidWebhookSignature
+from app.domain.pse import InvalidWebhookSignature
 
 BODY = b'{"id":"evt_1"}'
 

@@ -22,7 +22,7 @@ import respx
 from app.adapters.pse.base import PseAccount
 from app.adapters.pse.xendit import XenditGateway
 from app.domain.money import Money
-from app.domain.ports import (
+from app.domain.pse import (
     Accepted,
     Declined,
     InvalidWebhookPayload,

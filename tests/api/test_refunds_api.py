@@ -5,7 +5,14 @@ from datetime import UTC, datetime
 from sqlalchemy import func, select
 
 from app.adapters.db import tables as t
-from app.domain.ports import Accepted, Declined, NotFound, PseRefund, PseRefundState, Unanswered
+from app.domain.pse import (
+    Accepted,
+    Declined,
+    NotFound,
+    PseRefund,
+    PseRefundState,
+    Unanswered,
+)
 from tests.api.helpers import assert_problem, get_payment, get_refund, refund, register
 
 

@@ -7,7 +7,7 @@ from sqlalchemy import select
 
 from app.adapters.db import tables as t
 from app.adapters.db.uow import PgUnitOfWork
-from app.domain.ports import Unanswered
+from app.domain.pse import Unanswered
 from tests.api.helpers import assert_problem, get_payment, get_refund, refund, register
 
 SIGNED = {"x-fake-signature": "ok", "content-type": "application/json"}
@@ -134,7 +134,11 @@ async def test_an_event_that_arrives_before_the_refund_is_known_is_kept_and_appl
     assert r.json()["status"] == "unmatched"
     assert (await get_refund(api, created["id"]))["status"] == "unknown"
     # The refund's resolution learns the PSE id: the waiting event is applied.
-    from app.domain.ports import Accepted, PseRefund, PseRefundState
+    from app.domain.pse import (
+        Accepted,
+        PseRefund,
+        PseRefundState,
+    )
 
     api.gateway.lookup_results.append(
         Accepted(PseRefund("fre_77", PseRefundState.PENDING, reference=created["id"]))

@@ -12,7 +12,7 @@ from sqlalchemy.exc import DBAPIError
 from typer.testing import CliRunner
 
 from app.cli import cli
-from app.domain.ports import Unanswered
+from app.domain.pse import Unanswered
 from tests.api.helpers import refund, register
 
 PAN = "4242 4242 4242 4242"

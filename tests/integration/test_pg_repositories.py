@@ -13,7 +13,10 @@ from sqlalchemy import func, select
 from app.adapters.db import tables as t
 from app.adapters.db.uow import PgUnitOfWork, SqlUnitOfWork
 from app.domain.models import RefundStatus
-from app.domain.ports import PseRefund, PseRefundState
+from app.domain.pse import (
+    PseRefund,
+    PseRefundState,
+)
 from app.domain.records import IdempotencyRecord, IdempotencyState, OutboxEvent, WebhookStatus
 from app.services.views import payment_view, refund_view
 from tests.api.helpers import refund, register

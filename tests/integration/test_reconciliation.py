@@ -5,7 +5,12 @@ from __future__ import annotations
 import io
 from contextlib import contextmanager
 
-from app.domain.ports import Accepted, PseRefund, PseRefundState, Unanswered
+from app.domain.pse import (
+    Accepted,
+    PseRefund,
+    PseRefundState,
+    Unanswered,
+)
 from tests.api.helpers import get_payment, get_refund, refund, register
 
 HEADER = (

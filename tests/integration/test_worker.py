@@ -8,7 +8,13 @@ import json
 from sqlalchemy import select
 
 from app.adapters.db import tables as t
-from app.domain.ports import Accepted, NotFound, PseRefund, PseRefundState, Unanswered
+from app.domain.pse import (
+    Accepted,
+    NotFound,
+    PseRefund,
+    PseRefundState,
+    Unanswered,
+)
 from app.services.context import lock_refund, save
 from tests.api.helpers import get_payment, get_refund, refund, register
 

@@ -19,7 +19,10 @@ from app.domain.models import (
 )
 from app.domain.money import Money
 from app.domain.policy import ApprovalTier, RefundPolicy
-from app.domain.ports import PseRefund, PseRefundState
+from app.domain.pse import (
+    PseRefund,
+    PseRefundState,
+)
 
 CAPTURED_AT = datetime(2026, 11, 1, 10, 0, tzinfo=UTC)
 NOW = datetime(2026, 11, 27, 8, 0, tzinfo=UTC)

@@ -36,7 +36,7 @@ from app.domain.models import (
 )
 from app.domain.money import Money
 from app.domain.policy import ApprovalTier, RefundPolicy
-from app.domain.ports import PseRefundState
+from app.domain.pse import PseRefundState
 from tests.unit.builders import (
     APPROVER_1,
     APPROVER_1B,

@@ -10,7 +10,11 @@ import pytest
 from app.domain.models import Payment, Refund, RefundStatus
 from app.domain.money import Money
 from app.domain.policy import RefundPolicy
-from app.domain.ports import Accepted, PseRefund, PseRefundState
+from app.domain.pse import (
+    Accepted,
+    PseRefund,
+    PseRefundState,
+)
 from app.domain.records import OutboxEvent
 from app.domain.resolution import CheckSchedule
 from app.services.context import Deps

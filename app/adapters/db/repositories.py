@@ -40,7 +40,10 @@ from app.domain.models import (
     StatusChange,
 )
 from app.domain.money import Money, money
-from app.domain.ports import AlreadyExists, RefundFilter
+from app.domain.ports import (
+    AlreadyExists,
+    RefundFilter,
+)
 from app.domain.reconciliation import RefundSnapshot
 from app.domain.records import (
     ApiKey,

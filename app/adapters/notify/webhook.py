@@ -16,7 +16,10 @@ from datetime import UTC, datetime
 import httpx
 from standardwebhooks import Webhook
 
-from app.domain.ports import Clock, EventPublisher
+from app.domain.ports import (
+    Clock,
+    EventPublisher,
+)
 from app.domain.records import DeliveryAttempt, OutboxEvent
 from app.services.views import event_payload
 

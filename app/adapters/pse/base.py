@@ -26,7 +26,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from app.domain.ports import (
+from app.domain.pse import (
     Accepted,
     InvalidWebhookPayload,
     InvalidWebhookSignature,

@@ -75,13 +75,13 @@ from app.adapters.pse.base import (
 )
 from app.domain.errors import DomainError
 from app.domain.money import Money, exponent, is_currency
-from app.domain.ports import (
+from app.domain.ports import PseGateway
+from app.domain.pse import (
     Accepted,
     Declined,
     InvalidWebhookPayload,
     InvalidWebhookSignature,
     LookupResult,
-    PseGateway,
     PseRefund,
     PseRefundState,
     PseWebhookEvent,

@@ -61,14 +61,14 @@ from app.adapters.pse.base import (
 )
 from app.domain.errors import DomainError
 from app.domain.money import Money
-from app.domain.ports import (
+from app.domain.ports import PseGateway
+from app.domain.pse import (
     Accepted,
     Declined,
     InvalidWebhookPayload,
     InvalidWebhookSignature,
     LookupResult,
     NotFound,
-    PseGateway,
     PseRefund,
     PseRefundState,
     PseWebhookEvent,

@@ -19,7 +19,11 @@ import respx
 from app.adapters.pse.base import PseAccount
 from app.adapters.pse.komoju import KomojuGateway
 from app.domain.money import Money
-from app.domain.ports import PseGateway, PseRefundState, RefundSubmission
+from app.domain.ports import PseGateway
+from app.domain.pse import (
+    PseRefundState,
+    RefundSubmission,
+)
 from tests.adapters.conformance import BASE_URL, IDEMPOTENCY_KEY, REFERENCE, SignedWebhook
 
 SECRET_KEY = "sk_test_7ckv0rnf9q2hxwz3m1bdy4ejl"

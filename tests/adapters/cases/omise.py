@@ -22,7 +22,11 @@ import respx
 from app.adapters.pse.base import PseAccount
 from app.adapters.pse.omise import OMISE_API_VERSION, OmiseGateway
 from app.domain.money import Money
-from app.domain.ports import PseGateway, PseRefundState, RefundSubmission
+from app.domain.ports import PseGateway
+from app.domain.pse import (
+    PseRefundState,
+    RefundSubmission,
+)
 from tests.adapters.conformance import BASE_URL, IDEMPOTENCY_KEY, REFERENCE, SignedWebhook
 
 SECRET_KEY = "skey_test_5xuy4w91xqz7d1w9u0t"

@@ -17,7 +17,11 @@ import respx
 from app.adapters.pse.base import PseAccount
 from app.adapters.pse.payjp import PayjpGateway
 from app.domain.money import Money
-from app.domain.ports import PseGateway, PseRefundState, RefundSubmission
+from app.domain.ports import PseGateway
+from app.domain.pse import (
+    PseRefundState,
+    RefundSubmission,
+)
 from tests.adapters.conformance import BASE_URL, IDEMPOTENCY_KEY, REFERENCE, SignedWebhook
 
 API_KEY = "sk_test_0a1b2c3d4e5f60718293a4b5"

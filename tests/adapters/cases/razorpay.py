@@ -16,7 +16,11 @@ import respx
 from app.adapters.pse.base import PseAccount
 from app.adapters.pse.razorpay import RazorpayGateway
 from app.domain.money import Money
-from app.domain.ports import PseGateway, PseRefundState, RefundSubmission
+from app.domain.ports import PseGateway
+from app.domain.pse import (
+    PseRefundState,
+    RefundSubmission,
+)
 from tests.adapters.conformance import BASE_URL, IDEMPOTENCY_KEY, REFERENCE, SignedWebhook
 from tests.adapters.test_razorpay_gateway import (
     razorpay_collection,

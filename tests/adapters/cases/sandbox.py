@@ -17,7 +17,11 @@ from standardwebhooks.webhooks import EmptyWebhookSecretError
 from app.adapters.pse.base import PseAccount
 from app.adapters.pse.sandbox import SandboxGateway
 from app.domain.money import Money
-from app.domain.ports import PseGateway, PseRefundState, RefundSubmission
+from app.domain.ports import PseGateway
+from app.domain.pse import (
+    PseRefundState,
+    RefundSubmission,
+)
 from app.sandbox.config import new_webhook_secret
 from tests.adapters.conformance import BASE_URL, IDEMPOTENCY_KEY, REFERENCE, SignedWebhook
 

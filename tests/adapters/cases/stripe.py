@@ -14,7 +14,11 @@ import stripe
 from app.adapters.pse.base import PseAccount
 from app.adapters.pse.stripe import StripeGateway
 from app.domain.money import Money
-from app.domain.ports import PseGateway, PseRefundState, RefundSubmission
+from app.domain.ports import PseGateway
+from app.domain.pse import (
+    PseRefundState,
+    RefundSubmission,
+)
 from tests.adapters.conformance import BASE_URL, IDEMPOTENCY_KEY, REFERENCE, SignedWebhook
 from tests.adapters.test_stripe_gateway import stripe_error, stripe_refund
 

@@ -19,7 +19,11 @@ import respx
 from app.adapters.pse.base import PseAccount
 from app.adapters.pse.xendit import XenditGateway
 from app.domain.money import Money
-from app.domain.ports import PseGateway, PseRefundState, RefundSubmission
+from app.domain.ports import PseGateway
+from app.domain.pse import (
+    PseRefundState,
+    RefundSubmission,
+)
 from tests.adapters.conformance import BASE_URL, IDEMPOTENCY_KEY, REFERENCE, SignedWebhook
 
 API_KEY = "xnd_development_ConformanceCaseKeyForTestsOnly0000000000000000"
