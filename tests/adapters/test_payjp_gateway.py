@@ -838,6 +838,24 @@ async def test_a_refund_list_longer_than_the_page_cap_leaves_the_outcome_unanswe
     assert route.call_count == 20
 
 
+async def test_a_failed_match_on_a_list_that_cannot_be_read_to_its_end_is_not_the_answer(
+    gateway: PayjpGateway, router: respx.MockRouter
+) -> None:
+    # The unread pages may hold an older refund under our reference that paid:
+    # reporting the failed one would invite a resend on top of it.
+    first_page = [payjp_refund(id="pyr_newer_failed", status="failed")]
+    router.get(FLOW_REFUNDS_PATH).mock(
+        side_effect=[
+            httpx.Response(200, json=payjp_list(first_page, has_more=True)),
+            httpx.Response(200, json={"object": "list", "data": "not a list"}),
+        ]
+    )
+
+    result = await gateway.find_refund(make_submission())
+
+    assert isinstance(result, Unanswered)
+
+
 @pytest.mark.parametrize(
     "answer",
     [

@@ -263,7 +263,8 @@ def ours_among(
 # --------------------------------------------------------------------------
 
 
-def _utf8(secret: str) -> bytes | None:
+def utf8_key(secret: str) -> bytes | None:
+    """The key of a secret used as it is configured."""
     return secret.encode("utf-8")
 
 
@@ -273,7 +274,7 @@ def verify_webhook(
     expected: Callable[[bytes], bytes],
     *,
     header: str,
-    key_of: Callable[[str], bytes | None] = _utf8,
+    key_of: Callable[[str], bytes | None] = utf8_key,
 ) -> None:
     """Accept a webhook only if one `presented` value (signature or token) equals
     `expected(key)` for the key of one of the account's webhook secrets; raise

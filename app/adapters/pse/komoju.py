@@ -25,34 +25,28 @@ What KOMOJU documents, and what this adapter relies on:
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import hmac
 import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 import structlog
 
-from app.adapters.pse.base import (
-    DeclineRule,
-    PseAccount,
-    PseNoAnswer,
-    RetryingHttp,
-    answer_summary,
-    ids_in,
-    json_object,
-    json_or_none,
-    ours_among,
-    scrubbed,
-    verify_webhook,
+from app.adapters.pse.base import DeclineRule, ids_in, json_or_none, ours_among
+from app.adapters.pse.http import (
+    HttpPseGateway,
+    PseError,
+    PseRequest,
+    UnreadableRefund,
+    WebhookProof,
+    basic_auth,
+    error_envelope,
+    minor_units,
+    quoted,
+    shown,
 )
-from app.domain.errors import DomainError
-from app.domain.money import Money, is_currency
-from app.domain.ports import PseGateway
 from app.domain.pse import (
     Accepted,
     Declined,
@@ -62,7 +56,6 @@ from app.domain.pse import (
     NotFound,
     PseRefund,
     PseRefundState,
-    PseWebhookEvent,
     RefundSubmission,
     SubmitResult,
     Unanswered,
@@ -101,25 +94,13 @@ _HEX_DIGITS = frozenset("0123456789abcdef")
 _KEY_PATTERN = re.compile(r"\b[sp]k_[A-Za-z0-9_]{4,}")
 
 
-class UnreadableKomoju(ValueError):
+class UnreadableKomoju(UnreadableRefund):
     """A KOMOJU payment or refund object this adapter cannot read."""
 
 
 # --------------------------------------------------------------------------
 # Refund object -> PseRefund (used by create, find and webhooks alike)
 # --------------------------------------------------------------------------
-
-
-def _money(amount: Any, currency: Any) -> Money | None:
-    if isinstance(amount, bool) or not isinstance(amount, int) or not isinstance(currency, str):
-        return None
-    code = currency.upper()
-    if not is_currency(code):
-        return None
-    try:
-        return Money(amount, code)
-    except DomainError:
-        return None
 
 
 def refund_from_komoju(
@@ -151,7 +132,7 @@ def refund_from_komoju(
     return PseRefund(
         pse_refund_id=refund_id,
         state=PseRefundState.PENDING if awaiting_payer else PseRefundState.SUCCEEDED,
-        amount=_money(obj.get("amount"), currency),
+        amount=minor_units(obj.get("amount"), currency),
         reference=description if isinstance(description, str) and description else None,
         pse_payment_ids=ids_in(payment, "id") if payment is not None else (),
     )
@@ -296,12 +277,6 @@ def _decline_for(error: Mapping[str, Any]) -> _Decline | None:
     return None
 
 
-def _error_of(response: httpx.Response) -> Mapping[str, Any]:
-    body = json_or_none(response)
-    error = body.get("error") if isinstance(body, Mapping) else None
-    return error if isinstance(error, Mapping) else {}
-
-
 def idempotency_header_value(key: str) -> str:
     """Our idempotency key as KOMOJU accepts it: at most 100 printable ASCII characters.
 
@@ -313,7 +288,7 @@ def idempotency_header_value(key: str) -> str:
     return "sha256-" + hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
-class KomojuGateway(PseGateway):
+class KomojuGateway(HttpPseGateway):
     """One KOMOJU merchant account, in the domain's words.
 
     `account.api_key` is the secret key; `account.options["api_version"]`, when set,
@@ -321,82 +296,72 @@ class KomojuGateway(PseGateway):
     secret tokens accepted (all of them, for rotation).
     """
 
-    def __init__(self, account: PseAccount, http: httpx.AsyncClient) -> None:
-        self._account = account
-        self._http = RetryingHttp(account, http)
+    provider = "komoju"
+    key_pattern = _KEY_PATTERN
+    refund_events = _REFUND_EVENTS
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Authorization": basic_auth(self._account.api_key), "Accept": "application/json"}
+        version = self._account.options.get(API_VERSION_OPTION)
+        if version:
+            headers[_API_VERSION_HEADER] = version
+        return headers
 
     # -- create ---------------------------------------------------------------
 
-    async def create_refund(self, submission: RefundSubmission) -> SubmitResult:
+    def _create_request(self, submission: RefundSubmission) -> PseRequest | Declined:
         money = submission.amount
         if money.amount < 1:
             return Declined("invalid_amount", f"cannot refund {money} at KOMOJU")
         if money.currency not in KOMOJU_CURRENCIES:
             return Declined("currency_not_supported", f"KOMOJU does not process {money.currency}")
-        body = {"amount": money.amount, "description": submission.reference}
-        headers = {
-            **self._headers(),
-            _IDEMPOTENCY_HEADER: idempotency_header_value(submission.idempotency_key),
-        }
-        path = f"{self._payment_path(submission.pse_payment_id)}/refund"
-        try:
-            response = await self._http.send("POST", path, headers=headers, json=body)
-        except PseNoAnswer as exc:
-            return Unanswered(self._safe(exc.reason))
-        return await self._create_answer(submission, response)
-
-    async def _create_answer(
-        self, submission: RefundSubmission, response: httpx.Response
-    ) -> SubmitResult:
-        status = response.status_code
-        if 200 <= status < 300:
-            try:
-                payment = _read_payment(json_or_none(response), submission.pse_payment_id)
-                ours = _ours(payment, submission.reference, self._account.name)
-            except UnreadableKomoju as exc:
-                return Unanswered(f"HTTP {status} without a readable payment: {exc}")
-            if isinstance(ours, NotFound):
-                log.warning(
-                    "pse.komoju.refund_missing_from_answer",
-                    pse_account=self._account.name,
-                    reference=submission.reference,
-                )
-                return Unanswered(f"HTTP {status} but the payment lists no refund of ours")
-            return ours
-        error = _error_of(response)
-        code = error.get("code")
-        if status in (401, 403):
-            return Declined(
-                "pse_authentication_failed",
-                self._safe(error.get("message") or f"HTTP {status}"),
-            )
-        if status in (409, 423) or code in _IN_PROGRESS_CODES:
-            # The same idempotency key is still being processed: KOMOJU may be making it.
-            return Unanswered(self._describe(response))
-        if status == 404 and code == "not_found":
-            return Declined("payment_not_found", self._describe(response))
-        if status in (400, 422):
-            if code == "not_refundable":
-                return await self._explain_not_refundable(submission, error)
-            decline = _decline_for(error)
-            if decline is not None:
-                return Declined(
-                    decline.code,
-                    self._safe(error.get("message") or str(code)),
-                    offline=decline.offline,
-                    retriable=decline.retriable,
-                )
-        log.warning(
-            "pse.komoju.unrecognised_error",
-            pse_account=self._account.name,
-            status_code=status,
-            error_code=code,
-            error_param=error.get("param"),
+        return PseRequest(
+            "POST",
+            f"{_payment_path(submission.pse_payment_id)}/refund",
+            headers={_IDEMPOTENCY_HEADER: idempotency_header_value(submission.idempotency_key)},
+            json={"amount": money.amount, "description": submission.reference},
         )
-        return Unanswered(self._describe(response))
+
+    def _created(self, submission: RefundSubmission, response: httpx.Response) -> SubmitResult:
+        status = response.status_code
+        try:
+            payment = _read_payment(json_or_none(response), submission.pse_payment_id)
+            ours = _ours(payment, submission.reference, self._account.name)
+        except UnreadableKomoju as exc:
+            return Unanswered(f"HTTP {status} without a readable payment: {exc}")
+        if isinstance(ours, NotFound):
+            log.warning(
+                "pse.komoju.refund_missing_from_answer",
+                pse_account=self._account.name,
+                reference=submission.reference,
+            )
+            return Unanswered(f"HTTP {status} but the payment lists no refund of ours")
+        return ours
+
+    def _error_of(self, response: httpx.Response) -> PseError:
+        error = error_envelope(response)
+        return PseError(shown(error.get("code")), shown(error.get("message")), error)
+
+    def _in_flight(self, status: int, error: PseError) -> bool:
+        # The same idempotency key is still being processed: KOMOJU may be making it.
+        return status in (409, 423) or error.code in _IN_PROGRESS_CODES
+
+    async def _research_decline(
+        self, submission: RefundSubmission, status: int, error: PseError
+    ) -> DeclineRule | SubmitResult | None:
+        if status == 404 and error.code == "not_found":
+            return Declined("payment_not_found", self._summary(status, error))
+        if status not in (400, 422):
+            return None
+        if error.code == "not_refundable":
+            return await self._explain_not_refundable(submission, error)
+        return _decline_for(error.detail)
+
+    def _error_log_fields(self, error: PseError) -> dict[str, Any]:
+        return {"error_code": error.code, "error_param": error.detail.get("param")}
 
     async def _explain_not_refundable(
-        self, submission: RefundSubmission, error: Mapping[str, Any]
+        self, submission: RefundSubmission, error: PseError
     ) -> SubmitResult:
         """Tell apart the refusals KOMOJU reports as `not_refundable`, from the payment.
 
@@ -410,17 +375,14 @@ class KomojuGateway(PseGateway):
           otherwise ineligible at KOMOJU, so the money must go back offline.
         When the payment cannot be read, nothing is concluded.
         """
-        said = self._safe(error.get("message") or "not_refundable")
+        refusal = self._safe(error.message or "not_refundable")
+        answer = await self._get(_payment_path(submission.pse_payment_id))
+        if isinstance(answer, Unanswered):
+            return Unanswered(f"not_refundable, payment unreadable: {answer.reason}")
+        if not 200 <= answer.status_code < 300:
+            return Unanswered(f"not_refundable, payment look-up: {self._describe(answer)}")
         try:
-            response = await self._http.send(
-                "GET", self._payment_path(submission.pse_payment_id), headers=self._headers()
-            )
-        except PseNoAnswer as exc:
-            return Unanswered(self._safe(f"not_refundable, payment unreadable: {exc.reason}"))
-        if not 200 <= response.status_code < 300:
-            return Unanswered(f"not_refundable, payment look-up: {self._describe(response)}")
-        try:
-            payment = _read_payment(json_or_none(response), submission.pse_payment_id)
+            payment = _read_payment(json_or_none(answer), submission.pse_payment_id)
             ours = _ours(payment, submission.reference, self._account.name)
         except UnreadableKomoju as exc:
             return Unanswered(f"not_refundable, payment unreadable: {exc}")
@@ -429,24 +391,24 @@ class KomojuGateway(PseGateway):
         status = payment.get("status")
         kind = _payment_type(payment)
         if status == "refunded":
-            return Declined("already_refunded", f"{said} (the payment is fully refunded)")
+            return Declined("already_refunded", f"{refusal} (the payment is fully refunded)")
         if kind in _CASH_PAYMENT_TYPES:
             return Declined(
                 "bank_account_refund_required",
-                f"{said} ({kind} payments are refunded by bank transfer only)",
+                f"{refusal} ({kind} payments are refunded by bank transfer only)",
                 offline=True,
             )
         if any(
             isinstance(item, Mapping) and item.get("chargeback") is True
             for item in _refunds_of(payment)
         ):
-            return Declined("payment_disputed", f"{said} (the payment has a chargeback)")
+            return Declined("payment_disputed", f"{refusal} (the payment has a chargeback)")
         if status in _NOT_CAPTURED:
-            return Declined("payment_not_captured", f"{said} (the payment is {status})")
+            return Declined("payment_not_captured", f"{refusal} (the payment is {status})")
         if status == "captured":
             return Declined(
                 "not_refundable",
-                f"{said} (captured {kind or 'payment'} past its refund period or ineligible)",
+                f"{refusal} (captured {kind or 'payment'} past its refund period or ineligible)",
                 offline=True,
             )
         log.warning(
@@ -461,14 +423,11 @@ class KomojuGateway(PseGateway):
     async def find_refund(self, submission: RefundSubmission) -> LookupResult:
         # KOMOJU has no refund resource of its own: the payment lists every refund
         # (no pagination), so its `refunds[]` is the whole truth for the look-up.
-        try:
-            response = await self._http.send(
-                "GET", self._payment_path(submission.pse_payment_id), headers=self._headers()
-            )
-        except PseNoAnswer as exc:
-            return Unanswered(self._safe(exc.reason))
-        status = response.status_code
-        if status == 404 and _error_of(response).get("code") == "not_found":
+        answer = await self._get(_payment_path(submission.pse_payment_id))
+        if isinstance(answer, Unanswered):
+            return answer
+        status = answer.status_code
+        if status == 404 and self._error_of(answer).code == "not_found":
             if submission.pse_refund_id:
                 return Unanswered(
                     f"payment {submission.pse_payment_id} is gone although refund "
@@ -477,10 +436,10 @@ class KomojuGateway(PseGateway):
             # No such payment at this account: no refund of ours can exist either.
             return NotFound()
         if not 200 <= status < 300:
-            return Unanswered(self._describe(response))
+            return Unanswered(self._describe(answer))
         try:
-            payment = _read_payment(json_or_none(response), submission.pse_payment_id)
-            by_id = self._by_id(payment, submission.pse_refund_id)
+            payment = _read_payment(json_or_none(answer), submission.pse_payment_id)
+            by_id = _by_id(payment, submission.pse_refund_id)
             ours = _ours(payment, submission.reference, self._account.name)
         except UnreadableKomoju as exc:
             return Unanswered(f"payment unreadable: {exc}")
@@ -495,26 +454,23 @@ class KomojuGateway(PseGateway):
             return Unanswered(f"refund {submission.pse_refund_id} is no longer listed")
         return NotFound()
 
-    @staticmethod
-    def _by_id(payment: Mapping[str, Any], refund_id: str | None) -> PseRefund | None:
-        if not refund_id:
-            return None
-        for item in _refunds_of(payment):
-            if isinstance(item, Mapping) and item.get("id") == refund_id:
-                return refund_from_komoju(
-                    item, payment=payment, payment_currency=_currency_of(payment)
-                )
-        return None
-
     # -- webhooks -------------------------------------------------------------
 
-    def parse_webhook(
-        self, headers: Mapping[str, str], body: bytes, now: datetime
-    ) -> PseWebhookEvent:
-        # KOMOJU signs the body only, with no timestamp: the tolerance cannot apply,
-        # and replays are stopped by the event id, stored once per account.
-        self._verify_signature(headers.get(_SIGNATURE_HEADER), body)
-        event = json_object(body)
+    def _webhook_proof(self, headers: Mapping[str, str], body: bytes) -> WebhookProof:
+        """`X-Komoju-Signature`: hex HMAC-SHA256 of the raw body, keyed with the secret token.
+
+        No timestamp: the tolerance cannot apply, and replays are stopped by the
+        event id, stored once per account."""
+        given = self._header(headers, _SIGNATURE_HEADER, "X-Komoju-Signature").strip().lower()
+        if len(given) != hashlib.sha256().digest_size * 2 or not set(given) <= _HEX_DIGITS:
+            raise InvalidWebhookSignature("malformed X-Komoju-Signature header")
+        return WebhookProof(
+            header="X-Komoju-Signature", presented=[given.encode("ascii")], signed=body
+        )
+
+    def _event_identity(
+        self, headers: Mapping[str, str], body: bytes, event: Mapping[str, Any]
+    ) -> tuple[str, str]:
         resource, event_type = event.get("resource"), event.get("type")
         if resource is not None and resource != "event":
             raise InvalidWebhookPayload("body is not a KOMOJU event")
@@ -525,59 +481,31 @@ class KomojuGateway(PseGateway):
             # Every documented event carries an id (X-Komoju-ID names the delivery,
             # not the event); without one, the same body must still dedupe alike.
             event_id = "sha256-" + hashlib.sha256(body).hexdigest()
-        if event_type not in _REFUND_EVENTS:
-            return PseWebhookEvent(event_id=event_id, event_type=event_type, refund=None)
-        try:
-            payment = _read_payment(event.get("data"))
-            latest = _latest_refund(payment)
-            if latest is None:
-                raise UnreadableKomoju("the payment lists no refund")
-            # Both events carry the payment; the refund they announce is its newest.
-            # `payment.refunded` is sent once the payer has the money, cash included.
-            refund = refund_from_komoju(
-                latest,
-                payment=payment,
-                payment_currency=_currency_of(payment),
-                collected=event_type == _FULLY_REFUNDED,
-            )
-        except UnreadableKomoju as exc:
-            raise InvalidWebhookPayload(f"{event_type}: {exc}") from None
-        return PseWebhookEvent(event_id=event_id, event_type=event_type, refund=refund)
+        return event_id, event_type
 
-    def _verify_signature(self, header: str | None, body: bytes) -> None:
-        """`X-Komoju-Signature`: hex HMAC-SHA256 of the raw body, keyed with the secret token."""
-        if not header:
-            raise InvalidWebhookSignature("missing X-Komoju-Signature header")
-        given = header.strip().lower()
-        if len(given) != hashlib.sha256().digest_size * 2 or not set(given) <= _HEX_DIGITS:
-            raise InvalidWebhookSignature("malformed X-Komoju-Signature header")
-        verify_webhook(
-            self._account,
-            [given.encode("ascii")],
-            lambda key: hmac.new(key, body, hashlib.sha256).hexdigest().encode("ascii"),
-            header="X-Komoju-Signature",
+    def _event_refund(self, event_type: str, event: Mapping[str, Any]) -> PseRefund:
+        payment = _read_payment(event.get("data"))
+        latest = _latest_refund(payment)
+        if latest is None:
+            raise UnreadableKomoju("the payment lists no refund")
+        # Both events carry the payment; the refund they announce is its newest.
+        # `payment.refunded` is sent once the payer has the money, cash included.
+        return refund_from_komoju(
+            latest,
+            payment=payment,
+            payment_currency=_currency_of(payment),
+            collected=event_type == _FULLY_REFUNDED,
         )
 
-    # -- helpers --------------------------------------------------------------
 
-    def _headers(self) -> dict[str, str]:
-        token = base64.b64encode(f"{self._account.api_key}:".encode()).decode("ascii")
-        headers = {"Authorization": f"Basic {token}", "Accept": "application/json"}
-        version = self._account.options.get(API_VERSION_OPTION)
-        if version:
-            headers[_API_VERSION_HEADER] = version
-        return headers
+def _payment_path(payment_id: str) -> str:
+    return f"{_PAYMENTS_PATH}/{quoted(payment_id)}"
 
-    @staticmethod
-    def _payment_path(payment_id: str) -> str:
-        return f"{_PAYMENTS_PATH}/{quote(payment_id, safe='')}"
 
-    def _describe(self, response: httpx.Response) -> str:
-        error = _error_of(response)
-        return self._safe(
-            answer_summary(response.status_code, error.get("code"), error.get("message"))
-        )
-
-    def _safe(self, text: Any) -> str:
-        """Never pass a key or webhook secret on, even if an answer echoes one."""
-        return scrubbed(text, (self._account.api_key, *self._account.webhook_secrets), _KEY_PATTERN)
+def _by_id(payment: Mapping[str, Any], refund_id: str | None) -> PseRefund | None:
+    if not refund_id:
+        return None
+    for item in _refunds_of(payment):
+        if isinstance(item, Mapping) and item.get("id") == refund_id:
+            return refund_from_komoju(item, payment=payment, payment_currency=_currency_of(payment))
+    return None

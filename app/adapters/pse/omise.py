@@ -48,49 +48,40 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
-import hmac
-import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
-from urllib.parse import quote
 
 import httpx
-import structlog
 
-from app.adapters.pse.base import (
-    DeclineRule,
-    PseAccount,
-    PseNoAnswer,
-    RetryingHttp,
-    answer_summary,
-    ids_in,
-    json_or_none,
-    ours_among,
-    scrubbed,
-    verify_webhook,
+from app.adapters.pse.base import DeclineRule, PseAccount, ids_in, json_or_none
+from app.adapters.pse.http import (
+    ListPage,
+    MetadataLimits,
+    PseError,
+    PseRequest,
+    RefundListing,
+    RefundResourceGateway,
+    UnreadableRefund,
+    WebhookProof,
+    basic_auth,
+    metadata_for,
+    minor_units,
+    quoted,
+    reference_in,
+    said,
 )
-from app.domain.errors import DomainError
-from app.domain.money import Money, exponent, is_currency
-from app.domain.ports import PseGateway
+from app.domain.money import Money, exponent
 from app.domain.pse import (
-    Accepted,
     Declined,
     InvalidWebhookPayload,
     InvalidWebhookSignature,
-    LookupResult,
     PseRefund,
     PseRefundState,
-    PseWebhookEvent,
     RefundSubmission,
     SubmitResult,
     Unanswered,
 )
-
-log = structlog.get_logger("app.pse.omise")
 
 # Pinned so a change of the account's default API version cannot reshape answers;
 # `options.omise_version` overrides it.
@@ -98,12 +89,9 @@ OMISE_API_VERSION = "2019-05-29"
 _VERSION_OPTION = "omise_version"
 
 _LIST_PAGE_SIZE = 100  # Omise's maximum `limit`
-_MAX_LIST_PAGES = 10  # a charge holds fewer than 15 refunds: one page in practice
 
-_REFERENCE_KEY = "refund_id"
-_REASON_KEY = "reason"
-_METADATA_MAX_KEYS = 50
-_METADATA_VALUE_MAX_CHARS = 500
+# Omise documents no key length limit and no deletion by an empty value.
+_METADATA = MetadataLimits(max_keys=50, value_max_chars=500, keeps_empty_values=True)
 
 _IDEMPOTENCY_HEADER = "Omise-Idempotency-Key"
 _SIGNATURE_HEADER = "omise-signature"
@@ -141,15 +129,8 @@ def to_omise_amount(money: Money) -> int:
 
 def from_omise_amount(amount: Any, currency: Any) -> Money | None:
     """Omise's `amount`/`currency` pair (currency upper- or lower-case) as Money."""
-    if isinstance(amount, bool) or not isinstance(amount, int) or not isinstance(currency, str):
-        return None
-    code = currency.upper()
-    if not is_currency(code) or not _omise_unit_is_iso(code):
-        return None
-    try:
-        return Money(amount, code)
-    except DomainError:
-        return None
+    money = minor_units(amount, currency)
+    return money if money is not None and _omise_unit_is_iso(money.currency) else None
 
 
 # --------------------------------------------------------------------------
@@ -160,19 +141,6 @@ _STATES = {
     "pending": PseRefundState.PENDING,
     "closed": PseRefundState.SUCCEEDED,
 }
-
-
-class UnreadableRefund(ValueError):
-    """An Omise answer this adapter cannot read as a refund."""
-
-
-def _reference_of(obj: Mapping[str, Any]) -> str | None:
-    metadata = obj.get("metadata")
-    if isinstance(metadata, Mapping):
-        reference = metadata.get(_REFERENCE_KEY)
-        if isinstance(reference, str) and reference:
-            return reference
-    return None
 
 
 def refund_from_omise(obj: Any) -> PseRefund:
@@ -200,7 +168,7 @@ def refund_from_omise(obj: Any) -> PseRefund:
         pse_refund_id=refund_id,
         state=state,
         amount=amount,
-        reference=_reference_of(obj),
+        reference=reference_in(obj),
         settlement_amount=settlement,
         pse_payment_ids=ids_in(obj, "charge"),
     )
@@ -267,23 +235,6 @@ def _decline_for(code: str | None, message: str) -> _Decline | None:
     return None
 
 
-@dataclass(frozen=True, slots=True)
-class _OmiseError:
-    code: str | None
-    message: str | None
-
-
-def _error_of(response: httpx.Response) -> _OmiseError:
-    body = json_or_none(response)
-    if not isinstance(body, Mapping) or body.get("object") != "error":
-        return _OmiseError(None, None)
-    code, message = body.get("code"), body.get("message")
-    return _OmiseError(
-        code if isinstance(code, str) and code else None,
-        message if isinstance(message, str) and message else None,
-    )
-
-
 # --------------------------------------------------------------------------
 # Webhooks
 # --------------------------------------------------------------------------
@@ -301,7 +252,7 @@ def _decoded_secret(secret: str) -> bytes | None:
         return None
 
 
-class OmiseGateway(PseGateway):
+class OmiseGateway(RefundResourceGateway):
     """One Omise account, in the domain's words.
 
     `account.api_key` is the secret key (`skey_…`). `account.options` may hold
@@ -309,171 +260,94 @@ class OmiseGateway(PseGateway):
     the base64 webhook secrets shown in the dashboard (all accepted: rotation).
     """
 
+    provider = "omise"
+    key_pattern = _KEY_PATTERN
+    # A charge holds fewer than 15 refunds: one page in practice.
+    max_list_pages = 10
+
     def __init__(self, account: PseAccount, http: httpx.AsyncClient) -> None:
-        self._account = account
-        self._http = RetryingHttp(account, http)
+        super().__init__(account, http)
         self._version = account.options.get(_VERSION_OPTION) or OMISE_API_VERSION
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": basic_auth(self._account.api_key), "Omise-Version": self._version}
 
     # -- create ---------------------------------------------------------------
 
-    async def create_refund(self, submission: RefundSubmission) -> SubmitResult:
+    def _create_request(self, submission: RefundSubmission) -> PseRequest | Declined:
         try:
             amount = to_omise_amount(submission.amount)
         except _NotRepresentable as exc:
             return Declined(code="amount_not_supported", message=str(exc))
-        body = {"amount": amount, "metadata": self._metadata(submission)}
-        headers = {**self._headers(), _IDEMPOTENCY_HEADER: submission.idempotency_key}
-        try:
-            # Never retried: without a documented idempotency key a resent POST
-            # can refund twice. The look-up decides before anything is resent.
-            response = await self._http.send(
-                "POST",
-                self._refunds_path(submission.pse_payment_id),
-                headers=headers,
-                json=body,
-                retry=False,
-            )
-        except PseNoAnswer as exc:
-            return Unanswered(f"{exc.reason}; not retried, the look-up decides")
-        return self._create_answer(response)
+        # Never retried: without a documented idempotency key a resent POST
+        # can refund twice. The look-up decides before anything is resent.
+        return PseRequest(
+            "POST",
+            _refunds_path(submission.pse_payment_id),
+            headers={_IDEMPOTENCY_HEADER: submission.idempotency_key},
+            json={"amount": amount, "metadata": metadata_for(submission, _METADATA)},
+            retry=False,
+        )
 
-    def _create_answer(self, response: httpx.Response) -> SubmitResult:
-        status = response.status_code
-        if 200 <= status < 300:
-            try:
-                return Accepted(refund_from_omise(json_or_none(response)))
-            except UnreadableRefund as exc:
-                return Unanswered(f"HTTP {status} without a readable refund: {exc}")
-        error = _error_of(response)
-        if status in (401, 403) or error.code == "authentication_failure":
-            return Declined(
-                code="pse_authentication_failed",
-                message=self._safe(error.message or f"HTTP {status}"),
-            )
+    def _error_of(self, response: httpx.Response) -> PseError:
+        body = json_or_none(response)
+        if not isinstance(body, Mapping) or body.get("object") != "error":
+            return PseError(None, None)
+        return PseError(said(body.get("code")), said(body.get("message")), body)
+
+    def _refuses_credentials(self, status: int, error: PseError) -> bool:
+        return status in (401, 403) or error.code == "authentication_failure"
+
+    async def _research_decline(
+        self, submission: RefundSubmission, status: int, error: PseError
+    ) -> DeclineRule | SubmitResult | None:
         if status == 404 and error.code == "not_found":
             # The charge does not exist at Omise: nothing was refunded.
             return Declined(
                 code="payment_not_found", message=self._safe(error.message or "not found")
             )
-        if status == 409:
-            # An idempotency key still in flight, where Omise honours one.
-            return Unanswered(self._describe(response))
-        if not 400 <= status < 500:
-            return Unanswered(self._describe(response))
-        decline = _decline_for(error.code, error.message or "")
-        if decline is None:
-            log.warning(
-                "pse.omise.unrecognised_error",
-                pse_account=self._account.name,
-                status_code=status,
-                error_code=error.code,
-            )
-            return Unanswered(self._describe(response))
-        return Declined(
-            code=decline.code,
-            message=self._safe(error.message or str(error.code)),
-            offline=decline.offline,
-            retriable=decline.retriable,
-        )
+        return _decline_for(error.code, error.message or "")
 
     # -- find -----------------------------------------------------------------
 
-    async def find_refund(self, submission: RefundSubmission) -> LookupResult:
-        if submission.pse_refund_id:
-            found = await self._find_by_id(submission, submission.pse_refund_id)
-            if found is not None:
-                return found
-        # Omise has no look-up by idempotency key or metadata: list the charge's
-        # refunds (fewer than 15) and match our reference.
-        return await self._find_by_reference(submission)
+    def _read_refund(self, obj: Any) -> PseRefund:
+        return refund_from_omise(obj)
 
-    async def _find_by_id(
-        self, submission: RefundSubmission, refund_id: str
-    ) -> LookupResult | None:
-        """The refund by its Omise id; None when Omise says there is no such refund."""
-        path = f"{self._refunds_path(submission.pse_payment_id)}/{quote(refund_id, safe='')}"
-        try:
-            response = await self._http.send("GET", path, headers=self._headers())
-        except PseNoAnswer as exc:
-            return Unanswered(exc.reason)
-        if response.status_code == 404 and _error_of(response).code == "not_found":
-            return None
-        if not 200 <= response.status_code < 300:
-            return Unanswered(self._describe(response))
-        try:
-            refund = refund_from_omise(json_or_none(response))
-        except UnreadableRefund as exc:
-            return Unanswered(f"unreadable refund {refund_id}: {exc}")
-        if refund.reference is not None and refund.reference != submission.reference:
-            return Unanswered(f"refund {refund_id} carries another reference")
-        return Accepted(refund)
+    def _reference_of(self, obj: Mapping[str, Any]) -> str | None:
+        return reference_in(obj)
 
-    async def _find_by_reference(self, submission: RefundSubmission) -> LookupResult:
-        path = self._refunds_path(submission.pse_payment_id)
-        mine: list[PseRefund] = []
-        offset = 0
-        for _ in range(_MAX_LIST_PAGES):
-            params = {"limit": _LIST_PAGE_SIZE, "offset": offset, "order": "chronological"}
-            try:
-                response = await self._http.send(
-                    "GET", path, headers=self._headers(), params=params
-                )
-            except PseNoAnswer as exc:
-                return Unanswered(exc.reason)
-            if not 200 <= response.status_code < 300:
-                # A 404 here may be a charge of another account or mode: prove nothing.
-                return Unanswered(self._describe(response))
-            page = json_or_none(response)
-            items = page.get("data") if isinstance(page, Mapping) else None
-            if (
-                not isinstance(page, Mapping)
-                or page.get("object") != "list"
-                or not isinstance(items, list)
-            ):
-                return Unanswered("refund list is not an Omise list object")
-            for item in items:
-                if isinstance(item, Mapping) and _reference_of(item) == submission.reference:
-                    try:
-                        mine.append(refund_from_omise(item))
-                    except UnreadableRefund as exc:
-                        return Unanswered(f"matching refund is unreadable: {exc}")
-            offset += len(items)
-            total = page.get("total")
-            if isinstance(total, bool) or not isinstance(total, int):
-                return Unanswered("refund list without a total")
-            if offset >= total:
-                return self._pick(submission, mine)
-            if not items:
-                return Unanswered("refund list ended before its total")
-        return Unanswered(f"more than {_MAX_LIST_PAGES} pages of refunds for the charge")
+    def _no_such_refund(self, response: httpx.Response) -> bool:
+        return response.status_code == 404 and self._error_of(response).code == "not_found"
 
-    def _pick(self, submission: RefundSubmission, mine: list[PseRefund]) -> LookupResult:
-        return ours_among(mine, pse_account=self._account.name, reference=submission.reference)
+    def _refund_path(self, submission: RefundSubmission, refund_id: str) -> str:
+        return f"{_refunds_path(submission.pse_payment_id)}/{quoted(refund_id)}"
+
+    def _refund_listing(self, submission: RefundSubmission) -> RefundListing | Unanswered:
+        # Omise has no look-up by metadata: the charge's refunds (fewer than 15) are listed.
+        params = {"limit": _LIST_PAGE_SIZE, "offset": 0, "order": "chronological"}
+        return RefundListing(_refunds_path(submission.pse_payment_id), params)
+
+    def _list_page(self, body: Any, params: Mapping[str, Any]) -> ListPage | str:
+        items = body.get("data") if isinstance(body, Mapping) else None
+        if (
+            not isinstance(body, Mapping)
+            or body.get("object") != "list"
+            or not isinstance(items, list)
+        ):
+            return "refund list is not an Omise list object"
+        offset = params["offset"] + len(items)
+        total = body.get("total")
+        if isinstance(total, bool) or not isinstance(total, int):
+            return ListPage(items, stuck="refund list without a total")
+        if offset >= total:
+            return ListPage(items)
+        if not items:
+            return ListPage(items, stuck="refund list ended before its total")
+        return ListPage(items, following={**params, "offset": offset})
 
     # -- webhooks -------------------------------------------------------------
 
-    def parse_webhook(
-        self, headers: Mapping[str, str], body: bytes, now: datetime
-    ) -> PseWebhookEvent:
-        self._verify_signature(headers, body, now)
-        try:
-            event = json.loads(body)
-        except ValueError:
-            raise InvalidWebhookPayload("body is not JSON") from None
-        if not isinstance(event, Mapping) or event.get("object") != "event":
-            raise InvalidWebhookPayload("body is not an Omise event")
-        event_id, key = event.get("id"), event.get("key")
-        if not isinstance(event_id, str) or not event_id or not isinstance(key, str) or not key:
-            raise InvalidWebhookPayload("Omise event lacks id or key")
-        if not key.startswith(_REFUND_EVENT_PREFIX):
-            return PseWebhookEvent(event_id=event_id, event_type=key, refund=None)
-        try:
-            refund = refund_from_omise(event.get("data"))
-        except UnreadableRefund as exc:
-            raise InvalidWebhookPayload(f"{key} does not carry a readable refund: {exc}") from None
-        return PseWebhookEvent(event_id=event_id, event_type=key, refund=refund)
-
-    def _verify_signature(self, headers: Mapping[str, str], body: bytes, now: datetime) -> None:
+    def _webhook_proof(self, headers: Mapping[str, str], body: bytes) -> WebhookProof:
         header = headers.get(_SIGNATURE_HEADER)
         timestamp = headers.get(_TIMESTAMP_HEADER)
         if not header or not timestamp:
@@ -486,46 +360,31 @@ class OmiseGateway(PseGateway):
         candidates = [c for c in candidates if _HEX.fullmatch(c)]
         if not candidates:
             raise InvalidWebhookSignature("Omise-Signature holds no hex signature")
-        signed = timestamp.encode("ascii") + b"." + body
-        verify_webhook(
-            self._account,
-            [candidate.encode("ascii") for candidate in candidates],
-            lambda key: hmac.new(key, signed, hashlib.sha256).hexdigest().encode("ascii"),
+        return WebhookProof(
             header="Omise-Signature",
+            presented=[candidate.encode("ascii") for candidate in candidates],
+            signed=timestamp.encode("ascii") + b"." + body,
             key_of=_decoded_secret,
+            timestamp=int(timestamp),
+            timestamp_name="Omise-Signature-Timestamp",
         )
-        if abs(now.timestamp() - int(timestamp)) > self._account.webhook_tolerance_seconds:
-            raise InvalidWebhookSignature("Omise-Signature-Timestamp outside the tolerance")
 
-    # -- helpers --------------------------------------------------------------
+    def _event_identity(
+        self, headers: Mapping[str, str], body: bytes, event: Mapping[str, Any]
+    ) -> tuple[str, str]:
+        if event.get("object") != "event":
+            raise InvalidWebhookPayload("body is not an Omise event")
+        event_id, key = event.get("id"), event.get("key")
+        if not isinstance(event_id, str) or not event_id or not isinstance(key, str) or not key:
+            raise InvalidWebhookPayload("Omise event lacks id or key")
+        return event_id, key
 
-    def _headers(self) -> dict[str, str]:
-        token = base64.b64encode(f"{self._account.api_key}:".encode()).decode("ascii")
-        return {"Authorization": f"Basic {token}", "Omise-Version": self._version}
+    def _carries_refund(self, event_type: str) -> bool:
+        return event_type.startswith(_REFUND_EVENT_PREFIX)
 
-    @staticmethod
-    def _refunds_path(charge_id: str) -> str:
-        return f"/charges/{quote(charge_id, safe='')}/refunds"
+    def _event_refund(self, event_type: str, event: Mapping[str, Any]) -> PseRefund:
+        return refund_from_omise(event.get("data"))
 
-    @staticmethod
-    def _metadata(submission: RefundSubmission) -> dict[str, str]:
-        metadata = {
-            _REFERENCE_KEY: submission.reference,
-            _REASON_KEY: submission.reason[:_METADATA_VALUE_MAX_CHARS],
-        }
-        for key, value in submission.metadata.items():
-            if len(metadata) >= _METADATA_MAX_KEYS:
-                break
-            # Our own keys win: the look-up matches on the reference.
-            if key in (_REFERENCE_KEY, _REASON_KEY) or not key:
-                continue
-            metadata[key] = str(value)[:_METADATA_VALUE_MAX_CHARS]
-        return metadata
 
-    def _describe(self, response: httpx.Response) -> str:
-        error = _error_of(response)
-        return self._safe(answer_summary(response.status_code, error.code, error.message))
-
-    def _safe(self, text: Any) -> str:
-        """Never pass a key on, whole or as echoed in a message."""
-        return scrubbed(text, (self._account.api_key,), _KEY_PATTERN)
+def _refunds_path(charge_id: str) -> str:
+    return f"/charges/{quoted(charge_id)}/refunds"

@@ -39,50 +39,41 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping
-from datetime import datetime
 from typing import Any
-from urllib.parse import quote, urlparse
+from urllib.parse import urlparse
 
 import httpx
-import structlog
 
-from app.adapters.pse.base import (
-    DeclineRule,
-    PseAccount,
-    PseNoAnswer,
-    RetryingHttp,
-    answer_summary,
-    ids_in,
-    json_object,
-    json_or_none,
-    ours_among,
-    scrubbed,
-    verify_webhook,
+from app.adapters.pse.base import DeclineRule, ids_in, json_or_none
+from app.adapters.pse.http import (
+    ListPage,
+    MetadataLimits,
+    PseError,
+    PseRequest,
+    RefundListing,
+    RefundResourceGateway,
+    UnreadableRefund,
+    WebhookProof,
+    cursor_page,
+    metadata_for,
+    quoted,
+    reference_in,
 )
 from app.domain.errors import DomainError
 from app.domain.money import Money
-from app.domain.ports import PseGateway
 from app.domain.pse import (
-    Accepted,
     Declined,
     InvalidWebhookPayload,
-    InvalidWebhookSignature,
-    LookupResult,
-    NotFound,
     PseRefund,
     PseRefundState,
-    PseWebhookEvent,
     RefundSubmission,
     SubmitResult,
     Unanswered,
 )
 
-log = structlog.get_logger("app.pse.payjp")
-
 _REFUNDS_PATH = "/v2/payment_refunds"
 _FLOW_REFUNDS_PATH = "/v2/payment_flows/{payment_flow_id}/refunds"
 _LIST_PAGE_SIZE = 100  # the documented maximum of `limit`
-_MAX_LIST_PAGES = 20
 
 # PAY.JP v2 charges and refunds in Japanese yen only, in whole yen (our minor unit).
 _CURRENCY = "JPY"
@@ -90,11 +81,8 @@ _CURRENCY = "JPY"
 _IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9_-]{1,255}")
 _PAYJP_REASONS = frozenset({"duplicate", "fraudulent", "requested_by_customer"})
 
-_METADATA_MAX_KEYS = 20
-_METADATA_KEY_MAX_CHARS = 40
-_METADATA_VALUE_MAX_CHARS = 500
-_REFERENCE_KEY = "refund_id"
-_REASON_KEY = "reason"
+# An empty value would delete the key at PAY.JP.
+_METADATA = MetadataLimits(max_keys=20, key_max_chars=40, value_max_chars=500)
 
 # --------------------------------------------------------------------------
 # Refund object -> PseRefund (used by create, find and webhooks alike)
@@ -114,20 +102,10 @@ _FAILURES = {
 }
 
 
-class UnreadableRefund(ValueError):
-    """A PAY.JP refund object this adapter cannot read."""
-
-
 def _reference_of(obj: Mapping[str, Any]) -> str | None:
     # Webhook payloads carried `meta_data` instead of `metadata` until PAY.JP aligned
     # the keys with the API (both sent until 2026-09-30, `metadata` only afterwards).
-    for key in ("metadata", "meta_data"):
-        metadata = obj.get(key)
-        if isinstance(metadata, Mapping):
-            reference = metadata.get(_REFERENCE_KEY)
-            if isinstance(reference, str) and reference:
-                return reference
-    return None
+    return reference_in(obj) or reference_in(obj, "meta_data")
 
 
 def refund_from_payjp(obj: Any) -> PseRefund:
@@ -278,20 +256,26 @@ def derived_event_id(body: bytes) -> str:
     return "payjp-sha256-" + hashlib.sha256(body).hexdigest()
 
 
-class PayjpGateway(PseGateway):
+class PayjpGateway(RefundResourceGateway):
     """One PAY.JP account (API v2), in the domain's words.
 
     Needs no `options`: the secret key is `api_key`, and `webhook_secrets` holds the
     webhook token(s) shown in the dashboard (every one is accepted).
     """
 
-    def __init__(self, account: PseAccount, http: httpx.AsyncClient) -> None:
-        self._account = account
-        self._http = RetryingHttp(account, http)
+    provider = "payjp"
+    key_pattern = _SECRET_PATTERN
+    refund_events = _REFUND_EVENTS
+
+    def _headers(self) -> dict[str, str]:
+        return {
+            "Authorization": f"Bearer {self._account.api_key}",
+            "Accept": "application/json, application/problem+json",
+        }
 
     # -- create ---------------------------------------------------------------
 
-    async def create_refund(self, submission: RefundSubmission) -> SubmitResult:
+    def _create_request(self, submission: RefundSubmission) -> PseRequest | Declined:
         amount = submission.amount
         if amount.currency != _CURRENCY:
             return Declined(
@@ -310,149 +294,69 @@ class PayjpGateway(PseGateway):
         body: dict[str, Any] = {
             "payment_flow_id": submission.pse_payment_id,
             "amount": amount.amount,
-            "metadata": self._metadata(submission),
+            "metadata": metadata_for(submission, _METADATA),
         }
         if submission.reason in _PAYJP_REASONS:
             body["reason"] = submission.reason
-        headers = {**self._headers(), "Idempotency-Key": submission.idempotency_key}
-        try:
-            response = await self._http.send("POST", _REFUNDS_PATH, headers=headers, json=body)
-        except PseNoAnswer as exc:
-            return Unanswered(exc.reason)
-        return self._create_answer(submission, response)
-
-    def _create_answer(
-        self, submission: RefundSubmission, response: httpx.Response
-    ) -> SubmitResult:
-        status = response.status_code
-        if 200 <= status < 300:
-            try:
-                refund = refund_from_payjp(json_or_none(response))
-            except UnreadableRefund as exc:
-                return Unanswered(f"HTTP {status} without a readable refund: {exc}")
-            mismatch = self._mismatch(submission, json_or_none(response), refund)
-            if mismatch is not None:
-                return Unanswered(mismatch)
-            return Accepted(refund)
-        problem = _problem_of(response)
-        if status in (401, 403):
-            return Declined(
-                code="pse_authentication_failed",
-                message=self._safe(_text_of(problem) or f"HTTP {status}"),
-            )
-        if status == 409:
-            # idempotency_conflict / idempotency_timeout: a refund may exist under the key.
-            return Unanswered(self._describe(response))
-        if not 400 <= status < 500:
-            return Unanswered(self._describe(response))
-        decline = _decline_for(status, problem)
-        if decline is None:
-            log.warning(
-                "pse.payjp.unrecognised_error",
-                pse_account=self._account.name,
-                status_code=status,
-                error_code=_code_of(problem),
-            )
-            return Unanswered(self._describe(response))
-        return Declined(
-            code=decline.code,
-            message=self._safe(_text_of(problem) or _code_of(problem) or f"HTTP {status}"),
-            offline=decline.offline,
-            retriable=decline.retriable,
+        return PseRequest(
+            "POST",
+            _REFUNDS_PATH,
+            headers={"Idempotency-Key": submission.idempotency_key},
+            json=body,
         )
 
-    @staticmethod
-    def _mismatch(submission: RefundSubmission, obj: Any, refund: PseRefund) -> str | None:
-        """Why a refund object cannot be taken as the answer for this submission."""
-        flow = obj.get("payment_flow_id") if isinstance(obj, Mapping) else None
-        if isinstance(flow, str) and flow and flow != submission.pse_payment_id:
-            return f"refund {refund.pse_refund_id} belongs to another payment"
-        if refund.reference is not None and refund.reference != submission.reference:
-            return f"refund {refund.pse_refund_id} carries another reference"
-        return None
+    def _accept_created(
+        self, submission: RefundSubmission, obj: Any, refund: PseRefund
+    ) -> SubmitResult:
+        return self._checked(submission, obj, refund)
+
+    def _error_of(self, response: httpx.Response) -> PseError:
+        problem = _problem_of(response)
+        return PseError(_code_of(problem), _text_of(problem), problem)
+
+    async def _research_decline(
+        self, submission: RefundSubmission, status: int, error: PseError
+    ) -> DeclineRule | None:
+        return _decline_for(status, error.detail)
 
     # -- find -----------------------------------------------------------------
 
-    async def find_refund(self, submission: RefundSubmission) -> LookupResult:
-        if submission.pse_refund_id:
-            found = await self._find_by_id(submission, submission.pse_refund_id)
-            if found is not None:
-                return found
-        # PAY.JP has no look-up by idempotency key: existence is proven by listing
-        # the payment's refunds and matching our reference in metadata.
-        return await self._find_by_reference(submission)
+    def _read_refund(self, obj: Any) -> PseRefund:
+        return refund_from_payjp(obj)
 
-    async def _find_by_id(
-        self, submission: RefundSubmission, refund_id: str
-    ) -> LookupResult | None:
-        """The refund by its PAY.JP id; None when PAY.JP says there is no such refund."""
-        path = f"{_REFUNDS_PATH}/{quote(refund_id, safe='')}"
-        try:
-            response = await self._http.send("GET", path, headers=self._headers())
-        except PseNoAnswer as exc:
-            return Unanswered(exc.reason)
-        if response.status_code == 404:
-            return None
-        if not 200 <= response.status_code < 300:
-            return Unanswered(self._describe(response))
-        obj = json_or_none(response)
-        try:
-            refund = refund_from_payjp(obj)
-        except UnreadableRefund as exc:
-            return Unanswered(f"unreadable refund {refund_id}: {exc}")
-        mismatch = self._mismatch(submission, obj, refund)
-        if mismatch is not None:
-            return Unanswered(mismatch)
-        return Accepted(refund)
+    def _reference_of(self, obj: Mapping[str, Any]) -> str | None:
+        return _reference_of(obj)
 
-    async def _find_by_reference(self, submission: RefundSubmission) -> LookupResult:
-        path = _FLOW_REFUNDS_PATH.format(payment_flow_id=quote(submission.pse_payment_id, safe=""))
-        params: dict[str, Any] = {"limit": _LIST_PAGE_SIZE}
-        mine: list[PseRefund] = []
-        for _ in range(_MAX_LIST_PAGES):
-            try:
-                response = await self._http.send(
-                    "GET", path, headers=self._headers(), params=params
-                )
-            except PseNoAnswer as exc:
-                return Unanswered(exc.reason)
-            if not 200 <= response.status_code < 300:
-                return Unanswered(self._describe(response))
-            page = json_or_none(response)
-            if not isinstance(page, Mapping) or not isinstance(page.get("data"), list):
-                return Unanswered("refund list is not a PAY.JP list object")
-            items: list[Any] = page["data"]
-            for item in items:
-                if isinstance(item, Mapping) and _reference_of(item) == submission.reference:
-                    try:
-                        mine.append(refund_from_payjp(item))
-                    except UnreadableRefund as exc:
-                        return Unanswered(f"unreadable refund in the list: {exc}")
-            has_more = page.get("has_more")
-            if has_more is False:
-                return self._chosen(submission, mine) if mine else NotFound()
-            last = items[-1] if items else None
-            cursor = last.get("id") if isinstance(last, Mapping) else None
-            if has_more is not True or not isinstance(cursor, str) or not cursor:
-                if mine:
-                    return self._chosen(submission, mine)
-                return Unanswered("refund list cannot be followed to its end")
-            params["starting_after"] = cursor
-        if mine:
-            return self._chosen(submission, mine)
-        return Unanswered(f"more than {_MAX_LIST_PAGES} pages of refunds for the payment")
+    def _mismatch(self, submission: RefundSubmission, obj: Any, refund: PseRefund) -> str | None:
+        flow = obj.get("payment_flow_id") if isinstance(obj, Mapping) else None
+        if isinstance(flow, str) and flow and flow != submission.pse_payment_id:
+            return f"refund {refund.pse_refund_id} belongs to another payment"
+        return super()._mismatch(submission, obj, refund)
 
-    def _chosen(self, submission: RefundSubmission, mine: list[PseRefund]) -> LookupResult:
-        return ours_among(mine, pse_account=self._account.name, reference=submission.reference)
+    def _refund_path(self, submission: RefundSubmission, refund_id: str) -> str:
+        return f"{_REFUNDS_PATH}/{quoted(refund_id)}"
+
+    def _refund_listing(self, submission: RefundSubmission) -> RefundListing | Unanswered:
+        path = _FLOW_REFUNDS_PATH.format(payment_flow_id=quoted(submission.pse_payment_id))
+        return RefundListing(path, {"limit": _LIST_PAGE_SIZE})
+
+    def _list_page(self, body: Any, params: Mapping[str, Any]) -> ListPage | str:
+        if not isinstance(body, Mapping) or not isinstance(body.get("data"), list):
+            return "refund list is not a PAY.JP list object"
+        return cursor_page(body["data"], body.get("has_more"), params, "starting_after")
 
     # -- webhooks -------------------------------------------------------------
 
-    def parse_webhook(
-        self, headers: Mapping[str, str], body: bytes, now: datetime
-    ) -> PseWebhookEvent:
-        # No timestamp in this scheme: `now` and the tolerance have nothing to check.
-        self._verify_token(headers.get(_WEBHOOK_AUTH_HEADER))
-        event = json_object(body)
+    def _webhook_proof(self, headers: Mapping[str, str], body: bytes) -> WebhookProof:
+        # A static token, with no timestamp: `now` and the tolerance have nothing to check.
+        given = self._header(headers, _WEBHOOK_AUTH_HEADER, "X-Payjp-Webhook-Token")
+        return WebhookProof(
+            header="X-Payjp-Webhook-Token", presented=[given.strip().encode("utf-8")]
+        )
+
+    def _event_identity(
+        self, headers: Mapping[str, str], body: bytes, event: Mapping[str, Any]
+    ) -> tuple[str, str]:
         kind = event.get("object")
         if kind is not None and kind != "event":
             raise InvalidWebhookPayload("body is not a PAY.JP event")
@@ -463,62 +367,7 @@ class PayjpGateway(PseGateway):
         if not isinstance(event_id, str) or not event_id:
             # v2 events carry `evnt_…` ids; without one, the same body dedupes itself.
             event_id = derived_event_id(body)
-        if event_type not in _REFUND_EVENTS:
-            return PseWebhookEvent(event_id=event_id, event_type=event_type, refund=None)
-        try:
-            refund = refund_from_payjp(event.get("data"))
-        except UnreadableRefund as exc:
-            raise InvalidWebhookPayload(f"{event_type} without a readable refund: {exc}") from None
-        return PseWebhookEvent(event_id=event_id, event_type=event_type, refund=refund)
+        return event_id, event_type
 
-    def _verify_token(self, given: str | None) -> None:
-        if not given:
-            raise InvalidWebhookSignature("missing X-Payjp-Webhook-Token header")
-        # A static token: what is presented must be the configured token itself.
-        verify_webhook(
-            self._account,
-            [given.strip().encode("utf-8")],
-            lambda token: token,
-            header="X-Payjp-Webhook-Token",
-        )
-
-    # -- helpers --------------------------------------------------------------
-
-    def _headers(self) -> dict[str, str]:
-        return {
-            "Authorization": f"Bearer {self._account.api_key}",
-            "Accept": "application/json, application/problem+json",
-        }
-
-    @staticmethod
-    def _metadata(submission: RefundSubmission) -> dict[str, str]:
-        fields = {
-            _REFERENCE_KEY: submission.reference,
-            _REASON_KEY: submission.reason[:_METADATA_VALUE_MAX_CHARS],
-        }
-        for key, value in submission.metadata.items():
-            if len(fields) >= _METADATA_MAX_KEYS:
-                break
-            # Our own keys win; over-long keys cannot be cut safely (two could merge),
-            # and an empty value would delete the key at PAY.JP.
-            if (
-                key in (_REFERENCE_KEY, _REASON_KEY)
-                or not key
-                or len(key) > _METADATA_KEY_MAX_CHARS
-                or not value
-            ):
-                continue
-            fields[key] = str(value)[:_METADATA_VALUE_MAX_CHARS]
-        return fields
-
-    def _describe(self, response: httpx.Response) -> str:
-        problem = _problem_of(response)
-        return self._safe(
-            answer_summary(response.status_code, _code_of(problem), _text_of(problem))
-        )
-
-    def _safe(self, text: Any) -> str:
-        """Keep keys and webhook tokens out of anything that is stored or logged."""
-        return scrubbed(
-            text, (self._account.api_key, *self._account.webhook_secrets), _SECRET_PATTERN
-        )
+    def _event_refund(self, event_type: str, event: Mapping[str, Any]) -> PseRefund:
+        return refund_from_payjp(event.get("data"))

@@ -16,56 +16,48 @@ Account settings: `api_key` is the key secret, `options["key_id"]` the key id
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import hmac
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
-from urllib.parse import quote
 
 import httpx
-import structlog
 
-from app.adapters.pse.base import (
-    DeclineRule,
-    PseAccount,
-    PseNoAnswer,
-    RetryingHttp,
-    answer_summary,
-    ids_in,
-    json_or_none,
-    ours_among,
-    scrubbed,
-    verify_webhook,
+from app.adapters.pse.base import DeclineRule, PseAccount, ids_in
+from app.adapters.pse.http import (
+    ListPage,
+    MetadataLimits,
+    PseError,
+    PseRequest,
+    RefundListing,
+    RefundResourceGateway,
+    UnreadableRefund,
+    WebhookProof,
+    basic_auth,
+    error_envelope,
+    metadata_for,
+    minor_units,
+    quoted,
+    reference_in,
+    said,
 )
-from app.domain.errors import DomainError
-from app.domain.money import Money, exponent, is_currency
-from app.domain.ports import PseGateway
+from app.domain.money import Money, exponent
 from app.domain.pse import (
-    Accepted,
     Declined,
     InvalidWebhookPayload,
     InvalidWebhookSignature,
-    LookupResult,
     PseRefund,
     PseRefundState,
-    PseWebhookEvent,
     RefundSubmission,
     SubmitResult,
     Unanswered,
 )
 
-log = structlog.get_logger("app.pse.razorpay")
-
 KEY_ID_OPTION = "key_id"
 
 _REFUNDS_PATH = "/v1/refunds"
 _LIST_PAGE_SIZE = 100  # the largest `count` Razorpay accepts on list endpoints
-_MAX_LIST_PAGES = 20
 
 # Normal speed only: "optimum" (instant) refunds carry a fee and can fall back
 # to normal anyway; the service never asks for them.
@@ -78,13 +70,10 @@ _RECEIPT_MAX_CHARS = 40
 
 # Notes: at most 15 key-value pairs; keys and values of at most 255 characters
 # (the API reference says 256, Razorpay's own error text says 255: the smaller wins).
-_NOTES_MAX_KEYS = 15
-_NOTE_MAX_CHARS = 255
-_REFERENCE_KEY = "refund_id"
-_REASON_KEY = "reason"
+_NOTES = MetadataLimits(max_keys=15, key_max_chars=255, value_max_chars=255)
 
 # X-Refund-Idempotency: at least 10 characters of letters, digits, `-` and `_`.
-# Razorpay documents no retention window for the key, so the look-up below (not
+# Razorpay documents no retention window for the key, so the look-up (not
 # a resend) is what resolves an unanswered create.
 _IDEMPOTENCY_HEADER = "X-Refund-Idempotency"
 _IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9_-]{10,}")
@@ -121,15 +110,8 @@ def to_razorpay_amount(money: Money) -> int:
 
 def from_razorpay_amount(amount: Any, currency: Any) -> Money | None:
     """Razorpay's `amount`/`currency` pair as Money, or None when it cannot be read exactly."""
-    if isinstance(amount, bool) or not isinstance(amount, int) or not isinstance(currency, str):
-        return None
-    code = currency.upper()
-    if not is_currency(code) or not _documented(code):
-        return None
-    try:
-        return Money(amount, code)
-    except DomainError:
-        return None
+    money = minor_units(amount, currency)
+    return money if money is not None and _documented(money.currency) else None
 
 
 # --------------------------------------------------------------------------
@@ -154,18 +136,10 @@ _FAILURE_MESSAGE = (
 )
 
 
-def _notes_of(obj: Mapping[str, Any]) -> Mapping[str, Any]:
-    # Razorpay serialises empty notes as `[]`, not `{}`.
-    notes = obj.get("notes")
-    return notes if isinstance(notes, Mapping) else {}
-
-
 def _reference_of(obj: Mapping[str, Any]) -> str | None:
     """Our reference: the `refund_id` note, else the receipt."""
-    for value in (_notes_of(obj).get(_REFERENCE_KEY), obj.get("receipt")):
-        if isinstance(value, str) and value:
-            return value
-    return None
+    # Razorpay serialises empty notes as `[]`, not `{}`: `reference_in` reads only a mapping.
+    return reference_in(obj, "notes") or said(obj.get("receipt"))
 
 
 def refund_from_razorpay(obj: Any) -> PseRefund | None:
@@ -291,17 +265,6 @@ _BAD_REQUEST = "BAD_REQUEST_ERROR"
 _KEY_PATTERN = re.compile(r"\brzp_(?:live|test)_[A-Za-z0-9]+")
 
 
-def _error_of(response: httpx.Response) -> Mapping[str, Any]:
-    body = json_or_none(response)
-    error = body.get("error") if isinstance(body, Mapping) else None
-    return error if isinstance(error, Mapping) else {}
-
-
-def _description_of(error: Mapping[str, Any]) -> str:
-    description = error.get("description")
-    return description if isinstance(description, str) else ""
-
-
 # --------------------------------------------------------------------------
 # Webhooks
 # --------------------------------------------------------------------------
@@ -322,8 +285,15 @@ def derived_event_id(body: bytes) -> str:
     return "sha256:" + hashlib.sha256(body).hexdigest()
 
 
-class RazorpayGateway(PseGateway):
+class RazorpayGateway(RefundResourceGateway):
     """One Razorpay account, in the domain's words."""
+
+    provider = "razorpay"
+    key_pattern = _KEY_PATTERN
+    unrecognised_event = "unrecognised_answer"
+    # 409 is Razorpay's answer while a request with the same key is still processed.
+    in_flight_note = IN_FLIGHT
+    refund_events = _REFUND_EVENTS
 
     def __init__(self, account: PseAccount, http: httpx.AsyncClient) -> None:
         key_id = account.options.get(KEY_ID_OPTION, "")
@@ -332,14 +302,15 @@ class RazorpayGateway(PseGateway):
                 f"accounts.{account.name}.options.{KEY_ID_OPTION}: Razorpay needs the key id "
                 "next to the key secret (api_key)"
             )
-        self._account = account
-        self._http = RetryingHttp(account, http)
-        credentials = f"{key_id}:{account.api_key}".encode()
-        self._authorization = "Basic " + base64.b64encode(credentials).decode("ascii")
+        super().__init__(account, http)
+        self._authorization = basic_auth(key_id, account.api_key)
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": self._authorization, "Accept": "application/json"}
 
     # -- create ---------------------------------------------------------------
 
-    async def create_refund(self, submission: RefundSubmission) -> SubmitResult:
+    def _create_request(self, submission: RefundSubmission) -> PseRequest | Declined:
         try:
             amount = to_razorpay_amount(submission.amount)
         except _NotRepresentable as exc:
@@ -353,234 +324,119 @@ class RazorpayGateway(PseGateway):
         body: dict[str, Any] = {"amount": amount, "speed": _SPEED}
         if len(submission.reference) <= _RECEIPT_MAX_CHARS:
             body["receipt"] = submission.reference
-        body["notes"] = self._notes(submission)
-        headers = {**self._headers(), _IDEMPOTENCY_HEADER: submission.idempotency_key}
-        path = f"/v1/payments/{quote(submission.pse_payment_id, safe='')}/refund"
-        try:
-            response = await self._http.send("POST", path, headers=headers, json=body)
-        except PseNoAnswer as exc:
-            return Unanswered(exc.reason)
-        return self._create_answer(response)
-
-    def _create_answer(self, response: httpx.Response) -> SubmitResult:
-        status = response.status_code
-        if 200 <= status < 300:
-            refund = refund_from_razorpay(json_or_none(response))
-            if refund is None:
-                return Unanswered(f"HTTP {status} without a recognisable refund entity")
-            return Accepted(refund)
-        error = _error_of(response)
-        description = _description_of(error)
-        if status in (401, 403) or (status == 400 and _AUTH_WORDS.search(description)):
-            return Declined(
-                code="pse_authentication_failed",
-                message=self._safe(description or f"HTTP {status}"),
-            )
-        if status == 409:
-            # Razorpay's answer while a request with the same key is still processed.
-            return Unanswered(f"{IN_FLIGHT}: {self._describe(response)}")
-        outcome = self._outcome_for(status, error)
-        if isinstance(outcome, str):
-            return Unanswered(f"{outcome}: {self._describe(response)}")
-        if outcome is None:
-            log.warning(
-                "pse.razorpay.unrecognised_answer",
-                pse_account=self._account.name,
-                status_code=status,
-                error_code=error.get("code"),
-                error_reason=error.get("reason"),
-                error_field=error.get("field"),
-            )
-            return Unanswered(self._describe(response))
-        return Declined(
-            code=outcome.code,
-            message=self._safe(description),
-            offline=outcome.offline,
-            retriable=outcome.retriable,
+        body["notes"] = metadata_for(submission, _NOTES)
+        return PseRequest(
+            "POST",
+            f"/v1/payments/{quoted(submission.pse_payment_id)}/refund",
+            headers={_IDEMPOTENCY_HEADER: submission.idempotency_key},
+            json=body,
         )
 
-    @staticmethod
-    def _outcome_for(status: int, error: Mapping[str, Any]) -> _Decline | str | None:
+    def _error_of(self, response: httpx.Response) -> PseError:
+        error = error_envelope(response)
+        return PseError(said(error.get("code")), said(error.get("description")), error)
+
+    def _refuses_credentials(self, status: int, error: PseError) -> bool:
+        return status in (401, 403) or (
+            status == 400 and bool(_AUTH_WORDS.search(error.message or ""))
+        )
+
+    async def _research_decline(
+        self, submission: RefundSubmission, status: int, error: PseError
+    ) -> DeclineRule | SubmitResult | None:
         """The first rule matching a `BAD_REQUEST_ERROR` description; None: unrecognised."""
-        if status != 400 or error.get("code") != _BAD_REQUEST:
-            return None
-        description = _description_of(error)
-        if not description:
+        if status != 400 or error.code != _BAD_REQUEST or not error.message:
             return None
         for rule in _RULES:
-            if rule.pattern.search(description):
+            if rule.pattern.search(error.message):
+                if isinstance(rule.outcome, str):
+                    return self._unanswered(status, error, rule.outcome)
                 return rule.outcome
         return None
 
+    def _error_log_fields(self, error: PseError) -> dict[str, Any]:
+        return {
+            "error_code": error.detail.get("code"),
+            "error_reason": error.detail.get("reason"),
+            "error_field": error.detail.get("field"),
+        }
+
     # -- find -----------------------------------------------------------------
 
-    async def find_refund(self, submission: RefundSubmission) -> LookupResult:
-        if submission.pse_refund_id:
-            found = await self._find_by_id(submission, submission.pse_refund_id)
-            if found is not None:
-                return found
-        # Razorpay has no look-up by idempotency key: existence is proven by
-        # listing the payment's refunds and matching our reference (notes/receipt).
-        return await self._find_by_reference(submission)
-
-    async def _find_by_id(
-        self, submission: RefundSubmission, refund_id: str
-    ) -> LookupResult | None:
-        """The refund by its Razorpay id; None when Razorpay says there is no such refund."""
-        path = f"{_REFUNDS_PATH}/{quote(refund_id, safe='')}"
-        try:
-            response = await self._http.send("GET", path, headers=self._headers())
-        except PseNoAnswer as exc:
-            return Unanswered(exc.reason)
-        if self._is_unknown_id(response):
-            return None
-        if not 200 <= response.status_code < 300:
-            return Unanswered(self._describe(response))
-        body = json_or_none(response)
-        refund = refund_from_razorpay(body)
+    def _read_refund(self, obj: Any) -> PseRefund:
+        refund = refund_from_razorpay(obj)
         if refund is None:
-            return Unanswered(f"HTTP {response.status_code} without a recognisable refund entity")
-        payment_id = body.get("payment_id") if isinstance(body, Mapping) else None
-        if payment_id is not None and payment_id != submission.pse_payment_id:
-            return Unanswered(f"refund {refund_id} belongs to another payment")
-        if refund.reference is not None and refund.reference != submission.reference:
-            return Unanswered(f"refund {refund_id} carries another reference")
-        return Accepted(refund)
+            raise UnreadableRefund("not a Razorpay refund entity")
+        return refund
 
-    async def _find_by_reference(self, submission: RefundSubmission) -> LookupResult:
-        path = f"/v1/payments/{quote(submission.pse_payment_id, safe='')}/refunds"
-        mine: list[PseRefund] = []
-        skip = 0
-        for _ in range(_MAX_LIST_PAGES):
-            params = {"count": _LIST_PAGE_SIZE, "skip": skip}
-            try:
-                response = await self._http.send(
-                    "GET", path, headers=self._headers(), params=params
-                )
-            except PseNoAnswer as exc:
-                return Unanswered(exc.reason)
-            if not 200 <= response.status_code < 300:
-                # Including "The id provided does not exist" for the payment: a
-                # misconfigured account would otherwise pass for proof of absence.
-                return Unanswered(self._describe(response))
-            page = json_or_none(response)
-            items = page.get("items") if isinstance(page, Mapping) else None
-            if (
-                not isinstance(page, Mapping)
-                or page.get("entity") != "collection"
-                or not isinstance(items, list)
-            ):
-                return Unanswered("refund list is not a Razorpay collection")
-            for item in items:
-                if isinstance(item, Mapping) and _reference_of(item) == submission.reference:
-                    refund = refund_from_razorpay(item)
-                    if refund is None:
-                        return Unanswered("matching refund is not a recognisable refund entity")
-                    mine.append(refund)
-            # Newest first, offset paging: a refund created meanwhile shifts older
-            # ones to later pages (seen twice at worst, never skipped).
-            if len(items) < _LIST_PAGE_SIZE:
-                return self._pick(submission, mine)
-            skip += len(items)
-        return Unanswered(f"more than {_MAX_LIST_PAGES} pages of refunds for the payment")
+    def _reference_of(self, obj: Mapping[str, Any]) -> str | None:
+        return _reference_of(obj)
 
-    def _pick(self, submission: RefundSubmission, mine: list[PseRefund]) -> LookupResult:
-        return ours_among(mine, pse_account=self._account.name, reference=submission.reference)
-
-    @staticmethod
-    def _is_unknown_id(response: httpx.Response) -> bool:
+    def _no_such_refund(self, response: httpx.Response) -> bool:
         if response.status_code == 404:
             return True
         if response.status_code != 400:
             return False
-        error = _error_of(response)
-        return error.get("code") == _BAD_REQUEST and bool(
-            _UNKNOWN_ID.search(_description_of(error))
-        )
+        error = self._error_of(response)
+        return error.code == _BAD_REQUEST and bool(_UNKNOWN_ID.search(error.message or ""))
+
+    def _mismatch(self, submission: RefundSubmission, obj: Any, refund: PseRefund) -> str | None:
+        payment_id = obj.get("payment_id") if isinstance(obj, Mapping) else None
+        if payment_id is not None and payment_id != submission.pse_payment_id:
+            return f"refund {refund.pse_refund_id} belongs to another payment"
+        return super()._mismatch(submission, obj, refund)
+
+    def _refund_path(self, submission: RefundSubmission, refund_id: str) -> str:
+        return f"{_REFUNDS_PATH}/{quoted(refund_id)}"
+
+    def _refund_listing(self, submission: RefundSubmission) -> RefundListing | Unanswered:
+        path = f"/v1/payments/{quoted(submission.pse_payment_id)}/refunds"
+        return RefundListing(path, {"count": _LIST_PAGE_SIZE, "skip": 0})
+
+    def _list_page(self, body: Any, params: Mapping[str, Any]) -> ListPage | str:
+        items = body.get("items") if isinstance(body, Mapping) else None
+        if (
+            not isinstance(body, Mapping)
+            or body.get("entity") != "collection"
+            or not isinstance(items, list)
+        ):
+            return "refund list is not a Razorpay collection"
+        # Newest first, offset paging: a refund created meanwhile shifts older
+        # ones to later pages (seen twice at worst, never skipped).
+        if len(items) < _LIST_PAGE_SIZE:
+            return ListPage(items)
+        return ListPage(items, following={**params, "skip": params["skip"] + len(items)})
 
     # -- webhooks -------------------------------------------------------------
 
-    def parse_webhook(
-        self, headers: Mapping[str, str], body: bytes, now: datetime
-    ) -> PseWebhookEvent:
-        # Razorpay signs the body only: there is no timestamp to hold against
-        # `now` and the account's tolerance. Replays are absorbed by the event-id
-        # dedupe and by statuses that only move forward.
-        self._verify_signature(headers.get(_SIGNATURE_HEADER), body)
-        try:
-            event = json.loads(body)
-        except ValueError:
-            raise InvalidWebhookPayload("body is not JSON") from None
-        if not isinstance(event, Mapping) or event.get("entity") != "event":
+    def _webhook_proof(self, headers: Mapping[str, str], body: bytes) -> WebhookProof:
+        """X-Razorpay-Signature: hex HMAC-SHA256 of the raw body, keyed with the
+        webhook secret.
+
+        No timestamp to hold against `now` and the account's tolerance: replays
+        are absorbed by the event-id dedupe and by statuses that only move forward.
+        """
+        candidate = self._header(headers, _SIGNATURE_HEADER, "X-Razorpay-Signature").strip()
+        if not candidate.isascii():
+            raise InvalidWebhookSignature("malformed X-Razorpay-Signature header")
+        return WebhookProof(
+            header="X-Razorpay-Signature", presented=[candidate.encode("ascii")], signed=body
+        )
+
+    def _event_identity(
+        self, headers: Mapping[str, str], body: bytes, event: Mapping[str, Any]
+    ) -> tuple[str, str]:
+        if event.get("entity") != "event":
             raise InvalidWebhookPayload("body is not a Razorpay event")
         event_type = event.get("event")
         if not isinstance(event_type, str) or not event_type:
             raise InvalidWebhookPayload("Razorpay event has no type")
-        event_id = self._event_id(headers, body)
-        if event_type not in _REFUND_EVENTS:
-            return PseWebhookEvent(event_id=event_id, event_type=event_type, refund=None)
-        payload = event.get("payload")
-        wrapper = payload.get("refund") if isinstance(payload, Mapping) else None
-        entity = wrapper.get("entity") if isinstance(wrapper, Mapping) else None
-        refund = refund_from_razorpay(entity)
-        if refund is None:
-            raise InvalidWebhookPayload(f"{event_type} does not carry a readable refund")
-        return PseWebhookEvent(event_id=event_id, event_type=event_type, refund=refund)
-
-    def _verify_signature(self, header: str | None, body: bytes) -> None:
-        """X-Razorpay-Signature: hex HMAC-SHA256 of the raw body, keyed with the
-        webhook secret. Every configured secret is tried (rotation)."""
-        if not header:
-            raise InvalidWebhookSignature("missing X-Razorpay-Signature header")
-        candidate = header.strip()
-        if not candidate.isascii():
-            raise InvalidWebhookSignature("malformed X-Razorpay-Signature header")
-        verify_webhook(
-            self._account,
-            [candidate.encode("ascii")],
-            lambda key: hmac.new(key, body, hashlib.sha256).hexdigest().encode("ascii"),
-            header="X-Razorpay-Signature",
-        )
-
-    @staticmethod
-    def _event_id(headers: Mapping[str, str], body: bytes) -> str:
         value = (headers.get(_EVENT_ID_HEADER) or "").strip()
         if value and len(value) <= _EVENT_ID_MAX_CHARS:
-            return value
-        return derived_event_id(body)
+            return value, event_type
+        return derived_event_id(body), event_type
 
-    # -- helpers --------------------------------------------------------------
-
-    def _headers(self) -> dict[str, str]:
-        return {"Authorization": self._authorization, "Accept": "application/json"}
-
-    @staticmethod
-    def _notes(submission: RefundSubmission) -> dict[str, str]:
-        notes = {
-            _REFERENCE_KEY: submission.reference[:_NOTE_MAX_CHARS],
-            _REASON_KEY: submission.reason[:_NOTE_MAX_CHARS],
-        }
-        for key, value in submission.metadata.items():
-            if len(notes) >= _NOTES_MAX_KEYS:
-                break
-            # Our own keys win; over-long keys are dropped (cutting them could
-            # merge two keys), empty values carry nothing.
-            if key in notes or not key or len(key) > _NOTE_MAX_CHARS or not value:
-                continue
-            notes[key] = str(value)[:_NOTE_MAX_CHARS]
-        return notes
-
-    def _describe(self, response: httpx.Response) -> str:
-        error = _error_of(response)
-        code = error.get("code")
-        return self._safe(
-            answer_summary(
-                response.status_code,
-                code if isinstance(code, str) else None,
-                _description_of(error),
-            )
-        )
-
-    def _safe(self, text: Any) -> str:
-        """Never pass credentials on, whatever an answer echoes."""
-        return scrubbed(text, (self._account.api_key, *self._account.webhook_secrets), _KEY_PATTERN)
+    def _event_refund(self, event_type: str, event: Mapping[str, Any]) -> PseRefund:
+        payload = event.get("payload")
+        wrapper = payload.get("refund") if isinstance(payload, Mapping) else None
+        return self._read_refund(wrapper.get("entity") if isinstance(wrapper, Mapping) else None)

@@ -6,66 +6,56 @@ envelope `{"error": {"type", "code", "message", "param"}}`.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import json
 import re
 from collections.abc import Mapping
-from datetime import datetime
 from typing import Any
-from urllib.parse import quote
 
 import httpx
-import structlog
 
-from app.adapters.pse.base import (
-    DeclineRule,
-    PseAccount,
-    PseNoAnswer,
-    RetryingHttp,
-    answer_summary,
-    ids_in,
-    json_or_none,
-    ours_among,
-    scrubbed,
-    verify_webhook,
+from app.adapters.pse.base import DeclineRule, ids_in
+from app.adapters.pse.http import (
+    ListPage,
+    MetadataLimits,
+    PseError,
+    PseRequest,
+    RefundListing,
+    RefundResourceGateway,
+    UnreadableRefund,
+    WebhookProof,
+    cursor_page,
+    error_envelope,
+    metadata_for,
+    quoted,
+    reference_in,
+    shown,
 )
 from app.domain.errors import DomainError
 from app.domain.money import Money, exponent, is_currency
-from app.domain.ports import PseGateway
 from app.domain.pse import (
-    Accepted,
     Declined,
     InvalidWebhookPayload,
     InvalidWebhookSignature,
-    LookupResult,
     PseRefund,
     PseRefundState,
-    PseWebhookEvent,
     RefundSubmission,
-    SubmitResult,
     Unanswered,
 )
-
-log = structlog.get_logger("app.pse.stripe")
 
 # Pinned so a change of the account's default API version cannot reshape answers.
 STRIPE_API_VERSION = "2024-06-20"
 
 _REFUNDS_PATH = "/v1/refunds"
 _LIST_PAGE_SIZE = 100  # Stripe's maximum `limit`
-_MAX_LIST_PAGES = 20
 
 # Stripe accepts only these three `reason` values; ours always travel in metadata.
 _STRIPE_REASONS = frozenset({"duplicate", "fraudulent", "requested_by_customer"})
 
 # Stripe metadata limits: 50 keys, keys up to 40 characters without square
-# brackets, values up to 500 characters; an empty value deletes the key.
-_METADATA_MAX_KEYS = 50
-_METADATA_KEY_MAX_CHARS = 40
-_METADATA_VALUE_MAX_CHARS = 500
-_REFERENCE_KEY = "refund_id"
-_REASON_KEY = "reason"
+# brackets (they would nest the form field), values up to 500 characters; an
+# empty value deletes the key.
+_METADATA = MetadataLimits(
+    max_keys=50, key_max_chars=40, value_max_chars=500, forbidden_in_keys="[]"
+)
 
 # --------------------------------------------------------------------------
 # Amounts: Stripe's unit is not always the ISO 4217 minor unit
@@ -153,15 +143,6 @@ _FAILURE_MESSAGES = {
 }
 
 
-def _reference_of(obj: Mapping[str, Any]) -> str | None:
-    metadata = obj.get("metadata")
-    if isinstance(metadata, Mapping):
-        reference = metadata.get(_REFERENCE_KEY)
-        if isinstance(reference, str) and reference:
-            return reference
-    return None
-
-
 def refund_from_stripe(obj: Any) -> PseRefund | None:
     """Translate a Stripe refund object; None when it is not one we can read."""
     if not isinstance(obj, Mapping) or obj.get("object") != "refund":
@@ -183,7 +164,7 @@ def refund_from_stripe(obj: Any) -> PseRefund | None:
         pse_refund_id=refund_id,
         state=state,
         amount=from_stripe_amount(obj.get("amount"), obj.get("currency")),
-        reference=_reference_of(obj),
+        reference=reference_in(obj),
         failure_code=failure_code,
         failure_message=failure_message,
         pse_payment_ids=ids_in(obj, "payment_intent", "charge"),
@@ -294,168 +275,121 @@ def _latest_refund_of_charge(charge: Any) -> Any:
     return max(items, key=created)
 
 
-class StripeGateway(PseGateway):
+def _payment_param(pse_payment_id: str) -> str:
+    # Charges (`ch_`) and non-card payments (`py_`) are refunded by charge id.
+    return "charge" if pse_payment_id.startswith(("ch_", "py_")) else "payment_intent"
+
+
+class StripeGateway(RefundResourceGateway):
     """One Stripe account, in the domain's words."""
 
-    def __init__(self, account: PseAccount, http: httpx.AsyncClient) -> None:
-        self._account = account
-        self._http = RetryingHttp(account, http)
+    provider = "stripe"
+    key_pattern = _KEY_PATTERN
+    refund_events = _REFUND_EVENTS | {_CHARGE_REFUNDED}
+
+    def _headers(self) -> dict[str, str]:
+        return {
+            "Authorization": f"Bearer {self._account.api_key}",
+            "Stripe-Version": STRIPE_API_VERSION,
+        }
 
     # -- create ---------------------------------------------------------------
 
-    async def create_refund(self, submission: RefundSubmission) -> SubmitResult:
+    def _create_request(self, submission: RefundSubmission) -> PseRequest | Declined:
         try:
             amount = to_stripe_amount(submission.amount)
         except _NotRepresentable as exc:
             return Declined(code="amount_not_supported", message=str(exc))
         form = {
-            self._payment_param(submission.pse_payment_id): submission.pse_payment_id,
+            _payment_param(submission.pse_payment_id): submission.pse_payment_id,
             "amount": str(amount),
-            **self._metadata_fields(submission),
+            **{f"metadata[{k}]": v for k, v in metadata_for(submission, _METADATA).items()},
         }
         if submission.reason in _STRIPE_REASONS:
             form["reason"] = submission.reason
-        headers = {**self._headers(), "Idempotency-Key": submission.idempotency_key}
-        try:
-            response = await self._http.send("POST", _REFUNDS_PATH, headers=headers, data=form)
-        except PseNoAnswer as exc:
-            return Unanswered(exc.reason)
-        return self._create_answer(response)
-
-    def _create_answer(self, response: httpx.Response) -> SubmitResult:
-        status = response.status_code
-        if 200 <= status < 300:
-            refund = refund_from_stripe(json_or_none(response))
-            if refund is None:
-                return Unanswered(f"HTTP {status} without a recognisable refund object")
-            return Accepted(refund)
-        if status in (401, 403):
-            return Declined(
-                code="pse_authentication_failed",
-                message=self._safe(_error_of(response).get("message") or f"HTTP {status}"),
-            )
-        if status == 409:
-            # Stripe's answer while the same idempotency key is still in flight.
-            return Unanswered(self._describe(response))
-        if not 400 <= status < 500:
-            return Unanswered(self._describe(response))
-        error = _error_of(response)
-        code = error.get("code")
-        if error.get("type") == "idempotency_error" or code == "idempotency_key_in_use":
-            # The key already stands for a request Stripe may have carried out.
-            return Unanswered(self._describe(response))
-        decline = self._decline_for(error)
-        if decline is None:
-            log.warning(
-                "pse.stripe.unrecognised_error",
-                pse_account=self._account.name,
-                status_code=status,
-                error_type=error.get("type"),
-                error_code=code,
-            )
-            return Unanswered(self._describe(response))
-        return Declined(
-            code=decline.code,
-            message=self._safe(error.get("message") or str(code)),
-            offline=decline.offline,
-            retriable=decline.retriable,
+        return PseRequest(
+            "POST",
+            _REFUNDS_PATH,
+            headers={"Idempotency-Key": submission.idempotency_key},
+            form=form,
         )
 
-    @staticmethod
-    def _decline_for(error: Mapping[str, Any]) -> _Decline | None:
-        code = error.get("code")
+    def _error_of(self, response: httpx.Response) -> PseError:
+        error = error_envelope(response)
+        return PseError(
+            shown(error.get("code") or error.get("type")), shown(error.get("message")), error
+        )
+
+    def _in_flight(self, status: int, error: PseError) -> bool:
+        # 409: the same key is still in flight. An idempotency error: the key
+        # already stands for a request Stripe may have carried out.
+        return (
+            status == 409
+            or error.detail.get("type") == "idempotency_error"
+            or error.detail.get("code") == "idempotency_key_in_use"
+        )
+
+    async def _research_decline(
+        self, submission: RefundSubmission, status: int, error: PseError
+    ) -> DeclineRule | None:
+        code = error.detail.get("code")
         if not isinstance(code, str):
             return None
-        if code == "resource_missing" and error.get("param") in _PAYMENT_PARAMS:
+        if code == "resource_missing" and error.detail.get("param") in _PAYMENT_PARAMS:
             return _Decline("payment_not_found")
         decline = _DECLINES.get(code)
         if decline is not None and code == "charge_not_refundable":
-            message = str(error.get("message") or "").lower()
+            message = str(error.detail.get("message") or "").lower()
             if any(words in message for words in _REFUND_WINDOW_WORDS):
                 return _Decline(decline.code, offline=True)
         return decline
 
+    def _error_log_fields(self, error: PseError) -> dict[str, Any]:
+        return {"error_type": error.detail.get("type"), "error_code": error.detail.get("code")}
+
     # -- find -----------------------------------------------------------------
 
-    async def find_refund(self, submission: RefundSubmission) -> LookupResult:
-        if submission.pse_refund_id:
-            found = await self._find_by_id(submission, submission.pse_refund_id)
-            if found is not None:
-                return found
-        # Stripe has no look-up by idempotency key, so existence is proven by
-        # listing the payment's refunds and matching our reference in metadata.
-        return await self._find_by_reference(submission)
-
-    async def _find_by_id(
-        self, submission: RefundSubmission, refund_id: str
-    ) -> LookupResult | None:
-        """The refund by its Stripe id; None when Stripe says there is no such refund."""
-        path = f"{_REFUNDS_PATH}/{quote(refund_id, safe='')}"
-        try:
-            response = await self._http.send("GET", path, headers=self._headers())
-        except PseNoAnswer as exc:
-            return Unanswered(exc.reason)
-        if response.status_code == 404:
-            return None
-        if not 200 <= response.status_code < 300:
-            return Unanswered(self._describe(response))
-        refund = refund_from_stripe(json_or_none(response))
+    def _read_refund(self, obj: Any) -> PseRefund:
+        refund = refund_from_stripe(obj)
         if refund is None:
-            return Unanswered(f"HTTP {response.status_code} without a recognisable refund object")
-        if refund.reference is not None and refund.reference != submission.reference:
-            return Unanswered(f"refund {refund_id} carries another reference")
-        return Accepted(refund)
+            raise UnreadableRefund("not a Stripe refund object")
+        return refund
 
-    async def _find_by_reference(self, submission: RefundSubmission) -> LookupResult:
-        params: dict[str, Any] = {
-            self._payment_param(submission.pse_payment_id): submission.pse_payment_id,
-            "limit": _LIST_PAGE_SIZE,
-        }
-        mine: list[PseRefund] = []
-        for _ in range(_MAX_LIST_PAGES):
-            try:
-                response = await self._http.send(
-                    "GET", _REFUNDS_PATH, headers=self._headers(), params=params
-                )
-            except PseNoAnswer as exc:
-                return Unanswered(exc.reason)
-            if not 200 <= response.status_code < 300:
-                return Unanswered(self._describe(response))
-            page = json_or_none(response)
-            if not isinstance(page, Mapping) or not isinstance(page.get("data"), list):
-                return Unanswered("refund list is not a Stripe list object")
-            items: list[Any] = page["data"]
-            for item in items:
-                if isinstance(item, Mapping) and _reference_of(item) == submission.reference:
-                    refund = refund_from_stripe(item)
-                    if refund is None:
-                        return Unanswered("matching refund is not a recognisable refund object")
-                    mine.append(refund)
-            has_more = page.get("has_more")
-            if has_more is False:
-                # Every page is read: the newest match may be a failed one while
-                # an older one under the same reference paid the customer.
-                return ours_among(
-                    mine, pse_account=self._account.name, reference=submission.reference
-                )
-            last = items[-1] if items else None
-            cursor = last.get("id") if isinstance(last, Mapping) else None
-            if has_more is not True or not isinstance(cursor, str):
-                return Unanswered("refund list cannot be followed to its end")
-            params["starting_after"] = cursor
-        return Unanswered(f"more than {_MAX_LIST_PAGES} pages of refunds for the payment")
+    def _reference_of(self, obj: Mapping[str, Any]) -> str | None:
+        return reference_in(obj)
+
+    def _refund_path(self, submission: RefundSubmission, refund_id: str) -> str:
+        return f"{_REFUNDS_PATH}/{quoted(refund_id)}"
+
+    def _refund_listing(self, submission: RefundSubmission) -> RefundListing | Unanswered:
+        payment_param = _payment_param(submission.pse_payment_id)
+        return RefundListing(
+            _REFUNDS_PATH, {payment_param: submission.pse_payment_id, "limit": _LIST_PAGE_SIZE}
+        )
+
+    def _list_page(self, body: Any, params: Mapping[str, Any]) -> ListPage | str:
+        if not isinstance(body, Mapping) or not isinstance(body.get("data"), list):
+            return "refund list is not a Stripe list object"
+        return cursor_page(body["data"], body.get("has_more"), params, "starting_after")
 
     # -- webhooks -------------------------------------------------------------
 
-    def parse_webhook(
-        self, headers: Mapping[str, str], body: bytes, now: datetime
-    ) -> PseWebhookEvent:
-        self._verify_signature(headers.get(_SIGNATURE_HEADER), body, now)
-        try:
-            event = json.loads(body)
-        except ValueError:
-            raise InvalidWebhookPayload("body is not JSON") from None
-        if not isinstance(event, Mapping) or event.get("object") != "event":
+    def _webhook_proof(self, headers: Mapping[str, str], body: bytes) -> WebhookProof:
+        header = self._header(headers, _SIGNATURE_HEADER, "Stripe-Signature")
+        timestamp, signatures = _parse_signature_header(header)
+        # Stripe keys the HMAC with the whole `whsec_…` string, not a decoded form.
+        return WebhookProof(
+            header="Stripe-Signature v1",
+            presented=[signature.encode("ascii") for signature in signatures],
+            signed=timestamp.encode("ascii") + b"." + body,
+            timestamp=int(timestamp),
+            timestamp_name="Stripe-Signature timestamp",
+        )
+
+    def _event_identity(
+        self, headers: Mapping[str, str], body: bytes, event: Mapping[str, Any]
+    ) -> tuple[str, str]:
+        if event.get("object") != "event":
             raise InvalidWebhookPayload("body is not a Stripe event")
         event_id, event_type, data = event.get("id"), event.get("type"), event.get("data")
         if (
@@ -465,82 +399,11 @@ class StripeGateway(PseGateway):
             or not isinstance(data, Mapping)
         ):
             raise InvalidWebhookPayload("Stripe event lacks id, type or data")
-        obj = data.get("object")
-        refund: PseRefund | None = None
-        if event_type in _REFUND_EVENTS:
-            refund = refund_from_stripe(obj)
-            if refund is None:
-                raise InvalidWebhookPayload(f"{event_type} does not carry a readable refund")
-        elif event_type == _CHARGE_REFUNDED:
+        return event_id, event_type
+
+    def _event_refund(self, event_type: str, event: Mapping[str, Any]) -> PseRefund | None:
+        obj = event["data"].get("object")
+        if event_type == _CHARGE_REFUNDED:
             latest = _latest_refund_of_charge(obj)
-            if latest is not None:
-                refund = refund_from_stripe(latest)
-                if refund is None:
-                    raise InvalidWebhookPayload("charge.refunded carries an unreadable refund")
-        return PseWebhookEvent(event_id=event_id, event_type=event_type, refund=refund)
-
-    def _verify_signature(self, header: str | None, body: bytes, now: datetime) -> None:
-        if not header:
-            raise InvalidWebhookSignature("missing Stripe-Signature header")
-        timestamp, signatures = _parse_signature_header(header)
-        signed = timestamp.encode("ascii") + b"." + body
-        # Stripe keys the HMAC with the whole `whsec_…` string, not a decoded form.
-        verify_webhook(
-            self._account,
-            [signature.encode("ascii") for signature in signatures],
-            lambda key: hmac.new(key, signed, hashlib.sha256).hexdigest().encode("ascii"),
-            header="Stripe-Signature v1",
-        )
-        if abs(now.timestamp() - int(timestamp)) > self._account.webhook_tolerance_seconds:
-            raise InvalidWebhookSignature("Stripe-Signature timestamp outside the tolerance")
-
-    # -- helpers --------------------------------------------------------------
-
-    def _headers(self) -> dict[str, str]:
-        return {
-            "Authorization": f"Bearer {self._account.api_key}",
-            "Stripe-Version": STRIPE_API_VERSION,
-        }
-
-    @staticmethod
-    def _payment_param(pse_payment_id: str) -> str:
-        # Charges (`ch_`) and non-card payments (`py_`) are refunded by charge id.
-        return "charge" if pse_payment_id.startswith(("ch_", "py_")) else "payment_intent"
-
-    @staticmethod
-    def _metadata_fields(submission: RefundSubmission) -> dict[str, str]:
-        fields = {
-            f"metadata[{_REFERENCE_KEY}]": submission.reference,
-            f"metadata[{_REASON_KEY}]": submission.reason[:_METADATA_VALUE_MAX_CHARS],
-        }
-        for key, value in submission.metadata.items():
-            if len(fields) >= _METADATA_MAX_KEYS:
-                break
-            # Our own keys win; over-long or bracketed keys cannot be sent safely
-            # (cutting them could merge two keys), and an empty value would delete.
-            if (
-                key in (_REFERENCE_KEY, _REASON_KEY)
-                or not key
-                or len(key) > _METADATA_KEY_MAX_CHARS
-                or "[" in key
-                or "]" in key
-                or not value
-            ):
-                continue
-            fields[f"metadata[{key}]"] = str(value)[:_METADATA_VALUE_MAX_CHARS]
-        return fields
-
-    def _describe(self, response: httpx.Response) -> str:
-        error = _error_of(response)
-        label = error.get("code") or error.get("type")
-        return self._safe(answer_summary(response.status_code, label, error.get("message")))
-
-    def _safe(self, text: Any) -> str:
-        """Stripe echoes keys (masked or not) in some messages: never pass them on."""
-        return scrubbed(text, (self._account.api_key,), _KEY_PATTERN)
-
-
-def _error_of(response: httpx.Response) -> Mapping[str, Any]:
-    body = json_or_none(response)
-    error = body.get("error") if isinstance(body, Mapping) else None
-    return error if isinstance(error, Mapping) else {}
+            return None if latest is None else self._read_refund(latest)
+        return self._read_refund(obj)

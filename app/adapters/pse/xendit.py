@@ -33,53 +33,46 @@ what this adapter does with it:
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import re
 from collections.abc import Mapping
-from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
-from urllib.parse import quote
 
 import httpx
-import structlog
 
-from app.adapters.pse.base import (
-    DeclineRule,
-    PseAccount,
-    PseNoAnswer,
-    RetryingHttp,
-    answer_summary,
-    ids_in,
-    json_object,
-    json_or_none,
-    ours_among,
-    scrubbed,
-    verify_webhook,
+from app.adapters.pse.base import DeclineRule, ids_in, json_or_none
+from app.adapters.pse.http import (
+    ListPage,
+    MetadataLimits,
+    PseError,
+    PseRequest,
+    RefundListing,
+    RefundResourceGateway,
+    UnreadableRefund,
+    WebhookProof,
+    basic_auth,
+    cursor_page,
+    metadata_for,
+    quoted,
+    reference_in,
+    said,
 )
 from app.domain.errors import DomainError
 from app.domain.money import Money, exponent, is_currency
-from app.domain.ports import PseGateway
 from app.domain.pse import (
     Accepted,
     Declined,
     InvalidWebhookPayload,
-    InvalidWebhookSignature,
-    LookupResult,
     PseRefund,
     PseRefundState,
-    PseWebhookEvent,
     RefundSubmission,
     SubmitResult,
     Unanswered,
 )
 
-log = structlog.get_logger("app.pse.xendit")
-
 _REFUNDS_PATH = "/refunds"
-_MAX_LIST_PAGES = 20  # pages of Xendit's default size; a payment has far fewer refunds
 
 # `account.options` keys.
 # xenPlatform: refunds of a sub-account's payments are made on its behalf.
@@ -208,34 +201,17 @@ _FAILURE_MESSAGES = {
     "cancelled": "The refund was cancelled before it was processed.",
 }
 
-# Our reference travels in `reference_id` and, as a second copy, in metadata.
-_REFERENCE_KEY = "refund_id"
-_REASON_KEY = "reason"
-
-
-class UnreadableRefund(ValueError):
-    """A Xendit refund object this adapter cannot read."""
-
-
-def _optional_str(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
-
 
 def _reference_of(obj: Mapping[str, Any]) -> str | None:
-    reference = _optional_str(obj.get("reference_id"))
-    if reference is not None:
-        return reference
-    metadata = obj.get("metadata")
-    if isinstance(metadata, Mapping):
-        return _optional_str(metadata.get(_REFERENCE_KEY))
-    return None
+    # Our reference travels in `reference_id` and, as a second copy, in metadata.
+    return said(obj.get("reference_id")) or reference_in(obj)
 
 
 def refund_from_xendit(obj: Any) -> PseRefund:
     """Translate a Xendit refund object (create answer, look-up, webhook `data`)."""
     if not isinstance(obj, Mapping):
         raise UnreadableRefund("refund is not a JSON object")
-    refund_id = _optional_str(obj.get("id"))
+    refund_id = said(obj.get("id"))
     if refund_id is None:
         raise UnreadableRefund("refund has no id")
     status = obj.get("status")
@@ -244,7 +220,7 @@ def refund_from_xendit(obj: Any) -> PseRefund:
         raise UnreadableRefund(f"unknown refund status {status!r}")
     failure_code = failure_message = None
     if state is PseRefundState.FAILED:
-        code = _optional_str(obj.get("failure_code"))
+        code = said(obj.get("failure_code"))
         if code is not None:
             failure_code = code.lower()
         else:
@@ -293,7 +269,7 @@ _NOT_COLLECTED = _Decline("payment_not_collected")
 # period Xendit accepts the refund and fails it later with the *failure code*
 # INELIGIBLE_TRANSACTION ("passed its validity period … or exceeded the
 # allowable number of tries"): that one is the offline payout (see
-# `_create_answer` and `_FAILURE_MESSAGES`). REFUND_NOT_SUPPORTED (a channel
+# `_accept_created` and `_FAILURE_MESSAGES`). REFUND_NOT_SUPPORTED (a channel
 # without refunds through the API) means the payer can only be paid back
 # another way, e.g. to a bank account, which is offline too.
 _DECLINES: Mapping[str, _Decline] = {
@@ -354,16 +330,31 @@ def _derived_event_id(event: Mapping[str, Any]) -> str:
     return _EVENT_ID_PREFIX + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-class XenditGateway(PseGateway):
+class XenditGateway(RefundResourceGateway):
     """One Xendit account, in the domain's words."""
 
-    def __init__(self, account: PseAccount, http: httpx.AsyncClient) -> None:
-        self._account = account
-        self._http = RetryingHttp(account, http)
+    provider = "xendit"
+    key_pattern = _KEY_PATTERN
+    unrecognised_event = "unrecognised_answer"
+    refund_events = frozenset(_EVENT_STATES)
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Authorization": basic_auth(self._account.api_key)}
+        for_user_id = self._account.options.get(FOR_USER_ID_OPTION)
+        if for_user_id:
+            headers["for-user-id"] = for_user_id
+        return headers
+
+    def _secrets(self) -> tuple[str, ...]:
+        # The Basic credential is the key in another form: kept out as well.
+        if not self._account.api_key:
+            return super()._secrets()
+        credential = basic_auth(self._account.api_key).removeprefix("Basic ")
+        return (*super()._secrets(), credential)
 
     # -- create ---------------------------------------------------------------
 
-    async def create_refund(self, submission: RefundSubmission) -> SubmitResult:
+    def _create_request(self, submission: RefundSubmission) -> PseRequest | Declined:
         field = payment_field(submission.pse_payment_id)
         if field is None:
             return Declined(
@@ -383,184 +374,95 @@ class XenditGateway(PseGateway):
             "amount": amount,
             "currency": submission.amount.currency,
             "reason": _xendit_reason(submission.reason),
-            "metadata": _metadata(submission),
+            "metadata": metadata_for(submission, _METADATA),
         }
-        headers = {**self._headers(), "idempotency-key": submission.idempotency_key}
-        try:
-            response = await self._http.send("POST", _REFUNDS_PATH, headers=headers, json=body)
-        except PseNoAnswer as exc:
-            return Unanswered(exc.reason)
-        return self._create_answer(response, submission)
-
-    def _create_answer(
-        self, response: httpx.Response, submission: RefundSubmission
-    ) -> SubmitResult:
-        status = response.status_code
-        if 200 <= status < 300:
-            try:
-                refund = refund_from_xendit(json_or_none(response))
-            except UnreadableRefund as exc:
-                return Unanswered(f"HTTP {status} with an unreadable refund: {exc}")
-            if refund.reference is not None and refund.reference != submission.reference:
-                return Unanswered(f"refund {refund.pse_refund_id} carries another reference")
-            if refund.failure_code == _PAST_WINDOW_FAILURE:
-                # Failed at once for the documented past-the-window reason: nothing
-                # was refunded, and only an offline payout can give the money back.
-                return Declined(
-                    code="refund_window_passed",
-                    message=refund.failure_message or _PAST_WINDOW_FAILURE,
-                    offline=True,
-                )
-            return Accepted(refund)
-        code, message = _error_of(response)
-        if status == 401 or (status == 403 and code in _AUTHENTICATION_CODES):
-            return Declined(
-                code="pse_authentication_failed",
-                message=self._safe(message or f"HTTP {status}"),
-            )
-        if status == 409 or code in _IN_PROGRESS_CODES:
-            # IDEMPOTENCY_ERROR / DUPLICATE_ERROR: the key or the reference already
-            # stands for a request Xendit may have carried out; REFUND_IN_PROGRESS:
-            # a refund of this payment is under way, and it may be ours.
-            return Unanswered(self._describe(response))
-        decline = _DECLINES.get(code) if code is not None and status in _DECLINE_STATUSES else None
-        if decline is None:
-            log.warning(
-                "pse.xendit.unrecognised_answer",
-                pse_account=self._account.name,
-                status_code=status,
-                error_code=code,
-            )
-            return Unanswered(self._describe(response))
-        return Declined(
-            code=decline.code,
-            message=self._safe(message or str(code)),
-            offline=decline.offline,
-            retriable=decline.retriable,
+        return PseRequest(
+            "POST",
+            _REFUNDS_PATH,
+            headers={"idempotency-key": submission.idempotency_key},
+            json=body,
         )
+
+    def _accept_created(
+        self, submission: RefundSubmission, obj: Any, refund: PseRefund
+    ) -> SubmitResult:
+        checked = self._checked(submission, obj, refund)
+        if isinstance(checked, Accepted) and refund.failure_code == _PAST_WINDOW_FAILURE:
+            # Failed at once for the documented past-the-window reason: nothing
+            # was refunded, and only an offline payout can give the money back.
+            return Declined(
+                code="refund_window_passed",
+                message=refund.failure_message or _PAST_WINDOW_FAILURE,
+                offline=True,
+            )
+        return checked
+
+    def _error_of(self, response: httpx.Response) -> PseError:
+        body = json_or_none(response)
+        if not isinstance(body, Mapping):
+            return PseError(None, None)
+        return PseError(said(body.get("error_code")), said(body.get("message")), body)
+
+    def _refuses_credentials(self, status: int, error: PseError) -> bool:
+        return status == 401 or (status == 403 and error.code in _AUTHENTICATION_CODES)
+
+    def _in_flight(self, status: int, error: PseError) -> bool:
+        # IDEMPOTENCY_ERROR / DUPLICATE_ERROR (409): the key or the reference already
+        # stands for a request Xendit may have carried out; REFUND_IN_PROGRESS:
+        # a refund of this payment is under way, and it may be ours.
+        return status == 409 or error.code in _IN_PROGRESS_CODES
+
+    async def _research_decline(
+        self, submission: RefundSubmission, status: int, error: PseError
+    ) -> DeclineRule | None:
+        if error.code is None or status not in _DECLINE_STATUSES:
+            return None
+        return _DECLINES.get(error.code)
 
     # -- find -----------------------------------------------------------------
 
-    async def find_refund(self, submission: RefundSubmission) -> LookupResult:
-        if submission.pse_refund_id:
-            found = await self._find_by_id(submission, submission.pse_refund_id)
-            if found is not None:
-                return found
-        # Xendit has no look-up by idempotency key: existence is proven by listing
-        # the payment's refunds and matching our reference.
-        return await self._find_by_reference(submission)
+    def _read_refund(self, obj: Any) -> PseRefund:
+        return refund_from_xendit(obj)
 
-    async def _find_by_id(
-        self, submission: RefundSubmission, refund_id: str
-    ) -> LookupResult | None:
-        """The refund by its Xendit id; None when Xendit says there is no such refund."""
-        path = f"{_REFUNDS_PATH}/{quote(refund_id, safe='')}"
-        try:
-            response = await self._http.send("GET", path, headers=self._headers())
-        except PseNoAnswer as exc:
-            return Unanswered(exc.reason)
-        if response.status_code == 404:
-            return None
-        if not 200 <= response.status_code < 300:
-            return Unanswered(self._describe(response))
-        try:
-            refund = refund_from_xendit(json_or_none(response))
-        except UnreadableRefund as exc:
-            return Unanswered(f"unreadable refund {refund_id}: {exc}")
-        if refund.reference is not None and refund.reference != submission.reference:
-            return Unanswered(f"refund {refund_id} carries another reference")
-        return Accepted(refund)
+    def _reference_of(self, obj: Mapping[str, Any]) -> str | None:
+        return _reference_of(obj)
 
-    async def _find_by_reference(self, submission: RefundSubmission) -> LookupResult:
+    def _refund_path(self, submission: RefundSubmission, refund_id: str) -> str:
+        return f"{_REFUNDS_PATH}/{quoted(refund_id)}"
+
+    def _refund_listing(self, submission: RefundSubmission) -> RefundListing | Unanswered:
         field = payment_field(submission.pse_payment_id)
         if field is None:
             return Unanswered("the payment id is not one Xendit's refund list can filter on")
-        params: dict[str, Any] = {field: submission.pse_payment_id}
-        mine: list[PseRefund] = []
-        for _ in range(_MAX_LIST_PAGES):
-            try:
-                response = await self._http.send(
-                    "GET", _REFUNDS_PATH, headers=self._headers(), params=params
-                )
-            except PseNoAnswer as exc:
-                return Unanswered(exc.reason)
-            if not 200 <= response.status_code < 300:
-                return Unanswered(self._describe(response))
-            page = json_or_none(response)
-            if not isinstance(page, Mapping) or not isinstance(page.get("data"), list):
-                return Unanswered("refund list without data")
-            items: list[Any] = page["data"]
-            for item in items:
-                if isinstance(item, Mapping) and _reference_of(item) == submission.reference:
-                    try:
-                        mine.append(refund_from_xendit(item))
-                    except UnreadableRefund as exc:
-                        return Unanswered(f"unreadable refund in the list: {exc}")
-            has_more = page.get("has_more")
-            if has_more is False:
-                return self._pick(submission, mine)
-            last = items[-1] if items else None
-            cursor = last.get("id") if isinstance(last, Mapping) else None
-            if has_more is not True or not isinstance(cursor, str) or not cursor:
-                return Unanswered("refund list cannot be followed to its end")
-            params["after_id"] = cursor
-        return Unanswered(f"more than {_MAX_LIST_PAGES} pages of refunds for the payment")
+        # Xendit's default page size: a payment has far fewer refunds.
+        return RefundListing(_REFUNDS_PATH, {field: submission.pse_payment_id})
 
-    def _pick(self, submission: RefundSubmission, mine: list[PseRefund]) -> LookupResult:
-        return ours_among(mine, pse_account=self._account.name, reference=submission.reference)
+    def _list_page(self, body: Any, params: Mapping[str, Any]) -> ListPage | str:
+        if not isinstance(body, Mapping) or not isinstance(body.get("data"), list):
+            return "refund list without data"
+        return cursor_page(body["data"], body.get("has_more"), params, "after_id")
 
     # -- webhooks -------------------------------------------------------------
 
-    def parse_webhook(
-        self, headers: Mapping[str, str], body: bytes, now: datetime
-    ) -> PseWebhookEvent:
+    def _webhook_proof(self, headers: Mapping[str, str], body: bytes) -> WebhookProof:
         # A static token has no timestamp: `now` and the tolerance do not apply,
         # and replays are caught by the event id (see `_derived_event_id`).
-        self._verify_token(headers.get(_CALLBACK_HEADER))
-        event = json_object(body)
+        token = self._header(headers, _CALLBACK_HEADER, "x-callback-token")
+        return WebhookProof(header="x-callback-token", presented=[token.encode("utf-8")])
+
+    def _event_identity(
+        self, headers: Mapping[str, str], body: bytes, event: Mapping[str, Any]
+    ) -> tuple[str, str]:
         event_type = event.get("event")
         if not isinstance(event_type, str) or not event_type:
             raise InvalidWebhookPayload("body is not a Xendit event (no `event`)")
-        event_id = _derived_event_id(event)
-        if event_type not in _EVENT_STATES:
-            return PseWebhookEvent(event_id=event_id, event_type=event_type, refund=None)
-        try:
-            refund = refund_from_xendit(_refund_data(event_type, event.get("data")))
-        except UnreadableRefund as exc:
-            raise InvalidWebhookPayload(f"{event_type} with an unreadable refund: {exc}") from None
+        return _derived_event_id(event), event_type
+
+    def _event_refund(self, event_type: str, event: Mapping[str, Any]) -> PseRefund:
+        refund = refund_from_xendit(_refund_data(event_type, event.get("data")))
         if refund.state is not _EVENT_STATES[event_type]:
             raise InvalidWebhookPayload(f"{event_type} carries a {refund.state.value} refund")
-        return PseWebhookEvent(event_id=event_id, event_type=event_type, refund=refund)
-
-    def _verify_token(self, token: str | None) -> None:
-        """The callback token against every configured one (rotation), in constant time."""
-        if not token:
-            raise InvalidWebhookSignature("missing x-callback-token header")
-        # A static token: what is presented must be the configured token itself.
-        verify_webhook(
-            self._account, [token.encode("utf-8")], lambda key: key, header="x-callback-token"
-        )
-
-    # -- helpers --------------------------------------------------------------
-
-    def _headers(self) -> dict[str, str]:
-        credentials = base64.b64encode(f"{self._account.api_key}:".encode()).decode("ascii")
-        headers = {"Authorization": f"Basic {credentials}"}
-        for_user_id = self._account.options.get(FOR_USER_ID_OPTION)
-        if for_user_id:
-            headers["for-user-id"] = for_user_id
-        return headers
-
-    def _describe(self, response: httpx.Response) -> str:
-        code, message = _error_of(response)
-        return self._safe(answer_summary(response.status_code, code, message))
-
-    def _safe(self, text: Any) -> str:
-        """Never pass a key or token on, whatever Xendit echoes."""
-        hidden = [self._account.api_key, *self._account.webhook_secrets]
-        if self._account.api_key:
-            hidden.append(base64.b64encode(f"{self._account.api_key}:".encode()).decode())
-        return scrubbed(text, hidden, _KEY_PATTERN)
+        return refund
 
 
 # --------------------------------------------------------------------------
@@ -578,28 +480,11 @@ _REASONS = {
 }
 
 # Xendit metadata limits: 50 keys, keys up to 40 characters, values up to 500.
-_METADATA_MAX_KEYS = 50
-_METADATA_KEY_MAX_CHARS = 40
-_METADATA_VALUE_MAX_CHARS = 500
+_METADATA = MetadataLimits(max_keys=50, key_max_chars=40, value_max_chars=500)
 
 
 def _xendit_reason(reason: str) -> str:
     return _REASONS.get(reason, "OTHERS")
-
-
-def _metadata(submission: RefundSubmission) -> dict[str, str]:
-    fields = {
-        _REFERENCE_KEY: submission.reference[:_METADATA_VALUE_MAX_CHARS],
-        _REASON_KEY: submission.reason[:_METADATA_VALUE_MAX_CHARS],
-    }
-    for key, value in submission.metadata.items():
-        if len(fields) >= _METADATA_MAX_KEYS:
-            break
-        # Our own keys win; over-long keys cannot be cut safely (two could merge).
-        if key in fields or not key or len(key) > _METADATA_KEY_MAX_CHARS or not value:
-            continue
-        fields[key] = str(value)[:_METADATA_VALUE_MAX_CHARS]
-    return fields
 
 
 def _refund_data(event_type: str, data: Any) -> Any:
@@ -617,14 +502,3 @@ def _refund_data(event_type: str, data: Any) -> Any:
     ):
         return data["data"]
     return data
-
-
-def _error_of(response: httpx.Response) -> tuple[str | None, str | None]:
-    body = json_or_none(response)
-    if not isinstance(body, Mapping):
-        return None, None
-    code, message = body.get("error_code"), body.get("message")
-    return (
-        code if isinstance(code, str) and code else None,
-        message if isinstance(message, str) and message else None,
-    )
