@@ -31,11 +31,14 @@ $(VENV)/.installed-dev: $(DEV_LOCK) pyproject.toml | $(BIN)/python
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
-## Start the embedded demo: SQLite, the sandbox PSE in-process, demo keys printed.
+## Start the embedded demo: an embedded PostgreSQL in ./.pse-refunds/ (stopped with
+## the service; delete the folder to start afresh), the sandbox PSE in-process,
+## demo keys printed.
 run: install
 	$(BIN)/pse-refunds serve --host $(HOST) --port $(PORT)
 
-## Run the whole suite (PostgreSQL tests skip without a server unless REQUIRE_POSTGRES=1).
+## Run the whole suite, on the PostgreSQL at 127.0.0.1:5432 (PSE_REFUNDS_TEST_PG) or,
+## when none answers, an embedded one started for the session.
 test: install-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

@@ -11,11 +11,10 @@ from datetime import timedelta
 
 import httpx
 import structlog
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.adapters.clock import SystemClock
-from app.adapters.db.engine import create_engine, current_revision, head_revision, ping
-from app.adapters.db.uow import SqlUnitOfWorkFactory
+from app.adapters.db.engine import ConnectionPool, create_pool, current_revision, head_revision
+from app.adapters.db.uow import UnitOfWorkFactory
 from app.adapters.notify.webhook import StoreWebhookPublisher
 from app.adapters.pse.audit_transport import AuditingTransport
 from app.adapters.pse.base import PseAccount
@@ -37,6 +36,7 @@ from app.services.events import DeliveryService, EventService, RetryPolicy
 from app.services.idempotency import IdempotencyService
 from app.services.jobs import BackgroundJobs
 from app.services.keys import KeyService
+from app.services.operations import Operations
 from app.services.payments import PaymentService
 from app.services.reconciliation import ReconciliationService
 from app.services.refunds import RefundService
@@ -120,7 +120,7 @@ def gateway_for(account: PseAccount, http: httpx.AsyncClient) -> PseGateway:
 @dataclass
 class Container:
     settings: Settings
-    engine: AsyncEngine
+    pool: ConnectionPool
     deps: Deps
     payments: PaymentService
     refunds: RefundService
@@ -137,22 +137,12 @@ class Container:
     audit: AuditService
     http: httpx.AsyncClient
     pse_accounts: dict[str, PseAccount] = field(default_factory=dict)
+    # False for a pool handed to build_container: whoever opened it closes it.
+    owns_pool: bool = True
+    operations: Operations = field(init=False)
 
-    async def metrics_text(self) -> bytes:
-        """The metrics, with the current-state gauges read from the database."""
-        metrics: Metrics = self.deps.metrics
-        now = self.deps.clock.now()
-        async with self.deps.uow() as uow:
-            counts, stale = await uow.refunds.open_counts(
-                now - timedelta(hours=self.settings.stale_after_hours)
-            )
-            oldest = await uow.outbox.oldest_undelivered()
-        for status, count in counts.items():
-            metrics.refunds_by_status.labels(status).set(count)
-        metrics.refunds_stale.set(stale)
-        metrics.delivery_lag.set(max(0.0, (now - oldest).total_seconds()) if oldest else 0)
-        metrics.audit_buffered.set(self.audit.pending)
-        return metrics.render()
+    def __post_init__(self) -> None:
+        self.operations = Operations(self.deps, self.settings, self.audit, self.readiness)
 
     @property
     def shares_metrics(self) -> bool:
@@ -176,8 +166,7 @@ class Container:
     async def readiness(self) -> tuple[bool, str]:
         """(True, schema revision) when the database answers at the head revision."""
         try:
-            await ping(self.engine)
-            current = await current_revision(self.engine)
+            current = await current_revision(self.pool)
         except Exception:
             return False, "the database is unreachable"
         head = head_revision()
@@ -199,7 +188,8 @@ class Container:
             structlog.get_logger("app.audit").exception(
                 "audit.flush_failed", buffered=self.audit.pending
             )
-        await self.engine.dispose()
+        if self.owns_pool:
+            await self.pool.close()
 
 
 def build_container(
@@ -208,11 +198,14 @@ def build_container(
     clock: Clock | None = None,
     pse_transport: httpx.AsyncBaseTransport | None = None,
     gateway_factory: Callable[[PseAccount, httpx.AsyncClient], PseGateway] | None = None,
-    engine: AsyncEngine | None = None,
+    pool: ConnectionPool | None = None,
     metrics: Metrics | None = None,
 ) -> Container:
-    engine = engine or create_engine(settings.database_url)
-    uow = SqlUnitOfWorkFactory(engine)
+    # Without a database_url the command resolves the embedded server's URL
+    # before building (app.cli.database); a pool of no URL never connects.
+    owns_pool = pool is None
+    pool = pool or create_pool(settings.database_url or "")
+    uow = UnitOfWorkFactory(pool)
     the_clock = clock or SystemClock()
     redactor = Redactor(secrets_of(settings))
     audit = AuditService(uow, the_clock, redactor, enabled=settings.audit_enabled)
@@ -278,7 +271,8 @@ def build_container(
     deps.queue = submitter
     return Container(
         settings=settings,
-        engine=engine,
+        pool=pool,
+        owns_pool=owns_pool,
         deps=deps,
         payments=PaymentService(deps),
         refunds=RefundService(deps),

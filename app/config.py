@@ -2,7 +2,8 @@
 
 The file is named by `PSE_REFUNDS_CONFIG_FILE` (default `./pse-refunds.toml`
 when it exists). Secrets may be written `env:NAME` to read another variable.
-Unknown keys and bad values stop the start with a message naming the key.
+Unknown keys and bad values stop the start with a message naming the key; a
+file that is missing or not TOML, with a message naming the file.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import tomllib
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -38,7 +40,9 @@ from app.domain.money import is_currency, parse_rate
 ENV_PREFIX = "PSE_REFUNDS_"
 CONFIG_FILE_VAR = "PSE_REFUNDS_CONFIG_FILE"
 DEFAULT_CONFIG_FILE = "pse-refunds.toml"
-DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./pse-refunds.db"
+EMBEDDED_DATA_DIR_VAR = "PSE_REFUNDS_EMBEDDED_DATA_DIR"
+DEFAULT_EMBEDDED_DATA_DIR = ".pse-refunds"
+DATABASE_URL_SCHEMES = ("postgresql+asyncpg://", "postgresql://")
 MIN_AUDIT_RETENTION_DAYS = 548
 
 Provider = Literal["sandbox", "stripe", "komoju", "payjp", "xendit", "razorpay", "omise"]
@@ -282,7 +286,10 @@ class Settings(BaseSettings):
         validate_default=True,
     )
 
-    database_url: str = DEFAULT_DATABASE_URL
+    # Unset: the embedded PostgreSQL in `embedded_data_dir`, started by the
+    # commands that need it (relative to the folder they run in).
+    database_url: str | None = None
+    embedded_data_dir: Path = Path(DEFAULT_EMBEDDED_DATA_DIR)
     stale_after_hours: float = Field(default=24, gt=0)
     audit_enabled: bool = True
     audit_retention_days: int = Field(default=1827, ge=MIN_AUDIT_RETENTION_DAYS)
@@ -305,12 +312,17 @@ class Settings(BaseSettings):
 
     @field_validator("database_url")
     @classmethod
-    def _supported_database(cls, value: str) -> str:
-        if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+    def _postgresql(cls, value: str | None) -> str | None:
+        if not value:  # an empty variable (`-e PSE_REFUNDS_DATABASE_URL=`) means unset
+            return None
+        if not value.startswith(DATABASE_URL_SCHEMES):
+            # Never the URL itself: it may hold a password.
             raise ValueError(
-                "database_url must start with sqlite+aiosqlite:// or postgresql+asyncpg://"
+                "must be a PostgreSQL URL, postgresql+asyncpg://… or postgresql://… "
+                f"(leave it unset for the embedded PostgreSQL in ./{DEFAULT_EMBEDDED_DATA_DIR}/)"
             )
-        return value
+        # One spelling whatever was written: the driver is asyncpg either way.
+        return value.replace("postgresql://", "postgresql+asyncpg://", 1)
 
     @field_validator("accounts")
     @classmethod
@@ -336,8 +348,8 @@ class Settings(BaseSettings):
         return tuple(sources)
 
     @property
-    def is_sqlite(self) -> bool:
-        return self.database_url.startswith("sqlite")
+    def uses_embedded_database(self) -> bool:
+        return self.database_url is None
 
 
 def config_file_path() -> Path | None:
@@ -345,21 +357,30 @@ def config_file_path() -> Path | None:
     if named:
         path = Path(named)
         if not path.is_file():
-            raise ConfigError(f"{CONFIG_FILE_VAR}: no such file {named}")
+            raise ConfigError(
+                f"invalid configuration: {named}: no such file (named by {CONFIG_FILE_VAR})"
+            )
         return path
     default = Path(DEFAULT_CONFIG_FILE)
     return default if default.is_file() else None
 
 
 def has_any_configuration() -> bool:
-    """False when neither a config file nor any PSE_REFUNDS_ variable is present."""
+    """False when neither a config file nor any PSE_REFUNDS_ variable is present.
+
+    Where the embedded PostgreSQL keeps its data is no configuration of the
+    service: the demo may be told to keep it elsewhere."""
     if config_file_path() is not None:
         return True
-    return any(name.startswith(ENV_PREFIX) for name in os.environ)
+    return any(name.startswith(ENV_PREFIX) and name != EMBEDDED_DATA_DIR_VAR for name in os.environ)
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Load and validate; a problem raises ConfigError naming the key."""
+    """Load and validate; a problem raises ConfigError naming the key, or the
+    file when the file itself cannot be read."""
+    path = config_file_path()
+    if path is not None:
+        _check_readable(path)
     try:
         return Settings(**overrides)
     except ValidationError as exc:
@@ -371,8 +392,20 @@ def load_settings(**overrides: Any) -> Settings:
                 message = "unknown key"
             problems.append(f"{key}: {message}")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from None
-    except ValueError as exc:  # TOML syntax errors surface as ValueError subclasses
-        raise ConfigError(f"invalid configuration file: {exc}") from None
+
+
+def _check_readable(path: Path) -> None:
+    """Refuse a file that cannot be read or is not TOML, naming it: pydantic-settings
+    would raise its parser's error with neither the file nor a tidy message."""
+    try:
+        with path.open("rb") as stream:
+            tomllib.load(stream)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"invalid configuration: {path}: not TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"invalid configuration: {path}: not UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError(f"invalid configuration: {path}: {exc.strerror or exc}") from None
 
 
 def secrets_of(settings: Settings) -> list[str]:
@@ -385,7 +418,7 @@ def secrets_of(settings: Settings) -> list[str]:
         found.append(settings.store_webhook.secret.get_secret_value())
         found.extend(s.get_secret_value() for s in settings.store_webhook.secrets_previous)
     # A database password, when the URL carries one.
-    url = settings.database_url
+    url = settings.database_url or ""
     if "://" in url and "@" in url.split("://", 1)[1]:
         credentials = url.split("://", 1)[1].rsplit("@", 1)[0]
         if ":" in credentials:

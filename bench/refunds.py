@@ -802,8 +802,7 @@ def summarize_profile(path: Path, top: int = 15) -> str:
     """From py-spy's collapsed stacks: own (leaf) CPU share by function and by
     package, and inclusive share of the product's own functions (app/). Threads
     parked in a wait are left out. The inclusive shares are lower bounds: the
-    stacks of resumed coroutines and of SQLAlchemy's greenlets often lack their
-    callers."""
+    stacks of resumed coroutines often lack their callers."""
     own: Counter[str] = Counter()
     by_package: Counter[str] = Counter()
     app_inclusive: Counter[str] = Counter()

@@ -34,7 +34,7 @@ CREATE TABLE IF NOT EXISTS yard_refunds (
 )
 """
 
-# The service's engine: pool_size 10 with as many in overflow.
+# As many connections as the service's pool may open (app.adapters.db.engine).
 POOL_MIN = 10
 POOL_MAX = 20
 

@@ -1,4 +1,4 @@
-"""Alembic environment: async engines for PostgreSQL (asyncpg) and SQLite (aiosqlite)."""
+"""Alembic environment: an async engine on PostgreSQL (asyncpg)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,6 @@ def _configure(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=metadata,
-        render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
     )
     with context.begin_transaction():

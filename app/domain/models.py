@@ -163,10 +163,20 @@ class Payment:
     reserved_amount: int = 0
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    # The counters (refunded, reserved, updated_at) as storage last held them,
+    # None until stored: recorded by the storage adapter, so that saving a
+    # refund writes its payment only when they moved.
+    stored_counters: tuple[int, int, datetime | None] | None = field(
+        default=None, compare=False, repr=False
+    )
 
     @property
     def currency(self) -> str:
         return self.amount.currency
+
+    @property
+    def counters(self) -> tuple[int, int, datetime | None]:
+        return self.refunded_amount, self.reserved_amount, self.updated_at
 
     @property
     def refundable(self) -> Money:
@@ -307,6 +317,11 @@ class Refund:
     events: list[DomainEvent] = field(default_factory=list)
     # (from, change) of each status change since the last save, for the audit trail.
     transitions: list[tuple[RefundStatus | None, StatusChange]] = field(default_factory=list)
+    # How many of `history` and `approvals` storage already holds, recorded by
+    # the storage adapter when it loads or saves the refund: a save appends
+    # only the entries after these.
+    stored_history: int = field(default=0, compare=False, repr=False)
+    stored_approvals: int = field(default=0, compare=False, repr=False)
 
     @property
     def currency(self) -> str:

@@ -24,6 +24,10 @@ from app.services.context import Deps
 log = structlog.get_logger("app.events")
 
 
+# `after=0`: a store that has processed nothing reads the feed from its first event.
+FROM_THE_START = "0"
+
+
 class EventService:
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
@@ -36,6 +40,10 @@ class EventService:
         return event
 
     async def position_of(self, event_id: str) -> tuple[int, int]:
+        """Where the feed stands just after `event_id`; `FROM_THE_START` is before
+        the first event ever written."""
+        if event_id == FROM_THE_START:
+            return (0, 0)
         return (await self.get(event_id)).position
 
     async def list_forward(

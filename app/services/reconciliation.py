@@ -300,3 +300,8 @@ class ReconciliationService:
     ) -> list[FxTotal]:
         async with self.deps.uow() as uow:
             return await uow.reconciliations.fx_totals(created_from, created_to, currency)
+
+    async def list(self, *, limit: int, before_id: str | None) -> list[Reconciliation]:
+        """Past runs, newest first."""
+        async with self.deps.uow() as uow:
+            return await uow.reconciliations.list(limit=limit, before_id=before_id)

@@ -25,7 +25,6 @@ def upgrade() -> None:
         "refunds",
         ["attention_at"],
         postgresql_where=sa.text("attention IS NOT NULL"),
-        sqlite_where=sa.text("attention IS NOT NULL"),
     )
 
 

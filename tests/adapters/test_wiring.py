@@ -28,7 +28,7 @@ async def test_an_account_of_each_provider_gets_its_gateway(provider, tmp_path, 
     if provider == "sandbox":
         account["base_url"] = "http://127.0.0.1:9"
     settings = load_settings(
-        database_url=f"sqlite+aiosqlite:///{tmp_path / 'x.db'}", accounts={"acct": account}
+        database_url="postgresql+asyncpg://postgres@127.0.0.1:9/unused", accounts={"acct": account}
     )
     container = build_container(settings)
     try:
@@ -42,7 +42,7 @@ async def test_an_account_of_each_provider_gets_its_gateway(provider, tmp_path, 
 def test_an_adapter_refusing_its_settings_stops_the_start_naming_the_key(tmp_path, monkeypatch):
     monkeypatch.delenv("PSE_REFUNDS_CONFIG_FILE", raising=False)
     settings = load_settings(
-        database_url=f"sqlite+aiosqlite:///{tmp_path / 'x.db'}",
+        database_url="postgresql+asyncpg://postgres@127.0.0.1:9/unused",
         accounts={"rzp": {"provider": "razorpay", "api_key": "secret"}},
     )
     with pytest.raises(ConfigError, match=r"accounts\.rzp\.options\.key_id"):

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import asyncio
 
-from sqlalchemy import text
+import pytest
 
 from tests.api.helpers import assert_problem, refund, register
 
@@ -90,6 +90,16 @@ async def test_a_store_pages_forward_from_its_last_event_without_gaps(api):
     ]
 
 
+@pytest.mark.parametrize("start", ["0", ""])
+async def test_a_new_store_reads_the_feed_from_its_first_event(api, start):
+    payment = await register(api)
+    await refund(api, payment["id"], 100)
+    await api.settle()
+    everything = [e["id"] for e in reversed((await feed(api, limit=200))["data"])]
+    assert len(everything) == 4
+    assert [e["id"] for e in await forward(api, start, 4)] == everything
+
+
 async def test_newest_first_pages_with_a_cursor(api):
     payment = await register(api)
     for _ in range(2):
@@ -109,24 +119,23 @@ async def test_an_event_of_a_transaction_still_running_holds_back_the_later_ones
     await refund(api, payment["id"], 100)
     await api.settle()
     last = (await feed(api, limit=1))["data"][0]["id"]
-    engine = api.container.engine
-    slow = await engine.connect()
-    slow_tx = await slow.begin()
-    await slow.execute(
-        text(
+    async with api.container.pool.acquire() as slow:
+        slow_tx = slow.transaction()
+        await slow_tx.start()
+        await slow.execute(
             "INSERT INTO events (id, type, data, created_at, delivery_status, delivery_attempts)"
             " VALUES ('evt_slow', 'refund.created', '{}', now(), 'none', 0)"
         )
-    )
-    try:
-        await refund(api, payment["id"], 100)  # commits events after the slow writer began
-        await api.settle()
-        assert (await feed(api, after=last))["data"] == []
-        await slow_tx.commit()
-        after = [e["id"] for e in await forward(api, last, 5)]
-        assert after[0] == "evt_slow" and len(after) == 5
-    finally:
-        await slow.close()
+        try:
+            await refund(api, payment["id"], 100)  # commits events after the slow writer began
+            await api.settle()
+            assert (await feed(api, after=last))["data"] == []
+            await slow_tx.commit()
+        finally:
+            if slow.is_in_transaction():
+                await slow_tx.rollback()
+    after = [e["id"] for e in await forward(api, last, 5)]
+    assert after[0] == "evt_slow" and len(after) == 5
 
 
 async def test_events_are_for_stores_and_ops(api):

@@ -2,9 +2,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import func, select
-
-from app.adapters.db import tables as t
 from app.domain.pse import (
     Accepted,
     Declined,
@@ -17,18 +14,16 @@ from tests.api.helpers import assert_problem, get_payment, get_refund, refund, r
 
 
 async def count_refunds(api) -> int:
-    async with api.container.engine.connect() as conn:
-        return (await conn.execute(select(func.count()).select_from(t.refunds))).scalar_one()
+    async with api.container.pool.acquire() as conn:
+        return await conn.fetchval("SELECT count(*) FROM refunds")
 
 
 async def event_types(api, refund_id: str) -> list[str]:
-    async with api.container.engine.connect() as conn:
-        rows = await conn.execute(
-            select(t.events.c.type)
-            .where(t.events.c.refund_id == refund_id)
-            .order_by(t.events.c.seq)
+    async with api.container.pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT type FROM events WHERE refund_id = $1 ORDER BY seq", refund_id
         )
-        return [row.type for row in rows]
+        return [row["type"] for row in rows]
 
 
 # -- creating ----------------------------------------------------------------

@@ -3,9 +3,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from sqlalchemy import select
 
-from app.adapters.db import tables as t
 from app.adapters.db.uow import PgUnitOfWork
 from app.domain.pse import Unanswered
 from tests.api.helpers import assert_problem, get_payment, get_refund, refund, register
@@ -32,9 +30,9 @@ def event(
 
 
 async def stored_events(api) -> list[dict]:
-    async with api.container.engine.connect() as conn:
-        rows = await conn.execute(select(t.pse_webhook_events).order_by(t.pse_webhook_events.c.id))
-        return [dict(row._mapping) for row in rows]
+    async with api.container.pool.acquire() as conn:
+        rows = await conn.fetch("SELECT * FROM pse_webhook_events ORDER BY id")
+        return [dict(row) for row in rows]
 
 
 async def sent_refund(api) -> tuple[dict, dict]:
@@ -111,13 +109,9 @@ async def test_a_late_failure_never_moves_a_succeeded_refund_and_raises_attentio
     assert r.json()["status"] == "conflict"
     assert (await get_refund(api, pending["id"]))["status"] == "succeeded"
     assert (await get_payment(api, payment["id"]))["refunded_amount"] == 3000
-    async with api.container.engine.connect() as conn:
-        types = [
-            row.type
-            for row in await conn.execute(
-                select(t.events.c.type).where(t.events.c.refund_id == pending["id"])
-            )
-        ]
+    async with api.container.pool.acquire() as conn:
+        rows = await conn.fetch("SELECT type FROM events WHERE refund_id = $1", pending["id"])
+    types = [row["type"] for row in rows]
     assert "refund.needs_attention" in types
 
 

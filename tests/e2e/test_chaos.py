@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import random
-import secrets
 import signal
 import socket
 import subprocess
@@ -20,13 +19,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import asyncpg
 import httpx
 import pytest
 
-from app.adapters.db.engine import migrate
 from app.sandbox.config import new_webhook_secret
-from tests.conftest import ADMIN_DSN, _require_postgres
 
 pytestmark = pytest.mark.slow
 
@@ -56,28 +52,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@pytest.fixture
-async def chaos_db():
-    name = f"refunds_chaos_{secrets.token_hex(4)}"
-    try:
-        admin = await asyncpg.connect(ADMIN_DSN, timeout=5)
-    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        if _require_postgres():
-            pytest.fail(f"PostgreSQL is not reachable: {exc}")
-        pytest.skip(f"PostgreSQL is not reachable: {exc}")
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    url = ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
-    url = f"{url}/{name}"
-    await asyncio.to_thread(migrate, url)
-    try:
-        yield url
-    finally:
-        admin = await asyncpg.connect(ADMIN_DSN, timeout=5)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 class Processes:
@@ -242,9 +216,9 @@ async def list_all_refunds(client, headers) -> list[dict]:
             return refunds
 
 
-async def test_no_refund_is_doubled_or_lost_through_faults_and_kills(chaos_db, tmp_path):
+async def test_no_refund_is_doubled_or_lost_through_faults_and_kills(fresh_database, tmp_path):
     rng = random.Random(20261127)
-    procs = Processes(tmp_path, chaos_db)
+    procs = Processes(tmp_path, fresh_database)
     key = procs.create_key()
     auth = {"Authorization": f"Bearer {key}"}
     sandbox_auth = {"Authorization": f"Bearer {SANDBOX_KEY}"}

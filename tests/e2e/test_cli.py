@@ -1,13 +1,18 @@
-"""The command line: keys, migrations and configuration errors, on a SQLite file."""
+"""The command line: keys, migrations, configuration errors and the refusal to
+run on an unmigrated database, on PostgreSQL databases of their own."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
+import os
+import subprocess
+import sys
 
+import asyncpg
 import httpx
 import pytest
+import uvicorn
 from typer.testing import CliRunner
 
 from app.api.app import create_app
@@ -17,19 +22,67 @@ from app.config import load_settings
 
 
 @pytest.fixture
-def sqlite_env(tmp_path, monkeypatch):
-    db = tmp_path / "refunds.db"
-    monkeypatch.delenv("PSE_REFUNDS_CONFIG_FILE", raising=False)
+def no_configuration(tmp_path, monkeypatch):
+    for name in list(os.environ):
+        if name.startswith("PSE_REFUNDS_"):
+            monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("PSE_REFUNDS_DATABASE_URL", f"sqlite+aiosqlite:///{db}")
-    return db
+    return tmp_path
+
+
+@pytest.fixture
+def pg_env(fresh_database, no_configuration, monkeypatch):
+    monkeypatch.setenv("PSE_REFUNDS_DATABASE_URL", fresh_database)
+    return fresh_database
+
+
+@pytest.fixture
+def unmigrated_env(empty_database, no_configuration, monkeypatch):
+    monkeypatch.setenv("PSE_REFUNDS_DATABASE_URL", empty_database)
+    return empty_database
 
 
 def run(*args: str):
     return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 
 
-def test_keys_create_prints_the_secret_once_and_stores_only_its_hash(sqlite_env):
+def dsn(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+async def _tables(connection: asyncpg.Connection) -> list[str]:
+    found = await connection.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+    return [row[0] for row in found]
+
+
+def tables_of(url: str) -> set[str]:
+    async def tables() -> set[str]:
+        connection = await asyncpg.connect(dsn(url))
+        try:
+            return set(await _tables(connection))
+        finally:
+            await connection.close()
+
+    return asyncio.run(tables())
+
+
+def everything_stored(url: str) -> str:
+    """Every row of every table, as text."""
+
+    async def dump() -> str:
+        connection = await asyncpg.connect(dsn(url))
+        try:
+            rows = []
+            for table in await _tables(connection):
+                rows += await connection.fetch(f'SELECT t::text FROM "{table}" t')
+            return "\n".join(row[0] for row in rows)
+        finally:
+            await connection.close()
+
+    return asyncio.run(dump())
+
+
+def test_keys_create_prints_the_secret_once_and_stores_only_its_hash(pg_env):
     result = run(
         "keys", "create", "--name", "alice", "--role", "approver", "--approval-level", "2", "--json"
     )
@@ -38,12 +91,12 @@ def test_keys_create_prints_the_secret_once_and_stores_only_its_hash(sqlite_env)
     assert set(created) == {"id", "name", "key", "roles", "approval_level"}
     assert created["roles"] == ["approver"] and created["approval_level"] == 2
     assert created["key"].startswith("prk_")
-    dump = "\n".join(sqlite3.connect(sqlite_env).iterdump())
-    assert created["key"] not in dump
-    assert created["id"] in dump
+    stored = everything_stored(pg_env)
+    assert created["key"] not in stored
+    assert created["id"] in stored
 
 
-def test_a_created_key_authenticates_and_a_revoked_one_does_not(sqlite_env):
+def test_a_created_key_authenticates_and_a_revoked_one_does_not(pg_env):
     created = json.loads(
         run("keys", "create", "--name", "shop", "--role", "store", "--json").output
     )
@@ -70,7 +123,25 @@ def test_a_created_key_authenticates_and_a_revoked_one_does_not(sqlite_env):
     assert listed[0]["revoked"] is True and "key" not in listed[0]
 
 
-def test_an_approver_key_needs_a_level_and_roles_are_checked(sqlite_env):
+def test_keys_list_shows_a_header_and_the_approval_level(pg_env):
+    for args in (
+        ["--name", "shop", "--role", "store"],
+        ["--name", "alice", "--role", "approver", "--approval-level", "2"],
+    ):
+        assert run("keys", "create", *args).exit_code == 0
+    result = run("keys", "list")
+    assert result.exit_code == 0, result.output
+    header, *rows = result.output.splitlines()
+    assert header.split() == ["ID", "PREFIX", "ROLES", "LEVEL", "STATE", "NAME"]
+    by_name = {row.split()[-1]: row.split() for row in rows}
+    assert by_name["shop"][2:5] == ["store", "-", "active"]
+    assert by_name["alice"][2:5] == ["approver", "2", "active"]
+    # The columns line up under the header.
+    level = header.index("LEVEL")
+    assert {row[level] for row in rows} == {"-", "2"}
+
+
+def test_an_approver_key_needs_a_level_and_roles_are_checked(pg_env):
     result = CliRunner().invoke(cli, ["keys", "create", "--name", "bob", "--role", "approver"])
     assert result.exit_code == 2
     assert "approval level" in result.output
@@ -79,14 +150,73 @@ def test_an_approver_key_needs_a_level_and_roles_are_checked(sqlite_env):
     assert "roles must be among" in result.output
 
 
-def test_a_bad_configuration_stops_the_command_naming_the_key(sqlite_env, tmp_path, monkeypatch):
-    config = tmp_path / "bad.toml"
+def test_a_bad_configuration_stops_the_command_naming_the_key(no_configuration, monkeypatch):
+    config = no_configuration / "bad.toml"
     config.write_text('bogus = 1\n[accounts.x]\nprovider = "stripe"\napi_key = "env:NOPE_UNSET"\n')
     monkeypatch.setenv("PSE_REFUNDS_CONFIG_FILE", str(config))
     result = CliRunner().invoke(cli, ["migrate"])
     assert result.exit_code == 2
     assert "bogus: unknown key" in result.output
     assert "accounts.x.api_key" in result.output and "NOPE_UNSET is not set" in result.output
+
+
+def test_a_database_url_that_is_not_postgresql_is_refused_naming_the_key(
+    no_configuration, monkeypatch
+):
+    monkeypatch.setenv("PSE_REFUNDS_DATABASE_URL", "sqlite+aiosqlite:///./pse-refunds.db")
+    result = CliRunner().invoke(cli, ["migrate"])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("pse-refunds: invalid configuration:")
+    assert "database_url: Value error, must be a PostgreSQL URL" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["migrate"], ["serve"], ["worker"], ["keys", "list"], ["audit", "verify"]],
+    ids=" ".join,
+)
+@pytest.mark.parametrize("named_by", ["--config", "PSE_REFUNDS_CONFIG_FILE"])
+def test_a_missing_config_file_ends_in_a_tidy_message_naming_it(
+    command, named_by, no_configuration, monkeypatch
+):
+    missing = no_configuration / "nowhere.toml"
+    args = [*command, "--config", str(missing)] if named_by == "--config" else command
+    if named_by != "--config":
+        monkeypatch.setenv("PSE_REFUNDS_CONFIG_FILE", str(missing))
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (
+        f"pse-refunds: invalid configuration: {missing}: no such file (named by {named_by})\n"
+    )
+    assert not (no_configuration / ".pse-refunds").exists()  # nothing was started
+
+
+@pytest.mark.parametrize("named_by", ["--config", "PSE_REFUNDS_CONFIG_FILE"])
+def test_a_config_file_that_is_not_toml_ends_in_a_tidy_message_naming_it(
+    named_by, no_configuration, monkeypatch
+):
+    broken = no_configuration / "broken.toml"
+    broken.write_text('stale_after_hours = 5\n[worker\nenabled = "yes"\n')
+    if named_by == "--config":
+        args = ["serve", "--config", str(broken)]
+    else:
+        monkeypatch.setenv("PSE_REFUNDS_CONFIG_FILE", str(broken))
+        args = ["serve"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"pse-refunds: invalid configuration: {broken.resolve()}: not TOML:")
+    assert "line 2" in line
+
+
+def test_the_config_option_names_the_file_to_use(fresh_database, no_configuration):
+    config = no_configuration / "elsewhere.toml"
+    config.write_text(f'database_url = "{fresh_database}"\n')
+    result = run("keys", "create", "--name", "shop", "--role", "store", "--config", str(config))
+    assert result.exit_code == 0, result.output
+    listed = json.loads(run("keys", "list", "--json", "--config", str(config)).output)
+    assert [key["name"] for key in listed] == ["shop"]
+    assert "PSE_REFUNDS_CONFIG_FILE" not in os.environ  # only for the command's duration
 
 
 def test_environment_variables_win_over_the_file(tmp_path, monkeypatch):
@@ -99,7 +229,7 @@ def test_environment_variables_win_over_the_file(tmp_path, monkeypatch):
     assert settings.worker.poll_interval_seconds == 3
 
 
-def test_readiness_fails_until_the_schema_is_migrated(sqlite_env):
+def test_readiness_fails_until_the_schema_is_migrated(unmigrated_env):
     settings = load_settings()
 
     async def ready() -> tuple[int, dict]:
@@ -116,7 +246,8 @@ def test_readiness_fails_until_the_schema_is_migrated(sqlite_env):
 
     status, body = asyncio.run(ready())
     assert status == 503 and body["code"] == "not_ready"
-    assert run("migrate").exit_code == 0
+    result = run("migrate")
+    assert result.exit_code == 0 and result.output == "schema at head\n"
     status, body = asyncio.run(ready())
     assert status == 200 and body["status"] == "ready"
 
@@ -138,16 +269,68 @@ def test_readiness_fails_when_the_database_is_unreachable(monkeypatch):
     assert asyncio.run(ready()) == 503
 
 
-def test_reconcile_prints_the_counts_and_exits_zero(sqlite_env, tmp_path, monkeypatch):
-    config = tmp_path / "c.toml"
+@pytest.mark.parametrize(
+    "command", [["serve"], ["serve", "--workers", "2"], ["worker"]], ids=" ".join
+)
+def test_serving_or_the_worker_refuse_an_unmigrated_database_in_one_line(
+    command, unmigrated_env, monkeypatch
+):
+    started: list[object] = []
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: started.append(a))
+    result = CliRunner().invoke(cli, command)
+    assert result.exit_code == 1, result.output
+    [line] = result.stderr.splitlines()
+    assert line.startswith("pse-refunds: cannot use the database postgresql+asyncpg://")
+    assert line.endswith("run `pse-refunds migrate`")
+    assert started == []
+    # The operator's database is the operator's to migrate.
+    assert tables_of(unmigrated_env) == set()
+
+
+def test_the_worker_process_refuses_an_unmigrated_database_without_a_traceback(
+    unmigrated_env, tmp_path
+):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PSE_REFUNDS_")}
+    env.update(PSE_REFUNDS_DATABASE_URL=unmigrated_env, PYTHONPATH=os.getcwd())
+    done = subprocess.run(
+        [sys.executable, "-m", "app.cli", "worker"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert done.stdout == ""
+    [line] = done.stderr.splitlines()
+    assert "the schema is at nothing" in line and line.endswith("run `pse-refunds migrate`")
+
+
+def test_the_version_is_printed():
+    result = run("--version")
+    assert result.exit_code == 0
+    assert result.output.startswith("pse-refunds ")
+    assert result.output.split()[1][0].isdigit()
+
+
+def test_help_texts_keep_the_toml_tables_they_quote():
+    wide = {"COLUMNS": "200"}
+    top = CliRunner().invoke(cli, ["--help"], env=wide)
+    assert "unless [worker] enabled = false" in top.output
+    serve = CliRunner().invoke(cli, ["serve", "--help"], env=wide)
+    assert "unless [worker] enabled = false" in serve.output
+    assert "--config" in serve.output
+
+
+def test_reconcile_prints_the_counts_and_exits_zero(fresh_database, no_configuration, monkeypatch):
+    config = no_configuration / "c.toml"
     config.write_text(
-        f'database_url = "sqlite+aiosqlite:///{sqlite_env}"\n'
+        f'database_url = "{fresh_database}"\n'
         '[accounts.komoju_jp]\nprovider = "sandbox"\napi_key = "k"\n'
         'base_url = "http://127.0.0.1:9"\n'
     )
     monkeypatch.setenv("PSE_REFUNDS_CONFIG_FILE", str(config))
-    monkeypatch.delenv("PSE_REFUNDS_DATABASE_URL")
-    settlement = tmp_path / "settlement.csv"
+    settlement = no_configuration / "settlement.csv"
     settlement.write_text(
         "pse_refund_id,reference,type,amount,currency,status,settled_at,fee,"
         "settlement_amount,settlement_currency\n"
@@ -159,7 +342,7 @@ def test_reconcile_prints_the_counts_and_exits_zero(sqlite_env, tmp_path, monkey
     assert result.exit_code == 0, result.output
     assert "(generic, 2 refund rows)" in result.output
     assert "missing_in_service   2" in result.output
-    bad = tmp_path / "bad.csv"
+    bad = no_configuration / "bad.csv"
     bad.write_text(settlement.read_text().replace("2000", "20.00"))
     result = CliRunner().invoke(cli, ["reconcile", "--account", "komoju_jp", str(bad)])
     assert result.exit_code == 2

@@ -1,5 +1,6 @@
 """`pse-refunds serve --workers N`: several API processes on one port and one
-PostgreSQL, their metrics merged; refused on SQLite and for the embedded demo."""
+PostgreSQL, their metrics merged; refused for the embedded demo, whose sandbox
+PSE lives in its one process."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from prometheus_client import values as prometheus_values
 from typer.testing import CliRunner
 
 from app.cli import cli
+from app.cli.serve import SERVED_APP
 from app.metrics import Metrics
 from tests.e2e.test_chaos import SANDBOX_KEY, Processes, wait_until_up
 
@@ -46,20 +48,43 @@ def test_several_processes_are_refused_for_the_embedded_demo(no_configuration, t
     assert result.exit_code == 2
     assert "--workers 2: the embedded demo runs in one process" in result.stderr
     assert no_configuration == []
-    assert not (tmp_path / "pse-refunds.db").exists()
+    assert not (tmp_path / ".pse-refunds").exists()  # refused before anything started
 
 
-def test_several_processes_are_refused_on_sqlite(no_configuration, tmp_path, monkeypatch):
-    monkeypatch.setenv("PSE_REFUNDS_DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path / 'r.db'}")
-    result = serve("--workers", "3")
-    assert result.exit_code == 2
-    assert "--workers 3: several processes need PostgreSQL" in result.stderr
-    config = tmp_path / "pse-refunds.toml"
-    config.write_text("[server]\nworkers = 2\n")
+def test_the_files_server_workers_start_that_many_processes(
+    no_configuration, fresh_database, tmp_path
+):
+    (tmp_path / "pse-refunds.toml").write_text(
+        f'database_url = "{fresh_database}"\n[server]\nworkers = 3\n'
+    )
+    result = serve("--port", "8124")
+    assert result.exit_code == 0, result.output
+    ((app, options),) = no_configuration
+    assert app == SERVED_APP and options["workers"] == 3 and options["port"] == 8124
+    assert "PSE Refund Service, 3 processes" in result.stdout
+    assert "Listening: http://127.0.0.1:8124" in result.stdout
+
+
+def test_several_processes_share_the_embedded_postgresql_this_process_holds(
+    no_configuration, tmp_path, monkeypatch
+):
+    (tmp_path / "pse-refunds.toml").write_text("[server]\nworkers = 2\n")  # no database_url
+    seen: dict[str, object] = {}
+
+    def run(app, **options):
+        # What the API processes are started with: the embedded server is up.
+        seen["url"] = os.environ.get("PSE_REFUNDS_DATABASE_URL")
+        seen["running"] = (tmp_path / ".pse-refunds" / "pgdata" / "postmaster.pid").exists()
+
+    monkeypatch.setattr(uvicorn, "run", run)
     result = serve()
-    assert result.exit_code == 2
-    assert "server.workers = 2: several processes need PostgreSQL" in result.stderr
-    assert no_configuration == []
+    assert result.exit_code == 0, result.output
+    assert str(seen["url"]).startswith("postgresql+asyncpg://postgres@/refunds?host=")
+    assert seen["running"] is True
+    assert "Database:  embedded PostgreSQL in ./.pse-refunds/" in result.stdout
+    # Stopped with the command, and the processes' variable gone with it.
+    assert not (tmp_path / ".pse-refunds" / "pgdata" / "postmaster.pid").exists()
+    assert "PSE_REFUNDS_DATABASE_URL" not in os.environ
 
 
 def test_several_processes_are_not_started_when_an_account_cannot_be_built(
@@ -75,10 +100,12 @@ def test_several_processes_are_not_started_when_an_account_cannot_be_built(
     assert no_configuration == []
 
 
-def test_one_process_runs_as_before_whatever_the_file_says(no_configuration, tmp_path):
+def test_one_process_runs_as_before_whatever_the_file_says(
+    no_configuration, fresh_database, tmp_path
+):
     multiproc_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     (tmp_path / "pse-refunds.toml").write_text(
-        f'database_url = "sqlite+aiosqlite:///{tmp_path / "r.db"}"\n[server]\nworkers = 4\n'
+        f'database_url = "{fresh_database}"\n[server]\nworkers = 4\n'
     )
     result = serve("--workers", "1", "--port", "8123")
     assert result.exit_code == 0, result.output
@@ -159,8 +186,8 @@ def process_ids(metrics_parent) -> set[int]:
 
 
 @pytest.mark.slow
-async def test_two_processes_share_the_port_the_work_and_the_metrics(postgres_url, db, tmp_path):
-    procs = Processes(tmp_path, postgres_url)
+async def test_two_processes_share_the_port_the_work_and_the_metrics(fresh_database, tmp_path):
+    procs = Processes(tmp_path, fresh_database)
     metrics_parent = tmp_path / "tmp"
     metrics_parent.mkdir()
     procs.env["TMPDIR"] = str(metrics_parent)  # where serve makes its metrics directory

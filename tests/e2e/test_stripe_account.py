@@ -78,7 +78,7 @@ async def test_a_toml_configured_stripe_account_refunds_and_settles_by_webhook(t
     settings = load_settings()
     assert settings.accounts["stripe_us"].api_key.get_secret_value() == API_KEY
     clock = FakeClock()
-    container = build_container(settings, clock=clock, engine=db)
+    container = build_container(settings, clock=clock, pool=db)
     app = create_app(container)
     _k, store = await container.keys.create("shop", ["store"])
     auth = {"Authorization": f"Bearer {store}"}

@@ -22,13 +22,13 @@ pytestmark = pytest.mark.slow
 
 
 async def test_the_standalone_worker_settles_a_refund_left_behind_and_stops_on_sigterm(
-    tmp_path, monkeypatch
+    empty_database, tmp_path, monkeypatch
 ):
     sandbox_port = free_port()
     config = tmp_path / "pse-refunds.toml"
     config.write_text(
         f"""
-database_url = "sqlite+aiosqlite:///{tmp_path / "refunds.db"}"
+database_url = "{empty_database}"
 log_format = "json"
 
 [accounts.sandbox]

@@ -6,9 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 
+import asyncpg
 import pytest
-from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError
 from typer.testing import CliRunner
 
 from app.cli import cli
@@ -40,9 +39,9 @@ async def audit_api(make_api):
 
 async def all_records(api) -> list[dict]:
     await api.container.audit.flush()
-    async with api.container.engine.connect() as conn:
-        rows = await conn.execute(text("SELECT * FROM audit_log ORDER BY seq"))
-        return [dict(row._mapping) for row in rows]
+    async with api.container.pool.acquire() as conn:
+        rows = await conn.fetch("SELECT * FROM audit_log ORDER BY seq")
+        return [dict(row) for row in rows]
 
 
 async def test_a_refunds_story_is_in_the_trail_with_request_ids(make_api):
@@ -129,14 +128,13 @@ async def test_the_chain_verifies_and_any_edit_delete_or_reorder_is_named(make_a
     records = await all_records(api)
     assert len(records) >= 10
     assert (await api.container.audit.verify()).ok
-    engine = api.container.engine
 
-    async def tamper(sql: str, **params: object) -> None:
+    async def tamper(sql: str, *params: object) -> None:
         # An attacker with the database's owner rights switches the guard off.
-        async with engine.begin() as conn:
-            await conn.execute(text("ALTER TABLE audit_log DISABLE TRIGGER USER"))
-            await conn.execute(text(sql), params)
-            await conn.execute(text("ALTER TABLE audit_log ENABLE TRIGGER USER"))
+        async with api.container.pool.acquire() as conn, conn.transaction():
+            await conn.execute("ALTER TABLE audit_log DISABLE TRIGGER USER")
+            await conn.execute(sql, *params)
+            await conn.execute("ALTER TABLE audit_log ENABLE TRIGGER USER")
 
     target = records[4]["seq"]
     original = records[4]["body"]
@@ -145,7 +143,7 @@ async def test_the_chain_verifies_and_any_edit_delete_or_reorder_is_named(make_a
     )
     broken = (await api.container.audit.verify()).broken
     assert broken is not None and broken.seq == target and "changed" in broken.reason
-    await tamper("UPDATE audit_log SET body = :body WHERE seq = :seq", body=original, seq=target)
+    await tamper("UPDATE audit_log SET body = $1 WHERE seq = $2", original, target)
     assert (await api.container.audit.verify()).ok
 
     await tamper(f"DELETE FROM audit_log WHERE seq = {target}")
@@ -160,12 +158,12 @@ async def test_swapping_two_records_is_detected(make_api):
     await api.settle()
     records = await all_records(api)
     a, b = records[1]["seq"], records[2]["seq"]
-    async with api.container.engine.begin() as conn:
-        await conn.execute(text("ALTER TABLE audit_log DISABLE TRIGGER USER"))
-        await conn.execute(text(f"UPDATE audit_log SET seq = -1 WHERE seq = {a}"))
-        await conn.execute(text(f"UPDATE audit_log SET seq = {a} WHERE seq = {b}"))
-        await conn.execute(text(f"UPDATE audit_log SET seq = {b} WHERE seq = -1"))
-        await conn.execute(text("ALTER TABLE audit_log ENABLE TRIGGER USER"))
+    async with api.container.pool.acquire() as conn, conn.transaction():
+        await conn.execute("ALTER TABLE audit_log DISABLE TRIGGER USER")
+        await conn.execute(f"UPDATE audit_log SET seq = -1 WHERE seq = {a}")
+        await conn.execute(f"UPDATE audit_log SET seq = {a} WHERE seq = {b}")
+        await conn.execute(f"UPDATE audit_log SET seq = {b} WHERE seq = -1")
+        await conn.execute("ALTER TABLE audit_log ENABLE TRIGGER USER")
     broken = (await api.container.audit.verify()).broken
     assert broken is not None and broken.seq == a
 
@@ -179,9 +177,9 @@ async def test_the_table_refuses_update_and_delete(api):
         "DELETE FROM audit_log",
         "TRUNCATE audit_log",
     ):
-        async with api.container.engine.connect() as conn:
-            with pytest.raises(DBAPIError, match="append-only"):
-                await conn.execute(text(sql))
+        async with api.container.pool.acquire() as conn:
+            with pytest.raises(asyncpg.RaiseError, match="append-only"):
+                await conn.execute(sql)
 
 
 async def test_purge_removes_only_records_past_retention_and_the_chain_still_verifies(api):
@@ -232,10 +230,10 @@ async def test_the_cli_verifies_exports_and_fails_on_a_broken_chain(make_api, mo
     assert result.exit_code == 0
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert [line["seq"] for line in lines] == [r["seq"] for r in records]
-    async with api.container.engine.begin() as conn:
-        await conn.execute(text("ALTER TABLE audit_log DISABLE TRIGGER USER"))
-        await conn.execute(text(f"DELETE FROM audit_log WHERE seq = {records[2]['seq']}"))
-        await conn.execute(text("ALTER TABLE audit_log ENABLE TRIGGER USER"))
+    async with api.container.pool.acquire() as conn, conn.transaction():
+        await conn.execute("ALTER TABLE audit_log DISABLE TRIGGER USER")
+        await conn.execute(f"DELETE FROM audit_log WHERE seq = {records[2]['seq']}")
+        await conn.execute("ALTER TABLE audit_log ENABLE TRIGGER USER")
     result = await invoke("audit", "verify")
     assert result.exit_code == 1
     assert f"record {records[2]['seq']}: missing" in result.output

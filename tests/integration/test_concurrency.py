@@ -6,9 +6,6 @@ import asyncio
 import json
 from collections import Counter
 
-from sqlalchemy import func, select
-
-from app.adapters.db import tables as t
 from app.adapters.db.uow import PgUnitOfWork
 from tests.api.helpers import assert_problem, get_payment, get_refund, refund, register
 
@@ -24,12 +21,10 @@ async def test_thirty_concurrent_refunds_never_exceed_the_payment(api):
     after = await get_payment(api, payment["id"])
     assert after["reserved_amount"] + after["refunded_amount"] == 10000
     assert after["refundable_amount"] == 0
-    async with api.container.engine.connect() as conn:
-        total = (
-            await conn.execute(
-                select(func.sum(t.refunds.c.amount)).where(t.refunds.c.payment_id == payment["id"])
-            )
-        ).scalar_one()
+    async with api.container.pool.acquire() as conn:
+        total = await conn.fetchval(
+            "SELECT sum(amount) FROM refunds WHERE payment_id = $1", payment["id"]
+        )
     assert total == 10000
 
 
@@ -43,8 +38,8 @@ async def test_ten_concurrent_requests_with_one_key_create_one_refund(api):
     assert len({r.content for r in results}) == 1
     replayed = [r.headers.get("idempotent-replayed") for r in results]
     assert replayed.count("true") == 9 and replayed.count(None) == 1
-    async with api.container.engine.connect() as conn:
-        count = (await conn.execute(select(func.count()).select_from(t.refunds))).scalar_one()
+    async with api.container.pool.acquire() as conn:
+        count = await conn.fetchval("SELECT count(*) FROM refunds")
     assert count == 1
     after = await get_payment(api, payment["id"])
     assert after["reserved_amount"] + after["refunded_amount"] == 1000
@@ -65,10 +60,8 @@ async def test_a_creation_that_fails_leaves_no_claim_and_a_retry_creates_the_ref
         patched.setattr(PgUnitOfWork, "save_refund", broken_save)
         failed = await refund(api, payment["id"], 1000, key="retry-me")
     assert_problem(failed, 500, "internal_error")
-    async with api.container.engine.connect() as conn:
-        keys = (
-            await conn.execute(select(func.count()).select_from(t.idempotency_keys))
-        ).scalar_one()
+    async with api.container.pool.acquire() as conn:
+        keys = await conn.fetchval("SELECT count(*) FROM idempotency_keys")
     assert keys == 0
     retried = await refund(api, payment["id"], 1000, key="retry-me")
     assert retried.status_code == 201 and "idempotent-replayed" not in retried.headers
@@ -116,17 +109,12 @@ async def test_the_same_webhook_delivered_concurrently_is_applied_once(api):
     assert [r.json()["duplicate"] for r in results].count(False) == 1
     after = await get_payment(api, payment["id"])
     assert after["refunded_amount"] == 3000
-    async with api.container.engine.connect() as conn:
-        succeeded = (
-            await conn.execute(
-                select(func.count())
-                .select_from(t.refund_status_history)
-                .where(
-                    t.refund_status_history.c.refund_id == created["id"],
-                    t.refund_status_history.c.status == "succeeded",
-                )
-            )
-        ).scalar_one()
+    async with api.container.pool.acquire() as conn:
+        succeeded = await conn.fetchval(
+            "SELECT count(*) FROM refund_status_history WHERE refund_id = $1 AND status = $2",
+            created["id"],
+            "succeeded",
+        )
     assert succeeded == 1
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 from contextlib import contextmanager
 
@@ -219,6 +220,46 @@ async def test_ops_upload_a_file_and_read_the_outcome_its_lines_and_the_csv(api)
     report = r.text.splitlines()
     assert report[0].startswith("line,outcome,pse_refund_id")
     assert len(report) == 3 and "re_ghost" in report[2]
+
+
+async def test_ops_list_past_reconciliations_newest_first_a_page_at_a_time(api):
+    runs = []
+    for name in ("first.csv", "second.csv", "third.csv"):
+        started = await api.container.reconciliations.start("fake_jp", name, None)
+        runs.append(await api.container.reconciliations.run(started.id, opener(HEADER)))
+        await asyncio.sleep(0.002)  # ids sort by the millisecond they were made in
+    r = await api.client.get("/v1/reconciliations", params={"limit": 2}, headers=api.auth("ops"))
+    assert r.status_code == 200, r.text
+    first = r.json()
+    assert [x["filename"] for x in first["data"]] == ["third.csv", "second.csv"]
+    assert first["data"][0] == {
+        "id": runs[2].id,
+        "pse_account": "fake_jp",
+        "status": "completed",
+        "filename": "third.csv",
+        "file_format": "generic",
+        "rows_total": 0,
+        "counts": runs[2].counts,
+        "adopted": 0,
+        "range_from": None,
+        "range_to": None,
+        "error": None,
+        "created_at": first["data"][0]["created_at"],
+        "completed_at": first["data"][0]["completed_at"],
+    }
+    r = await api.client.get(
+        "/v1/reconciliations",
+        params={"limit": 2, "cursor": first["next_cursor"]},
+        headers=api.auth("ops"),
+    )
+    second = r.json()
+    assert [x["id"] for x in second["data"]] == [runs[0].id] and second["next_cursor"] is None
+    r = await api.client.get("/v1/reconciliations", headers=api.auth("store"))
+    assert r.status_code == 403
+    r = await api.client.get(
+        "/v1/reconciliations", params={"cursor": "nope"}, headers=api.auth("ops")
+    )
+    assert r.status_code == 422 and r.json()["code"] == "validation_error"
 
 
 async def test_reconciliation_is_for_ops_and_needs_a_known_account(api):

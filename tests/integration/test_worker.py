@@ -5,9 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 
-from sqlalchemy import select
-
-from app.adapters.db import tables as t
 from app.domain.pse import (
     Accepted,
     NotFound,
@@ -32,13 +29,11 @@ async def worker_api(make_api):
 
 
 async def events_of(api, refund_id: str) -> list[str]:
-    async with api.container.engine.connect() as conn:
-        rows = await conn.execute(
-            select(t.events.c.type)
-            .where(t.events.c.refund_id == refund_id)
-            .order_by(t.events.c.seq)
+    async with api.container.pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT type FROM events WHERE refund_id = $1 ORDER BY seq", refund_id
         )
-        return [row.type for row in rows]
+        return [row["type"] for row in rows]
 
 
 async def unknown_refund(api, amount: int = 3000) -> tuple[dict, dict]:
@@ -207,19 +202,20 @@ async def test_an_event_stored_but_never_applied_is_applied_by_the_worker(make_a
     payment = await register(api)
     created = (await refund(api, payment["id"], 3000)).json()
     await api.settle()
-    async with api.container.engine.begin() as conn:
+    async with api.container.pool.acquire() as conn:
         await conn.execute(
-            t.pse_webhook_events.insert().values(
-                pse_account="fake_jp",
-                event_id="evt_stuck",
-                event_type="refund.succeeded",
-                pse_refund_id="fre_1",
-                reference=None,
-                refund={"pse_refund_id": "fre_1", "state": "succeeded"},
-                body=json.dumps({"id": "evt_stuck"}),
-                status="received",
-                received_at=api.clock.now(),
-            )
+            "INSERT INTO pse_webhook_events (pse_account, event_id, event_type, pse_refund_id, "
+            "reference, refund, body, status, received_at) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "fake_jp",
+            "evt_stuck",
+            "refund.succeeded",
+            "fre_1",
+            None,
+            {"pse_refund_id": "fre_1", "state": "succeeded"},
+            json.dumps({"id": "evt_stuck"}),
+            "received",
+            api.clock.now(),
         )
     api.clock.advance(seconds=6)
     assert (await api.container.worker.run_once()).webhooks_applied == 1

@@ -1,12 +1,12 @@
-"""The schema, as SQLAlchemy Core tables. Migrations create it; nothing else does."""
+"""The schema, as SQLAlchemy Core tables: what Alembic migrates from.
+
+Migrations create the schema; nothing else does, and the repositories write
+plain SQL against it.
+"""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Any
-
 from sqlalchemy import (
-    JSON,
     BigInteger,
     Boolean,
     Column,
@@ -23,7 +23,6 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.types import TypeDecorator
 
 metadata = MetaData(
     naming_convention={
@@ -35,28 +34,9 @@ metadata = MetaData(
 )
 
 
-class UtcDateTime(TypeDecorator[datetime]):
-    """Aware UTC in, aware UTC out, on PostgreSQL and SQLite alike."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given to a UTC column")
-        return value.astimezone(UTC)
-
-    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value.astimezone(UTC)
-
-
-Json = JSON().with_variant(JSONB(), "postgresql")
+# Every instant is a timestamptz, read back as aware UTC.
+UtcDateTime = DateTime(timezone=True)
+Json = JSONB()
 
 api_keys = Table(
     "api_keys",
@@ -137,7 +117,6 @@ refunds = Table(
         "ix_refunds_attention_at",
         "attention_at",
         postgresql_where=text("attention IS NOT NULL"),
-        sqlite_where=text("attention IS NOT NULL"),
     ),
 )
 
@@ -168,15 +147,20 @@ refund_status_history = Table(
 )
 
 # Transactional outbox: written in the transaction of the change it reports.
-# `tx` is the writing transaction's id on PostgreSQL (0 on SQLite, whose single
-# writer commits in `seq` order): readers paging forward only show events of
-# transactions older than every one still running, so no page has a gap.
+# `tx` is the writing transaction's id (the default of migration 0002):
+# readers paging forward only show events of transactions older than every
+# one still running, so no page has a gap.
 events = Table(
     "events",
     metadata,
     Column("seq", Integer, primary_key=True, autoincrement=True),
     Column("id", String(40), nullable=False, unique=True),
-    Column("tx", BigInteger, nullable=False, server_default=text("0")),
+    Column(
+        "tx",
+        BigInteger,
+        nullable=False,
+        server_default=text("(pg_current_xact_id()::text::bigint)"),
+    ),
     Column("type", String(64), nullable=False),
     Column("refund_id", String(40), nullable=True),
     Column("payment_id", String(40), nullable=True),
@@ -275,9 +259,7 @@ reconciliations = Table(
 reconciliation_rows = Table(
     "reconciliation_rows",
     metadata,
-    Column(
-        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
-    ),
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
     Column("reconciliation_id", String(40), nullable=False),
     Column("line", Integer, nullable=True),  # null for missing_in_file rows
     Column("outcome", String(32), nullable=False),
@@ -298,8 +280,8 @@ reconciliation_rows = Table(
     Index("ix_reconciliation_rows_refund", "reconciliation_id", "refund_id"),
 )
 
-# The audit trail: append-only (a trigger refuses UPDATE and DELETE on
-# PostgreSQL, except inside `pse-refunds audit purge`), hash-chained by `seq`.
+# The audit trail: append-only (triggers refuse UPDATE, DELETE and TRUNCATE,
+# except inside `pse-refunds audit purge`), hash-chained by `seq`.
 audit_log = Table(
     "audit_log",
     metadata,

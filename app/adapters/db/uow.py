@@ -1,186 +1,45 @@
-"""The unit of work: one database transaction, rolled back unless committed."""
+"""The unit of work: one pooled connection, one transaction, rolled back
+unless committed.
+
+The pool does not ping before each checkout (a ping is a round trip per
+unit of work). A connection found dead when the transaction begins, or dying
+during the unit of work, is thrown away and every other pooled connection is
+replaced (after a database restart all of them are dead); a unit of work that
+found its connection dead at the start tries once more.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Self
+from typing import Self
 
 import asyncpg
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.adapters.db.pg import (
-    PgAuditRepository,
-    PgIdempotencyRepository,
-    PgPaymentRepository,
-    PgRefundRepository,
-    PgWebhookRepository,
-)
-from app.adapters.db.repositories import (
-    SqlApiKeyRepository,
-    SqlAuditRepository,
-    SqlAutoApprovalTotals,
-    SqlIdempotencyRepository,
-    SqlOutboxRepository,
-    SqlPaymentRepository,
-    SqlReconciliationRepository,
-    SqlRefundRepository,
-    SqlWebhookRepository,
-)
+from app.adapters.db import outbox as outbox_sql
+from app.adapters.db import payments as payments_sql
+from app.adapters.db import refunds as refunds_sql
+from app.adapters.db.api_keys import ApiKeyRepository
+from app.adapters.db.audit import AuditRepository
+from app.adapters.db.auto_approvals import AutoApprovalTotals
+from app.adapters.db.engine import ConnectionPool
+from app.adapters.db.idempotency import IdempotencyRepository
+from app.adapters.db.outbox import OutboxRepository
+from app.adapters.db.payments import PaymentRepository
+from app.adapters.db.reconciliation import ReconciliationRepository
+from app.adapters.db.refunds import RefundRepository
+from app.adapters.db.statements import in_one_round_trip
+from app.adapters.db.webhooks import WebhookRepository
+from app.domain import ports
 from app.domain.models import Payment, Refund
 from app.domain.records import OutboxEvent
-
-
-class SqlUnitOfWork:
-    def __init__(self, engine: AsyncEngine) -> None:
-        self._engine = engine
-        self._conn: AsyncConnection | None = None
-        self._committed = False
-        self._after_commit: list[Callable[[], None]] = []
-
-    async def __aenter__(self) -> Self:
-        self._conn = await self._engine.connect()
-        try:
-            await self._begin(self._conn)
-        except BaseException:
-            await self._conn.close()
-            self._conn = None
-            raise
-        return self
-
-    async def _begin(self, conn: AsyncConnection) -> None:
-        await conn.begin()
-        self._repositories(conn)
-
-    def _repositories(self, conn: AsyncConnection) -> None:
-        self.payments = SqlPaymentRepository(conn)
-        self.refunds = SqlRefundRepository(conn)
-        self.outbox = SqlOutboxRepository(conn)
-        self.idempotency = SqlIdempotencyRepository(conn)
-        self.webhooks = SqlWebhookRepository(conn)
-        self.api_keys = SqlApiKeyRepository(conn)
-        self.auto_approvals = SqlAutoApprovalTotals(conn)
-        self.reconciliations = SqlReconciliationRepository(conn)
-        self.audit = SqlAuditRepository(conn)
-
-    async def _rollback(self, conn: AsyncConnection) -> None:
-        await conn.rollback()
-
-    async def _commit(self, conn: AsyncConnection) -> None:
-        await conn.commit()
-
-    async def __aexit__(self, *exc: object) -> None:
-        conn = self._conn
-        self._conn = None
-        if conn is None:
-            return
-        try:
-            if not self._committed:
-                await self._rollback(conn)
-        finally:
-            await conn.close()
-
-    async def commit(self) -> None:
-        assert self._conn is not None, "commit outside the unit of work"
-        await self._commit(self._conn)
-        self._committed = True
-        callbacks, self._after_commit = self._after_commit, []
-        for callback in callbacks:
-            callback()
-
-    async def save_refund(
-        self,
-        refund: Refund,
-        payment: Payment,
-        events: Sequence[OutboxEvent],
-        *,
-        deliver: bool,
-        new: bool = False,
-    ) -> None:
-        """Write a new or changed refund, its payment's counters and its new events."""
-        if new:
-            await self.refunds.add(refund)
-        else:
-            await self.refunds.update(refund)
-        await self.payments.update(payment)
-        await self.outbox.add(events, deliver=deliver)
-
-    def after_commit(self, callback: Callable[[], None]) -> None:
-        """Run `callback` once the transaction has committed (never if it rolls back)."""
-        self._after_commit.append(callback)
-
-
-class PgUnitOfWork(SqlUnitOfWork):
-    """On PostgreSQL the transaction is asyncpg's own (see app.adapters.db.pg):
-    SQLAlchemy runs in autocommit mode inside it, the hot repositories run
-    prepared statements on the driver, both on the one connection.
-
-    The pool does not ping before each checkout. A connection found dead when
-    the transaction begins, or dying during the unit of work, is thrown away
-    with the whole pool (after a database restart every pooled connection is
-    dead); a unit of work that found it dead at its start tries once more."""
-
-    _tx: Any = None
-    _raw: Any = None
-
-    async def __aenter__(self) -> Self:
-        try:
-            return await super().__aenter__()
-        except _DEAD_CONNECTION:
-            # Stale after a database restart: so is every connection pooled
-            # before it. A new pool, and one more try.
-            await self._engine.dispose()
-            return await super().__aenter__()
-
-    async def _begin(self, conn: AsyncConnection) -> None:
-        await conn.execution_options(isolation_level="AUTOCOMMIT")
-        raw = (await conn.get_raw_connection()).driver_connection
-        self._raw = raw
-        tx = raw.transaction()
-        try:
-            await tx.start()
-        except _DEAD_CONNECTION:
-            await conn.invalidate()
-            raise
-        self._tx = tx
-        self._repositories(conn)
-        self.payments = payments = PgPaymentRepository(conn, raw)
-        self.refunds = refunds = PgRefundRepository(conn, raw)
-        refunds.payments = payments
-        self.idempotency = PgIdempotencyRepository(conn, raw)
-        self.webhooks = PgWebhookRepository(conn, raw)
-        self.audit = PgAuditRepository(conn, raw)
-
-    async def save_refund(
-        self,
-        refund: Refund,
-        payment: Payment,
-        events: Sequence[OutboxEvent],
-        *,
-        deliver: bool,
-        new: bool = False,
-    ) -> None:
-        """One statement for the refund, its history, its payment and its events."""
-        await self.refunds.save_with(refund, payment, events, deliver=deliver, new=new)
-
-    async def _rollback(self, conn: AsyncConnection) -> None:
-        try:
-            await self._tx.rollback()
-        except Exception:  # a connection that cannot roll back is not reused
-            await conn.invalidate()
-            await self._engine.dispose()
-            return
-        if self._raw.is_closed():
-            await conn.invalidate()
-            await self._engine.dispose()
-
-    async def _commit(self, conn: AsyncConnection) -> None:
-        await self._tx.commit()
-
 
 # What a connection that is no longer there (or no longer usable: the server
 # ended its session while it sat in the pool) raises.
 _DEAD_CONNECTION = (
     asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.CannotConnectNowError,
     asyncpg.exceptions.InterfaceError,
     asyncpg.exceptions.InternalClientError,
     ConnectionError,
@@ -188,10 +47,148 @@ _DEAD_CONNECTION = (
 )
 
 
-class SqlUnitOfWorkFactory:
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
-        self._kind = PgUnitOfWork if engine.dialect.name == "postgresql" else SqlUnitOfWork
+def _save_statement(*, new: bool, with_payment: bool, with_approvals: bool) -> str:
+    return in_one_round_trip(
+        refunds_sql.INSERT if new else refunds_sql.UPDATE,
+        refunds_sql.APPEND_HISTORY,
+        *((refunds_sql.APPEND_APPROVALS,) if with_approvals else ()),
+        *((payments_sql.COUNTERS_UPDATE,) if with_payment else ()),
+        outbox_sql.APPEND,
+    )
 
-    def __call__(self) -> SqlUnitOfWork:
-        return self._kind(self.engine)
+
+# A refund's change with its new history and approvals, its payment's
+# counters and its new events: (new refund?, payment moved?, approvals?) -> statement.
+_SAVE_REFUND = {
+    (new, with_payment, with_approvals): _save_statement(
+        new=new, with_payment=with_payment, with_approvals=with_approvals
+    )
+    for new in (True, False)
+    for with_payment in (True, False)
+    for with_approvals in (True, False)
+}
+
+
+class TransactionAborted(Exception):
+    """COMMIT found the transaction failed by an earlier error: nothing was written."""
+
+
+class PgUnitOfWork:
+    # Typed as the ports: each repository is checked against its port here.
+    payments: ports.PaymentRepository
+    refunds: ports.RefundRepository
+    outbox: ports.OutboxRepository
+    idempotency: ports.IdempotencyRepository
+    webhooks: ports.WebhookRepository
+    api_keys: ports.ApiKeyRepository
+    auto_approvals: ports.AutoApprovalTotals
+    reconciliations: ports.ReconciliationRepository
+    audit: ports.AuditRepository
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self._pool = pool
+        self._conn: asyncpg.Connection | None = None
+        self._committed = False
+        self._after_commit: list[Callable[[], None]] = []
+
+    async def __aenter__(self) -> Self:
+        try:
+            conn = await self._begin()
+        except _DEAD_CONNECTION:
+            # Stale after a database restart: so is every connection pooled
+            # before it. All replaced, and one more try.
+            await self._pool.expire_connections()
+            conn = await self._begin()
+        self._conn = conn
+        self.payments = PaymentRepository(conn)
+        self.refunds = RefundRepository(conn)
+        self.outbox = OutboxRepository(conn)
+        self.idempotency = IdempotencyRepository(conn)
+        self.webhooks = WebhookRepository(conn)
+        self.api_keys = ApiKeyRepository(conn)
+        self.auto_approvals = AutoApprovalTotals(conn)
+        self.reconciliations = ReconciliationRepository(conn)
+        self.audit = AuditRepository(conn)
+        return self
+
+    async def _begin(self) -> asyncpg.Connection:
+        conn = await self._pool.connection()
+        try:
+            await conn.execute("BEGIN")
+        except BaseException:
+            # Dead, or cancelled half-way: in no state to be pooled again.
+            conn.terminate()
+            await self._pool.release(conn)
+            raise
+        return conn
+
+    async def __aexit__(self, *exc: object) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            if not self._committed:
+                await self._roll_back(conn)
+        finally:
+            await self._pool.release(conn)
+
+    async def _roll_back(self, conn: asyncpg.Connection) -> None:
+        try:
+            await conn.execute("ROLLBACK")
+        except Exception:
+            # The connection died during the unit of work: it is not reused,
+            # and neither is any other connection pooled from before.
+            conn.terminate()
+            await self._pool.expire_connections()
+        except BaseException:
+            conn.terminate()
+            raise
+
+    async def commit(self) -> None:
+        assert self._conn is not None, "commit outside the unit of work"
+        # PostgreSQL answers COMMIT of a failed transaction with ROLLBACK, not an error.
+        if await self._conn.execute("COMMIT") == "ROLLBACK":
+            raise TransactionAborted("the transaction failed before COMMIT; nothing was written")
+        self._committed = True
+        callbacks, self._after_commit = self._after_commit, []
+        for callback in callbacks:
+            callback()
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Run `callback` once the transaction has committed (never if it rolls back)."""
+        self._after_commit.append(callback)
+
+    async def save_refund(
+        self,
+        refund: Refund,
+        payment: Payment,
+        events: Sequence[OutboxEvent],
+        *,
+        deliver: bool,
+        new: bool = False,
+    ) -> None:
+        """Write a new or changed refund with its new history entries and
+        approvals, its payment's counters (when they moved; the payment's row
+        lock is all the transaction needed of it otherwise) and its new
+        events: one statement."""
+        assert self._conn is not None, "save_refund outside the unit of work"
+        with_payment = payments_sql.counters_moved(payment)
+        with_approvals = refunds_sql.has_new_approvals(refund)
+        args = refunds_sql.insert_args(refund) if new else refunds_sql.update_args(refund)
+        args += refunds_sql.history_args(refund)
+        if with_approvals:
+            args += refunds_sql.approvals_args(refund)
+        if with_payment:
+            args += payments_sql.counters_args(payment)
+        args += outbox_sql.append_args(events, deliver)
+        await self._conn.execute(_SAVE_REFUND[(new, with_payment, with_approvals)], *args)
+        refunds_sql.mark_stored(refund)
+        payments_sql.mark_stored(payment)
+
+
+class UnitOfWorkFactory:
+    def __init__(self, pool: ConnectionPool) -> None:
+        self.pool = pool
+
+    def __call__(self) -> PgUnitOfWork:
+        return PgUnitOfWork(self.pool)

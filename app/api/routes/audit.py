@@ -7,7 +7,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 from starlette.responses import Response
 
-from app.api.deps import ContainerDep, Cursor, Limit, json_response, require
+from app.api.deps import (
+    AuditDep,
+    Cursor,
+    Limit,
+    json_response,
+    require,
+)
 from app.api.docs import AUTH, problems
 from app.api.problems import ApiError
 from app.api.schemas import AuditPage, Instant
@@ -26,7 +32,7 @@ OpsOrAdmin = Annotated[ApiKey, Depends(require(Role.OPS, Role.ADMIN))]
     responses=problems(*AUTH, 422),
 )
 async def search_audit(
-    container: ContainerDep,
+    audit: AuditDep,
     _key: OpsOrAdmin,
     refund_id: Annotated[str | None, Query(max_length=40)] = None,
     payment_id: Annotated[str | None, Query(max_length=40)] = None,
@@ -45,7 +51,7 @@ async def search_audit(
         if not cursor.isdigit() or len(cursor) > 18:
             raise ApiError(422, "validation_error", "Invalid cursor", "cursor is not one we issued")
         before = int(cursor)
-    records = await container.audit.search(
+    records = await audit.search(
         refund_id=refund_id,
         payment_id=payment_id,
         request_id=request_id,

@@ -10,19 +10,20 @@ from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from app.api.deps import (
-    ContainerDep,
     Cursor,
+    EventsDep,
     IdempotencyKeyHeader,
+    IdempotentDep,
     Limit,
     Ops,
     StoreOrOps,
-    idempotent,
     json_bytes,
     json_response,
 )
 from app.api.docs import AUTH, problems
 from app.api.problems import ApiError
 from app.api.schemas import DeliveryOut, EventOut, Page
+from app.services.events import FROM_THE_START
 from app.services.idempotency import IdempotencyClaim
 from app.services.views import delivery_view, event_view
 
@@ -70,11 +71,15 @@ def _position(cursor: str) -> tuple[bool, tuple[int, int]]:
     responses=problems(*AUTH, (404, "`not_found`: `after` names no event"), 422),
 )
 async def list_events(
-    container: ContainerDep,
+    events: EventsDep,
     _key: StoreOrOps,
     after: Annotated[
         str | None,
-        Query(max_length=40, description="an event id: list the events after it, oldest first"),
+        Query(
+            max_length=40,
+            description="an event id: list the events after it, oldest first; "
+            "`0` (or empty) to read the feed from its very first event",
+        ),
     ] = None,
     type: Annotated[
         list[str] | None,
@@ -87,7 +92,8 @@ async def list_events(
     """Every refund status change, as an event with the refund as it was after it.
 
     Without `after`: newest first (browse). With `after=<the last event id you
-    processed>`: oldest first from just after it, with no gaps (an event is
+    processed>` (or `after=0` to start from the first event ever): oldest first
+    from just after it, with no gaps (an event is
     listed only once every transaction that could still write an earlier one
     has finished), so a store pages forward with `after`, then `cursor` while
     `next_cursor` is not null, and never misses an event."""
@@ -98,16 +104,17 @@ async def list_events(
     if cursor is not None:
         forward, position = _position(cursor)
     elif after is not None:
-        forward, position = True, await container.events.position_of(after)
+        start = after or FROM_THE_START
+        forward, position = True, await events.position_of(start)
     else:
         forward, position = False, None
     if forward:
         assert position is not None
-        items = await container.events.list_forward(
+        items = await events.list_forward(
             after=position, types=types, refund_id=refund_id, limit=limit + 1
         )
     else:
-        items = await container.events.list_backward(
+        items = await events.list_backward(
             before=position, types=types, refund_id=refund_id, limit=limit + 1
         )
     more = len(items) > limit
@@ -122,9 +129,9 @@ async def list_events(
     response_model=EventOut,
     responses=problems(*AUTH, 404),
 )
-async def get_event(event_id: str, container: ContainerDep, _key: StoreOrOps) -> Response:
+async def get_event(event_id: str, events: EventsDep, _key: StoreOrOps) -> Response:
     """One event with its delivery state."""
-    return json_response(200, event_view(await container.events.get(event_id)))
+    return json_response(200, event_view(await events.get(event_id)))
 
 
 @router.get(
@@ -133,10 +140,10 @@ async def get_event(event_id: str, container: ContainerDep, _key: StoreOrOps) ->
     response_model=list[DeliveryOut],
     responses=problems(*AUTH, 404),
 )
-async def list_deliveries(event_id: str, container: ContainerDep, _key: StoreOrOps) -> Response:
+async def list_deliveries(event_id: str, events: EventsDep, _key: StoreOrOps) -> Response:
     """Every attempt to POST the event to the store's webhook: time, status code,
     duration and error."""
-    attempts = await container.events.attempts(event_id)
+    attempts = await events.attempts(event_id)
     return json_response(200, [delivery_view(a) for a in attempts])
 
 
@@ -154,7 +161,8 @@ async def list_deliveries(event_id: str, container: ContainerDep, _key: StoreOrO
 async def redeliver_event(
     event_id: str,
     request: Request,
-    container: ContainerDep,
+    events: EventsDep,
+    idem: IdempotentDep,
     key: Ops,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
@@ -162,6 +170,6 @@ async def redeliver_event(
     to a store that lost it). The worker sends it with the same `webhook-id`."""
 
     async def handler(_claim: IdempotencyClaim | None) -> tuple[int, bytes]:
-        return 200, json_bytes(event_view(await container.events.redeliver(event_id)))
+        return 200, json_bytes(event_view(await events.redeliver(event_id)))
 
-    return await idempotent(request, container, key, idempotency_key, handler)
+    return await idem(key, idempotency_key, handler)

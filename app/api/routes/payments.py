@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from app.api.deps import (
-    ContainerDep,
     Cursor,
     IdempotencyKeyHeader,
+    IdempotentDep,
     Limit,
+    PaymentsDep,
     Reader,
     Store,
     decode_cursor,
-    idempotent,
     json_bytes,
     json_response,
     page,
@@ -24,7 +25,7 @@ from app.api.docs import AUTH, problems
 from app.api.schemas import Page, PaymentIn, PaymentOut
 from app.domain.models import Payment, RiskLevel
 from app.services.idempotency import IdempotencyClaim
-from app.services.payments import RegisterPayment
+from app.services.payments import PaymentService, RegisterPayment
 from app.services.views import payment_view
 
 router = APIRouter(prefix="/v1/payments", tags=["payments"])
@@ -51,7 +52,8 @@ router = APIRouter(prefix="/v1/payments", tags=["payments"])
 async def register_payment(
     body: PaymentIn,
     request: Request,
-    container: ContainerDep,
+    payments: PaymentsDep,
+    idem: IdempotentDep,
     key: Store,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
@@ -71,7 +73,7 @@ async def register_payment(
     """
 
     async def handler(_claim: IdempotencyClaim | None) -> tuple[int, bytes]:
-        payment, created = await container.payments.register(
+        payment, created = await payments.register(
             RegisterPayment(
                 pse_account=body.pse_account,
                 pse_payment_id=body.pse_payment_id,
@@ -86,14 +88,14 @@ async def register_payment(
             ),
             created_by=key.id,
         )
-        view = payment_view(payment, container.payments.deadline(payment))
+        view = payment_view(payment, payments.deadline(payment))
         return (201 if created else 200), json_bytes(view)
 
-    return await idempotent(request, container, key, idempotency_key, handler)
+    return await idem(key, idempotency_key, handler)
 
 
-def _view(container: ContainerDep):  # type: ignore[no-untyped-def]
-    return lambda p: payment_view(p, container.payments.deadline(p))
+def _view(payments: PaymentService) -> Callable[[Payment], dict[str, Any]]:
+    return lambda p: payment_view(p, payments.deadline(p))
 
 
 @router.get(
@@ -102,10 +104,10 @@ def _view(container: ContainerDep):  # type: ignore[no-untyped-def]
     response_model=PaymentOut,
     responses=problems(*AUTH, 404),
 )
-async def get_payment(payment_id: str, container: ContainerDep, _key: Reader) -> Response:
+async def get_payment(payment_id: str, payments: PaymentsDep, _key: Reader) -> Response:
     """The payment with its refunded, reserved and refundable amounts and its refund deadline."""
-    payment: Payment = await container.payments.get(payment_id)
-    return json_response(200, payment_view(payment, container.payments.deadline(payment)))
+    payment: Payment = await payments.get(payment_id)
+    return json_response(200, payment_view(payment, payments.deadline(payment)))
 
 
 @router.get(
@@ -115,14 +117,12 @@ async def get_payment(payment_id: str, container: ContainerDep, _key: Reader) ->
     responses=problems(*AUTH, 422),
 )
 async def list_payments(
-    container: ContainerDep,
+    payments: PaymentsDep,
     _key: Reader,
     order_id: Annotated[str | None, Query(max_length=255)] = None,
     limit: Limit = 50,
     cursor: Cursor = None,
 ) -> Response:
     """Payments, newest first; filter by the store's `order_id`."""
-    items = await container.payments.list(
-        order_id=order_id, limit=limit + 1, before_id=decode_cursor(cursor)
-    )
-    return json_response(200, page(items, limit, _view(container)))
+    items = await payments.list(order_id=order_id, limit=limit + 1, before_id=decode_cursor(cursor))
+    return json_response(200, page(items, limit, _view(payments)))

@@ -9,19 +9,20 @@ from starlette.responses import Response
 
 from app.api.deps import (
     ApproverKey,
-    ContainerDep,
     Cursor,
     IdempotencyKeyHeader,
+    IdempotentDep,
     Limit,
     Ops,
     Reader,
+    RefundsDep,
     Store,
     StoreOrOps,
+    SubmissionsDep,
     actor_of,
     approver_of,
     decode_cursor,
     idempotency_key_required,
-    idempotent,
     json_bytes,
     json_response,
     page,
@@ -76,7 +77,7 @@ def _answer(refund: Refund, status: int = 200) -> tuple[int, bytes]:
 async def create_refund(
     body: RefundIn,
     request: Request,
-    container: ContainerDep,
+    refunds: RefundsDep,
     key: Store,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
@@ -102,7 +103,7 @@ async def create_refund(
     """
     if idempotency_key is None:
         raise idempotency_key_required()
-    answer = await container.refunds.request_once(
+    answer = await refunds.request_once(
         RequestRefund(
             payment_id=body.payment_id,
             amount=body.amount,
@@ -131,9 +132,9 @@ async def create_refund(
     response_model=RefundOut,
     responses=problems(*AUTH, 404),
 )
-async def get_refund(refund_id: RefundId, container: ContainerDep, _key: Reader) -> Response:
+async def get_refund(refund_id: RefundId, refunds: RefundsDep, _key: Reader) -> Response:
     """The refund with its approvals and full status history."""
-    return json_response(200, refund_view(await container.refunds.get(refund_id)))
+    return json_response(200, refund_view(await refunds.get(refund_id)))
 
 
 @router.get(
@@ -143,7 +144,7 @@ async def get_refund(refund_id: RefundId, container: ContainerDep, _key: Reader)
     responses=problems(*AUTH, 422),
 )
 async def list_refunds(
-    container: ContainerDep,
+    refunds: RefundsDep,
     _key: Reader,
     status: Annotated[
         list[RefundStatus] | None,
@@ -172,7 +173,7 @@ async def list_refunds(
     the refunds flagged for a person (an event contradicting a final status, a
     PSE refund carrying our reference, a doubled refund at the PSE, a stale
     refund…) until ops acknowledge them, oldest first."""
-    items = await container.refunds.list(
+    items = await refunds.list(
         statuses=status or [],
         payment_id=payment_id,
         created_from=created_from,
@@ -203,7 +204,8 @@ async def list_refunds(
 async def approve_refund(
     refund_id: RefundId,
     request: Request,
-    container: ContainerDep,
+    refunds: RefundsDep,
+    idem: IdempotentDep,
     key: ApproverKey,
     body: Annotated[DecisionIn | None, Body()] = None,
     idempotency_key: IdempotencyKeyHeader = None,
@@ -214,9 +216,9 @@ async def approve_refund(
 
     async def handler(_claim: IdempotencyClaim | None) -> tuple[int, bytes]:
         note = body.note if body else None
-        return _answer(await container.refunds.approve(refund_id, approver_of(key), note))
+        return _answer(await refunds.approve(refund_id, approver_of(key), note))
 
-    return await idempotent(request, container, key, idempotency_key, handler)
+    return await idem(key, idempotency_key, handler)
 
 
 @router.post(
@@ -238,7 +240,8 @@ async def reject_refund(
     refund_id: RefundId,
     body: RejectIn,
     request: Request,
-    container: ContainerDep,
+    refunds: RefundsDep,
+    idem: IdempotentDep,
     key: ApproverKey,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
@@ -246,9 +249,9 @@ async def reject_refund(
     level the refund requires."""
 
     async def handler(_claim: IdempotencyClaim | None) -> tuple[int, bytes]:
-        return _answer(await container.refunds.reject(refund_id, approver_of(key), body.note))
+        return _answer(await refunds.reject(refund_id, approver_of(key), body.note))
 
-    return await idempotent(request, container, key, idempotency_key, handler)
+    return await idem(key, idempotency_key, handler)
 
 
 @router.post(
@@ -260,7 +263,8 @@ async def reject_refund(
 async def cancel_refund(
     refund_id: RefundId,
     request: Request,
-    container: ContainerDep,
+    refunds: RefundsDep,
+    idem: IdempotentDep,
     key: StoreOrOps,
     body: Annotated[CancelIn | None, Body()] = None,
     idempotency_key: IdempotencyKeyHeader = None,
@@ -270,9 +274,9 @@ async def cancel_refund(
 
     async def handler(_claim: IdempotencyClaim | None) -> tuple[int, bytes]:
         note = body.note if body else None
-        return _answer(await container.refunds.cancel(refund_id, actor_of(key), note))
+        return _answer(await refunds.cancel(refund_id, actor_of(key), note))
 
-    return await idempotent(request, container, key, idempotency_key, handler)
+    return await idem(key, idempotency_key, handler)
 
 
 @router.post(
@@ -285,7 +289,8 @@ async def offline_payout(
     refund_id: RefundId,
     body: OfflinePayoutIn,
     request: Request,
-    container: ContainerDep,
+    refunds: RefundsDep,
+    idem: IdempotentDep,
     key: Ops,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
@@ -293,12 +298,12 @@ async def offline_payout(
     transfer…): it becomes `offline_paid`, with the payout reference."""
 
     async def handler(_claim: IdempotencyClaim | None) -> tuple[int, bytes]:
-        refund = await container.refunds.offline_payout(
+        refund = await refunds.offline_payout(
             refund_id, actor_of(key), body.reference, body.paid_at
         )
         return _answer(refund)
 
-    return await idempotent(request, container, key, idempotency_key, handler)
+    return await idem(key, idempotency_key, handler)
 
 
 @router.post(
@@ -318,7 +323,8 @@ async def acknowledge_refund(
     refund_id: RefundId,
     body: AcknowledgeIn,
     request: Request,
-    container: ContainerDep,
+    refunds: RefundsDep,
+    idem: IdempotentDep,
     key: Ops,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
@@ -328,9 +334,9 @@ async def acknowledge_refund(
     audit log. A later flag puts it back on the list."""
 
     async def handler(_claim: IdempotencyClaim | None) -> tuple[int, bytes]:
-        return _answer(await container.refunds.acknowledge(refund_id, actor_of(key), body.note))
+        return _answer(await refunds.acknowledge(refund_id, actor_of(key), body.note))
 
-    return await idempotent(request, container, key, idempotency_key, handler)
+    return await idem(key, idempotency_key, handler)
 
 
 @router.post(
@@ -342,7 +348,9 @@ async def acknowledge_refund(
 async def sync_refund(
     refund_id: RefundId,
     request: Request,
-    container: ContainerDep,
+    refunds: RefundsDep,
+    submissions: SubmissionsDep,
+    idem: IdempotentDep,
     key: Ops,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
@@ -352,7 +360,7 @@ async def sync_refund(
     returned unchanged."""
 
     async def handler(_claim: IdempotencyClaim | None) -> tuple[int, bytes]:
-        await container.refunds.get(refund_id)  # 404 before any PSE call
-        return _answer(await container.submissions.resolve(refund_id))
+        await refunds.get(refund_id)  # 404 before any PSE call
+        return _answer(await submissions.resolve(refund_id))
 
-    return await idempotent(request, container, key, idempotency_key, handler)
+    return await idem(key, idempotency_key, handler)

@@ -5,7 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from app.api.deps import ContainerDep, json_response
+from app.api.deps import (
+    WebhooksDep,
+    json_response,
+)
 from app.api.docs import problems
 from app.api.schemas import WebhookAck
 
@@ -41,7 +44,11 @@ router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
         }
     },
 )
-async def receive_webhook(pse_account: str, request: Request, container: ContainerDep) -> Response:
+async def receive_webhook(
+    pse_account: str,
+    request: Request,
+    webhooks: WebhooksDep,
+) -> Response:
     """No API key: the request is authenticated by the signature scheme of the
     account's provider (Stripe-Signature, Standard Webhooks for the sandbox…),
     with every configured secret accepted during rotation.
@@ -56,7 +63,7 @@ async def receive_webhook(pse_account: str, request: Request, container: Contain
     Any other event naming our refund is recorded (`status: mismatched`),
     changes nothing, and raises `refund.needs_attention`."""
     body = await request.body()
-    receipt = await container.webhooks.receive(pse_account, dict(request.headers), body)
+    receipt = await webhooks.receive(pse_account, dict(request.headers), body)
     return json_response(
         200,
         {

@@ -1,0 +1,133 @@
+"""Payments: the rows refunds are made against, and their counters."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import asyncpg
+
+from app.adapters.db.statements import Conditions, Write
+from app.domain.models import Payment, RiskLevel
+from app.domain.money import Money
+from app.domain.ports import AlreadyExists
+
+COLUMNS = (
+    "id",
+    "pse_account",
+    "pse_payment_id",
+    "order_id",
+    "amount",
+    "currency",
+    "captured_at",
+    "payment_method",
+    "risk_level",
+    "settlement_currency",
+    "settlement_rate",
+    "refunded_amount",
+    "reserved_amount",
+    "created_at",
+    "updated_at",
+)
+SELECT = f"SELECT {', '.join(COLUMNS)} FROM payments"  # noqa: S608
+
+_INSERT = (
+    f"INSERT INTO payments ({', '.join(COLUMNS)}, created_by) "  # noqa: S608
+    f"VALUES ({', '.join(f'${i}' for i in range(1, len(COLUMNS) + 2))})"
+)
+_BY_ID = SELECT + " WHERE id = $1"
+_BY_ID_LOCKED = _BY_ID + " FOR UPDATE"
+_BY_PSE = SELECT + " WHERE pse_account = $1 AND pse_payment_id = $2"
+
+# The counters a refund's change moves, written with it (see uow.save_refund).
+COUNTERS_UPDATE = Write(
+    "UPDATE payments SET refunded_amount = $2, reserved_amount = $3, updated_at = $4 WHERE id = $1",
+    4,
+)
+
+
+def payment_from_record(record: asyncpg.Record) -> Payment:
+    """A payment from a row of `SELECT`'s columns, its counters noted as stored."""
+    payment = Payment(
+        id=record["id"],
+        pse_account=record["pse_account"],
+        pse_payment_id=record["pse_payment_id"],
+        order_id=record["order_id"],
+        amount=Money(record["amount"], record["currency"]),
+        captured_at=record["captured_at"],
+        payment_method=record["payment_method"],
+        risk_level=RiskLevel(record["risk_level"]),
+        settlement_currency=record["settlement_currency"],
+        settlement_rate=Decimal(record["settlement_rate"]),
+        refunded_amount=record["refunded_amount"],
+        reserved_amount=record["reserved_amount"],
+        created_at=record["created_at"],
+        updated_at=record["updated_at"],
+    )
+    mark_stored(payment)
+    return payment
+
+
+def mark_stored(payment: Payment) -> None:
+    """Storage now holds the payment's counters as they are."""
+    payment.stored_counters = payment.counters
+
+
+def counters_moved(payment: Payment) -> bool:
+    return payment.stored_counters != payment.counters
+
+
+def counters_args(payment: Payment) -> list[object]:
+    """`COUNTERS_UPDATE`'s arguments."""
+    return [payment.id, *payment.counters]
+
+
+class PaymentRepository:
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+
+    async def add(self, payment: Payment, created_by: str | None) -> None:
+        try:
+            await self.conn.execute(
+                _INSERT,
+                payment.id,
+                payment.pse_account,
+                payment.pse_payment_id,
+                payment.order_id,
+                payment.amount.amount,
+                payment.currency,
+                payment.captured_at,
+                payment.payment_method,
+                payment.risk_level.value,
+                payment.settlement_currency,
+                str(payment.settlement_rate),
+                payment.refunded_amount,
+                payment.reserved_amount,
+                payment.created_at,
+                payment.updated_at,
+                created_by,
+            )
+        except asyncpg.UniqueViolationError as exc:
+            raise AlreadyExists(payment.pse_payment_id) from exc
+        mark_stored(payment)
+
+    async def get(self, payment_id: str, *, for_update: bool = False) -> Payment | None:
+        record = await self.conn.fetchrow(_BY_ID_LOCKED if for_update else _BY_ID, payment_id)
+        return payment_from_record(record) if record else None
+
+    async def get_by_pse(self, pse_account: str, pse_payment_id: str) -> Payment | None:
+        record = await self.conn.fetchrow(_BY_PSE, pse_account, pse_payment_id)
+        return payment_from_record(record) if record else None
+
+    async def list(
+        self, *, order_id: str | None, limit: int, before_id: str | None
+    ) -> list[Payment]:
+        where = Conditions()
+        if order_id is not None:
+            where.add("order_id = {}", order_id)
+        if before_id is not None:
+            where.add("id < {}", before_id)
+        limit_at = where.next_parameter()
+        records = await self.conn.fetch(
+            f"{SELECT}{where.where()} ORDER BY id DESC LIMIT {limit_at}", *where.args, limit
+        )
+        return [payment_from_record(record) for record in records]

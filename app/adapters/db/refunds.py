@@ -1,0 +1,385 @@
+"""Refunds with their status history and approvals.
+
+A refund is read with its children in one statement (JSON aggregates), and
+written by the unit of work's `save_refund` as one statement with its
+payment's counters and its events, from the `Write`s here. Which history
+entries and approvals are new is the refund's own record
+(`Refund.stored_history`, `stored_approvals`), set when it is read or saved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from app.adapters.db.payments import SELECT as PAYMENT_SELECT
+from app.adapters.db.payments import payment_from_record
+from app.adapters.db.statements import Conditions, Write
+from app.domain.models import (
+    FINAL_STATUSES,
+    Approval,
+    Decision,
+    Payment,
+    Refund,
+    RefundReason,
+    RefundStatus,
+    StatusChange,
+)
+from app.domain.money import Money, money
+from app.domain.ports import RefundFilter
+from app.domain.reconciliation import RefundSnapshot
+
+_STATUSES = {status.value: status for status in RefundStatus}
+_FINAL = [status.value for status in FINAL_STATUSES]
+_OPEN = [status.value for status in RefundStatus if not status.is_final]
+# Statuses in which a refund may be at its PSE: the worker checks them.
+_CHECKED = [
+    RefundStatus.APPROVED.value,
+    RefundStatus.SUBMITTING.value,
+    RefundStatus.UNKNOWN.value,
+    RefundStatus.PENDING.value,
+]
+
+# The columns a change of a refund writes, in parameter order after the id.
+_MUTABLE = (
+    "status",
+    "required_approvals",
+    "offline",
+    "offline_reason",
+    "auto_approved",
+    "pse_refund_id",
+    "failure_code",
+    "failure_message",
+    "settlement_amount",
+    "settlement_currency",
+    "fx_difference",
+    "fee_amount",
+    "offline_reference",
+    "offline_paid_at",
+    "submit_attempts",
+    "resolve_attempts",
+    "next_check_at",
+    "updated_at",
+    "attention",
+    "attention_at",
+)
+# The columns a refund is created with and never changes.
+_FIXED = (
+    "payment_id",
+    "pse_account",
+    "amount",
+    "currency",
+    "reason",
+    "note",
+    "metadata",
+    "created_by",
+    "created_at",
+)
+_COLUMNS = ("id", *_FIXED, *_MUTABLE)
+
+# -- writes (composed by uow.save_refund) -------------------------------------
+
+INSERT = Write(
+    f"INSERT INTO refunds ({', '.join(_COLUMNS)}) "  # noqa: S608
+    f"VALUES ({', '.join(f'${i}' for i in range(1, len(_COLUMNS) + 1))})",
+    len(_COLUMNS),
+)
+UPDATE = Write(
+    "UPDATE refunds SET "  # noqa: S608
+    + ", ".join(f"{name} = ${i}" for i, name in enumerate(_MUTABLE, start=2))
+    + " WHERE id = $1",
+    1 + len(_MUTABLE),
+)
+# New history entries, in order: the refund's id, then one array per column.
+APPEND_HISTORY = Write(
+    "INSERT INTO refund_status_history (refund_id, status, at, actor, detail) "
+    "SELECT $1, h.status, h.at, h.actor, h.detail FROM unnest("
+    "$2::text[], $3::timestamptz[], $4::text[], $5::text[]"
+    ") WITH ORDINALITY AS h(status, at, actor, detail, n) ORDER BY h.n",
+    5,
+)
+APPEND_APPROVALS = Write(
+    "INSERT INTO refund_approvals (refund_id, approver_id, approver, level, decision, note, at) "
+    "SELECT $1, a.approver_id, a.approver, a.level, a.decision, a.note, a.at FROM unnest("
+    "$2::text[], $3::text[], $4::int[], $5::text[], $6::text[], $7::timestamptz[]"
+    ") WITH ORDINALITY AS a(approver_id, approver, level, decision, note, at, n) ORDER BY a.n",
+    7,
+)
+
+
+def _mutable_values(refund: Refund) -> list[Any]:
+    return [
+        refund.status.value,
+        list(refund.required_approvals),
+        refund.offline,
+        refund.offline_reason,
+        refund.auto_approved,
+        refund.pse_refund_id,
+        refund.failure_code,
+        refund.failure_message,
+        refund.settlement_amount,
+        refund.settlement_currency,
+        refund.fx_difference,
+        refund.fee_amount,
+        refund.offline_reference,
+        refund.offline_paid_at,
+        refund.submit_attempts,
+        refund.resolve_attempts,
+        refund.next_check_at,
+        refund.updated_at,
+        refund.attention,
+        refund.attention_at,
+    ]
+
+
+def insert_args(refund: Refund) -> list[Any]:
+    """`INSERT`'s arguments."""
+    return [
+        refund.id,
+        refund.payment_id,
+        refund.pse_account,
+        refund.amount.amount,
+        refund.currency,
+        refund.reason.value,
+        refund.note,
+        refund.metadata,
+        refund.created_by,
+        refund.created_at,
+        *_mutable_values(refund),
+    ]
+
+
+def update_args(refund: Refund) -> list[Any]:
+    """`UPDATE`'s arguments."""
+    return [refund.id, *_mutable_values(refund)]
+
+
+def history_args(refund: Refund) -> list[Any]:
+    """`APPEND_HISTORY`'s arguments: the entries storage does not hold yet."""
+    changes = refund.history[refund.stored_history :]
+    return [
+        refund.id,
+        [change.status.value for change in changes],
+        [change.at for change in changes],
+        [change.actor for change in changes],
+        [change.detail for change in changes],
+    ]
+
+
+def has_new_approvals(refund: Refund) -> bool:
+    return len(refund.approvals) > refund.stored_approvals
+
+
+def approvals_args(refund: Refund) -> list[Any]:
+    """`APPEND_APPROVALS`'s arguments: the approvals storage does not hold yet."""
+    new = refund.approvals[refund.stored_approvals :]
+    return [
+        refund.id,
+        [a.approver_id for a in new],
+        [a.approver for a in new],
+        [a.level for a in new],
+        [a.decision.value for a in new],
+        [a.note for a in new],
+        [a.at for a in new],
+    ]
+
+
+def mark_stored(refund: Refund) -> None:
+    """Storage now holds every history entry and approval of `refund`."""
+    refund.stored_history = len(refund.history)
+    refund.stored_approvals = len(refund.approvals)
+
+
+# -- reads ------------------------------------------------------------------
+
+# A refund with its history and approvals, in one round trip. A refund that
+# never needed an approval has none to look for.
+_SELECT = (
+    f"SELECT {', '.join(f'r.{name}' for name in _COLUMNS)}, "  # noqa: S608
+    "(SELECT json_agg(json_build_array(h.status, h.at, h.actor, h.detail) ORDER BY h.id) "
+    " FROM refund_status_history h WHERE h.refund_id = r.id) AS history_rows, "
+    "CASE WHEN r.required_approvals <> '[]'::jsonb THEN "
+    "(SELECT json_agg(json_build_array(a.approver_id, a.approver, a.level, a.decision, a.note, "
+    " a.at) ORDER BY a.id) FROM refund_approvals a WHERE a.refund_id = r.id) END "
+    "AS approval_rows "
+    "FROM refunds r"
+)
+_BY_ID = _SELECT + " WHERE r.id = $1"
+_BY_ID_LOCKED = _BY_ID + " FOR UPDATE OF r"
+_BY_PSE_ID = _SELECT + " WHERE r.pse_account = $1 AND r.pse_refund_id = $2"
+# The payment of a refund, locked. The refund is read by a second statement
+# once this lock is held: every writer of a refund holds its payment's lock,
+# so that statement's snapshot sees the refund, its history and approvals as
+# the last writer left them (one statement doing both would read the
+# children with a snapshot taken before waiting for the lock).
+_PAYMENT_OF_REFUND_LOCKED = (
+    PAYMENT_SELECT  # noqa: S608
+    + " WHERE id = (SELECT payment_id FROM refunds WHERE id = $1) FOR UPDATE"
+)
+_PAYMENT_ID = "SELECT payment_id FROM refunds WHERE id = $1"
+_STALE_UNFLAGGED = (
+    "SELECT r.id FROM refunds r "
+    "WHERE r.status <> ALL($1::text[]) AND r.created_at < $2 "
+    "AND NOT EXISTS (SELECT 1 FROM events e WHERE e.refund_id = r.id "
+    "AND e.type = 'refund.needs_attention' AND e.detail LIKE 'stale:%') "
+    "ORDER BY r.created_at LIMIT $3"
+)
+# SKIP LOCKED lets several workers claim at once without waiting on, or
+# taking, each other's rows; the lease (a later next_check_at) keeps them off
+# these refunds once the short claiming transaction commits.
+_CLAIM_DUE = (
+    "WITH claimed AS ("
+    " SELECT id, next_check_at FROM refunds"
+    " WHERE status = ANY($1::text[]) AND next_check_at <= $2"
+    " ORDER BY next_check_at LIMIT $3 FOR UPDATE SKIP LOCKED), "
+    "leased AS (UPDATE refunds SET next_check_at = $4 WHERE id IN (SELECT id FROM claimed)) "
+    "SELECT id FROM claimed ORDER BY next_check_at"
+)
+_OPEN_COUNTS = (
+    "SELECT status, count(*) AS refunds, count(*) FILTER (WHERE created_at < $2) AS stale "
+    "FROM refunds WHERE status = ANY($1::text[]) GROUP BY status"
+)
+# Array parameters: one statement shape whatever the batch's size (an IN list
+# of thousands of values would be a new statement, and slow to plan, each time).
+_FOR_SETTLEMENT = (
+    "SELECT id, pse_refund_id, amount, currency, status FROM refunds "
+    "WHERE pse_account = $1 AND (pse_refund_id = ANY($2::text[]) OR id = ANY($3::text[]))"
+)
+
+
+def _instant(text: str) -> datetime:
+    return datetime.fromisoformat(text).astimezone(UTC)
+
+
+def refund_from_record(record: asyncpg.Record) -> Refund:
+    """A refund from a row of `_SELECT`, with what storage holds of it noted."""
+    history = [
+        StatusChange(_STATUSES[status], _instant(at), actor, detail)
+        for status, at, actor, detail in record["history_rows"] or ()
+    ]
+    approvals = [
+        Approval(approver_id, approver, level, Decision(decision), note, _instant(at))
+        for approver_id, approver, level, decision, note, at in record["approval_rows"] or ()
+    ]
+    return Refund(
+        id=record["id"],
+        payment_id=record["payment_id"],
+        pse_account=record["pse_account"],
+        amount=Money(record["amount"], record["currency"]),
+        status=_STATUSES[record["status"]],
+        reason=RefundReason(record["reason"]),
+        note=record["note"],
+        metadata=dict(record["metadata"] or {}),
+        required_approvals=list(record["required_approvals"] or []),
+        offline=record["offline"],
+        offline_reason=record["offline_reason"],
+        auto_approved=record["auto_approved"],
+        created_by=record["created_by"],
+        created_at=record["created_at"],
+        updated_at=record["updated_at"],
+        approvals=approvals,
+        history=history,
+        pse_refund_id=record["pse_refund_id"],
+        failure_code=record["failure_code"],
+        failure_message=record["failure_message"],
+        settlement_amount=record["settlement_amount"],
+        settlement_currency=record["settlement_currency"],
+        fx_difference=record["fx_difference"],
+        fee_amount=record["fee_amount"],
+        offline_reference=record["offline_reference"],
+        offline_paid_at=record["offline_paid_at"],
+        submit_attempts=record["submit_attempts"],
+        resolve_attempts=record["resolve_attempts"],
+        next_check_at=record["next_check_at"],
+        attention=record["attention"],
+        attention_at=record["attention_at"],
+        stored_history=len(history),
+        stored_approvals=len(approvals),
+    )
+
+
+class RefundRepository:
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+
+    async def get(self, refund_id: str, *, for_update: bool = False) -> Refund | None:
+        record = await self.conn.fetchrow(_BY_ID_LOCKED if for_update else _BY_ID, refund_id)
+        return refund_from_record(record) if record else None
+
+    async def lock_with_payment(self, refund_id: str) -> tuple[Payment, Refund] | None:
+        """The refund and its payment, both locked: the payment first."""
+        payment_record = await self.conn.fetchrow(_PAYMENT_OF_REFUND_LOCKED, refund_id)
+        if payment_record is None:
+            return None
+        record = await self.conn.fetchrow(_BY_ID_LOCKED, refund_id)
+        if record is None:
+            return None
+        return payment_from_record(payment_record), refund_from_record(record)
+
+    async def payment_id_of(self, refund_id: str) -> str | None:
+        found: str | None = await self.conn.fetchval(_PAYMENT_ID, refund_id)
+        return found
+
+    async def find_by_pse_refund_id(self, pse_account: str, pse_refund_id: str) -> Refund | None:
+        record = await self.conn.fetchrow(_BY_PSE_ID, pse_account, pse_refund_id)
+        return refund_from_record(record) if record else None
+
+    async def stale_unflagged(self, created_before: datetime, limit: int) -> list[str]:
+        """Open refunds older than the SLA that have not yet raised `needs_attention`
+        for being stale."""
+        records = await self.conn.fetch(_STALE_UNFLAGGED, _FINAL, created_before, limit)
+        return [record["id"] for record in records]
+
+    async def claim_due(self, now: datetime, lease_until: datetime, limit: int) -> list[str]:
+        """Refunds due for a self-check, leased to the caller until `lease_until`."""
+        records = await self.conn.fetch(_CLAIM_DUE, _CHECKED, now, limit, lease_until)
+        return [record["id"] for record in records]
+
+    async def open_counts(self, stale_before: datetime) -> tuple[dict[str, int], int]:
+        """Refunds not final, by status, and how many of them are stale."""
+        counts = dict.fromkeys(_OPEN, 0)
+        stale = 0
+        for record in await self.conn.fetch(_OPEN_COUNTS, _OPEN, stale_before):
+            counts[record["status"]] = record["refunds"]
+            stale += record["stale"]
+        return counts, stale
+
+    async def find_for_settlement(
+        self, pse_account: str, pse_refund_ids: Sequence[str], references: Sequence[str]
+    ) -> list[RefundSnapshot]:
+        """What a batch of settlement lines needs of our refunds, and nothing more."""
+        if not pse_refund_ids and not references:
+            return []
+        records = await self.conn.fetch(
+            _FOR_SETTLEMENT, pse_account, list(pse_refund_ids), list(references)
+        )
+        return [
+            RefundSnapshot(id_, pse_id, money(amount, currency), _STATUSES[status])
+            for id_, pse_id, amount, currency, status in records
+        ]
+
+    async def list(self, flt: RefundFilter, *, limit: int, before_id: str | None) -> list[Refund]:
+        where = Conditions()
+        if flt.statuses:
+            where.add("r.status = ANY({}::text[])", [s.value for s in flt.statuses])
+        if flt.payment_id is not None:
+            where.add("r.payment_id = {}", flt.payment_id)
+        if flt.created_from is not None:
+            where.add("r.created_at >= {}", flt.created_from)
+        if flt.created_to is not None:
+            where.add("r.created_at < {}", flt.created_to)
+        if flt.open_before is not None:
+            where.add("r.created_at < {} AND r.status <> ALL({}::text[])", flt.open_before, _FINAL)
+        if flt.needs_attention:
+            where.add("r.attention IS NOT NULL")
+        if before_id is not None:
+            where.add("r.id > {}" if flt.oldest_first else "r.id < {}", before_id)
+        order = "ASC" if flt.oldest_first else "DESC"
+        limit_at = where.next_parameter()
+        records = await self.conn.fetch(
+            f"{_SELECT}{where.where()} ORDER BY r.id {order} LIMIT {limit_at}", *where.args, limit
+        )
+        return [refund_from_record(record) for record in records]

@@ -1,0 +1,288 @@
+"""`serve` and `worker`: one lifecycle for both.
+
+The settings (the configuration, or the embedded demo's when there is none),
+the database (the embedded PostgreSQL started or joined, and migrated; a
+configured one used as it is), a refusal to start on a database that is
+unreachable or not at head, the container, signals, and on the way out the
+embedded server let go of, whatever ended the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from app.cli.database import build, database, require_schema, shown_database
+from app.cli.demo import base_url, demo_keys, demo_settings, print_demo_banner, shown_path
+from app.cli.options import ConfigOption, fail
+from app.cli.settings import (
+    config_file,
+    configure_command_logging,
+    configured_settings,
+    is_demo,
+)
+from app.config import ENV_PREFIX, ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from app.sandbox.config import SandboxConfig
+
+# The app each process of `serve --workers N` builds for itself.
+SERVED_APP = "app.cli.serve:app_from_environment"
+DATABASE_URL_VAR = f"{ENV_PREFIX}DATABASE_URL"
+# How `serve` runs uvicorn, with one process or several.
+_UVICORN: dict[str, Any] = {
+    "factory": True,
+    "log_level": "warning",
+    "access_log": False,
+    "lifespan": "on",
+    "timeout_graceful_shutdown": 30,
+}
+
+
+class _Terminated(Exception):
+    """SIGTERM, raised where the command is, so that it unwinds as on Ctrl-C."""
+
+
+@dataclass
+class Service:
+    settings: Settings  # with the database to use
+    demo: bool
+    embedded: bool  # on the embedded PostgreSQL, which this process holds
+    sandbox: SandboxConfig | None = None  # the demo's PSE, served by this process
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """SIGTERM and Ctrl-C end the command through every `finally` on the way
+    out, the one letting go of the embedded server included, and with exit 0:
+    the service stopped as it was asked to. uvicorn and the worker take the
+    signals over while they run; uvicorn sends the one it got again once it has
+    shut down, and that ends the command here."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers belong to the main thread
+        return
+
+    def terminated(_signum: int, _frame: Any) -> None:
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    except (_Terminated, KeyboardInterrupt):
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def running_service(
+    config: ConfigOption,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    processes: int | None = None,
+) -> Iterator[Service]:
+    """The lifecycle `serve` and `worker` share, up to the moment they run."""
+    with _stop_on_signals(), config_file(config):
+        demo = is_demo()
+        if demo and processes is not None and processes > 1:
+            fail(
+                f"--workers {processes}: the embedded demo runs in one process "
+                "(its sandbox PSE lives in that process); configure the service "
+                "(a pse-refunds.toml) to run several"
+            )
+        sandbox = None
+        if demo:
+            settings, sandbox = demo_settings(host, port)
+        else:
+            settings = configured_settings()
+        configure_command_logging(settings)
+        with database(settings) as ready:
+            asyncio.run(_preflight(ready))
+            yield Service(ready, demo, settings.uses_embedded_database, sandbox)
+
+
+async def _preflight(settings: Settings) -> None:
+    """Refuse here, once, what would stop or cripple every process: an adapter
+    refusing its account's settings, a database unreachable or not at head."""
+    container = build(settings)
+    try:
+        await require_schema(container)
+    finally:
+        await container.aclose()
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=256,
+            show_default=False,
+            help="API processes sharing the port (default: server.workers of the "
+            "configuration, else 1)",
+        ),
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Run the HTTP API and, unless `[worker] enabled = false`, the background worker.
+
+    With no configuration at all (no config file, no PSE_REFUNDS_ variables)
+    it starts the embedded demo: an embedded PostgreSQL in ./.pse-refunds/, a
+    `sandbox` PSE account served by this same process, and one demo key per
+    role printed below.
+
+    Without a `database_url` it uses the embedded PostgreSQL, migrated first;
+    a configured database must be at head (`pse-refunds migrate`), or `serve`
+    refuses to start. Stopping `serve` stops the embedded PostgreSQL unless
+    another command still uses it.
+
+    With `--workers N` (N > 1) it runs N processes on the port, each with its
+    own background worker.
+    """
+    import uvicorn
+
+    with running_service(config, host=host, port=port, processes=workers) as service:
+        settings = service.settings
+        processes = workers if workers is not None else settings.server.workers
+        if service.demo:
+            keys = asyncio.run(demo_keys(settings))
+            print_demo_banner(host, port, settings.embedded_data_dir, keys)
+        else:
+            _print_listening(service, host, port, processes)
+        if processes > 1:
+            _serve_processes(service, host, port, processes)
+            return
+
+        def factory() -> Any:
+            from app.api.app import create_app
+
+            try:
+                container = build(settings)
+            except typer.Exit as exit_:
+                sys.exit(exit_.exit_code)
+            mounts = {}
+            if service.sandbox is not None:
+                from app.sandbox.app import create_sandbox_app
+
+                mounts["/sandbox"] = create_sandbox_app(service.sandbox)
+            return create_app(container, extra_mounts=mounts, run_worker=True)
+
+        uvicorn.run(factory, host=host, port=port, **_UVICORN)
+
+
+def _print_listening(service: Service, host: str, port: int, processes: int) -> None:
+    url = base_url(host, port)
+    where = f"{url} (all interfaces)" if host in ("0.0.0.0", "::", "") else url  # noqa: S104
+    settings = service.settings
+    database_line = (
+        f"embedded PostgreSQL in {shown_path(settings.embedded_data_dir)}"
+        if service.embedded
+        else shown_database(settings)
+    )
+    count = f", {processes} processes" if processes > 1 else ""
+    typer.echo(
+        "\n".join(
+            [
+                f"PSE Refund Service{count}",
+                f"  Listening: {where}",
+                f"  API docs:  {url}/docs",
+                f"  Database:  {database_line}",
+            ]
+        )
+    )
+
+
+@contextlib.contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    previous = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _serve_processes(service: Service, host: str, port: int, processes: int) -> None:
+    """`processes` uvicorn workers on one socket, each building its app with
+    `app_from_environment`, their metrics merged through a fresh directory that
+    lives as long as this command. They read the configuration themselves, and
+    are told the embedded server's URL, which this process holds for them."""
+    import uvicorn
+
+    from app.metrics import MULTIPROC_DIR_VAR
+
+    metrics_dir = tempfile.mkdtemp(prefix="pse-refunds-metrics-")
+    told = {MULTIPROC_DIR_VAR: metrics_dir}
+    if service.embedded and service.settings.database_url is not None:
+        told[DATABASE_URL_VAR] = service.settings.database_url
+    try:
+        with _environment(**told):
+            uvicorn.run(SERVED_APP, workers=processes, host=host, port=port, **_UVICORN)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def app_from_environment() -> Any:
+    """The app of one process of `serve --workers N`: settings from the same
+    sources as the command's (the file named by PSE_REFUNDS_CONFIG_FILE or
+    ./pse-refunds.toml, PSE_REFUNDS_ variables), its own background worker and
+    audit flusher, and metrics shared through PROMETHEUS_MULTIPROC_DIR."""
+    from uvicorn.config import STARTUP_FAILURE
+
+    from app.api.app import create_app
+    from app.bootstrap import build_container
+    from app.metrics import MULTIPROC_DIR_VAR, Metrics
+
+    try:
+        settings = load_settings()
+        configure_command_logging(settings)
+        metrics = Metrics(multiprocess_dir=os.environ.get(MULTIPROC_DIR_VAR))
+        container = build_container(settings, metrics=metrics)
+    except ConfigError as exc:
+        typer.echo(f"pse-refunds: {exc}", err=True)
+        # Not restarted by the supervising process: it would fail the same way.
+        sys.exit(STARTUP_FAILURE)
+    return create_app(container, run_worker=True)
+
+
+def worker(config: ConfigOption = None) -> None:
+    """Run the background worker alone (no HTTP): resolves unknown, stale pending,
+    orphaned submitting and never-sent approved refunds. Stops cleanly on SIGTERM.
+
+    It refuses to start on a database that is not at head (`pse-refunds migrate`)."""
+    with running_service(config) as service:
+        asyncio.run(_run_worker(service.settings))
+
+
+async def _run_worker(settings: Settings) -> None:
+    container = build(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    audit_stop = asyncio.Event()
+    sealing = asyncio.create_task(container.audit.run(audit_stop))
+    try:
+        await container.worker.run(stop)
+    finally:
+        await container.aclose()
+        audit_stop.set()
+        await sealing

@@ -1,0 +1,924 @@
+"""The storage contract: every repository method, through the unit of work,
+against the real database.
+
+What the services rely on of storage, said once: every field reads back as
+written (instants aware UTC), a refund's change is one atomic write with its
+payment and events, history and approvals are appended once, locks are
+taken payment first, claims and inserts stay single under concurrency, the
+audit chain verifies, and a unit of work survives a database that dropped
+its connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import fields, replace
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+
+import asyncpg
+import pytest
+
+from app.adapters.db.uow import PgUnitOfWork, TransactionAborted
+from app.domain.audit import GENESIS, AuditEntry, check
+from app.domain.models import Payment, Refund, RefundReason, RefundStatus
+from app.domain.money import Money
+from app.domain.policy import RefundPolicy
+from app.domain.ports import AlreadyExists, RefundFilter
+from app.domain.pse import PseRefundState
+from app.domain.reconciliation import RefundSnapshot
+from app.domain.records import (
+    ApiKey,
+    DeliveryAttempt,
+    DeliveryStatus,
+    IdempotencyRecord,
+    IdempotencyState,
+    OutboxEvent,
+    Reconciliation,
+    ReconciliationLine,
+    Role,
+    WebhookStatus,
+)
+from tests.unit.builders import APPROVER_2, APPROVER_3, CONTRACT_TIERS, STORE, payment, seen
+
+# Microseconds and a zone other than UTC: both must come back, as UTC.
+AT = datetime(2026, 11, 20, 9, 30, 15, 123456, tzinfo=UTC)
+TOKYO_AT = AT.astimezone(timezone(timedelta(hours=9)))
+# Fields that live in memory only: what the last operations raised, until saved.
+TRANSIENT = {"events", "transitions", "status_changed"}
+
+pytestmark = pytest.mark.postgres
+
+
+def stored(refund: Refund) -> dict:
+    return {f.name: getattr(refund, f.name) for f in fields(Refund) if f.name not in TRANSIENT}
+
+
+def new_payment(payment_id: str = "pay_1", **overrides) -> Payment:
+    built = payment(payment_id=payment_id, **overrides)
+    built.pse_payment_id = f"pse_{payment_id}"
+    built.created_at = built.updated_at = AT
+    return built
+
+
+def new_refund(pay: Payment, refund_id: str = "rf_1", amount: int = 3000, **policy) -> Refund:
+    refund, _ = pay.request_refund(
+        refund_id=refund_id,
+        amount=Money(amount, pay.currency),
+        reason=RefundReason.REQUESTED_BY_CUSTOMER,
+        note="taille trop petite — サイズ",
+        metadata={"rma": "R-77", "ünïcode": "✓"},
+        policy=RefundPolicy(**policy),
+        window_days=None,
+        now=AT,
+        created_by=STORE,
+    )
+    return refund
+
+
+def event(event_id: str, refund: Refund | None = None, **overrides) -> OutboxEvent:
+    values = {
+        "id": event_id,
+        "type": "refund.created",
+        "refund_id": refund.id if refund else None,
+        "payment_id": refund.payment_id if refund else None,
+        "created_at": AT,
+        "data": {"id": event_id, "nested": {"list": [1, 2], "text": "é"}},
+        "detail": None,
+    }
+    return OutboxEvent(**(values | overrides))
+
+
+async def scalar(pool, sql: str, *args) -> object:
+    async with pool.acquire() as conn:
+        return await conn.fetchval(sql, *args)
+
+
+async def saved(pool, pay: Payment, *refunds: Refund, events=()) -> None:
+    """`pay` and new `refunds` of it (the first with `events`), committed."""
+    async with PgUnitOfWork(pool) as uow:
+        await uow.payments.add(pay, "key_store")
+        for i, refund in enumerate(refunds):
+            await uow.save_refund(refund, pay, events if i == 0 else [], deliver=False, new=True)
+        await uow.commit()
+
+
+# -- payments -----------------------------------------------------------------
+
+
+async def test_a_payment_reads_back_field_for_field(db):
+    pay = new_payment(settlement_currency="USD", settlement_rate=Decimal("0.006712"))
+    pay.captured_at = TOKYO_AT
+    async with PgUnitOfWork(db) as uow:
+        await uow.payments.add(pay, "key_store")
+        await uow.commit()
+    async with PgUnitOfWork(db) as uow:
+        by_id = await uow.payments.get("pay_1")
+        locked = await uow.payments.get("pay_1", for_update=True)
+        by_pse = await uow.payments.get_by_pse(pay.pse_account, pay.pse_payment_id)
+        missing = await uow.payments.get("pay_nope")
+    assert by_id == locked == by_pse == pay and missing is None
+    assert by_id.settlement_rate == Decimal("0.006712")
+    assert by_id.captured_at == TOKYO_AT and by_id.captured_at.tzinfo is UTC
+
+
+async def test_a_payment_registered_twice_is_refused_as_already_existing(db):
+    await saved(db, new_payment("pay_1"))
+    twin = new_payment("pay_2")
+    twin.pse_payment_id = "pse_pay_1"
+    async with PgUnitOfWork(db) as uow:
+        with pytest.raises(AlreadyExists):
+            await uow.payments.add(twin, None)
+
+
+async def test_payments_list_newest_first_by_order_and_before_an_id(db):
+    for i, order in enumerate(["A", "B", "A"]):
+        pay = new_payment(f"pay_{i}")
+        pay.order_id = order
+        await saved(db, pay)
+    async with PgUnitOfWork(db) as uow:
+        everything = await uow.payments.list(order_id=None, limit=10, before_id=None)
+        of_a = await uow.payments.list(order_id="A", limit=10, before_id=None)
+        page = await uow.payments.list(order_id=None, limit=1, before_id="pay_2")
+    assert [p.id for p in everything] == ["pay_2", "pay_1", "pay_0"]
+    assert [p.id for p in of_a] == ["pay_2", "pay_0"]
+    assert [p.id for p in page] == ["pay_1"]
+
+
+# -- refunds: the one write ---------------------------------------------------
+
+
+async def test_a_new_refund_reads_back_field_for_field_with_its_payment_and_events(db):
+    pay = new_payment()
+    refund = new_refund(pay)
+    # Every optional column given a value, instants in another zone.
+    refund.pse_refund_id, refund.failure_code, refund.failure_message = "re_1", "x", "why"
+    refund.settlement_amount, refund.settlement_currency = 20, "USD"
+    refund.fx_difference, refund.fee_amount = -1, 3
+    refund.offline, refund.offline_reason = True, "konbini"
+    refund.offline_reference, refund.offline_paid_at = "BANK-1", TOKYO_AT
+    refund.submit_attempts, refund.resolve_attempts = 2, 1
+    refund.next_check_at, refund.attention, refund.attention_at = TOKYO_AT, "look", TOKYO_AT
+    refund.required_approvals = [1, 2]
+    events = [event(f"evt_{i}", refund, detail=f"d{i}" if i % 2 else None) for i in range(3)]
+    await saved(db, pay, refund, events=events)
+    async with PgUnitOfWork(db) as uow:
+        again = await uow.refunds.get("rf_1")
+        paid = await uow.payments.get("pay_1")
+        stored_events = [await uow.outbox.get(e.id) for e in events]
+    assert again is not None and stored(again) == stored(refund)
+    assert again.history == refund.history and len(again.history) == 1
+    assert all(c.at.tzinfo is UTC for c in again.history)
+    assert again.next_check_at == TOKYO_AT and again.next_check_at.tzinfo is UTC
+    assert paid is not None and (paid.reserved_amount, paid.updated_at) == (3000, AT)
+    assert [(e.id, e.data, e.detail, e.refund_id) for e in stored_events] == [
+        (e.id, e.data, e.detail, e.refund_id) for e in events
+    ]
+    assert [e.seq for e in stored_events] == sorted(e.seq for e in stored_events)
+    assert {e.delivery_status for e in stored_events} == {DeliveryStatus.NONE}
+
+
+async def test_history_and_approvals_are_appended_once_however_often_the_refund_is_saved(db):
+    pay = new_payment(amount=500_000)
+    refund = new_refund(pay, amount=200_000, approval_tiers=CONTRACT_TIERS)
+    assert refund.status is RefundStatus.PENDING_APPROVAL and refund.required_approvals
+    await saved(db, pay, refund)
+    for approver in (APPROVER_2, APPROVER_3):
+        async with PgUnitOfWork(db) as uow:
+            pay_now, refund_now = await uow.refunds.lock_with_payment("rf_1")
+            refund_now.approve(pay_now, approver, f"ok by {approver.level}", AT)
+            await uow.save_refund(refund_now, pay_now, [], deliver=False)
+            # Saved again in the same unit of work: nothing new to append.
+            await uow.save_refund(refund_now, pay_now, [], deliver=False)
+            await uow.commit()
+    async with PgUnitOfWork(db) as uow:
+        final = await uow.refunds.get("rf_1")
+    assert final is not None and final.status is RefundStatus.APPROVED
+    assert [a.approver_id for a in final.approvals] == ["key_appr_2", "key_appr_3"]
+    assert [a.note for a in final.approvals] == ["ok by 2", "ok by 3"]
+    assert [c.status for c in final.history] == ["pending_approval", "approved"]
+    assert (final.stored_history, final.stored_approvals) == (2, 2)
+    assert await scalar(db, "SELECT count(*) FROM refund_status_history") == 2
+    assert await scalar(db, "SELECT count(*) FROM refund_approvals") == 2
+
+
+async def test_a_refund_saved_after_its_unit_of_work_appends_only_what_is_new(db):
+    pay = new_payment()
+    refund = new_refund(pay)
+    await saved(db, pay, refund)
+    # The same objects, saved again in a later unit of work.
+    async with PgUnitOfWork(db) as uow:
+        await uow.payments.get(pay.id, for_update=True)
+        refund.start_submission(pay, AT)
+        await uow.save_refund(refund, pay, [], deliver=False)
+        await uow.commit()
+    assert await scalar(db, "SELECT count(*) FROM refund_status_history") == 2
+
+
+async def test_a_save_writes_the_payment_only_when_its_counters_moved(db):
+    pay = new_payment()
+    await saved(db, pay, new_refund(pay))
+
+    async def payment_row_version() -> str:
+        return await scalar(db, "SELECT xmin::text FROM payments WHERE id = 'pay_1'")
+
+    before = await payment_row_version()
+    async with PgUnitOfWork(db) as uow:
+        pay_now, refund = await uow.refunds.lock_with_payment("rf_1")
+        refund.flag("looked at", AT)  # no money moves
+        await uow.save_refund(refund, pay_now, [], deliver=False)
+        await uow.commit()
+    assert await payment_row_version() == before
+    async with PgUnitOfWork(db) as uow:
+        pay_now, refund = await uow.refunds.lock_with_payment("rf_1")
+        refund.start_submission(pay_now, AT)
+        refund.apply_pse(pay_now, seen(PseRefundState.SUCCEEDED), AT + timedelta(1), "pse")
+        await uow.save_refund(refund, pay_now, [], deliver=False)
+        await uow.commit()
+    assert await payment_row_version() != before
+    async with PgUnitOfWork(db) as uow:
+        paid = await uow.payments.get("pay_1")
+        again = await uow.refunds.get("rf_1")
+    assert (paid.refunded_amount, paid.reserved_amount) == (3000, 0)
+    assert paid.updated_at == AT + timedelta(1)
+    assert again.attention == "looked at" and again.status is RefundStatus.SUCCEEDED
+
+
+async def test_a_refunds_save_is_all_or_nothing(db):
+    await saved(db, new_payment())
+    async with PgUnitOfWork(db) as uow:
+        await uow.outbox.add([event("evt_taken")], deliver=False)
+        await uow.commit()
+    # Rolled back: nothing of it stays.
+    async with PgUnitOfWork(db) as uow:
+        pay = await uow.payments.get("pay_1", for_update=True)
+        await uow.save_refund(new_refund(pay), pay, [event("evt_1")], deliver=True, new=True)
+    # One part refused (an event id taken): no part is written.
+    async with PgUnitOfWork(db) as uow:
+        pay = await uow.payments.get("pay_1", for_update=True)
+        refund = new_refund(pay)
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await uow.save_refund(
+                refund, pay, [event("evt_2"), event("evt_taken")], deliver=True, new=True
+            )
+        with pytest.raises(TransactionAborted):
+            await uow.commit()
+    assert refund.stored_history == 0 and pay.stored_counters[1] == 0  # still to be written
+    for table in ("refunds", "refund_status_history"):
+        assert await scalar(db, f"SELECT count(*) FROM {table}") == 0
+    assert await scalar(db, "SELECT count(*) FROM events") == 1
+    async with PgUnitOfWork(db) as uow:
+        assert (await uow.payments.get("pay_1")).reserved_amount == 0
+
+
+# -- refunds: locks and reads -------------------------------------------------
+
+
+async def waiting_on(pool, table: str) -> bool:
+    """Whether a statement of another session waits for a lock on `table`."""
+    async with pool.acquire() as conn:
+        return await conn.fetchval(
+            "SELECT count(*) > 0 FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock' AND query LIKE $1",
+            f"%FROM {table} WHERE%",
+        )
+
+
+async def eventually(condition, seconds: float = 5.0) -> bool:
+    for _ in range(int(seconds / 0.02)):
+        if await condition():
+            return True
+        await asyncio.sleep(0.02)
+    return False
+
+
+async def test_lock_with_payment_takes_the_payment_first_and_reads_what_the_last_writer_left(db):
+    pay = new_payment()
+    await saved(db, pay, new_refund(pay, "rf_1"), new_refund(pay, "rf_2"))
+    async with PgUnitOfWork(db) as first:
+        pay_now, refund = await first.refunds.lock_with_payment("rf_1")
+
+        # A second writer, of the same refund, waits on the payment's lock.
+        async def second_writer():
+            async with PgUnitOfWork(db) as second:
+                return await second.refunds.lock_with_payment("rf_1")
+
+        waiting = asyncio.create_task(second_writer())
+        assert await eventually(lambda: waiting_on(db, "payments"))
+        assert not waiting.done()
+        refund.start_submission(pay_now, AT)
+        await first.save_refund(refund, pay_now, [], deliver=False)
+        await first.commit()
+    pay_seen, refund_seen = await asyncio.wait_for(waiting, 5)
+    # The refund, its history included, as the first writer committed it.
+    assert refund_seen.status is RefundStatus.SUBMITTING
+    assert [c.status for c in refund_seen.history] == ["approved", "submitting"]
+    assert pay_seen == pay_now
+    async with PgUnitOfWork(db) as uow:
+        assert await uow.refunds.lock_with_payment("rf_nope") is None
+
+
+async def test_a_refund_is_found_by_id_by_pse_id_and_gives_its_payment(db):
+    pay = new_payment()
+    refund = new_refund(pay)
+    refund.pse_refund_id = "re_9"
+    await saved(db, pay, refund)
+    async with PgUnitOfWork(db) as uow:
+        by_id = await uow.refunds.get("rf_1")
+        locked = await uow.refunds.get("rf_1", for_update=True)
+        by_pse = await uow.refunds.find_by_pse_refund_id(pay.pse_account, "re_9")
+        other_account = await uow.refunds.find_by_pse_refund_id("other", "re_9")
+        payment_id = await uow.refunds.payment_id_of("rf_1")
+        none = await uow.refunds.payment_id_of("rf_nope")
+    assert stored(by_id) == stored(locked) == stored(by_pse) == stored(refund)
+    assert other_account is None and payment_id == "pay_1" and none is None
+
+
+async def test_claim_due_leases_due_refunds_and_skips_those_another_worker_holds(db):
+    pay = new_payment(amount=100_000)
+    refunds = [new_refund(pay, f"rf_{i}", 1000) for i in range(4)]
+    for i, refund in enumerate(refunds):
+        refund.next_check_at = AT + timedelta(seconds=i)
+    refunds[3].next_check_at = AT + timedelta(hours=1)  # not due yet
+    await saved(db, pay, *refunds)
+    now, lease = AT + timedelta(minutes=1), AT + timedelta(minutes=10)
+    async with PgUnitOfWork(db) as one, PgUnitOfWork(db) as two:
+        first = await one.refunds.claim_due(now, lease, 1)
+        second = await two.refunds.claim_due(now, lease, 10)  # rf_0 is held: skipped
+        await one.commit()
+        await two.commit()
+    assert first == ["rf_0"] and second == ["rf_1", "rf_2"]
+    async with PgUnitOfWork(db) as uow:
+        assert await uow.refunds.claim_due(now, lease, 10) == []  # leased
+        assert (await uow.refunds.get("rf_0")).next_check_at == lease
+        assert set(await uow.refunds.claim_due(lease, lease, 10)) == {"rf_0", "rf_1", "rf_2"}
+
+
+async def test_open_counts_and_stale_refunds_not_yet_flagged(db):
+    pay = new_payment(amount=100_000)
+    old, flagged, recent = (new_refund(pay, f"rf_{n}", 1000) for n in ("old", "flag", "new"))
+    recent.created_at = AT + timedelta(days=2)
+    done = new_refund(pay, "rf_done", 1000)
+    done.cancel(pay, STORE, AT)
+    stale_note = event("evt_stale", flagged, type="refund.needs_attention", detail="stale: 25h")
+    await saved(db, pay, old, flagged, recent, done)
+    async with PgUnitOfWork(db) as uow:
+        await uow.outbox.add([stale_note], deliver=False)
+        await uow.commit()
+    async with PgUnitOfWork(db) as uow:
+        counts, stale = await uow.refunds.open_counts(AT + timedelta(days=1))
+        unflagged = await uow.refunds.stale_unflagged(AT + timedelta(days=1), 10)
+    assert counts["approved"] == 3 and counts["pending"] == 0 and "canceled" not in counts
+    assert stale == 2 and unflagged == ["rf_old"]
+
+
+async def test_settlement_look_ups_take_arrays_of_pse_ids_and_references(db):
+    pay = new_payment(amount=10_000_000)
+    refunds = [new_refund(pay, f"rf_{i:04}", 1) for i in range(300)]
+    for i, refund in enumerate(refunds):
+        refund.pse_refund_id = f"re_{i:04}"
+    await saved(db, pay, *refunds)
+    pse_ids = [f"re_{i:04}" for i in range(0, 300, 2)] + [f"re_x{i}" for i in range(5000)]
+    references = ["rf_0001", "rf_0003", "rf_missing"]
+    async with PgUnitOfWork(db) as uow:
+        found = await uow.refunds.find_for_settlement(pay.pse_account, pse_ids, references)
+        elsewhere = await uow.refunds.find_for_settlement("other", pse_ids, references)
+        nothing = await uow.refunds.find_for_settlement(pay.pse_account, [], [])
+    assert len(found) == 152 and elsewhere == [] and nothing == []
+    assert RefundSnapshot("rf_0001", "re_0001", refunds[1].amount, RefundStatus.APPROVED) in found
+
+
+async def test_refunds_list_by_every_filter_in_either_order(db):
+    pay, other = new_payment("pay_1", amount=100_000), new_payment("pay_2")
+    a, b, c = (new_refund(pay, f"rf_{n}", 1000) for n in "abc")
+    b.created_at = AT + timedelta(days=1)
+    c.cancel(pay, STORE, AT)
+    c.attention = "look"
+    d = new_refund(other, "rf_d", 1000)
+    await saved(db, pay, a, b, c)
+    await saved(db, other, d)
+
+    async def ids(flt=RefundFilter(), *, limit=10, before_id=None):
+        async with PgUnitOfWork(db) as uow:
+            return [r.id for r in await uow.refunds.list(flt, limit=limit, before_id=before_id)]
+
+    assert await ids() == ["rf_d", "rf_c", "rf_b", "rf_a"]
+    assert await ids(RefundFilter(statuses=[RefundStatus.CANCELED])) == ["rf_c"]
+    assert await ids(RefundFilter(payment_id="pay_2")) == ["rf_d"]
+    assert await ids(RefundFilter(created_from=AT + timedelta(hours=1))) == ["rf_b"]
+    assert await ids(RefundFilter(created_to=AT + timedelta(hours=1))) == ["rf_d", "rf_c", "rf_a"]
+    assert await ids(RefundFilter(open_before=AT + timedelta(hours=1))) == ["rf_d", "rf_a"]
+    assert await ids(RefundFilter(needs_attention=True)) == ["rf_c"]
+    assert await ids(RefundFilter(oldest_first=True), limit=2) == ["rf_a", "rf_b"]
+    assert await ids(RefundFilter(oldest_first=True), before_id="rf_b") == ["rf_c", "rf_d"]
+    assert await ids(limit=2, before_id="rf_c") == ["rf_b", "rf_a"]
+    async with PgUnitOfWork(db) as uow:
+        [listed] = await uow.refunds.list(RefundFilter(payment_id="pay_2"), limit=1, before_id=None)
+    assert stored(listed) == stored(d)
+
+
+# -- the outbox -----------------------------------------------------------------
+
+
+async def test_events_page_newest_first_and_forward_in_commit_order(db):
+    pay = new_payment()
+    refund = new_refund(pay)
+    await saved(db, pay, refund, events=[event("evt_0", refund), event("evt_1")])
+    async with PgUnitOfWork(db) as uow:
+        await uow.outbox.add([event("evt_2", refund, type="refund.approved")], deliver=False)
+        await uow.outbox.add([], deliver=False)
+        await uow.commit()
+    async with PgUnitOfWork(db) as uow:
+        newest = await uow.outbox.list_newest(types=[], refund_id=None, limit=10, before=None)
+        first = newest[-1]
+        of_refund = await uow.outbox.list_newest(
+            types=[], refund_id=refund.id, limit=10, before=newest[0].position
+        )
+        forward = await uow.outbox.list_after(
+            after=first.position, types=["refund.approved"], refund_id=None, limit=10
+        )
+        everything = await uow.outbox.list_after(after=(0, 0), types=[], refund_id=None, limit=10)
+    assert [e.id for e in newest] == ["evt_2", "evt_1", "evt_0"]
+    assert [e.id for e in of_refund] == ["evt_0"]
+    assert [e.id for e in forward] == ["evt_2"]
+    assert [e.id for e in everything] == ["evt_0", "evt_1", "evt_2"]
+    assert newest[0].tx > first.tx  # a later transaction
+
+
+async def test_list_after_holds_back_events_while_an_older_transaction_may_still_commit(db):
+    async with PgUnitOfWork(db) as slow:
+        await slow.outbox.add([event("evt_slow")], deliver=False)
+        async with PgUnitOfWork(db) as fast:
+            await fast.outbox.add([event("evt_fast")], deliver=False)
+            await fast.commit()
+        async with PgUnitOfWork(db) as reader:
+            held = await reader.outbox.list_after(after=(0, 0), types=[], refund_id=None, limit=9)
+        await slow.commit()
+    async with PgUnitOfWork(db) as reader:
+        after = await reader.outbox.list_after(after=(0, 0), types=[], refund_id=None, limit=9)
+    assert held == [] and [e.id for e in after] == ["evt_slow", "evt_fast"]
+
+
+async def test_deliveries_go_one_event_per_refund_at_a_time_and_are_recorded(db):
+    pay = new_payment(amount=100_000)
+    a, b = new_refund(pay, "rf_a", 1000), new_refund(pay, "rf_b", 1000)
+    await saved(db, pay, a, b)
+    async with PgUnitOfWork(db) as uow:
+        await uow.outbox.add(
+            [event("evt_a1", a), event("evt_a2", a), event("evt_b1", b)], deliver=True
+        )
+        await uow.commit()
+    now, lease = AT + timedelta(seconds=1), AT + timedelta(minutes=1)
+    async with PgUnitOfWork(db) as uow:
+        assert await uow.outbox.oldest_undelivered() == AT
+        claimed = await uow.outbox.claim_deliveries(now, lease, 10)
+        await uow.commit()
+    assert [e.id for e in claimed] == ["evt_a1", "evt_b1"]  # evt_a2 waits for evt_a1
+    assert claimed[0].delivery_status is DeliveryStatus.PENDING
+    async with PgUnitOfWork(db) as uow:
+        assert await uow.outbox.claim_deliveries(now, lease, 10) == []  # leased
+        failed = DeliveryAttempt("evt_b1", 1, now, "http://store.test/h", 503, 12, None)
+        ok = DeliveryAttempt("evt_a1", 1, now, "http://store.test/h", 200, 7, None)
+        await uow.outbox.record_delivery(
+            failed, status=DeliveryStatus.PENDING, next_delivery_at=now
+        )
+        await uow.outbox.record_delivery(ok, status=DeliveryStatus.DELIVERED, next_delivery_at=None)
+        await uow.commit()
+    async with PgUnitOfWork(db) as uow:
+        a1, b1 = await uow.outbox.get("evt_a1"), await uow.outbox.get("evt_b1")
+        attempts = await uow.outbox.attempts("evt_b1")
+        next_round = await uow.outbox.claim_deliveries(now, lease, 10)
+        assert await uow.outbox.redeliver("evt_a1", lease) is True
+        assert await uow.outbox.redeliver("evt_nope", lease) is False
+        await uow.commit()
+    assert (a1.delivery_status, a1.delivered_at, a1.last_error) == ("delivered", now, None)
+    assert (b1.delivery_attempts, b1.first_attempt_at, b1.last_error) == (1, now, "HTTP 503")
+    assert attempts == [failed]
+    assert [e.id for e in next_round] == ["evt_a2", "evt_b1"]
+    async with PgUnitOfWork(db) as uow:
+        again = await uow.outbox.get("evt_a1")
+    assert (again.delivery_status, again.next_delivery_at, again.first_attempt_at) == (
+        "pending",
+        lease,
+        None,
+    )
+
+
+# -- idempotency keys -----------------------------------------------------------
+
+
+def claim(key: str = "k", **overrides) -> IdempotencyRecord:
+    values = {
+        "api_key_id": "key_x",
+        "key": key,
+        "method": "POST",
+        "path": "/v1/refunds",
+        "request_hash": "0" * 64,
+        "state": IdempotencyState.STARTED,
+        "created_at": AT,
+        "locked_at": AT,
+    }
+    return IdempotencyRecord(**(values | overrides))
+
+
+async def test_of_many_concurrent_claims_of_one_key_exactly_one_is_admitted(db):
+    async def try_claim() -> bool:
+        async with PgUnitOfWork(db) as uow:
+            won = await uow.idempotency.insert_if_absent(claim())
+            await asyncio.sleep(0.01)  # hold the claim while the others try
+            await uow.commit()
+            return won
+
+    results = await asyncio.gather(*(try_claim() for _ in range(8)))
+    assert results.count(True) == 1
+    assert await scalar(db, "SELECT count(*) FROM idempotency_keys") == 1
+
+
+async def test_an_idempotency_claim_is_completed_reclaimed_deleted_and_purged(db):
+    async with PgUnitOfWork(db) as uow:
+        assert await uow.idempotency.insert_if_absent(claim("a"))
+        assert await uow.idempotency.insert_if_absent(claim("b", locked_at=None))
+        assert await uow.idempotency.get("key_x", "a") == claim("a")
+        # A claim held since AT is taken over only once it is stale.
+        assert not await uow.idempotency.reclaim("key_x", "a", stale_before=AT, now=AT)
+        later = AT + timedelta(minutes=5)
+        assert await uow.idempotency.reclaim("key_x", "a", stale_before=later, now=later)
+        assert (await uow.idempotency.get("key_x", "a")).locked_at == later
+        await uow.idempotency.complete("key_x", "a", 201, b'{"id": "rf_1"}\x00')
+        assert not await uow.idempotency.reclaim("key_x", "a", stale_before=later, now=later)
+        await uow.idempotency.delete("key_x", "b")
+        await uow.commit()
+    async with PgUnitOfWork(db) as uow:
+        done = await uow.idempotency.get("key_x", "a")
+        assert await uow.idempotency.get("key_x", "b") is None
+        assert await uow.idempotency.purge(AT) == 0
+        assert await uow.idempotency.purge(AT + timedelta(seconds=1)) == 1
+        await uow.commit()
+    assert done.state is IdempotencyState.COMPLETED and done.locked_at is None
+    assert (done.response_status, done.response_body) == (201, b'{"id": "rf_1"}\x00')
+
+
+# -- PSE webhooks ---------------------------------------------------------------
+
+
+def webhook(event_id: str = "evt_w", **overrides) -> dict:
+    values = {
+        "pse_account": "fake_jp",
+        "event_id": event_id,
+        "event_type": "refund.succeeded",
+        "body": '{"id": "evt_w"}',
+        "refund": {"pse_refund_id": "re_1", "state": "succeeded", "reference": "rf_ref"},
+        "received_at": TOKYO_AT,
+    }
+    return values | overrides
+
+
+async def test_a_webhook_event_delivered_concurrently_is_stored_once(db):
+    async def receive():
+        async with PgUnitOfWork(db) as uow:
+            stored_event = await uow.webhooks.insert_if_new(**webhook())
+            await asyncio.sleep(0.01)
+            await uow.commit()
+            return stored_event
+
+    results = [r for r in await asyncio.gather(*(receive() for _ in range(6))) if r]
+    assert len(results) == 1
+    [first] = results
+    assert first.refund == webhook()["refund"] and first.status is WebhookStatus.RECEIVED
+    assert (first.pse_refund_id, first.reference) == ("re_1", "rf_ref")
+    assert first.received_at == TOKYO_AT and first.received_at.tzinfo is UTC
+
+
+async def test_webhook_events_wait_for_their_refund_until_marked_and_stuck_ones_are_found(db):
+    async with PgUnitOfWork(db) as uow:
+        by_ref = await uow.webhooks.insert_if_new(**webhook("e1", received_at=AT))
+        bare = await uow.webhooks.insert_if_new(**webhook("e2", refund=None, received_at=AT))
+        await uow.commit()
+    assert bare.refund is None and bare.pse_refund_id is None
+    async with PgUnitOfWork(db) as uow:
+        by_reference = await uow.webhooks.waiting_for("fake_jp", None, "rf_ref")
+        by_pse_id = await uow.webhooks.waiting_for("fake_jp", "re_1", "rf_other")
+        by_empty_id = await uow.webhooks.waiting_for("fake_jp", "", "rf_other")
+        elsewhere = await uow.webhooks.waiting_for("other", "re_1", "rf_ref")
+        stuck = await uow.webhooks.stuck(AT + timedelta(seconds=1), 10)
+        await uow.webhooks.mark(by_ref.id, WebhookStatus.APPLIED, "rf_1", AT)
+        await uow.webhooks.mark(bare.id, WebhookStatus.IGNORED, None, AT)
+        applied = await uow.webhooks.waiting_for("fake_jp", "re_1", "rf_ref")
+        none_stuck = await uow.webhooks.stuck(AT + timedelta(seconds=1), 10)
+        await uow.commit()
+    assert [w.id for w in by_reference] == [by_ref.id] == [w.id for w in by_pse_id]
+    assert by_empty_id == elsewhere == applied == none_stuck == []
+    assert [w.id for w in stuck] == [by_ref.id, bare.id]
+    marked = await scalar(
+        db, "SELECT status || ':' || refund_id FROM pse_webhook_events WHERE id = $1", by_ref.id
+    )
+    assert marked == "applied:rf_1"
+
+
+# -- the audit trail ------------------------------------------------------------
+
+
+def entry(i: int, at: datetime = AT, **ids) -> AuditEntry:
+    return AuditEntry(at=at, kind="refund.status", data={"i": i, "text": "é"}, **ids)
+
+
+async def test_audit_appends_from_concurrent_units_of_work_form_one_chain(db):
+    async def append(batch: int) -> None:
+        async with PgUnitOfWork(db) as uow:
+            await uow.audit.append(
+                [entry(batch * 10 + i, refund_id=f"rf_{batch}") for i in range(3)]
+            )
+            await asyncio.sleep(0.01)  # hold the head's lock
+            await uow.commit()
+
+    await asyncio.gather(*(append(b) for b in range(4)))
+    async with PgUnitOfWork(db) as uow:
+        head = await uow.audit.head()
+        records = await uow.audit.after(0, 100)
+    assert head[0] == 12 and head[1] == records[-1].hash and head[2:] == (0, GENESIS)
+    expected_prev = GENESIS
+    for seq, record in enumerate(records, start=1):
+        assert check(record, seq, expected_prev) is None
+        expected_prev = record.hash
+    # Each batch kept together, in its order.
+    batches = [r.refund_id for r in records]
+    assert all(batches[i] == batches[i - i % 3] for i in range(12))
+
+
+async def test_audit_records_are_searched_by_every_filter_and_purged_keeping_an_anchor(db):
+    async with PgUnitOfWork(db) as uow:
+        sealed = await uow.audit.append(
+            [
+                entry(1, AT, refund_id="rf_1", request_id="req_1"),
+                entry(2, AT + timedelta(days=1), payment_id="pay_1", actor="ops"),
+                entry(3, AT + timedelta(days=2), refund_id="rf_1"),
+            ]
+        )
+        await uow.commit()
+
+    async def seqs(**query) -> list[int]:
+        values = {
+            "refund_id": None,
+            "payment_id": None,
+            "request_id": None,
+            "at_from": None,
+            "at_to": None,
+            "limit": 10,
+            "before_seq": None,
+        }
+        async with PgUnitOfWork(db) as uow:
+            return [r.seq for r in await uow.audit.search(**(values | query))]
+
+    async with PgUnitOfWork(db) as uow:
+        assert await uow.audit.after(0, 10) == sealed
+        assert await uow.audit.after(1, 1) == sealed[1:2]
+    assert await seqs() == [3, 2, 1]
+    assert await seqs(refund_id="rf_1") == [3, 1]
+    assert (
+        await seqs(payment_id="pay_1")
+        == [2]
+        == await seqs(at_from=AT + timedelta(hours=1), at_to=AT + timedelta(days=2))
+    )
+    assert await seqs(request_id="req_1") == [1]
+    assert await seqs(before_seq=3, limit=1) == [2]
+    assert await seqs(oldest_first=True, after_seq=1) == [2, 3]
+    async with PgUnitOfWork(db) as uow:
+        assert await uow.audit.purge(AT, AT) == 0  # nothing older than AT
+        removed = await uow.audit.purge(AT + timedelta(days=1, hours=1), AT + timedelta(days=3))
+        await uow.commit()
+    assert removed == 2
+    async with PgUnitOfWork(db) as uow:
+        assert await uow.audit.head() == (3, sealed[2].hash, 2, sealed[1].hash)
+        assert await uow.audit.after(0, 10) == sealed[2:]
+    async with db.acquire() as conn:
+        with pytest.raises(asyncpg.RaiseError, match="append-only"):
+            await conn.execute("DELETE FROM audit_log")
+
+
+# -- reconciliation -------------------------------------------------------------
+
+
+def run(run_id: str, **overrides) -> Reconciliation:
+    values = {
+        "id": run_id,
+        "pse_account": "fake_jp",
+        "status": "processing",
+        "created_at": AT,
+        "filename": "settlement.csv",
+        "counts": {"matched": 0},
+        "created_by": "key_ops",
+    }
+    return Reconciliation(**(values | overrides))
+
+
+async def test_reconciliation_runs_round_trip_list_newest_first_and_stalled_ones_fail(db):
+    async with PgUnitOfWork(db) as uow:
+        for run_id in ("rec_1", "rec_2", "rec_3"):
+            await uow.reconciliations.add(run(run_id))
+        await uow.commit()
+    finished = run(
+        "rec_2",
+        status="completed",
+        file_format="generic",
+        rows_total=7,
+        counts={"matched": 6, "amount_mismatch": 1},
+        range_from=TOKYO_AT,
+        range_to=AT + timedelta(days=1),
+        adopted=2,
+        completed_at=AT + timedelta(minutes=1),
+    )
+    async with PgUnitOfWork(db) as uow:
+        await uow.reconciliations.update(finished)
+        stalled = await uow.reconciliations.fail_stalled(AT + timedelta(hours=1), AT)
+        await uow.commit()
+    async with PgUnitOfWork(db) as uow:
+        again = await uow.reconciliations.get("rec_2")
+        first_page = await uow.reconciliations.list(limit=2, before_id=None)
+        next_page = await uow.reconciliations.list(limit=2, before_id="rec_2")
+        failed = await uow.reconciliations.get("rec_1")
+        assert await uow.reconciliations.get("rec_nope") is None
+    assert again == finished and stalled == 2
+    assert [r.id for r in first_page] == ["rec_3", "rec_2"] and [r.id for r in next_page] == [
+        "rec_1"
+    ]
+    assert failed.status == "failed" and "interrupted" in failed.error
+
+
+async def test_reconciliation_lines_are_copied_paged_matched_against_refunds_and_deleted(db):
+    pay = new_payment(amount=100_000, settlement_currency="USD", settlement_rate=Decimal("0.01"))
+    matched, missing = new_refund(pay, "rf_m", 10_000), new_refund(pay, "rf_x", 5_000)
+    for refund in (matched, missing):
+        refund.status = RefundStatus.SUCCEEDED
+    await saved(db, pay, matched, missing)
+    settled_cents = matched.settlement_amount - 1  # a little less than meant
+    lines = [
+        ReconciliationLine(
+            reconciliation_id="rec_1",
+            line=2,
+            outcome="matched",
+            pse_refund_id="re_m",
+            refund_id="rf_m",
+            file_amount=10_000,
+            file_status="succeeded",
+            our_amount=10_000,
+            our_status="succeeded",
+            currency="JPY",
+            settled_at=TOKYO_AT,
+            fee=30,
+            settlement_amount=settled_cents,
+            settlement_currency="USD",
+        ),
+        *(ReconciliationLine("rec_1", n, "missing_in_service", f"re_{n}") for n in range(3, 2003)),
+    ]
+    async with PgUnitOfWork(db) as uow:
+        await uow.reconciliations.add(run("rec_1"))
+        await uow.reconciliations.add_lines(lines)
+        await uow.reconciliations.add_lines([])
+        adjusted = await uow.reconciliations.apply_settled_figures("rec_1")
+        added = await uow.reconciliations.add_missing_in_file("rec_1", pay.pse_account, AT, AT)
+        await uow.commit()
+    assert adjusted == 1 and added == 1
+    async with PgUnitOfWork(db) as uow:
+        first = await uow.reconciliations.lines("rec_1", outcome=None, limit=2, after_id=None)
+        rest = await uow.reconciliations.lines(
+            "rec_1", outcome=None, limit=5000, after_id=first[-1].id
+        )
+        [absent] = await uow.reconciliations.lines(
+            "rec_1", outcome="missing_in_file", limit=10, after_id=None
+        )
+        settled = await uow.refunds.get("rf_m")
+        fx = await uow.reconciliations.fx_totals(None, None, None)
+        fx_none = await uow.reconciliations.fx_totals(AT + timedelta(days=1), None, None)
+        fx_usd = await uow.reconciliations.fx_totals(AT, AT + timedelta(days=1), "USD")
+    assert first[0] == lines[0]._replace(id=first[0].id) and first[0].settled_at.tzinfo is UTC
+    assert len(first) + len(rest) == 2002
+    assert (absent.refund_id, absent.our_amount, absent.line) == ("rf_x", 5_000, None)
+    assert (settled.fee_amount, settled.fx_difference) == (30, -1)
+    assert [(t.settlement_currency, t.refunds, t.fx_difference, t.fees) for t in fx] == [
+        ("USD", 2, -1, 30)
+    ]
+    assert fx[0].refunds_with_actual_settlement == 1 and fx_none == [] and fx_usd == fx
+    async with PgUnitOfWork(db) as uow:
+        await uow.reconciliations.delete_lines("rec_1")
+        await uow.commit()
+    assert await scalar(db, "SELECT count(*) FROM reconciliation_rows") == 0
+
+
+# -- API keys and the daily auto-approval totals --------------------------------
+
+
+async def test_api_keys_round_trip_by_hash_are_revoked_once_and_listed_oldest_first(db):
+    keys = [
+        ApiKey("key_1", "shop", "pk_1", frozenset({Role.STORE}), None, AT),
+        ApiKey(
+            "key_2",
+            "boss",
+            "pk_2",
+            frozenset({Role.APPROVER, Role.OPS}),
+            2,
+            TOKYO_AT + timedelta(1),
+        ),
+    ]
+    async with PgUnitOfWork(db) as uow:
+        for i, key in enumerate(keys):
+            await uow.api_keys.add(key, f"hash_{i}")
+        await uow.commit()
+    async with PgUnitOfWork(db) as uow:
+        assert await uow.api_keys.by_hash("hash_1") == keys[1]
+        assert await uow.api_keys.by_hash("hash_x") is None
+        assert await uow.api_keys.revoke("key_1", AT) is True
+        assert await uow.api_keys.revoke("key_1", AT) is False
+        assert await uow.api_keys.revoke("key_nope", AT) is False
+        listed = await uow.api_keys.list()
+        await uow.commit()
+    assert listed == [replace(keys[0], revoked_at=AT), keys[1]]
+
+
+async def test_the_days_auto_approval_total_is_created_locked_and_added_to(db):
+    async with PgUnitOfWork(db) as uow:
+        assert await uow.auto_approvals.lock_total("JPY", "2026-11-20") == 0
+        await uow.auto_approvals.add("JPY", "2026-11-20", 1500)
+        await uow.commit()
+    async with PgUnitOfWork(db) as one:
+        assert await one.auto_approvals.lock_total("JPY", "2026-11-20") == 1500
+
+        async def second() -> int:
+            async with PgUnitOfWork(db) as two:
+                return await two.auto_approvals.lock_total("JPY", "2026-11-20")
+
+        waiting = asyncio.create_task(second())
+        assert await eventually(lambda: waiting_on(db, "auto_approval_totals"))
+        await one.auto_approvals.add("JPY", "2026-11-20", 500)
+        await one.commit()
+    assert await asyncio.wait_for(waiting, 5) == 2000
+
+
+# -- the unit of work -----------------------------------------------------------
+
+
+async def test_after_commit_callbacks_run_once_committed_and_never_on_rollback(db):
+    ran: list[str] = []
+    async with PgUnitOfWork(db) as uow:
+        uow.after_commit(lambda: ran.append("rolled back"))
+    async with PgUnitOfWork(db) as uow:
+        uow.after_commit(lambda: ran.append("committed"))
+        assert ran == []
+        await uow.commit()
+    assert ran == ["committed"]
+
+
+async def test_nothing_is_written_unless_the_unit_of_work_commits(db):
+    with contextlib.suppress(RuntimeError):
+        async with PgUnitOfWork(db) as uow:
+            await uow.payments.add(new_payment(), None)
+            raise RuntimeError("the request failed")
+    async with PgUnitOfWork(db) as uow:
+        await uow.payments.add(new_payment("pay_2"), None)
+    assert await scalar(db, "SELECT count(*) FROM payments") == 0
+
+
+async def kill_other_backends(pool) -> int:
+    async with pool.acquire() as conn:
+        return await conn.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+
+
+@pytest.fixture
+async def fresh_pool_after(db):
+    """The pool is the session's: leave it with no connection these tests killed."""
+    yield
+    await db.expire_connections()
+
+
+async def test_units_of_work_recover_when_the_database_dropped_every_connection(
+    db, fresh_pool_after
+):
+    await saved(db, new_payment())
+    # Fill the pool with several idle connections, then have the server drop them.
+    uows = [PgUnitOfWork(db) for _ in range(4)]
+    for uow in uows:
+        await uow.__aenter__()
+    for uow in uows:
+        await uow.__aexit__(None, None, None)
+    assert await kill_other_backends(db) >= 1
+    # Each unit of work still runs: a dead connection is replaced at the start.
+    for _ in range(6):
+        async with PgUnitOfWork(db) as uow:
+            assert await uow.payments.get("pay_1") is not None
+
+
+async def test_a_connection_dying_during_a_unit_of_work_is_not_reused(db, fresh_pool_after):
+    await saved(db, new_payment())
+    # However the driver learns of it (the server's notice, a closed socket).
+    dead = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
+    with pytest.raises(dead):
+        async with PgUnitOfWork(db) as uow:
+            await uow.payments.get("pay_1", for_update=True)
+            await kill_other_backends(db)
+            await uow.payments.get("pay_1")
+    for _ in range(6):
+        async with PgUnitOfWork(db) as uow:
+            assert await uow.payments.get("pay_1") is not None
