@@ -26,8 +26,10 @@ from app.services.idempotency import (
     Replay,
     request_fingerprint,
 )
+from app.services.jobs import BackgroundJobs
 from app.services.operations import Operations
 from app.services.payments import PaymentService
+from app.services.reconciliation import ReconciliationService
 from app.services.refunds import RefundService
 from app.services.submission import SubmissionService
 from app.services.webhooks import WebhookService
@@ -78,6 +80,14 @@ async def _operations(container: ContainerDep) -> Operations:
     return container.operations
 
 
+async def _reconciliations(container: ContainerDep) -> ReconciliationService:
+    return container.reconciliations
+
+
+async def _jobs(container: ContainerDep) -> BackgroundJobs:
+    return container.jobs
+
+
 async def _idempotent(request: Request, container: ContainerDep) -> Idempotent:
     return Idempotent(request, container.idempotency)
 
@@ -90,6 +100,8 @@ EventsDep = Annotated[EventService, Depends(_events)]
 DeliveriesDep = Annotated[DeliveryService, Depends(_deliveries)]
 AuditDep = Annotated[AuditService, Depends(_audit)]
 OperationsDep = Annotated[Operations, Depends(_operations)]
+ReconciliationsDep = Annotated[ReconciliationService, Depends(_reconciliations)]
+JobsDep = Annotated[BackgroundJobs, Depends(_jobs)]
 IdempotentDep = Annotated["Idempotent", Depends(_idempotent)]
 
 

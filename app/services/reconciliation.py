@@ -68,6 +68,10 @@ class ReconciliationService:
         self.parse = parse
         self.file_errors = file_errors
 
+    def check_account(self, pse_account: str) -> None:
+        """UnknownPseAccount unless `pse_account` is configured (before a file is read)."""
+        self.deps.account(pse_account)
+
     async def start(
         self, pse_account: str, filename: str | None, created_by: str | None
     ) -> Reconciliation:

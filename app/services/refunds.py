@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -23,16 +24,34 @@ from app.services.idempotency import (
 )
 from app.services.ids import new_id
 
-# Render the answer to keep for an idempotent request, inside its transaction.
-Render = Callable[[Refund], tuple[int, bytes]]
-RenderError = Callable[[DomainError], tuple[int, bytes]]
-
 
 @dataclass(frozen=True, slots=True)
-class Answer:
+class Kept:
+    """An answer kept under an Idempotency-Key, as it was first given."""
+
     status: int
     body: bytes
-    replayed: bool
+
+
+@dataclass(slots=True)
+class RefundAttempt:
+    """One idempotent refund request, inside its transaction.
+
+    Either `replay` holds the answer kept for the key, or the request ran:
+    `refund` is what it created, or `error` the rule it broke. The caller
+    renders that as it answers it and gives it back with `keep`; the claim,
+    the refund and the kept answer then commit together.
+    """
+
+    replay: Kept | None = None
+    refund: Refund | None = None
+    error: DomainError | None = None
+    kept: Kept | None = None
+
+    def keep(self, status: int, body: bytes) -> None:
+        if self.replay is not None:
+            raise RuntimeError("a replayed answer is not kept again")
+        self.kept = Kept(status, body)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,41 +78,45 @@ class RefundService:
         self._after_creation(refund)
         return refund
 
+    @asynccontextmanager
     async def request_once(
         self,
         cmd: RequestRefund,
         actor: Actor,
         keyed: KeyedRequest,
-        render: Render,
-        render_error: RenderError,
         in_flight_timeout: timedelta = timedelta(seconds=120),
-    ) -> Answer:
+    ) -> AsyncIterator[RefundAttempt]:
         """`request` under an Idempotency-Key, in one transaction: the key's
-        claim, the refund and the answer kept for replays commit together.
+        claim, the refund and the answer kept for replays commit together
+        when the block ends, once the caller has kept its answer.
 
-        A rule the request breaks is answered (and that answer kept) like a
-        success; anything else rolls back and frees the key for a retry."""
+        A rule the request breaks is an answer like a success (kept and
+        replayed). Anything raised in the block, or an answer of 500 and
+        above, rolls everything back and frees the key for a retry."""
         for _ in range(3):
             async with self.deps.uow() as uow:
                 outcome = await claim_in(uow, keyed, self.deps.clock.now(), in_flight_timeout)
                 if isinstance(outcome, Replay):
-                    return Answer(outcome.status, outcome.body, replayed=True)
+                    yield RefundAttempt(replay=Kept(outcome.status, outcome.body))
+                    return
                 if not isinstance(outcome, IdempotencyClaim):
                     continue
+                attempt = RefundAttempt()
                 try:
-                    refund: Refund | None = await self._create(uow, cmd, actor)
+                    attempt.refund = await self._create(uow, cmd, actor)
                 except DomainError as error:
-                    refund = None
-                    status, body = render_error(error)
-                    if status >= 500:
-                        raise
-                else:
-                    status, body = render(refund)
-                await uow.idempotency.complete(keyed.api_key_id, keyed.key, status, body)
+                    attempt.error = error
+                yield attempt
+                kept = attempt.kept
+                if kept is None:
+                    raise RuntimeError("the answer to an idempotent refund request was not kept")
+                if kept.status >= 500:
+                    return  # rolled back: the key is free again
+                await uow.idempotency.complete(keyed.api_key_id, keyed.key, kept.status, kept.body)
                 await uow.commit()
-            if refund is not None:
-                self._after_creation(refund)
-            return Answer(status, body, replayed=False)
+            if attempt.refund is not None:
+                self._after_creation(attempt.refund)
+            return
         raise IdempotencyKeyInUse(CONTENDED)
 
     async def _create(self, uow: UnitOfWork, cmd: RequestRefund, actor: Actor) -> Refund:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
+import pytest
+
 
 async def test_every_operation_is_documented_with_summary_description_and_errors(api):
     spec = (await api.client.get("/openapi.json")).json()
@@ -43,3 +47,16 @@ async def test_the_refund_creation_documents_its_rules_and_codes(api):
 async def test_swagger_and_redoc_are_served(api):
     assert (await api.client.get("/docs")).status_code == 200
     assert (await api.client.get("/redoc")).status_code == 200
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+async def test_the_docs_load_nothing_from_another_host(api, page):
+    # On a closed network a page that pulls its script from a CDN stays blank.
+    html = (await api.client.get(page)).text
+    sources = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert sources, html
+    for source in sources:
+        assert source.startswith("/"), source
+        r = await api.client.get(source)
+        assert r.status_code == 200 and len(r.content) > 1000, source
+    assert "googleapis" not in html and "cdn." not in html

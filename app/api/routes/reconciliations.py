@@ -15,7 +15,16 @@ from fastapi import APIRouter, File, Form, Query, UploadFile
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response, StreamingResponse
 
-from app.api.deps import ContainerDep, Cursor, Limit, Ops, decode_cursor, json_response, page
+from app.api.deps import (
+    Cursor,
+    JobsDep,
+    Limit,
+    Ops,
+    ReconciliationsDep,
+    decode_cursor,
+    json_response,
+    page,
+)
 from app.api.docs import AUTH, problems
 from app.api.problems import ApiError
 from app.api.schemas import Currency, FxReportOut, Instant, Page, ReconciliationOut
@@ -139,7 +148,8 @@ def _file_opener(path: str):  # type: ignore[no-untyped-def]
     },
 )
 async def create_reconciliation(
-    container: ContainerDep,
+    reconciliations: ReconciliationsDep,
+    jobs: JobsDep,
     key: Ops,
     file: Annotated[UploadFile, File(description="the settlement file (CSV)")],
     pse_account: Annotated[str, Form(min_length=1, max_length=64)],
@@ -152,21 +162,21 @@ async def create_reconciliation(
     units) and Stripe's itemized balance / payout reconciliation exports. A
     malformed file ends `failed` with an error naming its line, and changes
     nothing."""
-    container.deps.account(pse_account)
+    reconciliations.check_account(pse_account)
     fd, path = tempfile.mkstemp(prefix="settlement-", suffix=".csv")
     with os.fdopen(fd, "wb") as out:
         while chunk := await file.read(_CHUNK):
             out.write(chunk)
     filename = (file.filename or "").replace("\x00", "")[:500] or None
-    reconciliation = await container.reconciliations.start(pse_account, filename, key.id)
+    reconciliation = await reconciliations.start(pse_account, filename, key.id)
 
     async def job() -> None:
         try:
-            await container.reconciliations.run(reconciliation.id, _file_opener(path))
+            await reconciliations.run(reconciliation.id, _file_opener(path))
         finally:
             os.unlink(path)
 
-    container.jobs.spawn(f"reconciliation {reconciliation.id}", job)
+    jobs.spawn(f"reconciliation {reconciliation.id}", job)
     return json_response(202, {"id": reconciliation.id, "status": reconciliation.status})
 
 
@@ -177,14 +187,14 @@ async def create_reconciliation(
     responses=problems(*AUTH, 422),
 )
 async def list_reconciliations(
-    container: ContainerDep,
+    reconciliations: ReconciliationsDep,
     _key: Ops,
     limit: Limit = 50,
     cursor: Cursor = None,
 ) -> Response:
     """Past reconciliation runs, newest first, each with its `status` and
     `counts` (its lines are at `GET /v1/reconciliations/{id}`)."""
-    runs = await container.reconciliations.list(limit=limit + 1, before_id=decode_cursor(cursor))
+    runs = await reconciliations.list(limit=limit + 1, before_id=decode_cursor(cursor))
     return json_response(200, page(runs, limit, _view))
 
 
@@ -204,7 +214,7 @@ def _after_id(cursor: str | None) -> int | None:
 )
 async def get_reconciliation(
     reconciliation_id: str,
-    container: ContainerDep,
+    reconciliations: ReconciliationsDep,
     _key: Ops,
     outcome: Annotated[
         str | None, Query(description=f"only lines of: {', '.join(o.value for o in OUTCOMES)}")
@@ -217,8 +227,8 @@ async def get_reconciliation(
     and the lines behind them, paged (`rows.next_cursor`)."""
     if outcome is not None and outcome not in {o.value for o in OUTCOMES}:
         raise ApiError(422, "validation_error", "Unknown outcome", f"no outcome {outcome}")
-    rec = await container.reconciliations.get(reconciliation_id)
-    lines = await container.reconciliations.lines(
+    rec = await reconciliations.get(reconciliation_id)
+    lines = await reconciliations.lines(
         reconciliation_id, outcome=outcome, limit=limit + 1, after_id=_after_id(cursor)
     )
     more = len(lines) > limit
@@ -244,10 +254,10 @@ async def get_reconciliation(
     },
 )
 async def reconciliation_report(
-    reconciliation_id: str, container: ContainerDep, _key: Ops
+    reconciliation_id: str, reconciliations: ReconciliationsDep, _key: Ops
 ) -> Response:
     """Every line of the reconciliation with its outcome, for a spreadsheet."""
-    await container.reconciliations.get(reconciliation_id)
+    await reconciliations.get(reconciliation_id)
 
     async def rows() -> AsyncIterator[str]:
         buffer = io.StringIO()
@@ -255,7 +265,7 @@ async def reconciliation_report(
         writer.writerow(_LINE_FIELDS)
         after = None
         while True:
-            lines = await container.reconciliations.lines(
+            lines = await reconciliations.lines(
                 reconciliation_id, outcome=None, limit=5000, after_id=after
             )
             for line in lines:
@@ -282,7 +292,7 @@ async def reconciliation_report(
     responses=problems(*AUTH, 422),
 )
 async def fx_report(
-    container: ContainerDep,
+    reconciliations: ReconciliationsDep,
     _key: Ops,
     from_: Annotated[Instant | None, Query(alias="from")] = None,
     to: Annotated[Instant | None, Query()] = None,
@@ -292,7 +302,7 @@ async def fx_report(
     the sum of FX differences (actual settled amount - amount at the payment's
     rate, in minor units; only refunds whose actual settlement the PSE
     reported count) and the sum of PSE refund fees."""
-    totals = await container.reconciliations.fx_report(from_, to, currency)
+    totals = await reconciliations.fx_report(from_, to, currency)
     return json_response(
         200,
         {

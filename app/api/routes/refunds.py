@@ -103,27 +103,31 @@ async def create_refund(
     """
     if idempotency_key is None:
         raise idempotency_key_required()
-    answer = await refunds.request_once(
-        RequestRefund(
-            payment_id=body.payment_id,
-            amount=body.amount,
-            currency=body.currency,
-            reason=body.reason,
-            note=body.note,
-            metadata=body.metadata,
-        ),
-        actor_of(key),
-        KeyedRequest(
-            key.id,
-            idempotency_key,
-            request.method,
-            request.url.path,
-            request_fingerprint(request.method, request.url.path, await request.body()),
-        ),
-        render=lambda refund: _answer(refund, 201),
-        render_error=lambda error: domain_problem(error, request_id_of(request)),
+    keyed = KeyedRequest(
+        key.id,
+        idempotency_key,
+        request.method,
+        request.url.path,
+        request_fingerprint(request.method, request.url.path, await request.body()),
     )
-    return replayable(answer.status, answer.body, replayed=answer.replayed)
+    command = RequestRefund(
+        payment_id=body.payment_id,
+        amount=body.amount,
+        currency=body.currency,
+        reason=body.reason,
+        note=body.note,
+        metadata=body.metadata,
+    )
+    async with refunds.request_once(command, actor_of(key), keyed) as attempt:
+        if attempt.replay is not None:
+            return replayable(attempt.replay.status, attempt.replay.body, replayed=True)
+        if attempt.refund is not None:
+            status, answer = _answer(attempt.refund, 201)
+        else:
+            assert attempt.error is not None
+            status, answer = domain_problem(attempt.error, request_id_of(request))
+        attempt.keep(status, answer)
+    return replayable(status, answer, replayed=False)
 
 
 @router.get(
