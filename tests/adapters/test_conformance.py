@@ -131,11 +131,15 @@ async def test_a_timeout_then_a_look_up_that_finds_nothing(case, gateway, router
     assert isinstance(await gateway.find_refund(case.submission()), NotFound)
 
 
+# KOMOJU and Omise list no failed refunds (theirs have no failure status):
+# the scenario has nothing to choose between there.
+LISTING_FAILURES = [c for c in CASES if PseRefundState.FAILED in c.listed_states]
+
+
+@pytest.mark.parametrize("case", LISTING_FAILURES, ids=[c.name for c in LISTING_FAILURES])
 async def test_a_look_up_by_reference_reports_the_refund_that_moved_money_not_the_newest(
     case, gateway, router
 ):
-    if PseRefundState.FAILED not in case.listed_states:
-        pytest.skip(f"{case.name} lists no failed refunds")
     newer_failed, older_succeeded = case.mock_lookup_several(
         router, [PseRefundState.FAILED, PseRefundState.SUCCEEDED]
     )
