@@ -34,8 +34,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from app.domain.errors import InvalidMoney
-from app.domain.money import is_currency, parse_rate
+from app.domain.money import is_currency, rate_text
 
 ENV_PREFIX = "PSE_REFUNDS_"
 CONFIG_FILE_VAR = "PSE_REFUNDS_CONFIG_FILE"
@@ -194,17 +193,9 @@ def _rate_pair(pair: str) -> str:
     return pair
 
 
-def _config_rate(value: str) -> str:
-    try:
-        parse_rate(value)
-    except InvalidMoney as exc:
-        raise ValueError(str(exc)) from None
-    return value
-
-
 class RateSettings(_Strict):
     # A string, as every rate is: TOML floats carry binary noise.
-    rate: Annotated[str, AfterValidator(_config_rate)]
+    rate: Annotated[str, AfterValidator(rate_text)]
     as_of: date
 
 

@@ -16,9 +16,8 @@ from pydantic import (
     model_validator,
 )
 
-from app.domain.errors import InvalidMoney
 from app.domain.models import RefundReason, RefundStatus
-from app.domain.money import is_currency, parse_rate
+from app.domain.money import is_currency, rate_text
 from app.domain.text import text_problem
 
 T = TypeVar("T")
@@ -28,14 +27,6 @@ def _currency(code: str) -> str:
     if not is_currency(code):
         raise ValueError(f"{code!r} is not an ISO 4217 currency code")
     return code
-
-
-def _rate(value: str) -> str:
-    try:
-        parse_rate(value)
-    except InvalidMoney as exc:
-        raise ValueError(str(exc)) from None
-    return value
 
 
 def _metadata(value: dict[str, str]) -> dict[str, str]:
@@ -60,7 +51,7 @@ PositiveMinorUnits = Annotated[int, Field(strict=True, ge=1, le=10**15)]
 Rate = Annotated[
     str,
     Field(max_length=40, examples=["0.0067"], description="decimal string"),
-    AfterValidator(_rate),
+    AfterValidator(rate_text),
 ]
 Metadata = Annotated[dict[str, str], AfterValidator(_metadata)]
 Note = Annotated[str, Field(max_length=1000)]
@@ -546,8 +537,31 @@ class ReconciliationRows(BaseModel):
     next_cursor: str | None
 
 
-class ReconciliationOut(BaseModel):
-    """A reconciliation run: a settlement file matched against our refunds."""
+RUN_EXAMPLE: dict[str, Any] = {
+    "id": "rec_0193c1d2e3f4",
+    "pse_account": "stripe_jp",
+    "status": "completed",
+    "filename": "settlement-2026-11.csv",
+    "file_format": "generic",
+    "rows_total": 3,
+    "counts": {
+        "matched": 1,
+        "amount_mismatch": 1,
+        "status_mismatch": 0,
+        "missing_in_service": 1,
+        "missing_in_file": 0,
+    },
+    "adopted": 0,
+    "range_from": "2026-11-01T00:00:00Z",
+    "range_to": "2026-11-30T00:00:00Z",
+    "error": None,
+    "created_at": "2026-11-30T09:00:00Z",
+    "completed_at": "2026-11-30T09:00:02Z",
+}
+
+
+class ReconciliationRunOut(BaseModel):
+    """A reconciliation run as listed: its counts, without its lines."""
 
     id: str
     pse_account: str
@@ -562,35 +576,17 @@ class ReconciliationOut(BaseModel):
     error: str | None
     created_at: datetime
     completed_at: datetime | None
+
+    model_config = ConfigDict(json_schema_extra={"examples": [RUN_EXAMPLE]})
+
+
+class ReconciliationOut(ReconciliationRunOut):
+    """A reconciliation run: a settlement file matched against our refunds."""
+
     rows: ReconciliationRows
 
     model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "id": "rec_0193c1d2e3f4",
-                    "pse_account": "stripe_jp",
-                    "status": "completed",
-                    "filename": "settlement-2026-11.csv",
-                    "file_format": "generic",
-                    "rows_total": 3,
-                    "counts": {
-                        "matched": 1,
-                        "amount_mismatch": 1,
-                        "status_mismatch": 0,
-                        "missing_in_service": 1,
-                        "missing_in_file": 0,
-                    },
-                    "adopted": 0,
-                    "range_from": "2026-11-01T00:00:00Z",
-                    "range_to": "2026-11-30T00:00:00Z",
-                    "error": None,
-                    "created_at": "2026-11-30T09:00:00Z",
-                    "completed_at": "2026-11-30T09:00:02Z",
-                    "rows": {"data": [], "next_cursor": None},
-                }
-            ]
-        }
+        json_schema_extra={"examples": [{**RUN_EXAMPLE, "rows": {"data": [], "next_cursor": None}}]}
     )
 
 

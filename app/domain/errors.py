@@ -15,7 +15,9 @@ class DomainError(Exception):
         super().__init__(self.detail)
 
 
-class InvalidMoney(DomainError):
+# Also a ValueError: validators of settings and request bodies take it as a
+# refused value with its message, with no wrapper of their own.
+class InvalidMoney(DomainError, ValueError):
     code = "validation_error"
     title = "Invalid amount"
 

@@ -90,6 +90,12 @@ def parse_rate(value: str | Decimal) -> Decimal:
     return rate
 
 
+def rate_text(value: str) -> str:
+    """`value` unchanged if it is a valid rate (see parse_rate), else InvalidMoney."""
+    parse_rate(value)
+    return value
+
+
 @dataclass(frozen=True, slots=True, order=False)
 class Money:
     amount: int

@@ -8,11 +8,9 @@ import io
 import os
 import tempfile
 from collections.abc import AsyncIterator, Iterator
-from datetime import datetime
-from typing import Annotated, BinaryIO, Literal
+from typing import Annotated, BinaryIO
 
 from fastapi import APIRouter, File, Form, Query, UploadFile
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response, StreamingResponse
 
 from app.api.deps import (
@@ -27,7 +25,14 @@ from app.api.deps import (
 )
 from app.api.docs import AUTH, problems
 from app.api.problems import ApiError
-from app.api.schemas import Currency, FxReportOut, Instant, Page, ReconciliationOut
+from app.api.schemas import (
+    Currency,
+    FxReportOut,
+    Instant,
+    Page,
+    ReconciliationOut,
+    ReconciliationRunOut,
+)
 from app.domain.reconciliation import OUTCOMES
 from app.domain.records import Reconciliation, ReconciliationLine
 from app.services.views import rfc3339
@@ -76,52 +81,6 @@ def _view(rec: Reconciliation) -> dict:
         "created_at": rfc3339(rec.created_at),
         "completed_at": rfc3339(rec.completed_at),
     }
-
-
-class ReconciliationRunOut(BaseModel):
-    """A reconciliation run as listed: its counts, without its lines."""
-
-    id: str
-    pse_account: str
-    status: Literal["processing", "completed", "failed"]
-    filename: str | None
-    file_format: str | None
-    rows_total: int
-    counts: dict[str, int]
-    adopted: int = Field(description="unknown/pending refunds the file proved settled")
-    range_from: datetime | None
-    range_to: datetime | None
-    error: str | None
-    created_at: datetime
-    completed_at: datetime | None
-
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "id": "rec_0193c1d2e3f4",
-                    "pse_account": "stripe_jp",
-                    "status": "completed",
-                    "filename": "settlement-2026-11.csv",
-                    "file_format": "generic",
-                    "rows_total": 3,
-                    "counts": {
-                        "matched": 1,
-                        "amount_mismatch": 1,
-                        "status_mismatch": 0,
-                        "missing_in_service": 1,
-                        "missing_in_file": 0,
-                    },
-                    "adopted": 0,
-                    "range_from": "2026-11-01T00:00:00Z",
-                    "range_to": "2026-11-30T00:00:00Z",
-                    "error": None,
-                    "created_at": "2026-11-30T09:00:00Z",
-                    "completed_at": "2026-11-30T09:00:02Z",
-                }
-            ]
-        }
-    )
 
 
 def _file_opener(path: str):  # type: ignore[no-untyped-def]
