@@ -17,8 +17,8 @@ RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
     && pip check
 
 FROM python:3.11-slim
-# Production sets PSE_REFUNDS_DATABASE_URL (and a config file); without one the
-# image runs the embedded demo, whose PostgreSQL keeps its data in
+# Production sets PSE_REFUNDS_DATABASE_URL (and a config file). Without a
+# database URL the service uses an embedded PostgreSQL keeping its data in
 # /srv/.pse-refunds: the folder must belong to the user the service runs as.
 RUN useradd --create-home --uid 10001 refunds && mkdir -p /srv && chown refunds:refunds /srv
 WORKDIR /srv

@@ -65,5 +65,11 @@ lock: | $(BIN)/python
 	$(UV_COMPILE) --extra dev -o $(DEV_LOCK)
 	$(UV_COMPILE) --constraint $(DEV_LOCK) -o $(LOCK)
 
+## The benchmarks of bench/README.md, one run each (they print their figures).
+bench: install-dev
+	$(BIN)/python bench/refunds.py --duration 15 --audit on
+	$(BIN)/python bench/webhooks.py --duration 10
+	$(BIN)/python bench/reconcile.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
