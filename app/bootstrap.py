@@ -20,6 +20,7 @@ from app.adapters.pse.audit_transport import AuditingTransport
 from app.adapters.pse.base import PseAccount
 from app.adapters.settlement.parsers import SettlementFileError, open_settlement
 from app.config import AccountSettings, ConfigError, Settings, secrets_of
+from app.domain.console import SessionLimits
 from app.domain.money import parse_rate
 from app.domain.policy import ApprovalTier, RefundPolicy, TrustedRate
 from app.domain.ports import (
@@ -30,6 +31,8 @@ from app.domain.resolution import CheckSchedule
 from app.metrics import Metrics
 from app.redaction import Redactor
 from app.services.audit import AuditService
+from app.services.console import ConsoleService
+from app.services.console_queries import ConsoleQueries
 from app.services.context import AccountInfo, Deps
 from app.services.dispatch import BackgroundSubmitter
 from app.services.events import DeliveryService, EventService, RetryPolicy
@@ -136,13 +139,16 @@ class Container:
     jobs: BackgroundJobs
     audit: AuditService
     http: httpx.AsyncClient
+    console: ConsoleService
     pse_accounts: dict[str, PseAccount] = field(default_factory=dict)
     # False for a pool handed to build_container: whoever opened it closes it.
     owns_pool: bool = True
     operations: Operations = field(init=False)
+    console_queries: ConsoleQueries = field(init=False)
 
     def __post_init__(self) -> None:
         self.operations = Operations(self.deps, self.settings, self.audit, self.readiness)
+        self.console_queries = ConsoleQueries(self.deps, self.deliveries)
 
     @property
     def shares_metrics(self) -> bool:
@@ -300,5 +306,12 @@ def build_container(
             idempotency_retention_days=settings.idempotency_retention_days,
         ),
         http=http,
+        console=ConsoleService(
+            deps,
+            SessionLimits(
+                idle=timedelta(minutes=settings.console_idle_minutes),
+                absolute=timedelta(hours=settings.console_absolute_hours),
+            ),
+        ),
         pse_accounts=accounts,
     )

@@ -293,6 +293,10 @@ class Settings(BaseSettings):
     idempotency_in_flight_seconds: float = Field(default=60, gt=0)
     # Answers kept for replay; the contract promises at least 30 days.
     idempotency_retention_days: int = Field(default=30, ge=30)
+    # A console session ends after this long without a request, and this long
+    # after sign-in whatever the activity.
+    console_idle_minutes: float = Field(default=30, gt=0, le=24 * 60)
+    console_absolute_hours: float = Field(default=12, gt=0, le=7 * 24)
     policy: PolicySettings = Field(default_factory=PolicySettings)
     accounts: dict[str, AccountSettings] = Field(default_factory=dict)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)

@@ -15,6 +15,7 @@ from app.api import problems
 from app.api.middleware import RequestContextMiddleware
 from app.api.routes import audit, events, ops, payments, reconciliations, refunds, webhooks
 from app.bootstrap import Container
+from app.console.app import console_mount
 
 DESCRIPTION = """
 Owns the refund lifecycle between a store backend and its PSEs (KOMOJU,
@@ -108,6 +109,8 @@ def create_app(
     app.include_router(events.router)
     app.include_router(reconciliations.router)
     app.include_router(audit.router)
+    # The console is an app of its own: its errors are pages, not problem+json.
+    app.router.routes.append(console_mount(container))
     for path, mounted in (extra_mounts or {}).items():
         app.mount(path, mounted)
     app.add_middleware(

@@ -6,6 +6,7 @@ request on the hot path.
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import time
@@ -40,9 +41,12 @@ class RequestContextMiddleware:
         max_upload_bytes: int = 2 * 1024**3,
         upload_paths: tuple[str, ...] = ("/v1/reconciliations",),
         audit: AuditSink | None = None,
+        # Where people read pages (the console): refusals made here are pages too.
+        page_paths: tuple[str, ...] = ("/console",),
     ) -> None:
         self.app = app
         self.audit = audit
+        self.page_paths = page_paths
         self.max_body_bytes = max_body_bytes
         self.max_upload_bytes = max_upload_bytes
         self.upload_paths = upload_paths
@@ -83,15 +87,17 @@ class RequestContextMiddleware:
             await send(message)
 
         async def problem(status: int, code: str, title: str, detail: str) -> None:
-            body = problem_bytes(problem_body(status, code, title, detail, request_id))
+            if scope["path"].startswith(self.page_paths):
+                body = _refusal_page(status, code, title, detail, request_id)
+                headers = _PAGE_HEADERS
+            else:
+                body = problem_bytes(problem_body(status, code, title, detail, request_id))
+                headers = [(b"content-type", PROBLEM_JSON.encode())]
             await send_with_id(
                 {
                     "type": "http.response.start",
                     "status": status,
-                    "headers": [
-                        (b"content-type", PROBLEM_JSON.encode()),
-                        (b"content-length", str(len(body)).encode()),
-                    ],
+                    "headers": [*headers, (b"content-length", str(len(body)).encode())],
                 }
             )
             await send({"type": "http.response.body", "body": body})
@@ -215,6 +221,26 @@ class RequestContextMiddleware:
             payment_id=payment_id,
             actor=state.get("api_key_id"),
         )
+
+
+_PAGE_HEADERS = [
+    (b"content-type", b"text/html; charset=utf-8"),
+    (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'; base-uri 'none'"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cache-control", b"no-store"),
+]
+
+
+def _refusal_page(status: int, code: str, title: str, detail: str, request_id: str) -> bytes:
+    """A bare page for a refusal made before the console could answer."""
+    title, detail = html.escape(title), html.escape(detail)
+    return (
+        f'<!doctype html><html lang="en"><meta charset="utf-8">'
+        f"<title>{title}</title><h1>{title}</h1><p>{detail[:1].upper()}{detail[1:]}.</p>"
+        f"<p>Code <code>{html.escape(code)}</code> · request id "
+        f"<code>{html.escape(request_id)}</code> · status {status}</p></html>"
+    ).encode()
 
 
 _AUDIT_REQUEST_BYTES = 64 * 1024

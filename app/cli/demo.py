@@ -108,6 +108,7 @@ def print_demo_banner(host: str, port: int, data_dir: Path, keys: list[DemoKey])
         "PSE Refund Service: embedded demo (sandbox PSE at /sandbox)",
         f"  Listening: {url}",
         f"  API docs:  {url}/docs",
+        f"  Console:   {url}/console (sign in with an approver, ops or admin key below)",
         f"  Data:      embedded PostgreSQL in {shown_path(data_dir)} "
         "(stops with the service; delete the folder to start afresh)",
         "  Demo API keys (new on every start; earlier demo keys are revoked):",

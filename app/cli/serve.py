@@ -200,6 +200,7 @@ def _print_listening(service: Service, host: str, port: int, processes: int) -> 
                 f"PSE Refund Service{count}",
                 f"  Listening: {where}",
                 f"  API docs:  {url}/docs",
+                f"  Console:   {url}/console",
                 f"  Database:  {database_line}",
             ]
         )

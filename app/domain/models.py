@@ -27,6 +27,7 @@ from app.domain.policy import (
     RefundPolicy,
     approvals_satisfied,
     can_fill_a_slot,
+    open_slots,
 )
 from app.domain.pse import (
     PseRefund,
@@ -67,6 +68,8 @@ TRANSITIONS: dict[RefundStatus, frozenset[RefundStatus]] = {
 RESERVING = frozenset(set(RefundStatus) - FINAL_STATUSES)
 # Final statuses in which the money went back to the customer.
 PAID_OUT = frozenset({S.SUCCEEDED, S.OFFLINE_PAID})
+# Statuses a refund can still be canceled in: nothing was sent to a PSE.
+CANCELABLE = frozenset({S.PENDING_APPROVAL, S.APPROVED, S.OFFLINE_REQUIRED})
 
 # The event each status change raises for the store backend.
 EVENT_FOR_STATUS: dict[RefundStatus, str] = {
@@ -102,6 +105,14 @@ class RiskLevel(StrEnum):
 class Decision(StrEnum):
     APPROVED = "approved"
     REJECTED = "rejected"
+
+
+class DecisionBlock(StrEnum):
+    """Why an approver cannot approve a refund waiting for approval."""
+
+    SELF_APPROVAL = "self_approval"  # its key created the refund
+    ALREADY_DECIDED = "already_decided"  # it approved the refund already
+    LEVEL = "level"  # its level fills none of the slots still open
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,17 +379,46 @@ class Refund:
 
     # -- approvals ---------------------------------------------------------
 
+    def _granted_levels(self) -> list[int]:
+        return [a.level for a in self.approvals if a.decision is Decision.APPROVED]
+
+    @property
+    def open_slots(self) -> tuple[int, ...]:
+        """The levels of the approval slots still open, most demanding first."""
+        return open_slots(tuple(self.required_approvals), self._granted_levels())
+
+    @property
+    def reject_level(self) -> int:
+        """The level a veto needs: the refund's highest required level."""
+        return max(self.required_approvals, default=1)
+
+    def decision_block(self, approver_id: str, level: int | None) -> DecisionBlock | None:
+        """Why the key `approver_id` deciding at `level` (None: no approval level)
+        cannot approve this refund, checked in `approve`'s order; None when it
+        can. The status is not looked at: once the refund no longer awaits
+        approval, no one decides it."""
+        if approver_id == self.created_by:
+            return DecisionBlock.SELF_APPROVAL
+        if any(a.approver_id == approver_id for a in self.approvals):
+            return DecisionBlock.ALREADY_DECIDED
+        if level is None or not can_fill_a_slot(
+            tuple(self.required_approvals), self._granted_levels(), level
+        ):
+            return DecisionBlock.LEVEL
+        return None
+
     def _check_decider(self, approver: Approver) -> None:
         if self.status is not S.PENDING_APPROVAL:
             raise InvalidState(f"the refund is {self.status}, not pending_approval")
-        if approver.actor.id == self.created_by:
+        block = self.decision_block(approver.actor.id, approver.level)
+        if block is DecisionBlock.SELF_APPROVAL:
             raise SelfApprovalForbidden("the key that created this refund cannot decide on it")
-        if any(a.approver_id == approver.actor.id for a in self.approvals):
+        if block is DecisionBlock.ALREADY_DECIDED:
             raise AlreadyDecided("this approver already decided on the refund")
 
     def approve(self, payment: Payment, approver: Approver, note: str | None, at: datetime) -> None:
         self._check_decider(approver)
-        granted = [a.level for a in self.approvals if a.decision is Decision.APPROVED]
+        granted = self._granted_levels()
         if not can_fill_a_slot(tuple(self.required_approvals), granted, approver.level):
             raise ApprovalLevelInsufficient(
                 f"the remaining approvals need level {max(self.required_approvals)}"
@@ -402,7 +442,7 @@ class Refund:
     def reject(self, payment: Payment, approver: Approver, note: str, at: datetime) -> None:
         """One rejection ends the refund. Vetoing needs the refund's highest required level."""
         self._check_decider(approver)
-        needed = max(self.required_approvals, default=1)
+        needed = self.reject_level
         if approver.level < needed:
             raise ApprovalLevelInsufficient(
                 f"rejecting this refund needs level {needed}; this approver has level "
@@ -416,7 +456,7 @@ class Refund:
         self._move(payment, S.REJECTED, at, approver.actor.name, note)
 
     def cancel(self, payment: Payment, actor: Actor, at: datetime, note: str | None = None) -> None:
-        if self.status not in (S.PENDING_APPROVAL, S.APPROVED, S.OFFLINE_REQUIRED):
+        if self.status not in CANCELABLE:
             raise InvalidState(f"a {self.status} refund can no longer be canceled")
         self._move(payment, S.CANCELED, at, actor.name, note)
 

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Context, Decimal
+from enum import StrEnum
 
 from app.domain.errors import AmountExceedsLimit, AmountExceedsRefundable
 from app.domain.money import Money
@@ -61,6 +62,25 @@ class RefundDecision:
     @property
     def needs_approval(self) -> bool:
         return bool(self.required_approvals)
+
+
+class ApprovalCause(StrEnum):
+    """Why a refund waits for people."""
+
+    TIER = "tier"  # above an approval tier (`ApprovalReason.tier`)
+    NO_OPERATOR_RATE = "no_operator_rate"  # tiers of other currencies only, and no rate to them
+    HIGH_RISK = "high_risk"  # the payment is high-risk
+    DAILY_LIMIT = "daily_limit"  # the day's auto-approved total would pass the limit
+    EARLIER_POLICY = "earlier_policy"  # the policy in force now would not ask
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalReason:
+    cause: ApprovalCause
+    # TIER: the highest exceeded tier (its `above` in its `currency`).
+    tier: ApprovalTier | None = None
+    # DAILY_LIMIT: the limit, in minor units of the refund's currency.
+    daily_limit: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +135,13 @@ class RefundPolicy:
         """
         if not self.approval_tiers:
             return ()
+        measurable, top = self._highest_tier(amount, now)
+        if not measurable:
+            return (1,)
+        return top.required_levels() if top is not None else ()
+
+    def _highest_tier(self, amount: Money, now: datetime) -> tuple[bool, ApprovalTier | None]:
+        """(whether any tier can measure the amount, the tier that applies or None)."""
         comparable: list[tuple[ApprovalTier, int]] = []
         for tier in self.approval_tiers:
             if tier.currency == amount.currency:
@@ -124,18 +151,17 @@ class RefundPolicy:
             if rate is not None:
                 comparable.append((tier, amount.convert(rate, tier.currency).amount))
         if not comparable:
-            return (1,)
+            return False, None
         exceeded = [tier for tier, value in comparable if value > tier.above]
         if not exceeded:
-            return ()
+            return True, None
         # The highest exceeded tier of each currency applies; when tiers of two
         # currencies both apply, the more demanding one wins.
         highest: dict[str, ApprovalTier] = {}
         for tier in exceeded:
             if tier.currency not in highest or tier.above > highest[tier.currency].above:
                 highest[tier.currency] = tier
-        top = max(highest.values(), key=lambda t: (t.approvals, t.min_level))
-        return top.required_levels()
+        return True, max(highest.values(), key=lambda t: (t.approvals, t.min_level))
 
     def decide(
         self,
@@ -172,6 +198,35 @@ class RefundPolicy:
             counts_toward_daily_limit=counts_toward_daily,
         )
 
+    def approval_reasons(
+        self, *, amount: Money, high_risk: bool, requested_at: datetime
+    ) -> tuple[ApprovalReason, ...]:
+        """Why `decide` asked people to approve a refund of `amount` requested at
+        `requested_at`, most demanding first, recomputed from this policy
+        rather than stored with the refund.
+
+        The day's auto-approved total at the time is not kept: when neither a
+        tier nor the risk explains the approval, the daily limit did (as
+        `decide` consults it only then). A policy changed since the request
+        may explain nothing: `EARLIER_POLICY` says so.
+        """
+        reasons: list[ApprovalReason] = []
+        if self.approval_tiers:
+            measurable, top = self._highest_tier(amount, requested_at)
+            if not measurable:
+                reasons.append(ApprovalReason(ApprovalCause.NO_OPERATOR_RATE))
+            elif top is not None:
+                reasons.append(ApprovalReason(ApprovalCause.TIER, tier=top))
+        if high_risk:
+            reasons.append(ApprovalReason(ApprovalCause.HIGH_RISK))
+        if not reasons:
+            limit = self.daily_auto_approve_limit.get(amount.currency)
+            if limit is not None:
+                reasons.append(ApprovalReason(ApprovalCause.DAILY_LIMIT, daily_limit=limit))
+            else:
+                reasons.append(ApprovalReason(ApprovalCause.EARLIER_POLICY))
+        return tuple(reasons)
+
 
 def approvals_satisfied(required: tuple[int, ...], granted_levels: list[int]) -> bool:
     """Whether distinct approvals of `granted_levels` fill every required slot."""
@@ -181,6 +236,11 @@ def approvals_satisfied(required: tuple[int, ...], granted_levels: list[int]) ->
 def can_fill_a_slot(required: tuple[int, ...], granted_levels: list[int], level: int) -> bool:
     """Whether one more approval at `level` fills a still-open slot."""
     return any(level >= slot for slot in _unfilled(required, granted_levels))
+
+
+def open_slots(required: tuple[int, ...], granted_levels: list[int]) -> tuple[int, ...]:
+    """The levels of the slots `granted_levels` leave open, most demanding first."""
+    return tuple(_unfilled(required, granted_levels))
 
 
 def _unfilled(required: tuple[int, ...], granted_levels: list[int]) -> list[int]:

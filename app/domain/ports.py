@@ -21,6 +21,7 @@ from app.domain.pse import (
 
 if TYPE_CHECKING:
     from app.domain.audit import AuditEntry, AuditRecord
+    from app.domain.console import ConsoleSession, Flash
     from app.domain.models import Payment, Refund, RefundStatus
     from app.domain.reconciliation import RefundSnapshot
     from app.domain.records import (
@@ -32,7 +33,10 @@ if TYPE_CHECKING:
         OutboxEvent,
         Reconciliation,
         ReconciliationLine,
+        RefundRow,
         StoredWebhook,
+        SuccessTimes,
+        Volume,
         WebhookStatus,
     )
 
@@ -100,6 +104,14 @@ class EventPublisher(abc.ABC):
 class RefundFilter:
     statuses: Sequence[RefundStatus] = ()
     payment_id: str | None = None
+    pse_account: str | None = None
+    # One search box: the refunds of the payment with this id, or of the
+    # payments of the order with this id.
+    payment_or_order_id: str | None = None
+    # Amounts in minor units of `currency` (a bound without a currency means nothing).
+    currency: str | None = None
+    amount_min: int | None = None
+    amount_max: int | None = None
     created_from: datetime | None = None
     created_to: datetime | None = None
     # Not final and created before this instant (the stale list).
@@ -117,6 +129,11 @@ class PaymentRepository(Protocol):
     async def add(self, payment: Payment, created_by: str | None) -> None: ...
     async def get(self, payment_id: str, *, for_update: bool = False) -> Payment | None: ...
     async def get_by_pse(self, pse_account: str, pse_payment_id: str) -> Payment | None: ...
+    async def get_many(self, payment_ids: Sequence[str]) -> list[Payment]: ...
+    async def volume(self, created_since: datetime) -> list[Volume]:
+        """Payments registered since `created_since`, per currency."""
+        ...
+
     async def list(
         self, *, order_id: str | None, limit: int, before_id: str | None
     ) -> list[Payment]: ...
@@ -140,6 +157,31 @@ class RefundRepository(Protocol):
     async def find_for_settlement(
         self, pse_account: str, pse_refund_ids: Sequence[str], references: Sequence[str]
     ) -> list[RefundSnapshot]: ...
+    async def rows(
+        self, flt: RefundFilter, *, limit: int, before_id: str | None
+    ) -> list[RefundRow]:
+        """`list`'s refunds in its order, as rows with their payment's order id."""
+        ...
+
+    async def awaiting_approval(self, *, limit: int, after_id: str | None) -> list[Refund]:
+        """Refunds in `pending_approval`, oldest first, after `after_id`."""
+        ...
+
+    async def flagged_count(self) -> int: ...
+    async def count_by_status(
+        self, created_from: datetime, created_to: datetime
+    ) -> dict[str, int]: ...
+    async def volume(
+        self, created_since: datetime, statuses: Sequence[RefundStatus]
+    ) -> list[Volume]:
+        """Refunds requested since `created_since` now in one of `statuses`, per currency."""
+        ...
+
+    async def success_times(self, succeeded_since: datetime) -> list[SuccessTimes]:
+        """Per PSE account, from request to `succeeded`, of refunds that
+        succeeded since `succeeded_since`."""
+        ...
+
     async def list(
         self, flt: RefundFilter, *, limit: int, before_id: str | None
     ) -> list[Refund]: ...
@@ -177,6 +219,14 @@ class OutboxRepository(Protocol):
     async def attempts(self, event_id: str) -> list[DeliveryAttempt]: ...
     async def oldest_undelivered(self) -> datetime | None: ...
     async def redeliver(self, event_id: str, now: datetime) -> bool: ...
+    async def failed(self, *, limit: int, before_id: str | None) -> list[OutboxEvent]:
+        """Events whose delivery failed, newest first, before `before_id`."""
+        ...
+
+    async def failed_count(self) -> int: ...
+    async def attempts_of(self, event_ids: Sequence[str]) -> list[DeliveryAttempt]:
+        """The delivery attempts of these events, in the order they were made."""
+        ...
 
 
 class IdempotencyRepository(Protocol):
@@ -208,6 +258,9 @@ class WebhookRepository(Protocol):
         self, pse_account: str, pse_refund_id: str | None, reference: str
     ) -> list[StoredWebhook]: ...
     async def stuck(self, received_before: datetime, limit: int) -> list[StoredWebhook]: ...
+    async def for_refund(self, refund_id: str, limit: int) -> list[StoredWebhook]:
+        """The events applied (or tried) to this refund, in the order received."""
+        ...
 
 
 class ApiKeyRepository(Protocol):
@@ -215,6 +268,24 @@ class ApiKeyRepository(Protocol):
     async def by_hash(self, key_hash: str) -> ApiKey | None: ...
     async def revoke(self, key_id: str, at: datetime) -> bool: ...
     async def list(self) -> list[ApiKey]: ...
+
+
+class ConsoleSessionRepository(Protocol):
+    """Console sessions, by the hash of their token."""
+
+    async def add(self, session: ConsoleSession) -> None: ...
+    async def get(self, token_hash: str) -> tuple[ConsoleSession, ApiKey] | None:
+        """The session with its API key as stored now (revoked or not)."""
+        ...
+
+    async def touch(self, token_hash: str, at: datetime, *, clear_flashes: bool) -> None: ...
+    async def add_flash(self, token_hash: str, flash: Flash) -> None: ...
+    async def delete(self, token_hash: str) -> bool: ...
+    async def delete_for_key(self, api_key_id: str) -> int: ...
+    async def purge(self, idle_before: datetime, created_before: datetime) -> int:
+        """Remove the sessions last seen before `idle_before` or opened before
+        `created_before`."""
+        ...
 
 
 class AutoApprovalTotals(Protocol):
@@ -264,7 +335,13 @@ class AuditRepository(Protocol):
         before_seq: int | None,
         oldest_first: bool = False,
         after_seq: int | None = None,
-    ) -> list[AuditRecord]: ...
+        without_kinds: Sequence[str] = (),
+        without_reads: bool = False,
+    ) -> list[AuditRecord]:
+        """`without_kinds` leaves those kinds out; `without_reads` leaves out
+        the API requests that only read (GET, HEAD)."""
+        ...
+
     async def purge(self, older_than: datetime, now: datetime) -> int: ...
 
 
@@ -294,6 +371,7 @@ class UnitOfWork(Protocol):
     auto_approvals: AutoApprovalTotals
     reconciliations: ReconciliationRepository
     audit: AuditRepository
+    console_sessions: ConsoleSessionRepository
 
     def after_commit(self, callback: Callable[[], None]) -> None: ...
 

@@ -85,6 +85,7 @@ class StoredWebhook:
     reference: str | None = None
     refund: dict[str, Any] | None = None
     refund_id: str | None = None
+    applied_at: datetime | None = None
 
 
 class DeliveryStatus(StrEnum):
@@ -183,3 +184,42 @@ class FxTotal:
     fx_difference: int
     fees: int
     refunds_with_actual_settlement: int
+
+
+@dataclass(frozen=True, slots=True)
+class RefundRow:
+    """A refund as lists and exports show it: its own columns and its
+    payment's order id, without history or approvals."""
+
+    id: str
+    created_at: datetime
+    payment_id: str
+    order_id: str | None
+    pse_account: str
+    amount: int
+    currency: str
+    status: str
+    reason: str
+    pse_refund_id: str | None
+    failure_code: str | None
+    updated_at: datetime
+    attention: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Volume:
+    """How many, and how much in minor units, of one currency."""
+
+    currency: str
+    count: int
+    amount: int
+
+
+@dataclass(frozen=True, slots=True)
+class SuccessTimes:
+    """Time from request to `succeeded` of one PSE account's refunds, in seconds."""
+
+    pse_account: str
+    refunds: int
+    median_seconds: float
+    p95_seconds: float

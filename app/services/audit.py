@@ -77,6 +77,11 @@ class AuditService:
         if not self.enabled:
             return
         context = structlog.contextvars.get_contextvars()
+        via = context.get("via")
+        if via is not None and "via" not in data:
+            # The edge a request came through (the console binds "console"):
+            # whatever the service notes for that request says so.
+            data = {**data, "via": via}
         self._buffer.append(
             AuditEntry(
                 at=self._clock.now(),

@@ -17,6 +17,7 @@ from datetime import timedelta
 import structlog
 
 from app.domain.errors import NotFound
+from app.domain.models import Actor
 from app.domain.ports import EventPublisher
 from app.domain.records import DeliveryAttempt, DeliveryStatus, OutboxEvent
 from app.services.context import Deps
@@ -113,6 +114,35 @@ class DeliveryService:
         self.lease = timedelta(seconds=lease_seconds)
         self._limit = asyncio.Semaphore(concurrency)
         self._rng = rng or random.Random()
+
+    async def redeliver(self, event_id: str, actor: Actor | None = None) -> OutboxEvent:
+        """Queue an event for delivery again now (after it `failed`, or for a
+        store that lost it): the worker sends it with the same `webhook-id`,
+        after any earlier event of its refund still pending. With `actor`,
+        the audit trail says who asked."""
+        async with self.deps.uow() as uow:
+            event = await uow.outbox.get(event_id)
+            if event is None or not await uow.outbox.redeliver(event_id, self.deps.clock.now()):
+                raise NotFound(f"no event {event_id}")
+            await uow.commit()
+        if actor is not None:
+            self.deps.audit.record(
+                "event.redelivered",
+                {
+                    "event_id": event.id,
+                    "event_type": event.type,
+                    "delivery_status_before": event.delivery_status.value,
+                    "attempts_before": event.delivery_attempts,
+                    "by_key_id": actor.id,
+                },
+                refund_id=event.refund_id,
+                payment_id=event.payment_id,
+                actor=actor.name,
+            )
+        async with self.deps.uow() as uow:
+            queued = await uow.outbox.get(event_id)
+        assert queued is not None  # events are never deleted
+        return queued
 
     async def deliver_due(self) -> int:
         """Send the events due now (one per refund: its earliest undelivered one).

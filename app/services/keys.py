@@ -76,13 +76,18 @@ class KeyService:
         return key, secret
 
     async def revoke(self, key_id: str) -> None:
+        """Revoke the key, and end its console sessions in the same transaction:
+        nobody is left signed in with a key that no longer opens anything."""
         async with self.deps.uow() as uow:
             revoked = await uow.api_keys.revoke(key_id, self.deps.clock.now())
+            sessions_ended = await uow.console_sessions.delete_for_key(key_id)
             await uow.commit()
         self._cache = {h: entry for h, entry in self._cache.items() if entry[0].id != key_id}
         if not revoked:
             raise NotFound(f"no active key {key_id}")
-        self.deps.audit.record("key.revoked", {"key_id": key_id})
+        self.deps.audit.record(
+            "key.revoked", {"key_id": key_id, "console_sessions_ended": sessions_ended}
+        )
 
     async def authenticate(self, secret: str) -> ApiKey | None:
         if not secret.startswith(KEY_PREFIX):

@@ -27,6 +27,12 @@ class Operations:
     async def readiness(self) -> tuple[bool, str]:
         return await self._readiness()
 
+    async def open_counts(self) -> tuple[dict[str, int], int]:
+        """Refunds not yet final by status, and how many of them are past the SLA."""
+        now = self.deps.clock.now()
+        async with self.deps.uow() as uow:
+            return await uow.refunds.open_counts(now - timedelta(hours=self.deps.stale_after_hours))
+
     async def metrics_text(self) -> bytes:
         """The metrics, with the current-state gauges read from the database."""
         metrics: Metrics = self.deps.metrics

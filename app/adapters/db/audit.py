@@ -59,6 +59,12 @@ _PURGE = "DELETE FROM audit_log WHERE seq <= $1"
 _ANCHOR = "UPDATE audit_head SET anchor_seq = $1, anchor_hash = $2, purged_at = $3 WHERE id = 1"
 
 
+# A clause for Conditions.add: its braces are doubled.
+_NOT_A_READ = (
+    "(kind <> 'api.request' OR (body::jsonb #>> '{{data,method}}') NOT IN ('GET', 'HEAD'))"
+)
+
+
 def audit_from_record(record: asyncpg.Record) -> AuditRecord:
     return AuditRecord(*record)
 
@@ -100,6 +106,8 @@ class AuditRepository:
         before_seq: int | None,
         oldest_first: bool = False,
         after_seq: int | None = None,
+        without_kinds: Sequence[str] = (),
+        without_reads: bool = False,
     ) -> list[AuditRecord]:
         where = Conditions()
         if refund_id is not None:
@@ -116,6 +124,12 @@ class AuditRepository:
             where.add("seq < {}", before_seq)
         if after_seq is not None:
             where.add("seq > {}", after_seq)
+        if without_kinds:
+            where.add("kind <> ALL({}::text[])", list(without_kinds))
+        if without_reads:
+            # Parsed only for the API requests among the rows the other
+            # conditions (and their index) already narrowed.
+            where.add(_NOT_A_READ)
         order = "ASC" if oldest_first else "DESC"
         limit_at = where.next_parameter()
         records = await self.conn.fetch(

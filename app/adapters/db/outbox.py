@@ -99,6 +99,15 @@ _ATTEMPTS = (
     "SELECT event_id, attempt, at, url, status_code, duration_ms, error "
     "FROM event_deliveries WHERE event_id = $1 ORDER BY id"
 )
+# Failed is written out, not a parameter: the partial index of failed
+# events (migration 0007) serves only a query that names it.
+_FAILED_FIRST = _SELECT + " WHERE delivery_status = 'failed' ORDER BY id DESC LIMIT $1"
+_FAILED_BEFORE = _SELECT + " WHERE delivery_status = 'failed' AND id < $2 ORDER BY id DESC LIMIT $1"
+_FAILED_COUNT = "SELECT count(*) FROM events WHERE delivery_status = 'failed'"
+_ATTEMPTS_OF = (
+    "SELECT event_id, attempt, at, url, status_code, duration_ms, error "
+    "FROM event_deliveries WHERE event_id = ANY($1::text[]) ORDER BY id"
+)
 _REDELIVER = (
     "UPDATE events SET delivery_status = $2, next_delivery_at = $3, first_attempt_at = NULL "
     "WHERE id = $1"
@@ -242,3 +251,21 @@ class OutboxRepository:
     async def redeliver(self, event_id: str, now: datetime) -> bool:
         status = await self.conn.execute(_REDELIVER, event_id, DeliveryStatus.PENDING.value, now)
         return rows_affected(status) > 0
+
+    async def failed(self, *, limit: int, before_id: str | None) -> list[OutboxEvent]:
+        """Events whose delivery failed, newest first (ids sort by creation)."""
+        if before_id is None:
+            records = await self.conn.fetch(_FAILED_FIRST, limit)
+        else:
+            records = await self.conn.fetch(_FAILED_BEFORE, limit, before_id)
+        return [event_from_record(record) for record in records]
+
+    async def failed_count(self) -> int:
+        found: int = await self.conn.fetchval(_FAILED_COUNT)
+        return found
+
+    async def attempts_of(self, event_ids: Sequence[str]) -> list[DeliveryAttempt]:
+        if not event_ids:
+            return []
+        records = await self.conn.fetch(_ATTEMPTS_OF, list(event_ids))
+        return [attempt_from_record(record) for record in records]

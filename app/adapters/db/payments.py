@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from datetime import datetime
 from decimal import Decimal
 
 import asyncpg
@@ -10,6 +12,7 @@ from app.adapters.db.statements import Conditions, Write
 from app.domain.models import Payment, RiskLevel
 from app.domain.money import Money
 from app.domain.ports import AlreadyExists
+from app.domain.records import Volume
 
 COLUMNS = (
     "id",
@@ -37,6 +40,11 @@ _INSERT = (
 _BY_ID = SELECT + " WHERE id = $1"
 _BY_ID_LOCKED = _BY_ID + " FOR UPDATE"
 _BY_PSE = SELECT + " WHERE pse_account = $1 AND pse_payment_id = $2"
+_BY_IDS = SELECT + " WHERE id = ANY($1::text[])"
+_VOLUME = (
+    "SELECT currency, count(*) AS payments, sum(amount) AS amount FROM payments "
+    "WHERE created_at >= $1 GROUP BY currency ORDER BY currency"
+)
 
 # The counters a refund's change moves, written with it (see uow.save_refund).
 COUNTERS_UPDATE = Write(
@@ -117,6 +125,17 @@ class PaymentRepository:
     async def get_by_pse(self, pse_account: str, pse_payment_id: str) -> Payment | None:
         record = await self.conn.fetchrow(_BY_PSE, pse_account, pse_payment_id)
         return payment_from_record(record) if record else None
+
+    async def get_many(self, payment_ids: Sequence[str]) -> list[Payment]:
+        """The payments of a page of refunds, in one round trip (in no set order)."""
+        if not payment_ids:
+            return []
+        records = await self.conn.fetch(_BY_IDS, list(set(payment_ids)))
+        return [payment_from_record(record) for record in records]
+
+    async def volume(self, created_since: datetime) -> list[Volume]:
+        records = await self.conn.fetch(_VOLUME, created_since)
+        return [Volume(r["currency"], r["payments"], int(r["amount"])) for r in records]
 
     async def list(
         self, *, order_id: str | None, limit: int, before_id: str | None

@@ -31,6 +31,7 @@ from app.domain.models import (
 from app.domain.money import Money, money
 from app.domain.ports import RefundFilter
 from app.domain.reconciliation import RefundSnapshot
+from app.domain.records import RefundRow, SuccessTimes, Volume
 
 _STATUSES = {status.value: status for status in RefundStatus}
 _FINAL = [status.value for status in FINAL_STATUSES]
@@ -250,6 +251,45 @@ _FOR_SETTLEMENT = (
 )
 
 
+# Open refunds, with the statuses written out: the partial index of open
+# refunds (migration 0007) serves only a query that names the same list (a
+# status added later must be added to that index too).
+_IS_OPEN = "r.status IN (" + ", ".join(f"'{status}'" for status in _OPEN) + ")"
+_PAYMENTS_OF_ORDER = "ARRAY(SELECT p.id FROM payments p WHERE p.order_id = {})"
+_ROWS = (
+    "SELECT r.id, r.created_at, r.payment_id, p.order_id, r.pse_account, r.amount, r.currency, "
+    "r.status, r.reason, r.pse_refund_id, r.failure_code, r.updated_at, r.attention "
+    "FROM refunds r JOIN payments p ON p.id = r.payment_id"
+)
+# The status is written out, not a parameter: that is what lets the planner
+# use the partial index of refunds awaiting approval.
+_AWAITING_APPROVAL = (
+    _SELECT + " WHERE r.status = 'pending_approval' AND r.id > $1 ORDER BY r.id LIMIT $2"
+)
+_FLAGGED_COUNT = "SELECT count(*) FROM refunds WHERE attention IS NOT NULL"
+_COUNT_BY_STATUS = (
+    "SELECT status, count(*) AS refunds FROM refunds "
+    "WHERE created_at >= $1 AND created_at < $2 GROUP BY status"
+)
+_VOLUME = (
+    "SELECT currency, count(*) AS refunds, sum(amount) AS amount FROM refunds "
+    "WHERE created_at >= $1 AND status = ANY($2::text[]) "
+    "GROUP BY currency ORDER BY currency"
+)
+# A final status never moves, so a refund has at most one `succeeded` entry;
+# the partial index of those entries finds the window's.
+_SUCCESS_TIMES = (
+    "SELECT r.pse_account, count(*) AS refunds, "
+    "percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM h.at - r.created_at)) "
+    "AS median, "
+    "percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM h.at - r.created_at)) "
+    "AS p95 "
+    "FROM refund_status_history h JOIN refunds r ON r.id = h.refund_id "
+    "WHERE h.status = 'succeeded' AND h.at >= $1 "
+    "GROUP BY r.pse_account ORDER BY r.pse_account"
+)
+
+
 def _instant(text: str) -> datetime:
     return datetime.fromisoformat(text).astimezone(UTC)
 
@@ -361,25 +401,92 @@ class RefundRepository:
             for id_, pse_id, amount, currency, status in records
         ]
 
+    async def rows(
+        self, flt: RefundFilter, *, limit: int, before_id: str | None
+    ) -> list[RefundRow]:
+        """`list`'s refunds in its order, as rows with their payment's order id:
+        what a list page or an export needs, without history or approvals."""
+        where, order = _filtered(flt, before_id)
+        limit_at = where.next_parameter()
+        records = await self.conn.fetch(
+            f"{_ROWS}{where.where()} ORDER BY r.id {order} LIMIT {limit_at}", *where.args, limit
+        )
+        return [RefundRow(*record) for record in records]
+
+    async def awaiting_approval(self, *, limit: int, after_id: str | None) -> list[Refund]:
+        """Refunds in `pending_approval`, oldest first (ids sort by creation)."""
+        records = await self.conn.fetch(_AWAITING_APPROVAL, after_id or "", limit)
+        return [refund_from_record(record) for record in records]
+
+    async def flagged_count(self) -> int:
+        """Refunds flagged for a person and not yet acknowledged."""
+        found: int = await self.conn.fetchval(_FLAGGED_COUNT)
+        return found
+
+    async def count_by_status(self, created_from: datetime, created_to: datetime) -> dict[str, int]:
+        """Refunds requested in [from, to), by their status now."""
+        records = await self.conn.fetch(_COUNT_BY_STATUS, created_from, created_to)
+        return {record["status"]: record["refunds"] for record in records}
+
+    async def volume(
+        self, created_since: datetime, statuses: Sequence[RefundStatus]
+    ) -> list[Volume]:
+        records = await self.conn.fetch(_VOLUME, created_since, [s.value for s in statuses])
+        return [Volume(r["currency"], r["refunds"], int(r["amount"])) for r in records]
+
+    async def success_times(self, succeeded_since: datetime) -> list[SuccessTimes]:
+        records = await self.conn.fetch(_SUCCESS_TIMES, succeeded_since)
+        return [
+            SuccessTimes(r["pse_account"], r["refunds"], float(r["median"]), float(r["p95"]))
+            for r in records
+        ]
+
     async def list(self, flt: RefundFilter, *, limit: int, before_id: str | None) -> list[Refund]:
-        where = Conditions()
-        if flt.statuses:
-            where.add("r.status = ANY({}::text[])", [s.value for s in flt.statuses])
-        if flt.payment_id is not None:
-            where.add("r.payment_id = {}", flt.payment_id)
-        if flt.created_from is not None:
-            where.add("r.created_at >= {}", flt.created_from)
-        if flt.created_to is not None:
-            where.add("r.created_at < {}", flt.created_to)
-        if flt.open_before is not None:
-            where.add("r.created_at < {} AND r.status <> ALL({}::text[])", flt.open_before, _FINAL)
-        if flt.needs_attention:
-            where.add("r.attention IS NOT NULL")
-        if before_id is not None:
-            where.add("r.id > {}" if flt.oldest_first else "r.id < {}", before_id)
-        order = "ASC" if flt.oldest_first else "DESC"
+        where, order = _filtered(flt, before_id)
         limit_at = where.next_parameter()
         records = await self.conn.fetch(
             f"{_SELECT}{where.where()} ORDER BY r.id {order} LIMIT {limit_at}", *where.args, limit
         )
         return [refund_from_record(record) for record in records]
+
+
+def _filtered(flt: RefundFilter, before_id: str | None) -> tuple[Conditions, str]:
+    """The WHERE clause of `flt` (and of the cursor), and the order it pages in."""
+    where = Conditions()
+    if flt.statuses:
+        # Written out rather than an array parameter: with the statuses in its
+        # text, even the generic plan of the prepared statement knows how rare
+        # each one is (over an array parameter it guesses that most refunds
+        # match and walks the primary key until the page is full). They are
+        # RefundStatus values, never input.
+        listed = sorted({RefundStatus(status).value for status in flt.statuses})
+        where.add("r.status IN (" + ", ".join(f"'{status}'" for status in listed) + ")")
+    if flt.payment_id is not None:
+        where.add("r.payment_id = {}", flt.payment_id)
+    if flt.payment_or_order_id is not None:
+        # One array of payment ids, so both ways in use the payment_id index
+        # (an OR of two conditions would not).
+        where.add(
+            f"r.payment_id = ANY(array_append({_PAYMENTS_OF_ORDER}, {{}}::text))",
+            flt.payment_or_order_id,
+            flt.payment_or_order_id,
+        )
+    if flt.pse_account is not None:
+        where.add("r.pse_account = {}", flt.pse_account)
+    if flt.currency is not None:
+        where.add("r.currency = {}", flt.currency)
+    if flt.amount_min is not None:
+        where.add("r.amount >= {}", flt.amount_min)
+    if flt.amount_max is not None:
+        where.add("r.amount <= {}", flt.amount_max)
+    if flt.created_from is not None:
+        where.add("r.created_at >= {}", flt.created_from)
+    if flt.created_to is not None:
+        where.add("r.created_at < {}", flt.created_to)
+    if flt.open_before is not None:
+        where.add(f"r.created_at < {{}} AND {_IS_OPEN}", flt.open_before)
+    if flt.needs_attention:
+        where.add("r.attention IS NOT NULL")
+    if before_id is not None:
+        where.add("r.id > {}" if flt.oldest_first else "r.id < {}", before_id)
+    return where, "ASC" if flt.oldest_first else "DESC"

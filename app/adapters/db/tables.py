@@ -72,6 +72,7 @@ payments = Table(
     Column("updated_at", UtcDateTime, nullable=False),
     UniqueConstraint("pse_account", "pse_payment_id", name="uq_payments_pse"),
     Index("ix_payments_order_id", "order_id"),
+    Index("ix_payments_created_at", "created_at"),
 )
 
 refunds = Table(
@@ -118,6 +119,19 @@ refunds = Table(
         "attention_at",
         postgresql_where=text("attention IS NOT NULL"),
     ),
+    # Migration 0007: the console's lists.
+    Index(
+        "ix_refunds_pending_approval", "id", postgresql_where=text("status = 'pending_approval'")
+    ),
+    Index(
+        "ix_refunds_open",
+        "id",
+        postgresql_where=text(
+            "status IN ('pending_approval', 'offline_required', 'approved', 'submitting', "
+            "'unknown', 'pending')"
+        ),
+    ),
+    Index("ix_refunds_currency_amount", "currency", "amount"),
 )
 
 refund_approvals = Table(
@@ -144,6 +158,11 @@ refund_status_history = Table(
     Column("actor", String(200), nullable=False),
     Column("detail", Text, nullable=True),
     Index("ix_refund_status_history_refund_id", "refund_id"),
+    Index(
+        "ix_refund_status_history_succeeded_at",
+        "at",
+        postgresql_where=text("status = 'succeeded'"),
+    ),
 )
 
 # Transactional outbox: written in the transaction of the change it reports.
@@ -178,6 +197,7 @@ events = Table(
     Index("ix_events_order", "tx", "seq"),
     Index("ix_events_type", "type"),
     Index("ix_events_delivery", "delivery_status", "next_delivery_at"),
+    Index("ix_events_failed", "id", postgresql_where=text("delivery_status = 'failed'")),
 )
 
 event_deliveries = Table(
@@ -227,6 +247,7 @@ pse_webhook_events = Table(
     Column("applied_at", UtcDateTime, nullable=True),
     UniqueConstraint("pse_account", "event_id", name="uq_pse_webhook_events_account_event"),
     Index("ix_pse_webhook_events_status", "pse_account", "status"),
+    Index("ix_pse_webhook_events_refund_id", "refund_id"),
 )
 
 auto_approval_totals = Table(
@@ -311,4 +332,22 @@ audit_head = Table(
     Column("anchor_seq", BigInteger, nullable=False),
     Column("anchor_hash", String(64), nullable=False),
     Column("purged_at", UtcDateTime, nullable=True),
+)
+
+# Console sessions: the hash of the cookie's token, never the token.
+console_sessions = Table(
+    "console_sessions",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column(
+        "api_key_id",
+        String(40),
+        ForeignKey("api_keys.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("last_seen_at", UtcDateTime, nullable=False),
+    Column("csrf_token", String(64), nullable=False),
+    Column("flashes", Json, nullable=True),  # messages for the next page
+    Index("ix_console_sessions_api_key_id", "api_key_id"),
 )

@@ -21,6 +21,7 @@ from app.adapters.db import refunds as refunds_sql
 from app.adapters.db.api_keys import ApiKeyRepository
 from app.adapters.db.audit import AuditRepository
 from app.adapters.db.auto_approvals import AutoApprovalTotals
+from app.adapters.db.console_sessions import ConsoleSessionRepository
 from app.adapters.db.engine import ConnectionPool
 from app.adapters.db.idempotency import IdempotencyRepository
 from app.adapters.db.outbox import OutboxRepository
@@ -84,6 +85,7 @@ class PgUnitOfWork:
     auto_approvals: ports.AutoApprovalTotals
     reconciliations: ports.ReconciliationRepository
     audit: ports.AuditRepository
+    console_sessions: ports.ConsoleSessionRepository
 
     def __init__(self, pool: ConnectionPool) -> None:
         self._pool = pool
@@ -109,6 +111,7 @@ class PgUnitOfWork:
         self.auto_approvals = AutoApprovalTotals(conn)
         self.reconciliations = ReconciliationRepository(conn)
         self.audit = AuditRepository(conn)
+        self.console_sessions = ConsoleSessionRepository(conn)
         return self
 
     async def _begin(self) -> asyncpg.Connection:

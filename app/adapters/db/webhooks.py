@@ -20,6 +20,7 @@ _COLUMNS = (
     "reference",
     "refund",
     "refund_id",
+    "applied_at",
 )
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM pse_webhook_events"  # noqa: S608
 # Unique on (account, event id): a redelivered or concurrently delivered
@@ -35,6 +36,7 @@ _WAITING_FOR = (
     _SELECT + " WHERE pse_account = $1 AND status = ANY($2::text[]) "
     "AND (reference = $3 OR ($4::text IS NOT NULL AND pse_refund_id = $4)) ORDER BY id"
 )
+_FOR_REFUND = _SELECT + " WHERE refund_id = $1 ORDER BY id LIMIT $2"
 _STUCK = _SELECT + " WHERE status = $1 AND received_at < $2 ORDER BY id LIMIT $3"
 _WAITING = [WebhookStatus.UNMATCHED.value, WebhookStatus.RECEIVED.value]
 
@@ -51,6 +53,7 @@ def webhook_from_record(record: asyncpg.Record) -> StoredWebhook:
         reference=record["reference"],
         refund=record["refund"],
         refund_id=record["refund_id"],
+        applied_at=record["applied_at"],
     )
 
 
@@ -103,4 +106,8 @@ class WebhookRepository:
         records = await self.conn.fetch(
             _STUCK, WebhookStatus.RECEIVED.value, received_before, limit
         )
+        return [webhook_from_record(record) for record in records]
+
+    async def for_refund(self, refund_id: str, limit: int) -> list[StoredWebhook]:
+        records = await self.conn.fetch(_FOR_REFUND, refund_id, limit)
         return [webhook_from_record(record) for record in records]

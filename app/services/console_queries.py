@@ -1,0 +1,905 @@
+"""What the console's pages read, and redelivery, its one action without a
+use case elsewhere (it goes through `DeliveryService`).
+
+The same repositories as the API, and no rule of the console's own: who may
+decide a refund and why a refund waits for people come from the domain. Lists
+are indexed queries paged by cursors over ids: a `Page` gives the id the next
+page starts after, which the page builders encode as the API does
+(`encode_cursor`) and hand back, decoded, as `cursor`. No HTML here.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, time, timedelta
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any, Generic, TypeVar
+
+from app.domain.errors import InvalidInput, NotFound
+from app.domain.models import (
+    CANCELABLE,
+    Actor,
+    Approval,
+    DecisionBlock,
+    Payment,
+    Refund,
+    RefundStatus,
+    RiskLevel,
+    StatusChange,
+)
+from app.domain.money import Money, exponent
+from app.domain.policy import ApprovalReason
+from app.domain.ports import RefundFilter, UnitOfWork
+from app.domain.reconciliation import Outcome
+from app.domain.records import (
+    ApiKey,
+    DeliveryAttempt,
+    FxTotal,
+    OutboxEvent,
+    Reconciliation,
+    ReconciliationLine,
+    RefundRow,
+    Role,
+    StoredWebhook,
+)
+from app.services.context import Deps
+from app.services.events import DeliveryService
+from app.services.submission import ASKABLE
+from app.services.views import rfc3339
+
+T = TypeVar("T")
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 200
+# Refunds awaiting approval are read this many at a time while a page of one
+# approver's inbox (or of what it cannot decide) is filled.
+_APPROVAL_SCAN = 200
+# At most this many entries of each source make a timeline; a refund with
+# more is shown with `truncated`.
+_TIMELINE_SOURCE_LIMIT = 1000
+# Refunds per query of a CSV export.
+EXPORT_CHUNK_ROWS = 1000
+# The windows of the home page's figures.
+WINDOWS_DAYS = (7, 30)
+# What the refund rate counts: every refund not turned down or failed (those
+# still awaiting approval or payout included).
+MONEY_MOVING = tuple(
+    s
+    for s in RefundStatus
+    if s not in (RefundStatus.REJECTED, RefundStatus.CANCELED, RefundStatus.FAILED)
+)
+# What "Sync now" accepts (SubmissionService.resolve sends an approved refund).
+SYNCABLE = frozenset({RefundStatus.APPROVED, *ASKABLE})
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    items: list[T]
+    # The id the next page starts after (pass it back as `cursor`); None on the last page.
+    next_cursor: str | None
+
+
+def _page(items: list[T], limit: int, cursor_of: Callable[[T], str]) -> Page[T]:
+    """`items` holds up to limit+1 rows; the extra one only says a next page exists."""
+    more = len(items) > limit
+    items = items[:limit]
+    return Page(items, cursor_of(items[-1]) if more and items else None)
+
+
+def _limit(limit: int) -> int:
+    if not 1 <= limit <= MAX_LIMIT:
+        raise InvalidInput(f"a page holds 1 to {MAX_LIMIT} items, not {limit}")
+    return limit
+
+
+# -- approvals ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalItem:
+    """A refund awaiting approval, as one approver sees it."""
+
+    refund: Refund
+    payment: Payment
+    age: timedelta
+    # Why it waits for people, most demanding first.
+    reasons: tuple[ApprovalReason, ...]
+    # The levels of the approval slots still open, most demanding first.
+    open_slots: tuple[int, ...]
+    # None in the inbox; in the list of refunds it cannot decide, why.
+    blocked: DecisionBlock | None
+    # Whether it may also veto: a level-1 key may fill the second, any-level
+    # slot of a refund whose veto needs level 2. (Never when blocked.)
+    can_reject: bool
+
+    @property
+    def payment_id(self) -> str:
+        return self.refund.payment_id
+
+    @property
+    def order_id(self) -> str | None:
+        return self.payment.order_id
+
+    @property
+    def amount(self) -> Money:
+        return self.refund.amount
+
+    @property
+    def risk_level(self) -> RiskLevel:
+        return self.payment.risk_level
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalCounts:
+    inbox: int
+    blocked: int
+
+
+# -- search -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RefundSearch:
+    """The filters of the refund search; every one optional, all of them ANDed."""
+
+    statuses: tuple[RefundStatus, ...] = ()
+    pse_account: str | None = None
+    # A payment id or an order id (whichever it is).
+    payment_or_order_id: str | None = None
+    created_from: datetime | None = None  # inclusive
+    created_to: datetime | None = None  # exclusive
+    # Minor units of `currency`, both bounds inclusive.
+    currency: str | None = None
+    amount_min: int | None = None
+    amount_max: int | None = None
+    # Not final and older than the SLA (`stale_after_hours`).
+    stale: bool = False
+    needs_attention: bool = False
+    oldest_first: bool = False
+
+
+CSV_HEADER = (
+    "id",
+    "created_at",
+    "payment_id",
+    "order_id",
+    "pse_account",
+    "amount",
+    "currency",
+    "status",
+    "reason",
+    "pse_refund_id",
+    "failure_code",
+    "updated_at",
+)
+# A spreadsheet runs a cell starting with one of these as a formula.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: str | None) -> str:
+    """A text cell a spreadsheet shows as text: one that would start a formula
+    gets a leading apostrophe (OWASP's advice against CSV injection)."""
+    if value is None:
+        return ""
+    return "'" + value if value.startswith(_FORMULA_STARTS) else value
+
+
+def csv_row(row: RefundRow) -> list[str]:
+    """One refund as export cells: amounts in major units of the row's currency
+    (JPY 12000, USD 15.00, KWD 1.500), times in RFC 3339 UTC."""
+    return [
+        csv_cell(row.id),
+        rfc3339(row.created_at) or "",
+        csv_cell(row.payment_id),
+        csv_cell(row.order_id),
+        csv_cell(row.pse_account),
+        str(Money(row.amount, row.currency).to_major()),
+        csv_cell(row.currency),
+        csv_cell(row.status),
+        csv_cell(row.reason),
+        csv_cell(row.pse_refund_id),
+        csv_cell(row.failure_code),
+        rfc3339(row.updated_at) or "",
+    ]
+
+
+def csv_lines(rows: Iterable[list[str]]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\r\n").writerows(rows)
+    return buffer.getvalue()
+
+
+# -- one refund ---------------------------------------------------------------
+
+
+class TimelineKind(StrEnum):
+    STATUS = "status"  # a status change (the refund's history)
+    APPROVAL = "approval"  # an approver's decision
+    PSE_CALL = "pse_call"  # one HTTP exchange with the PSE (audit trail, redacted)
+    PSE_WEBHOOK = "pse_webhook"  # an event the PSE sent about the refund
+    STORE_EVENT = "store_event"  # an event for the store (the outbox)
+    STORE_DELIVERY = "store_delivery"  # one attempt to deliver it to the store's webhook
+    API_REQUEST = "api_request"  # a request to the API that changed or tried to change it
+    NOTE = "note"  # anything else the audit trail holds about it
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineEntry:
+    at: datetime
+    kind: TimelineKind
+    actor: str | None
+    summary: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Timeline:
+    entries: list[TimelineEntry]
+    # A source held more entries than a timeline shows.
+    truncated: bool = False
+
+
+class RefundAction(StrEnum):
+    APPROVE = "approve"
+    REJECT = "reject"
+    CANCEL = "cancel"
+    SYNC = "sync"
+    OFFLINE_PAYOUT = "offline_payout"
+    ACKNOWLEDGE = "acknowledge"
+
+
+@dataclass(frozen=True, slots=True)
+class RefundDetail:
+    refund: Refund
+    payment: Payment
+    timeline: Timeline
+    # What the viewer may do now: the refund's status and the roles the API asks for.
+    actions: frozenset[RefundAction]
+    # While the refund awaits approval: why the viewer cannot approve it, if it cannot.
+    decision_block: DecisionBlock | None
+    # Why it waited (or waits) for people; () when it needed no approval.
+    approval_reasons: tuple[ApprovalReason, ...]
+    refund_deadline: datetime
+
+
+# -- home and attention ---------------------------------------------------------
+
+
+class AttentionQueue(StrEnum):
+    STALE = "stale"
+    UNKNOWN = "unknown"
+    NEEDS_ATTENTION = "needs_attention"
+    OFFLINE_REQUIRED = "offline_required"
+
+
+@dataclass(frozen=True, slots=True)
+class AttentionCounts:
+    stale: int
+    unknown: int
+    needs_attention: int
+    offline_required: int
+    failed_deliveries: int
+
+
+@dataclass(frozen=True, slots=True)
+class TimeToRefund:
+    """From request to `succeeded`, for refunds that succeeded in the window."""
+
+    pse_account: str
+    window_days: int
+    refunds: int
+    median: timedelta
+    p95: timedelta
+
+
+@dataclass(frozen=True, slots=True)
+class RefundRate:
+    """Refunds requested in the window (those not rejected, canceled or
+    failed) against payments registered in it, for one currency."""
+
+    window_days: int
+    currency: str
+    payments: int
+    payment_amount: Money
+    refunds: int
+    refund_amount: Money
+
+    @property
+    def by_amount(self) -> Decimal | None:
+        """Refunded over paid, None without payments (0.0125 is 1.25 %)."""
+        if not self.payment_amount.amount:
+            return None
+        return Decimal(self.refund_amount.amount) / Decimal(self.payment_amount.amount)
+
+    @property
+    def by_count(self) -> Decimal | None:
+        if not self.payments:
+            return None
+        return Decimal(self.refunds) / Decimal(self.payments)
+
+
+@dataclass(frozen=True, slots=True)
+class Home:
+    queues: AttentionCounts
+    # The viewer's approvals (None for a key without an approval level).
+    approvals: ApprovalCounts | None
+    # Refunds requested since 00:00 UTC today, by their status now.
+    today: dict[str, int]
+    today_from: datetime
+    time_to_refund: list[TimeToRefund]
+    refund_rate: list[RefundRate]
+
+
+# -- reconciliations -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ReconciliationDetail:
+    run: Reconciliation
+    # Lines (of one outcome when asked), in file order; `missing_in_file` lines last.
+    lines: Page[ReconciliationLine]
+    outcome: str | None
+
+
+class ConsoleQueries:
+    def __init__(self, deps: Deps, deliveries: DeliveryService) -> None:
+        self.deps = deps
+        self.deliveries = deliveries
+
+    # -- approvals ---------------------------------------------------------------
+
+    async def approvals_inbox(
+        self, key: ApiKey, *, limit: int = DEFAULT_LIMIT, cursor: str | None = None
+    ) -> Page[ApprovalItem]:
+        """Refunds awaiting approval that `key` can approve now (an open slot its
+        level fills, not created by it, not decided by it yet), oldest first."""
+        return await self._approvals(key, blocked=False, limit=_limit(limit), cursor=cursor)
+
+    async def approvals_blocked(
+        self, key: ApiKey, *, limit: int = DEFAULT_LIMIT, cursor: str | None = None
+    ) -> Page[ApprovalItem]:
+        """Refunds awaiting approval that `key` cannot decide, each with why
+        (`item.blocked`), oldest first."""
+        return await self._approvals(key, blocked=True, limit=_limit(limit), cursor=cursor)
+
+    async def approval_counts(self, key: ApiKey) -> ApprovalCounts:
+        async with self.deps.uow() as uow:
+            return await self._approval_counts(uow, key)
+
+    async def _approval_counts(self, uow: UnitOfWork, key: ApiKey) -> ApprovalCounts:
+        level = key.effective_approval_level
+        inbox = blocked = 0
+        after: str | None = None
+        while True:
+            batch = await uow.refunds.awaiting_approval(limit=_APPROVAL_SCAN, after_id=after)
+            for refund in batch:
+                if refund.decision_block(key.id, level) is None:
+                    inbox += 1
+                else:
+                    blocked += 1
+            if len(batch) < _APPROVAL_SCAN:
+                return ApprovalCounts(inbox, blocked)
+            after = batch[-1].id
+
+    async def _approvals(
+        self, key: ApiKey, *, blocked: bool, limit: int, cursor: str | None
+    ) -> Page[ApprovalItem]:
+        # Which refunds an approver may decide is the domain's rule (greedy slot
+        # matching), not something SQL can say: refunds awaiting approval are
+        # read in id order and sorted out here until the page is full.
+        level = key.effective_approval_level
+        found: list[tuple[Refund, DecisionBlock | None]] = []
+        after = cursor
+        async with self.deps.uow() as uow:
+            while len(found) <= limit:
+                batch = await uow.refunds.awaiting_approval(limit=_APPROVAL_SCAN, after_id=after)
+                for refund in batch:
+                    block = refund.decision_block(key.id, level)
+                    if (block is not None) is blocked:
+                        found.append((refund, block))
+                        if len(found) > limit:
+                            break
+                if len(batch) < _APPROVAL_SCAN:
+                    break
+                after = batch[-1].id
+            shown = found[:limit]
+            payments = await self._payments(uow, [refund.payment_id for refund, _ in shown])
+        now = self.deps.clock.now()
+        items = [
+            self._approval_item(refund, payments[refund.payment_id], block, level, now)
+            for refund, block in shown
+        ]
+        return Page(items, items[-1].refund.id if len(found) > limit else None)
+
+    def _approval_item(
+        self,
+        refund: Refund,
+        payment: Payment,
+        block: DecisionBlock | None,
+        level: int | None,
+        now: datetime,
+    ) -> ApprovalItem:
+        return ApprovalItem(
+            refund=refund,
+            payment=payment,
+            age=now - refund.created_at,
+            reasons=self._reasons(refund, payment),
+            open_slots=refund.open_slots,
+            blocked=block,
+            can_reject=block is None and level is not None and level >= refund.reject_level,
+        )
+
+    def _reasons(self, refund: Refund, payment: Payment) -> tuple[ApprovalReason, ...]:
+        if not refund.required_approvals:
+            return ()
+        return self.deps.policy.approval_reasons(
+            amount=refund.amount,
+            high_risk=payment.risk_level is RiskLevel.HIGH,
+            requested_at=refund.created_at,
+        )
+
+    @staticmethod
+    async def _payments(uow: UnitOfWork, payment_ids: list[str]) -> dict[str, Payment]:
+        return {p.id: p for p in await uow.payments.get_many(payment_ids)}
+
+    # -- search and export -----------------------------------------------------------
+
+    def _filter(self, search: RefundSearch) -> RefundFilter:
+        bounds = search.amount_min is not None or search.amount_max is not None
+        if bounds and search.currency is None:
+            raise InvalidInput("an amount range needs its currency")
+        if search.currency is not None:
+            exponent(search.currency)  # UnknownCurrency for a code that is none
+        if search.created_from and search.created_to and search.created_from > search.created_to:
+            raise InvalidInput("the created range ends before it starts")
+        if (
+            search.amount_min is not None
+            and search.amount_max is not None
+            and search.amount_min > search.amount_max
+        ):
+            raise InvalidInput("the amount range ends below where it starts")
+        open_before = None
+        if search.stale:
+            open_before = self.deps.clock.now() - timedelta(hours=self.deps.stale_after_hours)
+        return RefundFilter(
+            statuses=search.statuses,
+            pse_account=search.pse_account or None,
+            payment_or_order_id=search.payment_or_order_id or None,
+            created_from=search.created_from,
+            created_to=search.created_to,
+            currency=search.currency,
+            amount_min=search.amount_min,
+            amount_max=search.amount_max,
+            open_before=open_before,
+            needs_attention=search.needs_attention,
+            oldest_first=search.oldest_first,
+        )
+
+    async def search(
+        self, search: RefundSearch, *, limit: int = DEFAULT_LIMIT, cursor: str | None = None
+    ) -> Page[RefundRow]:
+        """Refunds matching every filter, newest first (oldest with `oldest_first`)."""
+        flt = self._filter(search)
+        async with self.deps.uow() as uow:
+            rows = await uow.refunds.rows(flt, limit=_limit(limit) + 1, before_id=cursor)
+        return _page(rows, limit, lambda row: row.id)
+
+    async def export_csv(
+        self, search: RefundSearch, *, chunk_rows: int = EXPORT_CHUNK_ROWS
+    ) -> AsyncIterator[str]:
+        """The refunds `search` finds, as CSV text: the header line first, then
+        one string of complete lines per chunk of `chunk_rows` refunds. Each
+        chunk is its own short query after the last id of the one before, so
+        an export of any size holds one chunk in memory and no transaction
+        open while the caller sends it. Refunds created while it runs are not
+        in it (newest first) or come at its end (oldest first)."""
+        flt = self._filter(search)  # refused before the first line
+        return self._export(flt, chunk_rows)
+
+    async def _export(self, flt: RefundFilter, chunk_rows: int) -> AsyncIterator[str]:
+        yield csv_lines([list(CSV_HEADER)])
+        after: str | None = None
+        while True:
+            async with self.deps.uow() as uow:
+                rows = await uow.refunds.rows(flt, limit=chunk_rows, before_id=after)
+            if rows:
+                yield csv_lines(csv_row(row) for row in rows)
+            if len(rows) < chunk_rows:
+                return
+            after = rows[-1].id
+
+    # -- one refund -------------------------------------------------------------------
+
+    async def refund_detail(self, refund_id: str, viewer: ApiKey) -> RefundDetail:
+        """Everything the refund page shows: the refund, its payment, its
+        timeline and what `viewer` may do with it now."""
+        async with self.deps.uow() as uow:
+            refund = await uow.refunds.get(refund_id)
+            if refund is None:
+                raise NotFound(f"no refund {refund_id}")
+            payment = await uow.payments.get(refund.payment_id)
+            assert payment is not None  # a refund's payment is never deleted
+            timeline = await self._timeline(uow, refund)
+        level = viewer.effective_approval_level
+        block = None
+        if refund.status is RefundStatus.PENDING_APPROVAL:
+            block = refund.decision_block(viewer.id, level)
+        window = self.deps.accounts.get(refund.pse_account)
+        return RefundDetail(
+            refund=refund,
+            payment=payment,
+            timeline=timeline,
+            actions=self._actions(refund, viewer, block),
+            decision_block=block,
+            approval_reasons=self._reasons(refund, payment),
+            refund_deadline=self.deps.policy.refund_deadline(
+                payment.captured_at, window.refund_window_days if window else None
+            ),
+        )
+
+    def _actions(
+        self, refund: Refund, viewer: ApiKey, block: DecisionBlock | None
+    ) -> frozenset[RefundAction]:
+        """The API's roles for each action (approver: approve and reject; store
+        or ops: cancel; ops: the rest), and the statuses the domain accepts."""
+        actions: set[RefundAction] = set()
+        level = viewer.effective_approval_level
+        status = refund.status
+        if status is RefundStatus.PENDING_APPROVAL and level and viewer.has_any(Role.APPROVER):
+            if block is None:
+                actions.add(RefundAction.APPROVE)
+            # A veto asks for the refund's highest level, whatever slots are open.
+            may_decide = block not in (DecisionBlock.SELF_APPROVAL, DecisionBlock.ALREADY_DECIDED)
+            if may_decide and level >= refund.reject_level:
+                actions.add(RefundAction.REJECT)
+        if status in CANCELABLE and viewer.has_any(Role.STORE, Role.OPS):
+            actions.add(RefundAction.CANCEL)
+        if viewer.has_any(Role.OPS):
+            if status is RefundStatus.OFFLINE_REQUIRED:
+                actions.add(RefundAction.OFFLINE_PAYOUT)
+            if status in SYNCABLE:
+                actions.add(RefundAction.SYNC)
+            if refund.attention is not None:
+                actions.add(RefundAction.ACKNOWLEDGE)
+        return frozenset(actions)
+
+    async def timeline(self, refund_id: str) -> Timeline:
+        """One list, by time, of all that happened to a refund: its status
+        changes and approvals (its own rows), the events for the store and each
+        attempt to deliver them (the outbox), the PSE's webhooks about it, and
+        from the audit trail its PSE calls (redacted), the API requests that
+        acted on it and anything else recorded about it."""
+        async with self.deps.uow() as uow:
+            refund = await uow.refunds.get(refund_id)
+            if refund is None:
+                raise NotFound(f"no refund {refund_id}")
+            return await self._timeline(uow, refund)
+
+    async def _timeline(self, uow: UnitOfWork, refund: Refund) -> Timeline:
+        # The refund's own rows and the outbox are the record of its changes
+        # and deliveries (kept whatever the audit's retention and buffering);
+        # the audit trail adds what only it holds. Its copies of the same
+        # facts (refund.status, approval.decision, webhook.sent) are left out.
+        entries: list[tuple[datetime, int, TimelineEntry]] = []
+        limit = _TIMELINE_SOURCE_LIMIT
+        truncated = False
+
+        def add(rank: int, entry: TimelineEntry) -> None:
+            entries.append((entry.at, rank, entry))
+
+        for approval in refund.approvals:
+            add(0, _approval_entry(approval.approver, approval))
+        previous: RefundStatus | None = None
+        for change in refund.history:
+            add(1, _status_entry(previous, change))
+            previous = change.status
+        events = await uow.outbox.list_newest(
+            types=(), refund_id=refund.id, limit=limit + 1, before=None
+        )
+        truncated |= len(events) > limit
+        events = events[:limit]
+        for event in events:
+            add(2, _event_entry(event))
+        for attempt in await uow.outbox.attempts_of([event.id for event in events]):
+            add(4, _delivery_entry(attempt))
+        webhooks = await uow.webhooks.for_refund(refund.id, limit + 1)
+        truncated |= len(webhooks) > limit
+        for webhook in webhooks[:limit]:
+            add(3, _webhook_entry(webhook))
+        records = await uow.audit.search(
+            refund_id=refund.id,
+            payment_id=None,
+            request_id=None,
+            at_from=None,
+            at_to=None,
+            limit=limit + 1,
+            before_seq=None,
+            oldest_first=True,
+            without_kinds=_AUDIT_KINDS_FROM_ROWS,
+            without_reads=True,
+        )
+        truncated |= len(records) > limit
+        for record in records[:limit]:
+            add(3, _audit_entry(record.kind, record.actor, record.at, record.data()["data"]))
+        entries.sort(key=lambda item: (item[0], item[1]))
+        return Timeline([entry for _at, _rank, entry in entries], truncated)
+
+    # -- home ---------------------------------------------------------------------------
+
+    async def home(self, viewer: ApiKey) -> Home:
+        """The home page's figures, read in one unit of work."""
+        now = self.deps.clock.now()
+        today = datetime.combine(now.date(), time(), tzinfo=now.tzinfo)
+        async with self.deps.uow() as uow:
+            queues = await self._attention_counts(uow, now)
+            approvals = None
+            if viewer.effective_approval_level is not None:
+                approvals = await self._approval_counts(uow, viewer)
+            by_status = await uow.refunds.count_by_status(today, today + timedelta(days=1))
+            times = await self._time_to_refund(uow, now)
+            rates = await self._refund_rate(uow, now)
+        return Home(queues, approvals, by_status, today, times, rates)
+
+    async def time_to_refund(self) -> list[TimeToRefund]:
+        """Median and p95 from request to `succeeded` per PSE account, for each
+        window of `WINDOWS_DAYS` (refunds that succeeded in it)."""
+        async with self.deps.uow() as uow:
+            return await self._time_to_refund(uow, self.deps.clock.now())
+
+    async def refund_rate(self) -> list[RefundRate]:
+        async with self.deps.uow() as uow:
+            return await self._refund_rate(uow, self.deps.clock.now())
+
+    async def refunds_today(self) -> dict[str, int]:
+        """Refunds requested since 00:00 UTC, by their status now."""
+        now = self.deps.clock.now()
+        today = datetime.combine(now.date(), time(), tzinfo=now.tzinfo)
+        async with self.deps.uow() as uow:
+            return await uow.refunds.count_by_status(today, today + timedelta(days=1))
+
+    @staticmethod
+    async def _time_to_refund(uow: UnitOfWork, now: datetime) -> list[TimeToRefund]:
+        found = []
+        for days in WINDOWS_DAYS:
+            for times in await uow.refunds.success_times(now - timedelta(days=days)):
+                found.append(
+                    TimeToRefund(
+                        times.pse_account,
+                        days,
+                        times.refunds,
+                        timedelta(seconds=times.median_seconds),
+                        timedelta(seconds=times.p95_seconds),
+                    )
+                )
+        return found
+
+    @staticmethod
+    async def _refund_rate(uow: UnitOfWork, now: datetime) -> list[RefundRate]:
+        found = []
+        for days in WINDOWS_DAYS:
+            since = now - timedelta(days=days)
+            paid = {v.currency: v for v in await uow.payments.volume(since)}
+            refunded = {v.currency: v for v in await uow.refunds.volume(since, MONEY_MOVING)}
+            for currency in sorted(paid.keys() | refunded.keys()):
+                p, r = paid.get(currency), refunded.get(currency)
+                found.append(
+                    RefundRate(
+                        days,
+                        currency,
+                        p.count if p else 0,
+                        Money(p.amount if p else 0, currency),
+                        r.count if r else 0,
+                        Money(r.amount if r else 0, currency),
+                    )
+                )
+        return found
+
+    # -- attention --------------------------------------------------------------------
+
+    async def attention_counts(self) -> AttentionCounts:
+        async with self.deps.uow() as uow:
+            return await self._attention_counts(uow, self.deps.clock.now())
+
+    async def _attention_counts(self, uow: UnitOfWork, now: datetime) -> AttentionCounts:
+        stale_before = now - timedelta(hours=self.deps.stale_after_hours)
+        by_status, stale = await uow.refunds.open_counts(stale_before)
+        return AttentionCounts(
+            stale=stale,
+            unknown=by_status.get(RefundStatus.UNKNOWN.value, 0),
+            needs_attention=await uow.refunds.flagged_count(),
+            offline_required=by_status.get(RefundStatus.OFFLINE_REQUIRED.value, 0),
+            failed_deliveries=await uow.outbox.failed_count(),
+        )
+
+    async def attention(
+        self, queue: AttentionQueue, *, limit: int = DEFAULT_LIMIT, cursor: str | None = None
+    ) -> Page[RefundRow]:
+        """One queue of refunds ops must clear, oldest first."""
+        search = {
+            AttentionQueue.STALE: RefundSearch(stale=True, oldest_first=True),
+            AttentionQueue.UNKNOWN: RefundSearch(
+                statuses=(RefundStatus.UNKNOWN,), oldest_first=True
+            ),
+            AttentionQueue.NEEDS_ATTENTION: RefundSearch(needs_attention=True, oldest_first=True),
+            AttentionQueue.OFFLINE_REQUIRED: RefundSearch(
+                statuses=(RefundStatus.OFFLINE_REQUIRED,), oldest_first=True
+            ),
+        }[AttentionQueue(queue)]
+        return await self.search(search, limit=limit, cursor=cursor)
+
+    async def failed_deliveries(
+        self, *, limit: int = DEFAULT_LIMIT, cursor: str | None = None
+    ) -> Page[OutboxEvent]:
+        """Events the store's webhook never accepted within the retry window, newest first."""
+        async with self.deps.uow() as uow:
+            events = await uow.outbox.failed(limit=_limit(limit) + 1, before_id=cursor)
+        return _page(events, limit, lambda event: event.id)
+
+    async def redeliver(self, event_id: str, actor: Actor) -> OutboxEvent:
+        """Queue the event for delivery again, as the API's redeliver does; the
+        audit trail records who asked."""
+        return await self.deliveries.redeliver(event_id, actor)
+
+    # -- reconciliations ----------------------------------------------------------------
+
+    async def reconciliations(
+        self, *, limit: int = DEFAULT_LIMIT, cursor: str | None = None
+    ) -> Page[Reconciliation]:
+        """Past runs, newest first."""
+        async with self.deps.uow() as uow:
+            runs = await uow.reconciliations.list(limit=_limit(limit) + 1, before_id=cursor)
+        return _page(runs, limit, lambda run: run.id)
+
+    async def reconciliation(
+        self,
+        reconciliation_id: str,
+        *,
+        outcome: str | None = None,
+        limit: int = DEFAULT_LIMIT,
+        cursor: str | None = None,
+    ) -> ReconciliationDetail:
+        """A run (its counts by outcome are `run.counts`) and a page of its lines,
+        of one outcome when asked."""
+        if outcome is not None and outcome not in {o.value for o in Outcome}:
+            known = ", ".join(o.value for o in Outcome)
+            raise InvalidInput(f"outcome must be one of: {known}")
+        after_id = None
+        if cursor is not None:
+            if not cursor.isdigit():
+                raise InvalidInput("the cursor is not one a page of lines gave")
+            after_id = int(cursor)
+        async with self.deps.uow() as uow:
+            run = await uow.reconciliations.get(reconciliation_id)
+            if run is None:
+                raise NotFound(f"no reconciliation {reconciliation_id}")
+            lines = await uow.reconciliations.lines(
+                reconciliation_id, outcome=outcome, limit=_limit(limit) + 1, after_id=after_id
+            )
+        return ReconciliationDetail(run, _page(lines, limit, lambda line: str(line.id)), outcome)
+
+    async def fx_report(
+        self,
+        created_from: datetime | None = None,
+        created_to: datetime | None = None,
+        currency: str | None = None,
+    ) -> list[FxTotal]:
+        """FX differences and fees by settlement currency (as the API's report)."""
+        async with self.deps.uow() as uow:
+            return await uow.reconciliations.fx_totals(created_from, created_to, currency)
+
+
+# -- timeline entries ----------------------------------------------------------------
+
+# Audit kinds whose facts the timeline reads from the rows that hold them.
+_AUDIT_KINDS_FROM_ROWS = ("refund.status", "approval.decision", "webhook.sent")
+
+
+def _status_entry(previous: RefundStatus | None, change: StatusChange) -> TimelineEntry:
+    moved = f"{previous.value} → {change.status.value}" if previous else change.status.value
+    return TimelineEntry(
+        at=change.at,
+        kind=TimelineKind.STATUS,
+        actor=change.actor,
+        summary=f"{moved}: {change.detail}" if change.detail else moved,
+        details={
+            "from": previous.value if previous else None,
+            "to": change.status.value,
+            "detail": change.detail,
+        },
+    )
+
+
+def _approval_entry(approver: str, approval: Approval) -> TimelineEntry:
+    summary = f"{approval.decision.value} at level {approval.level}"
+    return TimelineEntry(
+        at=approval.at,
+        kind=TimelineKind.APPROVAL,
+        actor=approver,
+        summary=f"{summary}: {approval.note}" if approval.note else summary,
+        details={
+            "approver_key_id": approval.approver_id,
+            "level": approval.level,
+            "decision": approval.decision.value,
+            "note": approval.note,
+        },
+    )
+
+
+def _event_entry(event: OutboxEvent) -> TimelineEntry:
+    return TimelineEntry(
+        at=event.created_at,
+        kind=TimelineKind.STORE_EVENT,
+        actor=None,
+        summary=f"{event.type}: {event.detail}" if event.detail else event.type,
+        details={
+            "event_id": event.id,
+            "type": event.type,
+            "detail": event.detail,
+            "delivery_status": event.delivery_status.value,
+            "delivery_attempts": event.delivery_attempts,
+            "delivered_at": rfc3339(event.delivered_at),
+            "last_error": event.last_error,
+        },
+    )
+
+
+def _delivery_entry(attempt: DeliveryAttempt) -> TimelineEntry:
+    answer = f"HTTP {attempt.status_code}" if attempt.status_code is not None else attempt.error
+    return TimelineEntry(
+        at=attempt.at,
+        kind=TimelineKind.STORE_DELIVERY,
+        actor=None,
+        summary=f"attempt {attempt.attempt} → {answer} ({attempt.duration_ms} ms)",
+        details={
+            "event_id": attempt.event_id,
+            "attempt": attempt.attempt,
+            "url": attempt.url,
+            "status_code": attempt.status_code,
+            "duration_ms": attempt.duration_ms,
+            "error": attempt.error,
+            "delivered": attempt.delivered,
+        },
+    )
+
+
+def _webhook_entry(webhook: StoredWebhook) -> TimelineEntry:
+    # The PSE's event as we translated it (state, amounts, failure code),
+    # never its raw body: that stays in the audit trail, redacted.
+    return TimelineEntry(
+        at=webhook.received_at,
+        kind=TimelineKind.PSE_WEBHOOK,
+        actor=f"pse:{webhook.pse_account}",
+        summary=f"{webhook.event_type} ({webhook.status.value})",
+        details={
+            "event_id": webhook.event_id,
+            "event_type": webhook.event_type,
+            "status": webhook.status.value,
+            "pse_refund_id": webhook.pse_refund_id,
+            "reference": webhook.reference,
+            "refund": webhook.refund,
+            "applied_at": rfc3339(webhook.applied_at),
+        },
+    )
+
+
+def _audit_entry(kind: str, actor: str | None, at: datetime, data: dict[str, Any]) -> TimelineEntry:
+    if kind == "pse.call":
+        answer = data.get("status_code") or data.get("outcome")
+        summary = f"{data.get('method')} {data.get('url')} → {answer}"
+        if data.get("duration_ms") is not None:
+            summary += f" ({data['duration_ms']} ms)"
+        return TimelineEntry(at, TimelineKind.PSE_CALL, actor, summary, data)
+    if kind == "api.request":
+        summary = f"{data.get('method')} {data.get('path')} → {data.get('status')}"
+        return TimelineEntry(at, TimelineKind.API_REQUEST, actor, summary, data)
+    if kind == "refund.attention_acknowledged":
+        summary = f"attention acknowledged: {data.get('note')}"
+        return TimelineEntry(at, TimelineKind.NOTE, actor, summary, data)
+    if kind == "event.redelivered":
+        summary = f"redelivery of {data.get('event_type')} asked"
+        return TimelineEntry(at, TimelineKind.NOTE, actor, summary, data)
+    return TimelineEntry(at, TimelineKind.NOTE, actor, kind, data)
