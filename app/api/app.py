@@ -117,6 +117,8 @@ def create_app(
         RequestContextMiddleware,
         max_body_bytes=container.settings.max_body_bytes,
         max_upload_bytes=container.settings.max_upload_bytes,
+        # Settlement files may be large: the API's upload and the console's.
+        upload_paths=("/v1/reconciliations", "/console/reconciliations"),
         audit=container.audit,
     )
     return app

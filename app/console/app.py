@@ -23,7 +23,15 @@ from app.console import deps
 from app.console.deps import LOGIN_PATH, Container
 from app.console.errors import ConsoleForbidden, CsrfRefused, SignInRequired
 from app.console.formatting import error_message, sentence
-from app.console.pages import auth, home, placeholders
+from app.console.pages import (
+    approvals,
+    attention,
+    auth,
+    home,
+    reconciliations,
+    refund_detail,
+    refunds,
+)
 from app.console.rendering import Pages, render
 from app.console.security import SESSION_COOKIE, ConsoleEdge, base_path, clear_cookie, route_path
 from app.domain import errors as e
@@ -56,7 +64,11 @@ def create_console(container: Container) -> FastAPI:
     console.state.pages = Pages(now=deps.clock_of(container).now)
     console.include_router(auth.router)
     console.include_router(home.router)
-    console.include_router(placeholders.router)
+    console.include_router(refunds.router)
+    console.include_router(attention.router)
+    console.include_router(reconciliations.router)
+    console.include_router(approvals.router)
+    console.include_router(refund_detail.router)
     console.mount("/static", StaticFiles(directory=STATIC), name="static")
     _install_error_pages(console)
     return console

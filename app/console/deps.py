@@ -30,6 +30,7 @@ from app.domain.ports import Clock
 from app.domain.records import Role
 from app.services.audit import AuditService
 from app.services.console import ActiveSession, ConsoleService
+from app.services.console_queries import ConsoleQueries
 from app.services.events import DeliveryService, EventService
 from app.services.jobs import BackgroundJobs
 from app.services.operations import Operations
@@ -98,6 +99,10 @@ async def _jobs(container: ContainerDep) -> BackgroundJobs:
     return container.jobs
 
 
+async def _console_queries(container: ContainerDep) -> ConsoleQueries:
+    return container.console_queries
+
+
 async def _clock(container: ContainerDep) -> Clock:
     return container.deps.clock
 
@@ -112,6 +117,7 @@ EventsDep = Annotated[EventService, Depends(_events)]
 DeliveriesDep = Annotated[DeliveryService, Depends(_deliveries)]
 AuditDep = Annotated[AuditService, Depends(_audit)]
 JobsDep = Annotated[BackgroundJobs, Depends(_jobs)]
+ConsoleQueriesDep = Annotated[ConsoleQueries, Depends(_console_queries)]
 ClockDep = Annotated[Clock, Depends(_clock)]
 
 
@@ -165,14 +171,16 @@ async def guard_forms(request: Request, console: ConsoleDep) -> None:
     reason = cross_origin_reason(request)
     if reason is not None:
         raise CsrfRefused(reason)
-    form = await request.form()
-    sent = form.get(CSRF_FIELD)
     if route_path(request.scope) == LOGIN_PATH:
-        if not tokens_match(sent, request.cookies.get(LOGIN_CSRF_COOKIE)):
+        form = await request.form()
+        if not tokens_match(form.get(CSRF_FIELD), request.cookies.get(LOGIN_CSRF_COOKIE)):
             raise CsrfRefused("the sign-in form was not the one this browser was given")
         return
+    # Who is signed in first: a body (a settlement file may be large) is read
+    # only for a session.
     viewer = await viewer_of(request, console)
-    if not tokens_match(sent, viewer.csrf_token):
+    form = await request.form()
+    if not tokens_match(form.get(CSRF_FIELD), viewer.csrf_token):
         raise CsrfRefused("the form does not carry this session's token")
 
 

@@ -602,7 +602,9 @@ class ConsoleQueries:
         )
         truncated |= len(events) > limit
         events = events[:limit]
-        for event in events:
+        # The outbox lists newest first; added oldest first, events raised at
+        # one instant keep the order they were raised in (the sort is stable).
+        for event in reversed(events):
             add(2, _event_entry(event))
         for attempt in await uow.outbox.attempts_of([event.id for event in events]):
             add(4, _delivery_entry(attempt))
@@ -732,11 +734,18 @@ class ConsoleQueries:
         return await self.search(search, limit=limit, cursor=cursor)
 
     async def failed_deliveries(
-        self, *, limit: int = DEFAULT_LIMIT, cursor: str | None = None
+        self,
+        *,
+        limit: int = DEFAULT_LIMIT,
+        cursor: str | None = None,
+        oldest_first: bool = False,
     ) -> Page[OutboxEvent]:
-        """Events the store's webhook never accepted within the retry window, newest first."""
+        """Events the store's webhook never accepted within the retry window,
+        newest first (oldest first with `oldest_first`: the attention page's order)."""
         async with self.deps.uow() as uow:
-            events = await uow.outbox.failed(limit=_limit(limit) + 1, before_id=cursor)
+            events = await uow.outbox.failed(
+                limit=_limit(limit) + 1, before_id=cursor, oldest_first=oldest_first
+            )
         return _page(events, limit, lambda event: event.id)
 
     async def redeliver(self, event_id: str, actor: Actor) -> OutboxEvent:
@@ -745,6 +754,11 @@ class ConsoleQueries:
         return await self.deliveries.redeliver(event_id, actor)
 
     # -- reconciliations ----------------------------------------------------------------
+
+    def pse_accounts(self) -> list[str]:
+        """The configured PSE accounts, by name: what a settlement file or a
+        search may name."""
+        return sorted(self.deps.accounts)
 
     async def reconciliations(
         self, *, limit: int = DEFAULT_LIMIT, cursor: str | None = None

@@ -10,9 +10,14 @@ fails leaves no refund half-changed and no outcome lines behind.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import csv
+import io
 import itertools
+import os
+import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,6 +38,8 @@ from app.domain.reconciliation import (
 from app.domain.records import FxTotal, Reconciliation, ReconciliationLine
 from app.services.context import Deps, lock_refund, save
 from app.services.ids import new_id
+from app.services.jobs import BackgroundJobs
+from app.services.views import RECONCILIATION_LINE_FIELDS, reconciliation_line_view
 
 log = structlog.get_logger("app.reconciliation")
 
@@ -49,6 +56,12 @@ OpenFile = Callable[[], AbstractContextManager[BinaryIO]]
 ParseFile = Callable[[BinaryIO, str], SettlementFormat]
 # Called with (phase, rows done, rows total or None).
 Progress = Callable[[str, int, int | None], None]
+# Reads up to n bytes of an uploaded file; b"" once all of it is read.
+ReadChunk = Callable[[int], Awaitable[bytes]]
+
+_UPLOAD_CHUNK = 1024 * 1024
+# Lines per query of a report.
+REPORT_CHUNK_LINES = 5000
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +102,69 @@ class ReconciliationService:
             await uow.reconciliations.add(reconciliation)
             await uow.commit()
         return reconciliation
+
+    async def accept(
+        self,
+        pse_account: str,
+        filename: str | None,
+        created_by: str | None,
+        read: ReadChunk,
+        jobs: BackgroundJobs,
+    ) -> Reconciliation:
+        """Take an uploaded settlement file and reconcile it in the background:
+        the answer does not wait for a large file, and the run it returns is
+        `processing` until it ends. The upload is kept in a temporary file
+        (the request's own copy is gone once it is answered), removed when
+        the run ends."""
+        self.check_account(pse_account)
+        fd, path = tempfile.mkstemp(prefix="settlement-", suffix=".csv")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                while chunk := await read(_UPLOAD_CHUNK):
+                    out.write(chunk)
+            name = (filename or "").replace("\x00", "")[:500] or None
+            reconciliation = await self.start(pse_account, name, created_by)
+        except BaseException:
+            os.unlink(path)
+            raise
+
+        async def job() -> None:
+            try:
+                await self.run(reconciliation.id, _file_opener(path))
+            finally:
+                os.unlink(path)
+
+        jobs.spawn(f"reconciliation {reconciliation.id}", job)
+        return reconciliation
+
+    async def report_csv(self, reconciliation_id: str) -> AsyncIterator[str]:
+        """Every line of the run with its outcome, as CSV text for a
+        spreadsheet: the header, then one string per query of lines, however
+        many there are. NotFound is raised before the first line."""
+        await self.get(reconciliation_id)
+        return self._report(reconciliation_id)
+
+    async def _report(self, reconciliation_id: str) -> AsyncIterator[str]:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(RECONCILIATION_LINE_FIELDS)
+        after: int | None = None
+        while True:
+            async with self.deps.uow() as uow:
+                lines = await uow.reconciliations.lines(
+                    reconciliation_id, outcome=None, limit=REPORT_CHUNK_LINES, after_id=after
+                )
+            for line in lines:
+                view = reconciliation_line_view(line)
+                writer.writerow(
+                    ["" if view[f] is None else view[f] for f in RECONCILIATION_LINE_FIELDS]
+                )
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+            if len(lines) < REPORT_CHUNK_LINES:
+                return
+            after = lines[-1].id
 
     async def get(self, reconciliation_id: str) -> Reconciliation:
         async with self.deps.uow() as uow:
@@ -309,3 +385,12 @@ class ReconciliationService:
         """Past runs, newest first."""
         async with self.deps.uow() as uow:
             return await uow.reconciliations.list(limit=limit, before_id=before_id)
+
+
+def _file_opener(path: str) -> OpenFile:
+    @contextlib.contextmanager
+    def open_file() -> Iterator[BinaryIO]:
+        with open(path, "rb") as stream:
+            yield stream
+
+    return open_file

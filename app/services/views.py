@@ -8,7 +8,7 @@ from typing import Any
 
 from app.domain.audit import AuditRecord
 from app.domain.models import Payment, Refund
-from app.domain.records import DeliveryAttempt, OutboxEvent
+from app.domain.records import DeliveryAttempt, OutboxEvent, ReconciliationLine
 
 
 def rfc3339(at: datetime | None) -> str | None:
@@ -141,3 +141,30 @@ def audit_view(record: AuditRecord) -> dict[str, Any]:
         "prev_hash": record.prev_hash,
         "hash": record.hash,
     }
+
+
+# A reconciliation's lines, field by field: the API's answers and the report
+# CSV (whether the API's or the console's download) are the same columns.
+RECONCILIATION_LINE_FIELDS = (
+    "line",
+    "outcome",
+    "pse_refund_id",
+    "reference",
+    "refund_id",
+    "file_amount",
+    "file_status",
+    "our_amount",
+    "our_status",
+    "currency",
+    "settled_at",
+    "fee",
+    "settlement_amount",
+    "settlement_currency",
+    "detail",
+)
+
+
+def reconciliation_line_view(line: ReconciliationLine) -> dict[str, Any]:
+    view = {name: getattr(line, name) for name in RECONCILIATION_LINE_FIELDS}
+    view["settled_at"] = rfc3339(line.settled_at)
+    return view

@@ -346,7 +346,7 @@ async def test_every_console_page_renders_in_the_layout(api, browser, path):
     page = await client.get("/console" + path)
     assert page.status_code == 200
     assert 'aria-current="page"' in page.text
-    assert "Not yet" in page.text
+    assert "<h1" in page.text
     for link in ("/console", "/console/approvals", "/console/refunds", "/console/attention"):
         assert f'href="{link}"' in page.text
 

@@ -554,6 +554,31 @@ async def test_redeliver_queues_a_failed_event_and_says_who_asked(api):
         await queries(api).redeliver("evt_nope", Actor(ops.id, ops.name))
 
 
+async def test_failed_deliveries_page_oldest_first_for_the_attention_page(api):
+    made = await requested(api, 3_000)
+    await requested(api, 12_000)  # its events have not failed: in no list
+    events = (
+        await api.client.get(
+            "/v1/events", params={"refund_id": made["id"]}, headers=api.auth("ops")
+        )
+    ).json()["data"]
+    for event in events:
+        await sql(api, "UPDATE events SET delivery_status = 'failed' WHERE id = $1", event["id"])
+    assert len(events) >= 2
+    oldest_first = sorted(e["id"] for e in events)
+    q = queries(api)
+    seen, cursor = [], None
+    while True:
+        page = await q.failed_deliveries(limit=1, cursor=cursor, oldest_first=True)
+        seen += [e.id for e in page.items]
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert seen == oldest_first
+    newest_first = await q.failed_deliveries(limit=10)
+    assert [e.id for e in newest_first.items] == oldest_first[::-1]
+
+
 # -- reconciliations ---------------------------------------------------------------------
 
 

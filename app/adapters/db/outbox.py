@@ -103,6 +103,8 @@ _ATTEMPTS = (
 # events (migration 0007) serves only a query that names it.
 _FAILED_FIRST = _SELECT + " WHERE delivery_status = 'failed' ORDER BY id DESC LIMIT $1"
 _FAILED_BEFORE = _SELECT + " WHERE delivery_status = 'failed' AND id < $2 ORDER BY id DESC LIMIT $1"
+_FAILED_OLDEST = _SELECT + " WHERE delivery_status = 'failed' ORDER BY id LIMIT $1"
+_FAILED_AFTER = _SELECT + " WHERE delivery_status = 'failed' AND id > $2 ORDER BY id LIMIT $1"
 _FAILED_COUNT = "SELECT count(*) FROM events WHERE delivery_status = 'failed'"
 _ATTEMPTS_OF = (
     "SELECT event_id, attempt, at, url, status_code, duration_ms, error "
@@ -252,12 +254,17 @@ class OutboxRepository:
         status = await self.conn.execute(_REDELIVER, event_id, DeliveryStatus.PENDING.value, now)
         return rows_affected(status) > 0
 
-    async def failed(self, *, limit: int, before_id: str | None) -> list[OutboxEvent]:
-        """Events whose delivery failed, newest first (ids sort by creation)."""
+    async def failed(
+        self, *, limit: int, before_id: str | None, oldest_first: bool = False
+    ) -> list[OutboxEvent]:
+        """Events whose delivery failed, newest first (ids sort by creation);
+        oldest first with `oldest_first`, `before_id` then being the one they follow."""
         if before_id is None:
-            records = await self.conn.fetch(_FAILED_FIRST, limit)
+            first = _FAILED_OLDEST if oldest_first else _FAILED_FIRST
+            records = await self.conn.fetch(first, limit)
         else:
-            records = await self.conn.fetch(_FAILED_BEFORE, limit, before_id)
+            following = _FAILED_AFTER if oldest_first else _FAILED_BEFORE
+            records = await self.conn.fetch(following, limit, before_id)
         return [event_from_record(record) for record in records]
 
     async def failed_count(self) -> int:

@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import csv
-import io
-import os
-import tempfile
-from collections.abc import AsyncIterator, Iterator
-from typing import Annotated, BinaryIO
+from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, UploadFile
 from starlette.responses import Response, StreamingResponse
@@ -34,35 +28,10 @@ from app.api.schemas import (
     ReconciliationRunOut,
 )
 from app.domain.reconciliation import OUTCOMES
-from app.domain.records import Reconciliation, ReconciliationLine
-from app.services.views import rfc3339
+from app.domain.records import Reconciliation
+from app.services.views import reconciliation_line_view, rfc3339
 
 router = APIRouter(tags=["reconciliation"])
-
-_CHUNK = 1024 * 1024
-_LINE_FIELDS = (
-    "line",
-    "outcome",
-    "pse_refund_id",
-    "reference",
-    "refund_id",
-    "file_amount",
-    "file_status",
-    "our_amount",
-    "our_status",
-    "currency",
-    "settled_at",
-    "fee",
-    "settlement_amount",
-    "settlement_currency",
-    "detail",
-)
-
-
-def _line_view(line: ReconciliationLine) -> dict:
-    view = {name: getattr(line, name) for name in _LINE_FIELDS}
-    view["settled_at"] = rfc3339(line.settled_at)
-    return view
 
 
 def _view(rec: Reconciliation) -> dict:
@@ -81,15 +50,6 @@ def _view(rec: Reconciliation) -> dict:
         "created_at": rfc3339(rec.created_at),
         "completed_at": rfc3339(rec.completed_at),
     }
-
-
-def _file_opener(path: str):  # type: ignore[no-untyped-def]
-    @contextlib.contextmanager
-    def open_file() -> Iterator[BinaryIO]:
-        with open(path, "rb") as stream:
-            yield stream
-
-    return open_file
 
 
 @router.post(
@@ -121,21 +81,9 @@ async def create_reconciliation(
     units) and Stripe's itemized balance / payout reconciliation exports. A
     malformed file ends `failed` with an error naming its line, and changes
     nothing."""
-    reconciliations.check_account(pse_account)
-    fd, path = tempfile.mkstemp(prefix="settlement-", suffix=".csv")
-    with os.fdopen(fd, "wb") as out:
-        while chunk := await file.read(_CHUNK):
-            out.write(chunk)
-    filename = (file.filename or "").replace("\x00", "")[:500] or None
-    reconciliation = await reconciliations.start(pse_account, filename, key.id)
-
-    async def job() -> None:
-        try:
-            await reconciliations.run(reconciliation.id, _file_opener(path))
-        finally:
-            os.unlink(path)
-
-    jobs.spawn(f"reconciliation {reconciliation.id}", job)
+    reconciliation = await reconciliations.accept(
+        pse_account, file.filename, key.id, file.read, jobs
+    )
     return json_response(202, {"id": reconciliation.id, "status": reconciliation.status})
 
 
@@ -197,7 +145,7 @@ async def get_reconciliation(
         {
             **_view(rec),
             "rows": {
-                "data": [_line_view(line) for line in lines],
+                "data": [reconciliation_line_view(line) for line in lines],
                 "next_cursor": str(lines[-1].id) if more and lines else None,
             },
         },
@@ -216,29 +164,9 @@ async def reconciliation_report(
     reconciliation_id: str, reconciliations: ReconciliationsDep, _key: Ops
 ) -> Response:
     """Every line of the reconciliation with its outcome, for a spreadsheet."""
-    await reconciliations.get(reconciliation_id)
-
-    async def rows() -> AsyncIterator[str]:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow(_LINE_FIELDS)
-        after = None
-        while True:
-            lines = await reconciliations.lines(
-                reconciliation_id, outcome=None, limit=5000, after_id=after
-            )
-            for line in lines:
-                view = _line_view(line)
-                writer.writerow(["" if view[f] is None else view[f] for f in _LINE_FIELDS])
-            yield buffer.getvalue()
-            buffer.seek(0)
-            buffer.truncate()
-            if len(lines) < 5000:
-                return
-            after = lines[-1].id
-
+    rows = await reconciliations.report_csv(reconciliation_id)
     return StreamingResponse(
-        rows(),
+        rows,
         media_type="text/csv",
         headers={"Content-Disposition": f'attachment; filename="{reconciliation_id}.csv"'},
     )

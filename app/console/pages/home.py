@@ -1,4 +1,6 @@
-"""Home: how long each queue is, and today's refunds by status."""
+"""Home: how long each queue is (the viewer's own inbox first), today's
+refunds by status, how long refunds take and how much of what was paid is
+refunded."""
 
 from __future__ import annotations
 
@@ -9,9 +11,11 @@ from datetime import datetime
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from app.console.deps import ClockDep, OperationsDep, RefundsDep, ViewerDep
+from app.console import wording
+from app.console.deps import ClockDep, ConsoleQueriesDep, OperationsDep, RefundsDep, ViewerDep
 from app.console.rendering import render
 from app.domain.models import RefundStatus
+from app.services.console_queries import WINDOWS_DAYS, RefundRate, TimeToRefund
 from app.services.refunds import RefundService
 
 router = APIRouter()
@@ -37,6 +41,37 @@ class Tally:
     total: int
     since: datetime
     more: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Speed:
+    """Time to refund of one PSE account, by window (days); a window without
+    a succeeded refund is missing."""
+
+    pse_account: str
+    by_window: dict[int, TimeToRefund]
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """The refund rate of one currency, by window (days)."""
+
+    currency: str
+    by_window: dict[int, RefundRate]
+
+
+def _speeds(times: list[TimeToRefund]) -> list[Speed]:
+    accounts: dict[str, dict[int, TimeToRefund]] = {}
+    for found in times:
+        accounts.setdefault(found.pse_account, {})[found.window_days] = found
+    return [Speed(account, accounts[account]) for account in sorted(accounts)]
+
+
+def _rates(rates: list[RefundRate]) -> list[Rate]:
+    currencies: dict[str, dict[int, RefundRate]] = {}
+    for found in rates:
+        currencies.setdefault(found.currency, {})[found.window_days] = found
+    return [Rate(currency, currencies[currency]) for currency in sorted(currencies)]
 
 
 async def _count_flagged(refunds: RefundService) -> tuple[int, bool]:
@@ -85,11 +120,17 @@ async def home(
     viewer: ViewerDep,
     refunds: RefundsDep,
     operations: OperationsDep,
+    queries: ConsoleQueriesDep,
     clock: ClockDep,
 ) -> Response:
     open_counts, stale = await operations.open_counts()
     flagged, flagged_more = await _count_flagged(refunds)
+    mine: list[Queue] = []
+    if viewer.key.effective_approval_level is not None:
+        approvals = await queries.approval_counts(viewer.key)
+        mine.append(Queue("Waiting for you", approvals.inbox, "/approvals", "yours to decide"))
     queues = [
+        *mine,
         Queue(
             "Waiting for approval",
             open_counts.get(RefundStatus.PENDING_APPROVAL.value, 0),
@@ -123,4 +164,9 @@ async def home(
         section="home",
         queues=queues,
         today=await _today(refunds, clock.now()),
+        windows=WINDOWS_DAYS,
+        speeds=_speeds(await queries.time_to_refund()),
+        rates=_rates(await queries.refund_rate()),
+        duration=wording.duration,
+        percent=wording.percent,
     )

@@ -39,3 +39,23 @@
     }
   }
 })();
+
+// A page that is waiting for work in the background (a reconciliation
+// processing) reloads itself; without this file its Reload link does it.
+(function () {
+  "use strict";
+  var waiting = document.querySelector("[data-reload-after]");
+  if (!waiting) return;
+  var seconds = parseFloat(waiting.getAttribute("data-reload-after"));
+  if (!(seconds > 0)) return;
+  function reload() {
+    // Not while someone is typing into a form of the page.
+    var active = document.activeElement;
+    if (active && /^(INPUT|TEXTAREA|SELECT)$/.test(active.tagName)) {
+      window.setTimeout(reload, seconds * 1000);
+      return;
+    }
+    window.location.reload();
+  }
+  window.setTimeout(reload, seconds * 1000);
+})();

@@ -1,0 +1,89 @@
+"""What people type into the console's filter forms, read the way they mean
+it: a day or an instant, an amount in major units of its currency.
+
+Every refusal is an `InvalidInput` (or `UnknownCurrency`) naming the field,
+shown as a sentence with its code, never a crash.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal, InvalidOperation
+
+from app.domain.errors import InvalidInput, InvalidMoney
+from app.domain.money import Money, exponent
+
+# Longer than any value these fields take: a URL edited by hand cannot make
+# the page echo a novel back.
+MAX_FIELD_LENGTH = 100
+
+
+def text(value: str | None, name: str, max_length: int = MAX_FIELD_LENGTH) -> str:
+    value = (value or "").strip()
+    if len(value) > max_length:
+        raise InvalidInput(f"{name} may be at most {max_length} characters long")
+    return value
+
+
+def flag(value: str | None) -> bool:
+    """A checkbox: sent ("1", "on", "true") or not."""
+    return (value or "").strip().lower() in ("1", "on", "true", "yes")
+
+
+def instant(value: str, name: str, *, end: bool = False) -> datetime | None:
+    """A day (2026-11-27, in UTC) or an RFC 3339 instant. A day that ends a
+    range counts whole: its bound is the next day's midnight (ranges end
+    before their bound)."""
+    if not value:
+        return None
+    try:
+        day = date.fromisoformat(value)
+    except ValueError:
+        pass
+    else:
+        start = datetime.combine(day, time(), tzinfo=UTC)
+        return start + timedelta(days=1) if end else start
+    try:
+        at = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        at = None
+    if at is None or at.tzinfo is None:
+        raise InvalidInput(
+            f"{name} must be a day such as 2026-11-27 or an instant with its offset "
+            f"such as 2026-11-27T08:00:00Z, not {value[:40]!r}"
+        )
+    return at.astimezone(UTC)
+
+
+def currency(value: str) -> str | None:
+    """An ISO 4217 code, whatever its case; UnknownCurrency for one that is none."""
+    code = value.upper()
+    if not code:
+        return None
+    exponent(code)
+    return code
+
+
+def amount(value: str, code: str | None, name: str) -> int | None:
+    """An amount in major units of `code` (12000 yen, 15.00 dollars, 1.500
+    dinars) as minor units; more decimals than the currency has are refused
+    rather than rounded."""
+    if not value:
+        return None
+    if code is None:
+        raise InvalidInput("an amount range needs its currency")
+    try:
+        major = Decimal(value.replace(",", "").replace("_", ""))
+    except InvalidOperation:
+        major = None
+    if major is None or not major.is_finite():
+        raise InvalidInput(f"{name} must be a number such as 15.00, not {value[:40]!r}")
+    if major < 0:
+        raise InvalidInput(f"{name} cannot be negative")
+    digits = exponent(code)
+    if -major.as_tuple().exponent > digits:  # type: ignore[operator]
+        raise InvalidInput(f"{name} has more decimals than {code} has ({digits})")
+    try:
+        return Money.from_major(major, code).amount
+    except InvalidMoney:
+        raise InvalidInput(f"{name} is larger than any amount a refund can have") from None
