@@ -145,22 +145,8 @@ def audit_view(record: AuditRecord) -> dict[str, Any]:
 
 # A reconciliation's lines, field by field: the API's answers and the report
 # CSV (whether the API's or the console's download) are the same columns.
-RECONCILIATION_LINE_FIELDS = (
-    "line",
-    "outcome",
-    "pse_refund_id",
-    "reference",
-    "refund_id",
-    "file_amount",
-    "file_status",
-    "our_amount",
-    "our_status",
-    "currency",
-    "settled_at",
-    "fee",
-    "settlement_amount",
-    "settlement_currency",
-    "detail",
+RECONCILIATION_LINE_FIELDS = tuple(
+    name for name in ReconciliationLine._fields if name not in ("reconciliation_id", "id")
 )
 
 
