@@ -286,14 +286,12 @@ class RefundPlan:
     band: str  # auto | tier1 | tier2 (by amount against the tiers)
     outcome: str  # what the PSE does with it: succeeded | pending | failed | unknown
     fate: str  # what happens next
-    note: str | None = None
 
 
 @dataclass
 class Seeded:
-    statuses: Counter[str] = field(default_factory=Counter)
-    actions: Counter[str] = field(default_factory=Counter)
-    rich_refund: str = ""  # approved, sent, settled by webhook and reconciled
+    actions: Counter[str] = field(default_factory=Counter)  # service calls made
+    rich_refund: str = ""  # the refund page measured: approved, sent, settled by a webhook
     rich_steps: int = 0
     reconciliation_id: str = ""
     reconciliation_counts: dict[str, int] = field(default_factory=dict)
@@ -644,13 +642,14 @@ async def describe_data(container: Container, seeded: Seeded, candidates: list[s
     if richest is not None:
         seeded.rich_refund, seeded.rich_steps = richest["id"], richest["n"]
     by_status = ", ".join(f"{r['status']} {r['n']}" for r in statuses)
+    calls = ", ".join(f"{n} {what}" for what, n in seeded.actions.most_common())
     return (
         f"{figures['payments']} payments, {figures['refunds']:,} refunds "
         f"({figures['today']} created today; {by_status}); {figures['flagged']} flagged; "
         f"{figures['webhooks']} PSE webhooks, {figures['outbox']:,} store events, "
         f"{figures['audit']:,} audit records; reconciliation {seeded.reconciliation_id}: "
         f"{seeded.reconciliation_rows} file rows, {figures['lines']} lines "
-        f"{seeded.reconciliation_counts}"
+        f"{seeded.reconciliation_counts}; service calls: {calls}"
     )
 
 
@@ -935,108 +934,156 @@ def call_table(rows: list[Timings]) -> list[str]:
 # ---------------------------------------------------------------------------
 
 
+@dataclass
+class Results:
+    seeded: Seeded
+    export_path: str
+    export_how: str
+    pages: list[Timings]
+    pages_seconds: float
+    collections: GcWatch
+    machine: Any
+    calls: list[Timings]
+
+
+async def seed_and_measure(
+    app: Any,
+    container: Container,
+    double: PseDouble,
+    secret: str,
+    db: ScratchDb,
+    repeat: int,
+    export_path: str | None,
+) -> Results:
+    keys = await make_keys(container)
+    seeder = Seeder(container, double, keys, secret, random.Random(20261201))
+    seeded = await seeder.run()
+    await db.tidy()
+    data = await describe_data(container, seeded, seeder.webhooked)
+    print(f"seeded in {seeded.seconds:.1f} s: {data}", flush=True)
+    if not seeded.rich_refund:
+        raise BenchError("no refund was approved, sent and settled by a webhook")
+    clients = {
+        APPROVER: await sign_in(app, keys.secrets[APPROVER]),
+        OPS: await sign_in(app, keys.secrets[OPS]),
+    }
+    try:
+        export, export_how = await find_export(clients[OPS], export_path)
+        pages = [
+            ("/console", "/console"),
+            ("/console/approvals", "/console/approvals"),
+            ("/console/refunds", "/console/refunds"),
+            ("export CSV (all refunds)", export),
+            ("/console/refunds/{id}", f"/console/refunds/{seeded.rich_refund}"),
+            ("/console/attention", "/console/attention"),
+            ("/console/reconciliations", "/console/reconciliations"),
+            (
+                "/console/reconciliations/{id}",
+                f"/console/reconciliations/{seeded.reconciliation_id}",
+            ),
+        ]
+        print(
+            f"measuring {len(pages)} pages x {len(clients)} viewers x {repeat} "
+            f"(after {WARMUP_ROUNDS} warm-up rounds), one request at a time ...",
+            flush=True,
+        )
+        gc.collect()  # the seeding's garbage is not the pages'
+        watch = CpuWatch(db.name)
+        t0 = time.perf_counter()
+        with GcWatch() as collections:
+            page_rows = await measure_pages(clients, pages, repeat)
+        pages_seconds = time.perf_counter() - t0
+        machine = watch.stop()
+    finally:
+        for client in clients.values():
+            await client.aclose()
+    calls = await measure_calls(query_calls(container, keys, seeded), repeat)
+    return Results(
+        seeded, export, export_how, page_rows, pages_seconds, collections, machine, calls
+    )
+
+
+def report(results: Results, repeat: int) -> list[str]:
+    seeded, page_rows = results.seeded, results.pages
+    lines = [
+        "",
+        f"console pages: server time per request, in-process (httpx.ASGITransport), "
+        f"{repeat} requests each, target p95 < {TARGET_MS:.0f} ms",
+        f"  refund page: {seeded.rich_refund} ({seeded.rich_steps} audit records); "
+        f"export: {results.export_path} ({results.export_how})",
+        *page_table(page_rows, repeat),
+    ]
+    measured = [t for t in page_rows if _verdict(t)[1] in ("PASS", "MISS")]
+    built = [t for t in measured if not t.placeholder]
+    missed = [t for t in measured if _verdict(t)[1] == "MISS"]
+    absent = [t for t in page_rows if set(t.statuses) == {404}]
+    failed = [t for t in page_rows if _verdict(t)[1] == "FAIL"]
+    lines.append(
+        f"  {len(measured) - len(missed)} of {len(measured)} answered within target "
+        f"({len(built)} of them real pages, {len(measured) - len(built)} placeholders); "
+        f"{len(absent)} not built yet (404)"
+        + (f"; {len(failed)} answered errors" if failed else "")
+    )
+    if missed:
+        lines.append("  MISSED: " + ", ".join(f"{t.label} ({t.viewer})" for t in missed))
+    lines += [
+        f"  pages measured in {results.pages_seconds:.1f} s; {results.collections.describe()}",
+        f"  {results.machine.describe()}",
+        f"  machine: {os.cpu_count()} cores shared by this process (app and client), "
+        "PostgreSQL and whatever else runs; compare figures of one run only",
+        "",
+        "what the pages read (app/services/console_queries.py), called directly, "
+        f"{repeat} times each:",
+        *call_table(results.calls),
+    ]
+    return lines
+
+
 async def run(args: argparse.Namespace) -> None:
     configure_logging("json", "warning")
     db = ScratchDb(args.dsn)
     started = time.perf_counter()
     try:
-        await db.create()
+        try:
+            await db.create()
+        except (OSError, TimeoutError) as exc:
+            raise BenchError(f"no PostgreSQL at {args.dsn}: {exc}") from None
         conn = await db.connect()
         try:
             pg_version = await conn.fetchval("SHOW server_version")
         finally:
             await conn.close()
+        print(
+            f"scratch database {db.name} (PostgreSQL {pg_version}), migrated in "
+            f"{time.perf_counter() - started:.1f} s; seeding through the services ...",
+            flush=True,
+        )
         secret = new_webhook_secret()
         double = PseDouble()
         container = build_container(
             bench_settings(db.url, secret), clock=SeedClock(), pse_transport=double.transport()
         )
         app = create_app(container)
-        async with app.router.lifespan_context(app):  # the audit writer; closes the container
-            keys = await make_keys(container)
-            seeder = Seeder(container, double, keys, secret, random.Random(20261201))
-            print(
-                f"scratch database {db.name} (PostgreSQL {pg_version}), migrated in "
-                f"{time.perf_counter() - started:.1f} s; seeding through the services ...",
-                flush=True,
+        # The app's lifespan: the audit writer runs; on the way out the
+        # container is closed (its pool included) and the audit flushed.
+        lifespan = app.router.lifespan_context(app)
+        await lifespan.__aenter__()
+        try:
+            results = await seed_and_measure(
+                app, container, double, secret, db, args.repeat, args.export_path
             )
-            seeded = await seeder.run()
-            await db.tidy()
-            data = await describe_data(container, seeded, seeder.webhooked)
-            print(f"seeded in {seeded.seconds:.1f} s: {data}", flush=True)
-            if not seeded.rich_refund:
-                raise BenchError("no refund was approved, sent and settled by a webhook")
-            clients = {
-                APPROVER: await sign_in(app, keys.secrets[APPROVER]),
-                OPS: await sign_in(app, keys.secrets[OPS]),
-            }
+        except BaseException:
+            # Interrupted half-way, the units of work cancelled hand their
+            # connections back in the background (asyncpg shields a release):
+            # a pool closed at once can wait for ever. A moment, then not long.
             try:
-                export_path, export_how = await find_export(clients[OPS], args.export_path)
-                pages = [
-                    ("/console", "/console"),
-                    ("/console/approvals", "/console/approvals"),
-                    ("/console/refunds", "/console/refunds"),
-                    ("export CSV (all refunds)", export_path),
-                    ("/console/refunds/{id}", f"/console/refunds/{seeded.rich_refund}"),
-                    ("/console/attention", "/console/attention"),
-                    ("/console/reconciliations", "/console/reconciliations"),
-                    (
-                        "/console/reconciliations/{id}",
-                        f"/console/reconciliations/{seeded.reconciliation_id}",
-                    ),
-                ]
-                print(
-                    f"measuring {len(pages)} pages x {len(clients)} viewers x {args.repeat} "
-                    f"(after {WARMUP_ROUNDS} warm-up rounds), one request at a time ...",
-                    flush=True,
-                )
-                gc.collect()  # the seeding's garbage is not the pages'
-                watch = CpuWatch(db.name)
-                t0 = time.perf_counter()
-                with GcWatch() as collections:
-                    page_rows = await measure_pages(clients, pages, args.repeat)
-                pages_s = time.perf_counter() - t0
-                machine = watch.stop()
-            finally:
-                for client in clients.values():
-                    await client.aclose()
-            calls = await measure_calls(query_calls(container, keys, seeded), args.repeat)
-        print()
-        print(
-            f"console pages: server time per request, in-process (httpx.ASGITransport), "
-            f"{args.repeat} requests each, target p95 < {TARGET_MS:.0f} ms"
-        )
-        print(
-            f"  refund page: {seeded.rich_refund} ({seeded.rich_steps} audit records); "
-            f"export: {export_path} ({export_how})"
-        )
-        print("\n".join(page_table(page_rows, args.repeat)))
-        measured = [t for t in page_rows if _verdict(t)[1] in ("PASS", "MISS")]
-        built = [t for t in measured if not t.placeholder]
-        missed = [t for t in measured if _verdict(t)[1] == "MISS"]
-        absent = [t for t in page_rows if set(t.statuses) == {404}]
-        failed = [t for t in page_rows if _verdict(t)[1] == "FAIL"]
-        summary = (
-            f"  {len(measured) - len(missed)} of {len(measured)} answered within target "
-            f"({len(built)} of them real pages, {len(measured) - len(built)} placeholders); "
-            f"{len(absent)} not built yet (404)"
-            + (f"; {len(failed)} answered errors" if failed else "")
-        )
-        print(summary)
-        if missed:
-            print("  MISSED: " + ", ".join(f"{t.label} ({t.viewer})" for t in missed))
-        print(f"  pages measured in {pages_s:.1f} s; {collections.describe()}")
-        print(f"  {machine.describe()}")
-        print(
-            f"  machine: {os.cpu_count()} cores shared by this process (app and client), "
-            "PostgreSQL and whatever else runs; compare figures of one run only"
-        )
-        print()
-        print(
-            "what the pages read (app/services/console_queries.py), called directly, "
-            f"{args.repeat} times each:"
-        )
-        print("\n".join(call_table(calls)))
+                await asyncio.sleep(0.5)
+                await asyncio.wait_for(lifespan.__aexit__(None, None, None), 5)
+            except BaseException:
+                print("bench/console.py: the service did not close within 5 s", file=sys.stderr)
+            raise
+        await lifespan.__aexit__(None, None, None)
+        print("\n".join(report(results, args.repeat)))
         print(f"\ntotal {time.perf_counter() - started:.1f} s")
     finally:
         if args.keep_db:
