@@ -89,6 +89,8 @@ async def reconciliations(
     queries: ConsoleQueriesDep,
     cursor: str | None = None,
 ) -> Response:
+    # Reconciliation data is the ops role's, as through the API.
+    viewer.require(Role.OPS)
     base = base_path(request)
     messages = []
     status = 200
@@ -176,6 +178,7 @@ async def run_page(
     outcome: str | None = None,
     cursor: str | None = None,
 ) -> Response:
+    viewer.require(Role.OPS)
     base = base_path(request)
     here = f"{base}/reconciliations/{reconciliation_id}"
     messages = []
@@ -230,6 +233,7 @@ async def report(
 ) -> Response:
     """The API's report (`GET /v1/reconciliations/{id}/report.csv`), from the
     same service call: every line with its outcome."""
+    viewer.require(Role.OPS)
     lines = await reconciliations.report_csv(reconciliation_id)
     return StreamingResponse(
         lines,
