@@ -10,26 +10,22 @@ page starts after, which the page builders encode as the API does
 
 from __future__ import annotations
 
-import csv
-import io
-from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from app.domain.errors import InvalidInput, NotFound
 from app.domain.models import (
     CANCELABLE,
     Actor,
-    Approval,
     DecisionBlock,
     Payment,
     Refund,
     RefundStatus,
     RiskLevel,
-    StatusChange,
 )
 from app.domain.money import Money, exponent
 from app.domain.policy import ApprovalReason
@@ -37,19 +33,28 @@ from app.domain.ports import RefundFilter, UnitOfWork
 from app.domain.reconciliation import Outcome
 from app.domain.records import (
     ApiKey,
-    DeliveryAttempt,
     FxTotal,
     OutboxEvent,
     Reconciliation,
     ReconciliationLine,
     RefundRow,
     Role,
-    StoredWebhook,
 )
 from app.services.context import Deps
 from app.services.events import DeliveryService
+from app.services.refund_csv import CSV_HEADER, csv_lines, csv_row
 from app.services.submission import ASKABLE
-from app.services.views import rfc3339
+from app.services.timeline import (
+    AUDIT_KINDS_FROM_ROWS,
+    Timeline,
+    TimelineEntry,
+    approval_entry,
+    audit_entry,
+    delivery_entry,
+    event_entry,
+    status_entry,
+    webhook_entry,
+)
 
 T = TypeVar("T")
 
@@ -162,85 +167,7 @@ class RefundSearch:
     oldest_first: bool = False
 
 
-CSV_HEADER = (
-    "id",
-    "created_at",
-    "payment_id",
-    "order_id",
-    "pse_account",
-    "amount",
-    "currency",
-    "status",
-    "reason",
-    "pse_refund_id",
-    "failure_code",
-    "updated_at",
-)
-# A spreadsheet runs a cell starting with one of these as a formula.
-_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
-def csv_cell(value: str | None) -> str:
-    """A text cell a spreadsheet shows as text: one that would start a formula
-    gets a leading apostrophe (OWASP's advice against CSV injection)."""
-    if value is None:
-        return ""
-    return "'" + value if value.startswith(_FORMULA_STARTS) else value
-
-
-def csv_row(row: RefundRow) -> list[str]:
-    """One refund as export cells: amounts in major units of the row's currency
-    (JPY 12000, USD 15.00, KWD 1.500), times in RFC 3339 UTC."""
-    return [
-        csv_cell(row.id),
-        rfc3339(row.created_at) or "",
-        csv_cell(row.payment_id),
-        csv_cell(row.order_id),
-        csv_cell(row.pse_account),
-        str(Money(row.amount, row.currency).to_major()),
-        csv_cell(row.currency),
-        csv_cell(row.status),
-        csv_cell(row.reason),
-        csv_cell(row.pse_refund_id),
-        csv_cell(row.failure_code),
-        rfc3339(row.updated_at) or "",
-    ]
-
-
-def csv_lines(rows: Iterable[list[str]]) -> str:
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\r\n").writerows(rows)
-    return buffer.getvalue()
-
-
 # -- one refund ---------------------------------------------------------------
-
-
-class TimelineKind(StrEnum):
-    STATUS = "status"  # a status change (the refund's history)
-    APPROVAL = "approval"  # an approver's decision
-    PSE_CALL = "pse_call"  # one HTTP exchange with the PSE (audit trail, redacted)
-    PSE_WEBHOOK = "pse_webhook"  # an event the PSE sent about the refund
-    STORE_EVENT = "store_event"  # an event for the store (the outbox)
-    STORE_DELIVERY = "store_delivery"  # one attempt to deliver it to the store's webhook
-    API_REQUEST = "api_request"  # a request to the API that changed or tried to change it
-    NOTE = "note"  # anything else the audit trail holds about it
-
-
-@dataclass(frozen=True, slots=True)
-class TimelineEntry:
-    at: datetime
-    kind: TimelineKind
-    actor: str | None
-    summary: str
-    details: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class Timeline:
-    entries: list[TimelineEntry]
-    # A source held more entries than a timeline shows.
-    truncated: bool = False
 
 
 class RefundAction(StrEnum):
@@ -592,10 +519,10 @@ class ConsoleQueries:
             entries.append((entry.at, rank, entry))
 
         for approval in refund.approvals:
-            add(0, _approval_entry(approval.approver, approval))
+            add(0, approval_entry(approval.approver, approval))
         previous: RefundStatus | None = None
         for change in refund.history:
-            add(1, _status_entry(previous, change))
+            add(1, status_entry(previous, change))
             previous = change.status
         events = await uow.outbox.list_newest(
             types=(), refund_id=refund.id, limit=limit + 1, before=None
@@ -605,13 +532,13 @@ class ConsoleQueries:
         # The outbox lists newest first; added oldest first, events raised at
         # one instant keep the order they were raised in (the sort is stable).
         for event in reversed(events):
-            add(2, _event_entry(event))
+            add(2, event_entry(event))
         for attempt in await uow.outbox.attempts_of([event.id for event in events]):
-            add(4, _delivery_entry(attempt))
+            add(4, delivery_entry(attempt))
         webhooks = await uow.webhooks.for_refund(refund.id, limit + 1)
         truncated |= len(webhooks) > limit
         for webhook in webhooks[:limit]:
-            add(3, _webhook_entry(webhook))
+            add(3, webhook_entry(webhook))
         records = await uow.audit.search(
             refund_id=refund.id,
             payment_id=None,
@@ -621,12 +548,12 @@ class ConsoleQueries:
             limit=limit + 1,
             before_seq=None,
             oldest_first=True,
-            without_kinds=_AUDIT_KINDS_FROM_ROWS,
+            without_kinds=AUDIT_KINDS_FROM_ROWS,
             without_reads=True,
         )
         truncated |= len(records) > limit
         for record in records[:limit]:
-            add(3, _audit_entry(record.kind, record.actor, record.at, record.data()["data"]))
+            add(3, audit_entry(record.kind, record.actor, record.at, record.data()["data"]))
         entries.sort(key=lambda item: (item[0], item[1]))
         return Timeline([entry for _at, _rank, entry in entries], truncated)
 
@@ -804,116 +731,3 @@ class ConsoleQueries:
         """FX differences and fees by settlement currency (as the API's report)."""
         async with self.deps.uow() as uow:
             return await uow.reconciliations.fx_totals(created_from, created_to, currency)
-
-
-# -- timeline entries ----------------------------------------------------------------
-
-# Audit kinds whose facts the timeline reads from the rows that hold them.
-_AUDIT_KINDS_FROM_ROWS = ("refund.status", "approval.decision", "webhook.sent")
-
-
-def _status_entry(previous: RefundStatus | None, change: StatusChange) -> TimelineEntry:
-    moved = f"{previous.value} → {change.status.value}" if previous else change.status.value
-    return TimelineEntry(
-        at=change.at,
-        kind=TimelineKind.STATUS,
-        actor=change.actor,
-        summary=f"{moved}: {change.detail}" if change.detail else moved,
-        details={
-            "from": previous.value if previous else None,
-            "to": change.status.value,
-            "detail": change.detail,
-        },
-    )
-
-
-def _approval_entry(approver: str, approval: Approval) -> TimelineEntry:
-    summary = f"{approval.decision.value} at level {approval.level}"
-    return TimelineEntry(
-        at=approval.at,
-        kind=TimelineKind.APPROVAL,
-        actor=approver,
-        summary=f"{summary}: {approval.note}" if approval.note else summary,
-        details={
-            "approver_key_id": approval.approver_id,
-            "level": approval.level,
-            "decision": approval.decision.value,
-            "note": approval.note,
-        },
-    )
-
-
-def _event_entry(event: OutboxEvent) -> TimelineEntry:
-    return TimelineEntry(
-        at=event.created_at,
-        kind=TimelineKind.STORE_EVENT,
-        actor=None,
-        summary=f"{event.type}: {event.detail}" if event.detail else event.type,
-        details={
-            "event_id": event.id,
-            "type": event.type,
-            "detail": event.detail,
-            "delivery_status": event.delivery_status.value,
-            "delivery_attempts": event.delivery_attempts,
-            "delivered_at": rfc3339(event.delivered_at),
-            "last_error": event.last_error,
-        },
-    )
-
-
-def _delivery_entry(attempt: DeliveryAttempt) -> TimelineEntry:
-    answer = f"HTTP {attempt.status_code}" if attempt.status_code is not None else attempt.error
-    return TimelineEntry(
-        at=attempt.at,
-        kind=TimelineKind.STORE_DELIVERY,
-        actor=None,
-        summary=f"attempt {attempt.attempt} → {answer} ({attempt.duration_ms} ms)",
-        details={
-            "event_id": attempt.event_id,
-            "attempt": attempt.attempt,
-            "url": attempt.url,
-            "status_code": attempt.status_code,
-            "duration_ms": attempt.duration_ms,
-            "error": attempt.error,
-            "delivered": attempt.delivered,
-        },
-    )
-
-
-def _webhook_entry(webhook: StoredWebhook) -> TimelineEntry:
-    # The PSE's event as we translated it (state, amounts, failure code),
-    # never its raw body: that stays in the audit trail, redacted.
-    return TimelineEntry(
-        at=webhook.received_at,
-        kind=TimelineKind.PSE_WEBHOOK,
-        actor=f"pse:{webhook.pse_account}",
-        summary=f"{webhook.event_type} ({webhook.status.value})",
-        details={
-            "event_id": webhook.event_id,
-            "event_type": webhook.event_type,
-            "status": webhook.status.value,
-            "pse_refund_id": webhook.pse_refund_id,
-            "reference": webhook.reference,
-            "refund": webhook.refund,
-            "applied_at": rfc3339(webhook.applied_at),
-        },
-    )
-
-
-def _audit_entry(kind: str, actor: str | None, at: datetime, data: dict[str, Any]) -> TimelineEntry:
-    if kind == "pse.call":
-        answer = data.get("status_code") or data.get("outcome")
-        summary = f"{data.get('method')} {data.get('url')} → {answer}"
-        if data.get("duration_ms") is not None:
-            summary += f" ({data['duration_ms']} ms)"
-        return TimelineEntry(at, TimelineKind.PSE_CALL, actor, summary, data)
-    if kind == "api.request":
-        summary = f"{data.get('method')} {data.get('path')} → {data.get('status')}"
-        return TimelineEntry(at, TimelineKind.API_REQUEST, actor, summary, data)
-    if kind == "refund.attention_acknowledged":
-        summary = f"attention acknowledged: {data.get('note')}"
-        return TimelineEntry(at, TimelineKind.NOTE, actor, summary, data)
-    if kind == "event.redelivered":
-        summary = f"redelivery of {data.get('event_type')} asked"
-        return TimelineEntry(at, TimelineKind.NOTE, actor, summary, data)
-    return TimelineEntry(at, TimelineKind.NOTE, actor, kind, data)

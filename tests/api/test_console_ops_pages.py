@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from app.domain.records import DeliveryStatus
-from app.services.console_queries import CSV_HEADER
+from app.services.refund_csv import CSV_HEADER
 from tests.api import test_console
 from tests.api.helpers import refund, register
 from tests.api.test_console import csrf_of, signed_in

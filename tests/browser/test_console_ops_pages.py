@@ -15,8 +15,8 @@ import pytest
 
 from app.domain.models import Actor, RefundReason
 from app.domain.records import DeliveryStatus
-from app.services.console_queries import CSV_HEADER
 from app.services.payments import RegisterPayment
+from app.services.refund_csv import CSV_HEADER
 from app.services.refunds import RequestRefund
 from tests.browser.conftest import ConsoleServer, screenshot, sign_in
 

@@ -24,13 +24,13 @@ from app.domain.records import (
     ReconciliationLine,
 )
 from app.services.console_queries import (
-    CSV_HEADER,
     AttentionQueue,
     ConsoleQueries,
     RefundAction,
     RefundSearch,
-    TimelineKind,
 )
+from app.services.refund_csv import CSV_HEADER
+from app.services.timeline import TimelineKind
 from tests.api.helpers import get_refund, refund, register
 
 SIGNED = {"x-fake-signature": "ok", "content-type": "application/json"}

@@ -23,7 +23,12 @@ from app.domain.policy import (
     open_slots,
 )
 from app.domain.records import RefundRow
-from app.services.console_queries import CSV_HEADER, csv_cell, csv_lines, csv_row
+from app.services.refund_csv import (
+    CSV_HEADER,
+    csv_cell,
+    csv_lines,
+    csv_row,
+)
 from tests.unit.builders import (
     APPROVER_1,
     APPROVER_1B,

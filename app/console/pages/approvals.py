@@ -20,7 +20,11 @@ from app.console.rendering import render
 from app.console.security import base_path
 from app.console.viewer import Viewer
 from app.domain.console import Flash
-from app.services.console_queries import ApprovalItem, ConsoleQueries, Page
+from app.services.console_queries import (
+    ApprovalItem,
+    ConsoleQueries,
+    Page,
+)
 
 router = APIRouter()
 

@@ -20,7 +20,12 @@ from app.console.rendering import render
 from app.console.security import base_path
 from app.domain.errors import DomainError, InvalidInput
 from app.domain.records import Role
-from app.services.console_queries import AttentionCounts, AttentionQueue, ConsoleQueries, Page
+from app.services.console_queries import (
+    AttentionCounts,
+    AttentionQueue,
+    ConsoleQueries,
+    Page,
+)
 
 router = APIRouter()
 

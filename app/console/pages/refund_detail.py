@@ -43,6 +43,8 @@ from app.services.console_queries import (
     ConsoleQueries,
     RefundAction,
     RefundDetail,
+)
+from app.services.timeline import (
     TimelineEntry,
     TimelineKind,
 )
