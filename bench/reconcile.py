@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.adapters.db.engine import migrate  # noqa: E402
+from app.adapters.db.payments import COLUMNS as PAYMENTS_COLUMNS  # noqa: E402
 
 HEADER = (
     "pse_refund_id,reference,type,amount,currency,status,settled_at,fee,"
@@ -66,23 +67,7 @@ async def seed(dsn: str, rows: int) -> None:
         await conn.copy_records_to_table(
             "payments",
             records=payments,
-            columns=[
-                "id",
-                "pse_account",
-                "pse_payment_id",
-                "order_id",
-                "amount",
-                "currency",
-                "captured_at",
-                "payment_method",
-                "risk_level",
-                "settlement_currency",
-                "settlement_rate",
-                "refunded_amount",
-                "reserved_amount",
-                "created_at",
-                "updated_at",
-            ],
+            columns=list(PAYMENTS_COLUMNS),
         )
         del payments
         batch = []

@@ -59,6 +59,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from app.adapters.db.engine import migrate  # noqa: E402
+from app.adapters.db.payments import COLUMNS as PAYMENTS_COLUMNS  # noqa: E402
 from app.services.ids import new_id  # noqa: E402
 from bench.yardstick import DDL as YARDSTICK_DDL  # noqa: E402
 
@@ -345,25 +346,6 @@ class ScratchDb:
             await conn.close()
 
 
-PAYMENT_COLUMNS = [
-    "id",
-    "pse_account",
-    "pse_payment_id",
-    "order_id",
-    "amount",
-    "currency",
-    "captured_at",
-    "payment_method",
-    "risk_level",
-    "settlement_currency",
-    "settlement_rate",
-    "refunded_amount",
-    "reserved_amount",
-    "created_at",
-    "updated_at",
-]
-
-
 @dataclass(frozen=True)
 class SeededPayment:
     id: str
@@ -402,7 +384,8 @@ async def seed_payments(
             )
             for i, p in enumerate(seeded)
         ],
-        columns=PAYMENT_COLUMNS,
+        # The records are built in the order of the repository's columns.
+        columns=list(PAYMENTS_COLUMNS),
     )
     return seeded
 
