@@ -85,7 +85,7 @@ from app.domain.ports import Clock  # noqa: E402
 from app.domain.records import ApiKey  # noqa: E402
 from app.logs import configure_logging  # noqa: E402
 from app.sandbox.config import new_webhook_secret  # noqa: E402
-from app.services.console_queries import AttentionQueue, RefundSearch  # noqa: E402
+from app.services.console_results import AttentionQueue, RefundSearch  # noqa: E402
 from app.services.payments import RegisterPayment  # noqa: E402
 from app.services.refunds import RequestRefund  # noqa: E402
 from bench.refunds import DEFAULT_ADMIN_DSN, BenchError, CpuWatch, ScratchDb, main  # noqa: E402

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from app.domain.pse import PseRefund, PseRefundState
-from app.services.console_queries import RefundAction
+from app.services.console_results import RefundAction
 from tests.api import test_console
 from tests.api.helpers import get_refund, refund, register
 from tests.api.test_console import csrf_of, signed_in

@@ -23,9 +23,9 @@ from app.domain.records import (
     Reconciliation,
     ReconciliationLine,
 )
-from app.services.console_queries import (
+from app.services.console_queries import ConsoleQueries
+from app.services.console_results import (
     AttentionQueue,
-    ConsoleQueries,
     RefundAction,
     RefundSearch,
 )

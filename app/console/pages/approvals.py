@@ -20,9 +20,9 @@ from app.console.rendering import render
 from app.console.security import base_path
 from app.console.viewer import Viewer
 from app.domain.console import Flash
-from app.services.console_queries import (
+from app.services.console_queries import ConsoleQueries
+from app.services.console_results import (
     ApprovalItem,
-    ConsoleQueries,
     Page,
 )
 

@@ -20,10 +20,10 @@ from app.console.rendering import render
 from app.console.security import base_path
 from app.domain.errors import DomainError, InvalidInput
 from app.domain.records import Role
-from app.services.console_queries import (
+from app.services.console_queries import ConsoleQueries
+from app.services.console_results import (
     AttentionCounts,
     AttentionQueue,
-    ConsoleQueries,
     Page,
 )
 

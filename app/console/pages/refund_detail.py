@@ -39,8 +39,8 @@ from app.domain.models import Refund, RefundStatus
 from app.domain.records import Role
 from app.domain.text import text_problem
 from app.services.console import ConsoleService
-from app.services.console_queries import (
-    ConsoleQueries,
+from app.services.console_queries import ConsoleQueries
+from app.services.console_results import (
     RefundAction,
     RefundDetail,
 )

@@ -23,7 +23,7 @@ from app.console.rendering import render
 from app.console.security import base_path
 from app.domain.errors import DomainError, InvalidInput, UnknownPseAccount
 from app.domain.models import RefundStatus
-from app.services.console_queries import RefundSearch
+from app.services.console_results import RefundSearch
 
 router = APIRouter()
 
