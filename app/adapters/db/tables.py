@@ -49,6 +49,8 @@ api_keys = Table(
     Column("approval_level", Integer, nullable=True),
     Column("created_at", UtcDateTime, nullable=False),
     Column("revoked_at", UtcDateTime, nullable=True),
+    # The PSE accounts the key may see and act on; NULL: every account.
+    Column("accounts", Json, nullable=True),
 )
 
 payments = Table(
@@ -109,11 +111,14 @@ refunds = Table(
     # Why the refund last raised `refund.needs_attention`, until ops acknowledge it.
     Column("attention", Text, nullable=True),
     Column("attention_at", UtcDateTime, nullable=True),
+    # The session advisory lock key of the worker holding the self-check lease.
+    Column("claimed_by", BigInteger, nullable=True),
     Index("ix_refunds_payment_id", "payment_id"),
     Index("ix_refunds_status", "status"),
     Index("ix_refunds_pse", "pse_account", "pse_refund_id"),
     Index("ix_refunds_next_check_at", "next_check_at"),
     Index("ix_refunds_created_at", "created_at"),
+    Index("ix_refunds_claimed_by", "claimed_by", postgresql_where=text("claimed_by IS NOT NULL")),
     Index(
         "ix_refunds_attention_at",
         "attention_at",
@@ -193,11 +198,14 @@ events = Table(
     Column("first_attempt_at", UtcDateTime, nullable=True),
     Column("delivered_at", UtcDateTime, nullable=True),
     Column("last_error", Text, nullable=True),
+    # The session advisory lock key of the worker holding the delivery lease.
+    Column("claimed_by", BigInteger, nullable=True),
     Index("ix_events_refund_order", "refund_id", "tx", "seq"),
     Index("ix_events_order", "tx", "seq"),
     Index("ix_events_type", "type"),
     Index("ix_events_delivery", "delivery_status", "next_delivery_at"),
     Index("ix_events_failed", "id", postgresql_where=text("delivery_status = 'failed'")),
+    Index("ix_events_claimed_by", "claimed_by", postgresql_where=text("claimed_by IS NOT NULL")),
 )
 
 event_deliveries = Table(
