@@ -13,7 +13,10 @@ import httpx
 import structlog
 
 from app.adapters.clock import SystemClock
+from app.adapters.db.claimer import AdvisoryLockClaimer
 from app.adapters.db.engine import ConnectionPool, create_pool, current_revision, head_revision
+from app.adapters.db.faults import UNAVAILABLE_CANDIDATES, database_unavailable
+from app.adapters.db.key_events import RevocationListener
 from app.adapters.db.uow import UnitOfWorkFactory
 from app.adapters.notify.webhook import StoreWebhookPublisher
 from app.adapters.pse.audit_transport import AuditingTransport
@@ -141,8 +144,18 @@ class Container:
     http: httpx.AsyncClient
     console: ConsoleService
     pse_accounts: dict[str, PseAccount] = field(default_factory=dict)
+    # This process's claimer key (connected at the worker's first pass).
+    claimer: AdvisoryLockClaimer | None = None
     # False for a pool handed to build_container: whoever opened it closes it.
     owns_pool: bool = True
+    # Hears key revocations made by any process (`follow_revocations`).
+    revocations: RevocationListener | None = None
+    # Whether an error says that the database cannot be reached just now (503
+    # with Retry-After, not 500), asked of errors of the candidate classes:
+    # the database adapter's knowledge, handed to the edges (the API's
+    # handlers and middleware, the console's pages), which never import it.
+    unavailable: Callable[[BaseException], bool] = database_unavailable
+    unavailable_candidates: tuple[type[Exception], ...] = UNAVAILABLE_CANDIDATES
     operations: Operations = field(init=False)
     console_queries: ConsoleQueries = field(init=False)
 
@@ -169,6 +182,14 @@ class Container:
         finally:
             metrics.withdraw_process()
 
+    async def follow_revocations(self, stop: asyncio.Event) -> None:
+        """Until `stop`: hear every key revocation, made by any process, on a
+        connection of its own, so that the key cache is trusted only while
+        none can be missed (KeyService.follow_revocations). Run by each
+        process that serves requests (the app's lifespan)."""
+        if self.revocations is not None:
+            await self.revocations.run(stop)
+
     async def readiness(self) -> tuple[bool, str]:
         """(True, schema revision) when the database answers at the head revision."""
         try:
@@ -194,6 +215,8 @@ class Container:
             structlog.get_logger("app.audit").exception(
                 "audit.flush_failed", buffered=self.audit.pending
             )
+        if self.claimer is not None:
+            await self.claimer.close()
         if self.owns_pool:
             await self.pool.close()
 
@@ -262,12 +285,15 @@ def build_container(
             initial_seconds=hook.backoff_initial_seconds,
             max_seconds=hook.backoff_max_seconds,
         )
+    # The worker's and the deliveries' claims name this process (see claimer.py).
+    claimer = AdvisoryLockClaimer(pool.url)
     deliveries = DeliveryService(
         deps,
         publisher,
         retry,
         concurrency=settings.worker.concurrency,
         lease_seconds=max(60.0, (hook.timeout_seconds * 3) if hook else 60.0),
+        claimer=claimer,
     )
     webhooks = WebhookService(deps)
     submissions = SubmissionService(
@@ -275,7 +301,9 @@ def build_container(
     )
     submitter = BackgroundSubmitter(submissions.submit)
     deps.queue = submitter
+    keys = KeyService(deps)
     return Container(
+        revocations=RevocationListener(pool.url, keys.revoked, keys.follow_revocations),
         settings=settings,
         pool=pool,
         owns_pool=owns_pool,
@@ -284,7 +312,7 @@ def build_container(
         refunds=RefundService(deps),
         submissions=submissions,
         webhooks=webhooks,
-        keys=KeyService(deps),
+        keys=keys,
         idempotency=IdempotencyService(
             deps, timedelta(seconds=settings.idempotency_in_flight_seconds)
         ),
@@ -304,6 +332,7 @@ def build_container(
             concurrency=settings.worker.concurrency,
             lease_seconds=settings.worker.lease_seconds,
             idempotency_retention_days=settings.idempotency_retention_days,
+            claimer=claimer,
         ),
         http=http,
         console=ConsoleService(
@@ -314,4 +343,5 @@ def build_container(
             ),
         ),
         pse_accounts=accounts,
+        claimer=claimer,
     )

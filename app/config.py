@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import os
 import tomllib
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -43,6 +45,10 @@ EMBEDDED_DATA_DIR_VAR = "PSE_REFUNDS_EMBEDDED_DATA_DIR"
 DEFAULT_EMBEDDED_DATA_DIR = ".pse-refunds"
 DATABASE_URL_SCHEMES = ("postgresql+asyncpg://", "postgresql://")
 MIN_AUDIT_RETENTION_DAYS = 548
+# Standard Webhooks secrets are base64 of 24 to 64 random bytes; fewer is refused.
+MIN_STORE_WEBHOOK_SECRET_BYTES = 24
+# A bearer token guessed online only, yet never shorter than our HMAC keys.
+MIN_METRICS_TOKEN_LENGTH = 16
 
 Provider = Literal["sandbox", "stripe", "komoju", "payjp", "xendit", "razorpay", "omise"]
 
@@ -128,6 +134,10 @@ def _check_webhook_secret(provider: str, secret: str) -> str | None:
     rule = WEBHOOK_SECRET_FORMATS[provider]
     if not secret:
         return "is empty"
+    if secret != secret.strip():
+        # Spaces would count towards the length, and a newline from a secret
+        # file would make every signature fail.
+        return "has leading or trailing whitespace"
     if rule.prefix and not secret.startswith(rule.prefix):
         return f"must start with {rule.prefix} ({rule.describe})"
     if len(secret) < rule.min_length:
@@ -142,10 +152,49 @@ def _check_webhook_secret(provider: str, secret: str) -> str | None:
     return None
 
 
+LOOPBACK_NAMES = ("localhost",)
+
+
+def _is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost: traffic that never leaves the machine."""
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _http_url_problem(
+    url: str, *, allow_insecure: bool, insecure_key: str, carries: str
+) -> str | None:
+    """Why `url` cannot be used, or None. Never the URL itself in the answer:
+    it may hold credentials, and errors end up in logs."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+    except ValueError:
+        return "is not a valid URL"
+    if parts.scheme not in ("http", "https"):
+        return "must start with http:// or https://"
+    if not parts.hostname:
+        return "must name a host"
+    if parts.scheme == "http" and not allow_insecure and not _is_loopback(parts.hostname):
+        return (
+            f"is http://, which would send {carries} in clear text: use https://, or a "
+            f"loopback host (127.0.0.0/8, ::1, localhost); {insecure_key} = true allows it, "
+            "for tests only"
+        )
+    return None
+
+
 class AccountSettings(_Strict):
     provider: Provider
     api_key: Secret = SecretStr("")
     webhook_secrets: list[Secret] = Field(default_factory=list)
+    # For tests only: an http:// base_url on a host other than loopback. Declared
+    # before base_url, whose check reads it.
+    allow_insecure_base_url: bool = False
     base_url: str | None = None
     refund_window_days: int | None = Field(default=None, ge=1, le=3650)
     timeout_seconds: float = Field(default=10.0, gt=0, le=120)
@@ -170,10 +219,22 @@ class AccountSettings(_Strict):
 
     @field_validator("base_url")
     @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("http://", "https://")):
-            raise ValueError("base_url must start with http:// or https://")
-        return value.rstrip("/") if value else value
+    def _http_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return value
+        if "provider" not in info.data or "allow_insecure_base_url" not in info.data:
+            return value  # refused itself; that error names it
+        # The sandbox PSE moves no money: the demo serves it over http:// wherever it listens.
+        insecure = info.data["allow_insecure_base_url"] or info.data["provider"] == "sandbox"
+        problem = _http_url_problem(
+            value,
+            allow_insecure=insecure,
+            insecure_key="allow_insecure_base_url",
+            carries="the API key and every refund",
+        )
+        if problem is not None:
+            raise ValueError(f"base_url {problem}")
+        return value.rstrip("/")
 
     def effective_base_url(self) -> str:
         return self.base_url or DEFAULT_BASE_URLS.get(self.provider, "")
@@ -235,9 +296,57 @@ class ServerSettings(_Strict):
     # API processes `serve` runs on its port (`--workers` overrides); more than
     # one needs PostgreSQL. Each has its own connection pool and background worker.
     workers: int = Field(default=1, ge=1, le=256)
+    # A request's line and headers must arrive within this, or the connection
+    # is closed (408): a client trickling headers holds no connection for long.
+    header_timeout_seconds: float = Field(default=10, gt=0, le=300)
+    # A request body must arrive within this (settlement uploads: each chunk
+    # within it, however long the whole file takes), else 408 `request_timeout`.
+    body_timeout_seconds: float = Field(default=30, gt=0, le=3600)
+    # An idle kept-alive connection is closed after this.
+    keep_alive_seconds: int = Field(default=5, ge=1, le=300)
+    # Connections (and requests) one process serves at once; beyond, uvicorn
+    # answers 503 at once rather than queueing without bound.
+    max_connections: int = Field(default=1000, ge=1, le=100_000)
+    # Connections waiting to be accepted by the kernel.
+    backlog: int = Field(default=2048, ge=1, le=65_535)
+
+
+def _rate_limit(value: str) -> str:
+    from limits import parse_many
+
+    try:
+        parse_many(value)
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is not a rate limit: write e.g. '200/second' or '20/minute;500/hour'"
+        ) from None
+    return value
+
+
+RateLimit = Annotated[str, AfterValidator(_rate_limit)]
+
+
+class RateLimitSettings(_Strict):
+    """Limits counted in memory by each process (see README, "Security")."""
+
+    enabled: bool = True
+    # Requests of one API key.
+    per_key: RateLimit = "200/second"
+    # Requests from one client address, whatever their key (none included).
+    per_address: RateLimit = "1000/second"
+    # Requests with a missing, unknown or revoked key from one address; once
+    # spent, that address is refused at once, its keys not even looked at.
+    failed_auth_per_address: RateLimit = "20/minute"
+    # Console sign-in attempts from one address.
+    console_login_per_address: RateLimit = "10/minute"
+    # Webhooks to one PSE account: generous, and a 429 makes the PSE retry.
+    webhooks_per_account: RateLimit = "500/second"
 
 
 class StoreWebhookSettings(_Strict):
+    # For tests only: an http:// url on a host other than loopback. Declared
+    # before url, whose check reads it.
+    allow_insecure_url: bool = False
     url: str
     # Signs every event; during a rotation list the old one in secrets_previous
     # and both sign, so the store may switch at its own pace.
@@ -251,21 +360,39 @@ class StoreWebhookSettings(_Strict):
     @field_validator("secret", "secrets_previous")
     @classmethod
     def _standard_webhooks_secret(cls, value: Any) -> Any:
-        for item in value if isinstance(value, list) else [value]:
+        listed = isinstance(value, list)
+        for index, item in enumerate(value if listed else [value]):
+            # The position, never the secret: errors end up in logs.
+            which = f"secret #{index + 1}" if listed else "the secret"
             raw = item.get_secret_value()
             if not raw.startswith("whsec_"):
-                raise ValueError("store webhook secrets are Standard Webhooks secrets: whsec_…")
+                raise ValueError(
+                    f"{which}: store webhook secrets are Standard Webhooks secrets: whsec_…"
+                )
             try:
-                base64.b64decode(raw[6:], validate=True)
+                key = base64.b64decode(raw[6:], validate=True)
             except (binascii.Error, ValueError):
-                raise ValueError("the part after whsec_ must be base64") from None
+                raise ValueError(f"{which}: the part after whsec_ must be base64") from None
+            if len(key) < MIN_STORE_WEBHOOK_SECRET_BYTES:
+                raise ValueError(
+                    f"{which} is too short: whsec_ + base64 of at least "
+                    f"{MIN_STORE_WEBHOOK_SECRET_BYTES} random bytes (Standard Webhooks)"
+                )
         return value
 
     @field_validator("url")
     @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("url must start with http:// or https://")
+    def _http_url(cls, value: str, info: ValidationInfo) -> str:
+        if "allow_insecure_url" not in info.data:
+            return value  # refused itself; that error names it
+        problem = _http_url_problem(
+            value,
+            allow_insecure=info.data["allow_insecure_url"],
+            insecure_key="allow_insecure_url",
+            carries="every signed event",
+        )
+        if problem is not None:
+            raise ValueError(f"url {problem}")
         return value
 
 
@@ -301,7 +428,14 @@ class Settings(BaseSettings):
     accounts: dict[str, AccountSettings] = Field(default_factory=dict)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
+    rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
     store_webhook: StoreWebhookSettings | None = None
+    # GET /metrics (see app/api/metrics_access.py). Neither set, the default:
+    # not served at all. metrics_token: a bearer token every scrape must carry.
+    # metrics_port: `serve` answers /metrics there only, on the interface of
+    # --host, and never on the public port.
+    metrics_token: Secret | None = None
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
     # Set by `serve` when it starts the embedded demo; never read from outside.
     demo: bool = Field(default=False, exclude=True)
 
@@ -318,6 +452,27 @@ class Settings(BaseSettings):
             )
         # One spelling whatever was written: the driver is asyncpg either way.
         return value.replace("postgresql://", "postgresql+asyncpg://", 1)
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _metrics_token(cls, value: SecretStr | None) -> SecretStr | None:
+        raw = value.get_secret_value() if value is not None else ""
+        if not raw:  # an empty variable means unset, as for database_url
+            return None
+        # The length and the rule, never the token: errors end up in logs.
+        if len(raw) < MIN_METRICS_TOKEN_LENGTH:
+            raise ValueError(
+                f"is too short: at least {MIN_METRICS_TOKEN_LENGTH} random characters "
+                "(e.g. `openssl rand -hex 32`)"
+            )
+        if not all("!" <= c <= "~" for c in raw):
+            raise ValueError("must be printable ASCII without spaces: it is sent in an HTTP header")
+        return value
+
+    @field_validator("metrics_port", mode="before")
+    @classmethod
+    def _empty_port_is_unset(cls, value: Any) -> Any:
+        return None if value == "" else value
 
     @field_validator("accounts")
     @classmethod
@@ -412,6 +567,8 @@ def secrets_of(settings: Settings) -> list[str]:
     if settings.store_webhook is not None:
         found.append(settings.store_webhook.secret.get_secret_value())
         found.extend(s.get_secret_value() for s in settings.store_webhook.secrets_previous)
+    if settings.metrics_token is not None:
+        found.append(settings.metrics_token.get_secret_value())
     # A database password, when the URL carries one.
     url = settings.database_url or ""
     if "://" in url and "@" in url.split("://", 1)[1]:

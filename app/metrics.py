@@ -71,6 +71,14 @@ class Metrics:
             ["pse_account"],
             registry=r,
         )
+        self.requests_refused = Counter(
+            "http_requests_refused",
+            "Requests refused before any route ran, by reason (missing_key, unknown_key, "
+            "rate_limited_address, rate_limited_key, rate_limited_failed_auth, "
+            "rate_limited_login, rate_limited_webhooks)",
+            ["reason"],
+            registry=r,
+        )
         self.webhooks_received = Counter(
             "pse_webhooks_received",
             "PSE webhooks received, by account and verification result",

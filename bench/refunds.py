@@ -410,6 +410,12 @@ def audit_setting_exists() -> bool:
     return "audit_enabled" in Settings.model_fields
 
 
+def rate_limits_setting_exists() -> bool:
+    from app.config import Settings
+
+    return "rate_limits" in Settings.model_fields
+
+
 def service_toml(
     db_url: str,
     pse_base_url: str,
@@ -430,6 +436,18 @@ def service_toml(
         "",
         "[worker]",
         "enabled = false",
+    ]
+    if rate_limits_setting_exists():
+        # Counted as in production, but far above the load: the bench measures
+        # what the limits cost, never a 429.
+        lines += [
+            "",
+            "[rate_limits]",
+            'per_key = "1000000/second"',
+            'per_address = "1000000/second"',
+            'webhooks_per_account = "1000000/second"',
+        ]
+    lines += [
         "",
         f"[accounts.{ACCOUNT}]",
         'provider = "sandbox"',

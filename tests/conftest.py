@@ -225,6 +225,8 @@ async def make_api(
     # The pool belongs to the session; close only what each app opened.
     for built in opened:
         await built.container.submitter.aclose()
+        if built.container.claimer is not None:
+            await built.container.claimer.close()
         await built.client.aclose()
         await built.container.http.aclose()
 

@@ -11,8 +11,10 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi_offline import FastAPIOffline
 
-from app.api import problems
-from app.api.middleware import RequestContextMiddleware
+from app.api import problems, protocol
+from app.api.guard import RateLimits, RequestGuard
+from app.api.metrics_access import MetricsPortGate
+from app.api.middleware import RequestContextMiddleware, send_refusal
 from app.api.routes import audit, events, ops, payments, reconciliations, refunds, webhooks
 from app.bootstrap import Container
 from app.console.app import console_mount
@@ -54,12 +56,16 @@ def create_app(
     run_worker: bool = False,
 ) -> FastAPI:
     """Build the app around a container. When served, the app runs the
-    background worker (if `run_worker` and `[worker] enabled`) and closes the
-    container on shutdown, after the worker's pass under way has finished."""
+    background worker (if `run_worker` and `[worker] enabled`) and the
+    listener of key revocations, and closes the container on shutdown, after
+    the worker's pass under way has finished."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stop = asyncio.Event()
+        # Key revocations made by any process, heard at once: the key cache
+        # is trusted only while they are (KeyService.follow_revocations).
+        revocations_task = asyncio.create_task(container.follow_revocations(stop))
         worker_task = None
         if run_worker and container.settings.worker.enabled:
             worker_task = asyncio.create_task(container.worker.run(stop))
@@ -75,6 +81,7 @@ def create_app(
             stop.set()
             if worker_task is not None:
                 await worker_task
+            await revocations_task
             await container.aclose()
             audit_stop.set()
             await audit_task
@@ -100,7 +107,11 @@ def create_app(
         static_url="/docs/static",
     )
     app.state.container = container
-    problems.install(app)
+    # Each serving process builds its app before it accepts a connection.
+    protocol.configure(container.settings.server)
+    # What tells the database being out of reach comes from the composition
+    # root: the API never reaches into the database adapter.
+    problems.install(app, container.unavailable, container.unavailable_candidates)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.include_router(ops.router)
     app.include_router(payments.router)
@@ -113,6 +124,19 @@ def create_app(
     app.router.routes.append(console_mount(container))
     for path, mounted in (extra_mounts or {}).items():
         app.mount(path, mounted)
+    # Inside the request context (request id, access log, audit): who calls,
+    # and how often, is settled before any route runs or any body is read.
+    app.add_middleware(
+        RequestGuard,
+        limits=RateLimits(container.settings.rate_limits),
+        authenticate=container.keys.authenticate,
+        refuse=send_refusal,
+        on_refused=lambda reason: container.deps.metrics.requests_refused.labels(reason).inc(),
+    )
+    if container.settings.metrics_port is not None:
+        # The metrics listener serves /metrics alone; outside the guard, so that
+        # every other path there is a 404 whatever key it carries.
+        app.add_middleware(MetricsPortGate, port=container.settings.metrics_port)
     app.add_middleware(
         RequestContextMiddleware,
         max_body_bytes=container.settings.max_body_bytes,
@@ -120,8 +144,35 @@ def create_app(
         # Settlement files may be large: the API's upload and the console's.
         upload_paths=("/v1/reconciliations", "/console/reconciliations"),
         audit=container.audit,
+        body_timeout_seconds=container.settings.server.body_timeout_seconds,
+        unavailable=container.unavailable,
     )
     return app
+
+
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before trying again",
+        "schema": {"type": "integer", "minimum": 1},
+    }
+}
+_GUARDED: dict[str, dict[str, Any]] = {
+    "429": {
+        "description": "`rate_limited`: a rate limit of the key, the client address or the "
+        "PSE account is spent; retry after `Retry-After` seconds",
+        "headers": _RETRY_AFTER,
+    },
+    "503": {
+        "description": "`unavailable`: the database cannot be reached just now; nothing was "
+        "done, retry after `Retry-After` seconds",
+        "headers": _RETRY_AFTER,
+    },
+}
+_BODY_TIMEOUT = {"description": "`request_timeout`: the body did not arrive in time"}
+
+
+def _with_schema(answer: dict[str, Any], problem: dict[str, Any]) -> dict[str, Any]:
+    return {**answer, "content": {"application/problem+json": {"schema": problem}}}
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
@@ -142,6 +193,13 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     for path, item in schema.get("paths", {}).items():
         for method, operation in item.items():
             responses = operation.get("responses", {})
+            if path.startswith("/v1/"):
+                # Answered by the layers in front of every route (app/api/guard.py,
+                # the middleware): documented on each operation they guard.
+                for status, answer in _GUARDED.items():
+                    responses.setdefault(status, _with_schema(answer, problem))
+                if "requestBody" in operation:
+                    responses.setdefault("408", _with_schema(_BODY_TIMEOUT, problem))
             if "422" in responses:
                 described = responses["422"].get("description", "")
                 if described == "Validation Error":

@@ -48,12 +48,22 @@ ContainerDep = Annotated[Container, Depends(get_container)]
 
 # Routes depend on the services they call, never on the container: this
 # module is the one place of the API that knows how they are assembled.
-async def _payments(container: ContainerDep) -> PaymentService:
-    return container.payments
+#
+# It is also where a key's scope of PSE accounts (ApiKey.accounts) is put in
+# force: the services of payments, refunds, events and reconciliations come
+# scoped to the caller's key, so every route, and any route added later, sees
+# and acts only on what its accounts hold; the rest is "not found", as an
+# unknown id. An unscoped key gets the services as they are.
+async def _payments(
+    container: ContainerDep, key: Annotated[ApiKey, Depends(get_key)]
+) -> PaymentService:
+    return container.payments.scoped(key.accounts)
 
 
-async def _refunds(container: ContainerDep) -> RefundService:
-    return container.refunds
+async def _refunds(
+    container: ContainerDep, key: Annotated[ApiKey, Depends(get_key)]
+) -> RefundService:
+    return container.refunds.scoped(key.accounts)
 
 
 async def _submissions(container: ContainerDep) -> SubmissionService:
@@ -64,12 +74,16 @@ async def _webhooks(container: ContainerDep) -> WebhookService:
     return container.webhooks
 
 
-async def _events(container: ContainerDep) -> EventService:
-    return container.events
+async def _events(
+    container: ContainerDep, key: Annotated[ApiKey, Depends(get_key)]
+) -> EventService:
+    return container.events.scoped(key.accounts)
 
 
-async def _deliveries(container: ContainerDep) -> DeliveryService:
-    return container.deliveries
+async def _deliveries(
+    container: ContainerDep, key: Annotated[ApiKey, Depends(get_key)]
+) -> DeliveryService:
+    return container.deliveries.scoped(key.accounts)
 
 
 async def _audit(container: ContainerDep) -> AuditService:
@@ -80,8 +94,10 @@ async def _operations(container: ContainerDep) -> Operations:
     return container.operations
 
 
-async def _reconciliations(container: ContainerDep) -> ReconciliationService:
-    return container.reconciliations
+async def _reconciliations(
+    container: ContainerDep, key: Annotated[ApiKey, Depends(get_key)]
+) -> ReconciliationService:
+    return container.reconciliations.scoped(key.accounts)
 
 
 async def _jobs(container: ContainerDep) -> BackgroundJobs:
@@ -110,6 +126,11 @@ async def get_key(
     container: ContainerDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> ApiKey:
+    # The guard (app/api/guard.py) authenticated the request before its body
+    # was read; the key it found is the caller's.
+    known: ApiKey | None = getattr(request.state, "api_key", None)
+    if known is not None:
+        return known
     if credentials is None or not credentials.credentials:
         raise unauthorized()
     key = await container.keys.authenticate(credentials.credentials)

@@ -6,17 +6,20 @@ request on the hot path.
 
 from __future__ import annotations
 
+import asyncio
 import html
 import json
 import re
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import structlog
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api import problems
 from app.api.problems import PROBLEM_JSON, problem_body, problem_bytes
 from app.domain.ports import AuditSink
 
@@ -33,6 +36,45 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, f"the body may be at most {limit} bytes")
 
 
+class BodyTimeout(HTTPException):
+    """Raised from `receive` when a body does not arrive in time; answered as 408."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(408, f"the body did not arrive within {seconds:g} s")
+
+
+# Where people read pages (the console): refusals made before it answers are pages too.
+PAGE_PATHS = ("/console",)
+
+
+async def send_refusal(
+    scope: Scope,
+    send: Send,
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    """Answer a request refused before any route ran: problem+json, or a bare
+    page under the console."""
+    request_id = scope.get("state", {}).get("request_id") or ""
+    if scope["path"].startswith(PAGE_PATHS):
+        body = _refusal_page(status, code, title, detail, request_id)
+        kind = _PAGE_HEADERS
+    else:
+        body = problem_bytes(problem_body(status, code, title, detail, request_id))
+        kind = [(b"content-type", PROBLEM_JSON.encode())]
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*kind, *(headers or ()), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
 class RequestContextMiddleware:
     def __init__(
         self,
@@ -41,15 +83,19 @@ class RequestContextMiddleware:
         max_upload_bytes: int = 2 * 1024**3,
         upload_paths: tuple[str, ...] = ("/v1/reconciliations",),
         audit: AuditSink | None = None,
-        # Where people read pages (the console): refusals made here are pages too.
-        page_paths: tuple[str, ...] = ("/console",),
+        body_timeout_seconds: float = 30.0,
+        unavailable: Callable[[BaseException], bool] | None = None,
     ) -> None:
         self.app = app
+        # Tells the database being out of reach (503) from a failure (500):
+        # handed by the composition root (Container.unavailable); without it
+        # every error is a failure.
+        self.unavailable = unavailable or _never
         self.audit = audit
-        self.page_paths = page_paths
         self.max_body_bytes = max_body_bytes
         self.max_upload_bytes = max_upload_bytes
         self.upload_paths = upload_paths
+        self.body_timeout = body_timeout_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -69,11 +115,8 @@ class RequestContextMiddleware:
                 except ValueError:
                     content_length = None
         request_id = request_id or uuid.uuid4().hex
-        limit = (
-            self.max_upload_bytes
-            if scope["path"].startswith(self.upload_paths)
-            else self.max_body_bytes
-        )
+        upload = scope["path"].startswith(self.upload_paths)
+        limit = self.max_upload_bytes if upload else self.max_body_bytes
         scope.setdefault("state", {})["request_id"] = request_id
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id, **_path_ids(scope["path"]))
@@ -87,20 +130,7 @@ class RequestContextMiddleware:
             await send(message)
 
         async def problem(status: int, code: str, title: str, detail: str) -> None:
-            if scope["path"].startswith(self.page_paths):
-                body = _refusal_page(status, code, title, detail, request_id)
-                headers = _PAGE_HEADERS
-            else:
-                body = problem_bytes(problem_body(status, code, title, detail, request_id))
-                headers = [(b"content-type", PROBLEM_JSON.encode())]
-            await send_with_id(
-                {
-                    "type": "http.response.start",
-                    "status": status,
-                    "headers": [*headers, (b"content-length", str(len(body)).encode())],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
+            await send_refusal(scope, send_with_id, status, code, title, detail)
 
         query = scope.get("query_string", b"")
         if "\x00" in scope["path"] or b"%00" in query or b"\x00" in query:
@@ -133,9 +163,18 @@ class RequestContextMiddleware:
         request_body = bytearray()
         response_body = bytearray()
 
+        # A body must arrive in time: whole, or for settlement uploads (which
+        # may take long) each chunk. A client trickling bytes holds nothing long.
+        deadline = None if upload else time.monotonic() + self.body_timeout
+
         async def limited_receive() -> Message:
             nonlocal received
-            message = await receive()
+            wait = self.body_timeout if deadline is None else deadline - time.monotonic()
+            try:
+                async with asyncio.timeout(max(wait, 0.001)):
+                    message = await receive()
+            except TimeoutError:
+                raise BodyTimeout(self.body_timeout) from None
             if message["type"] == "http.request":
                 chunk = message.get("body", b"")
                 received += len(chunk)
@@ -157,6 +196,14 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, limited_receive, outbound)
+        except BodyTimeout:
+            if status_holder["status"] is None:
+                await problem(
+                    408,
+                    "request_timeout",
+                    "Request body too slow",
+                    f"the body did not arrive within {self.body_timeout:g} s",
+                )
         except BodyTooLarge:
             if status_holder["status"] is None:
                 await problem(
@@ -166,14 +213,35 @@ class RequestContextMiddleware:
                     f"the body may be at most {limit} bytes",
                 )
         except Exception as exc:
-            log.exception("request.failed", error_type=type(exc).__name__)
-            if status_holder["status"] is None:
-                await problem(
-                    500,
-                    "internal_error",
-                    "Internal error",
-                    "the request failed; it is logged under its request id",
-                )
+            # The database out of reach, wherever it was found (a route's
+            # handler answers its own; here what ran outside the routes, such
+            # as the guard looking up a key): 503 with Retry-After, never 500.
+            # Followed through what wrapped it (the framework re-raises, as a
+            # RuntimeError, an error whose page the console already sent).
+            cause: BaseException | None = exc
+            while cause is not None and not self.unavailable(cause):
+                cause = cause.__cause__
+            if cause is not None:
+                problems.log_unavailable(cause)
+                if status_holder["status"] is None:
+                    await send_refusal(
+                        scope,
+                        send_with_id,
+                        *problems.UNAVAILABLE,
+                        headers=[
+                            (name.lower().encode(), value.encode())
+                            for name, value in problems.UNAVAILABLE_HEADERS.items()
+                        ],
+                    )
+            else:
+                log.exception("request.failed", error_type=type(exc).__name__)
+                if status_holder["status"] is None:
+                    await problem(
+                        500,
+                        "internal_error",
+                        "Internal error",
+                        "the request failed; it is logged under its request id",
+                    )
         finally:
             duration_ms = round((time.perf_counter() - started) * 1000, 2)
             log.info(
@@ -198,6 +266,22 @@ class RequestContextMiddleware:
     ) -> None:
         assert self.audit is not None
         state = scope.get("state", {})
+        if state.get("api_key_id") is None or state.get("refusal") is not None:
+            # Nobody known sent it, or it was refused before any route ran:
+            # a small summary, never its body, and only so many a minute.
+            self.audit.record_refusal(
+                "api.refused",
+                {
+                    "method": scope["method"],
+                    "path": scope["path"][:200],
+                    "source": _source(scope),
+                    "reason": state.get("refusal") or f"status_{status}",
+                    "status": status,
+                    "size": len(request_body) or _content_length(scope),
+                    "principal": state.get("api_key_id"),
+                },
+            )
+            return
         refund_id, payment_id = _ids_of(scope["path"], response_body)
         headers = {
             name.decode("latin-1"): value.decode("latin-1")
@@ -221,6 +305,10 @@ class RequestContextMiddleware:
             payment_id=payment_id,
             actor=state.get("api_key_id"),
         )
+
+
+def _never(_exc: BaseException) -> bool:
+    return False
 
 
 _PAGE_HEADERS = [
@@ -248,6 +336,18 @@ _AUDIT_RESPONSE_BYTES = 16 * 1024
 _AUDITED_HEADERS = frozenset(
     {b"idempotency-key", b"content-type", b"user-agent", b"x-forwarded-for", b"idempotent-replayed"}
 )
+
+
+def _source(scope: Scope) -> str | None:
+    client = scope.get("client")
+    return client[0] if client else None
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None
 
 
 def _audited(path: str) -> bool:

@@ -7,6 +7,7 @@ logged with the request id and answered with a bare `internal_error`.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -39,6 +40,7 @@ STATUS_BY_ERROR: dict[type[e.DomainError], int] = {
     e.CurrencyMismatch: 422,
     e.InvalidMoney: 422,
     e.InvalidInput: 422,
+    e.CardDataForbidden: 422,
 }
 
 
@@ -121,7 +123,74 @@ def _loc(loc: tuple[Any, ...]) -> str:
     return ".".join(str(part) for part in loc)
 
 
-def install(app: FastAPI) -> None:
+def _card_data(
+    exc: RequestValidationError,
+) -> tuple[list[dict[str, Any]], str, str] | None:
+    """`card_data_forbidden` when a validator found a card number: the
+    refusal names where (the field, or a key of it), never the number."""
+    found = []
+    for err in exc.errors():
+        error = (err.get("ctx") or {}).get("error")
+        if isinstance(error, e.CardDataForbidden):
+            parts = [str(part) for part in err.get("loc", ())]
+            if error.field:
+                parts.append(error.field)
+            found.append((error, ".".join(parts)))
+    if not found:
+        return None
+    errors = [
+        {"loc": loc, "msg": f"{'a key ' if error.key else ''}{error.explanation}"}
+        for error, loc in found
+    ]
+    first, loc = found[0]
+    return errors, f"{first.subject(loc)} {first.explanation}", first.title
+
+
+# -- the database out of reach: 503 `unavailable` -----------------------------
+
+# What a client is told to wait before trying again: a restart or a failover
+# of PostgreSQL takes seconds, and the pool reconnects by itself.
+RETRY_AFTER_SECONDS = 2
+UNAVAILABLE = (
+    503,
+    "unavailable",
+    "Service unavailable",
+    "the database cannot be reached just now; retry in a moment (with the same Idempotency-Key)",
+)
+UNAVAILABLE_HEADERS = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+# Which errors say so is the database adapter's knowledge
+# (app/adapters/db/faults.py), handed to `install` and to the middleware by the
+# composition root (Container.unavailable).
+
+
+def unavailable_response(request_id: str | None) -> Response:
+    return problem_response(*UNAVAILABLE, request_id, headers=dict(UNAVAILABLE_HEADERS))
+
+
+def log_unavailable(exc: BaseException) -> None:
+    """One line, no traceback: the database being away is not a bug."""
+    log.warning("database.unavailable", error_type=type(exc).__name__, error=str(exc)[:200] or None)
+
+
+def install(
+    app: FastAPI,
+    unavailable: Callable[[BaseException], bool],
+    candidates: tuple[type[Exception], ...],
+) -> None:
+    """Every error's answer on `app`. `unavailable` tells the database being
+    out of reach from a failed request, asked of the `candidates` classes
+    (both handed by the composition root: the API never imports the database
+    adapter that knows them)."""
+
+    async def _unavailable(request: Request, exc: Exception) -> Response:
+        if not unavailable(exc):
+            raise exc  # not the database's: the middleware's last resort answers 500
+        log_unavailable(exc)
+        return unavailable_response(request_id_of(request))
+
+    for candidate in candidates:
+        app.add_exception_handler(candidate, _unavailable)
+
     @app.exception_handler(e.DomainError)
     async def _domain(request: Request, exc: e.DomainError) -> Response:
         status, body = domain_problem(exc, request_id_of(request))
@@ -136,6 +205,17 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:
+        card = _card_data(exc)
+        if card is not None:
+            card_errors, detail, title = card
+            return problem_response(
+                422,
+                e.CardDataForbidden.code,
+                title,
+                detail,
+                request_id_of(request),
+                errors=card_errors,
+            )
         errors = [
             {"loc": _loc(tuple(err.get("loc", ()))), "msg": str(err.get("msg", "invalid"))}
             for err in exc.errors()
@@ -154,6 +234,7 @@ def install(app: FastAPI) -> None:
         codes = {
             404: ("not_found", "Not found"),
             405: ("method_not_allowed", "Method not allowed"),
+            408: ("request_timeout", "Request body too slow"),
             413: ("payload_too_large", "Request body too large"),
         }
         if exc.status_code == 400:

@@ -4,7 +4,7 @@ rejected, money is an integer of minor units, times carry their zone."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -16,6 +16,7 @@ from pydantic import (
     model_validator,
 )
 
+from app.domain.cards import refuse_card_number
 from app.domain.models import RefundReason, RefundStatus
 from app.domain.money import is_currency, rate_text
 from app.domain.text import text_problem
@@ -57,21 +58,43 @@ Metadata = Annotated[dict[str, str], AfterValidator(_metadata)]
 Note = Annotated[str, Field(max_length=1000)]
 
 
-def _storable(value: Any) -> Any:
+def _fit(value: Any, path: tuple[str, ...] = (), skip: frozenset[str] = frozenset()) -> Any:
     """Refuse, anywhere in a body, text that cannot be stored (NUL, lone
-    surrogates): a 422 before anything is written, never a failed write."""
+    surrogates) and text holding a card number, in a value or a key: a 422
+    before anything is written or forwarded. `path` names the field in the
+    refusal (never the number); top-level fields in `skip` are not free text,
+    so not searched for card numbers."""
     if isinstance(value, str):
         problem = text_problem(value)
         if problem is not None:
             raise ValueError(problem)
+        if not (len(path) == 1 and path[0] in skip):
+            refuse_card_number(value, ".".join(path))
     elif isinstance(value, dict):
         for key, item in value.items():
-            _storable(key)
-            _storable(item)
+            if isinstance(key, str):
+                problem = text_problem(key)
+                if problem is not None:
+                    raise ValueError(problem)
+                refuse_card_number(key, ".".join(path), key=True)
+            name = str(key)
+            _fit(item, (*path, name if len(name) <= 40 else name[:40] + "…"), skip)
     elif isinstance(value, list):
-        for item in value:
-            _storable(item)
+        for index, item in enumerate(value):
+            _fit(item, (*path, str(index)), skip)
     return value
+
+
+def _no_card_number(value: str | None) -> str | None:
+    refuse_card_number(value, "")
+    return value
+
+
+# A search filter (a query parameter): refused when it holds a card number,
+# as a body's text is. Nothing would be stored or forwarded, but a card number
+# in a URL lands in the logs of every proxy on the way, which no redaction of
+# ours reaches: the client is told rather than answered with an empty page.
+SearchText = Annotated[str | None, AfterValidator(_no_card_number)]
 
 
 def utc_instant(value: datetime) -> datetime:
@@ -97,12 +120,19 @@ Instant = Annotated[AwareDatetime, BeforeValidator(_rfc3339_text), AfterValidato
 
 
 class Strict(BaseModel):
+    """A request body. Every text in it, whatever its field (metadata keys and
+    values included), is checked before the fields are: unstorable text is a
+    `validation_error`, a card number `card_data_forbidden` (422 both)."""
+
     model_config = ConfigDict(extra="forbid")
+    # Fields with a format of their own (times, decimal rates), refused by
+    # their validators when they are anything else: not free text.
+    not_free_text: ClassVar[frozenset[str]] = frozenset()
 
     @model_validator(mode="before")
     @classmethod
-    def _refuse_unstorable_text(cls, data: Any) -> Any:
-        return _storable(data)
+    def _refuse_unfit_text(cls, data: Any) -> Any:
+        return _fit(data, skip=cls.not_free_text)
 
 
 # -- payments ---------------------------------------------------------------
@@ -121,6 +151,8 @@ class PaymentIn(Strict):
     risk_level: Literal["normal", "high"] = "normal"
     settlement_currency: Currency | None = None
     settlement_rate: Rate | None = None
+
+    not_free_text: ClassVar[frozenset[str]] = frozenset({"captured_at", "settlement_rate"})
 
     model_config = ConfigDict(
         extra="forbid",
@@ -368,6 +400,8 @@ class OfflinePayoutIn(Strict):
 
     reference: str = Field(min_length=1, max_length=255, examples=["BANK-TRX-20261127-001"])
     paid_at: Instant = Field(examples=["2026-11-27T09:00:00Z"])
+
+    not_free_text: ClassVar[frozenset[str]] = frozenset({"paid_at"})
 
     model_config = ConfigDict(
         extra="forbid",

@@ -1,12 +1,16 @@
 """The embedded demo: the embedded PostgreSQL, a `sandbox` PSE account served
-by the same process, example approval tiers and one printed key per role."""
+by the same process, example approval tiers, one printed key per role, and a
+printed metrics token (new on every start: /metrics is never open, not even
+in the demo)."""
 
 from __future__ import annotations
 
+import secrets
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import typer
+from pydantic import SecretStr
 
 from app.config import Settings, load_settings
 from app.sandbox.config import SandboxConfig, new_webhook_secret
@@ -44,6 +48,7 @@ def demo_settings(host: str = DEMO_HOST, port: int = DEMO_PORT) -> tuple[Setting
     settings = load_settings(
         demo=True,
         log_format="console",
+        metrics_token=secrets.token_urlsafe(24),
         accounts={
             "sandbox": {
                 "provider": "sandbox",
@@ -98,7 +103,13 @@ def shown_path(path: Path) -> str:
         return f"{resolved}/"
 
 
-def print_demo_banner(host: str, port: int, data_dir: Path, keys: list[DemoKey]) -> None:
+def print_demo_banner(
+    host: str,
+    port: int,
+    data_dir: Path,
+    keys: list[DemoKey],
+    metrics_token: SecretStr | None = None,
+) -> None:
     url = base_url(host, port)
     # A capture a minute old: the example must stay inside the refund window
     # and never be in the future, whenever the demo runs.
@@ -109,6 +120,13 @@ def print_demo_banner(host: str, port: int, data_dir: Path, keys: list[DemoKey])
         f"  Listening: {url}",
         f"  API docs:  {url}/docs",
         f"  Console:   {url}/console (sign in with an approver, ops or admin key below)",
+    ]
+    if metrics_token is not None:
+        lines.append(
+            f"  Metrics:   curl -s {url}/metrics "
+            f"-H 'Authorization: Bearer {metrics_token.get_secret_value()}'"
+        )
+    lines += [
         f"  Data:      embedded PostgreSQL in {shown_path(data_dir)} "
         "(stops with the service; delete the folder to start afresh)",
         "  Demo API keys (new on every start; earlier demo keys are revoked):",

@@ -22,15 +22,29 @@ def keys_create(
     approval_level: Annotated[
         int | None, typer.Option(help="1, 2 or 3; required for approvers")
     ] = None,
+    account: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="a configured PSE account the key is limited to (repeatable); "
+            "without it, the key sees every account"
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
     config: ConfigOption = None,
 ) -> None:
-    """Create a key. The secret is printed once and stored only as a hash."""
+    """Create a key. The secret is printed once and stored only as a hash.
+
+    With --account, the key sees and acts only on the payments, refunds,
+    events and audit records of those PSE accounts (any other is "not found")."""
+    accounts = account or None
     try:
-        key, secret = with_container(config, lambda c: c.keys.create(name, role, approval_level))
+        key, secret = with_container(
+            config, lambda c: c.keys.create(name, role, approval_level, accounts)
+        )
     except DomainError as exc:
         fail(exc.detail)
     roles = sorted(r.value for r in key.roles)
+    scope = sorted(key.accounts) if key.accounts is not None else None
     if as_json:
         typer.echo(
             json.dumps(
@@ -40,6 +54,7 @@ def keys_create(
                     "key": secret,
                     "roles": roles,
                     "approval_level": key.approval_level,
+                    "accounts": scope,
                 }
             )
         )
@@ -47,6 +62,7 @@ def keys_create(
     typer.echo(f"id:    {key.id}\nname:  {key.name}\nroles: {', '.join(roles)}")
     if key.approval_level:
         typer.echo(f"level: {key.approval_level}")
+    typer.echo(f"accounts: {', '.join(scope) if scope is not None else 'all'}")
     typer.echo(f"key:   {secret}\n(shown once: store it now)")
 
 
@@ -69,7 +85,7 @@ def keys_list(
     config: ConfigOption = None,
 ) -> None:
     """List keys (never their secrets): id, prefix, roles, approval level,
-    state and name."""
+    state, the PSE accounts it is limited to ("all": unscoped) and name."""
     keys = with_container(config, lambda c: c.keys.list())
     rows = [
         {
@@ -78,6 +94,7 @@ def keys_list(
             "prefix": k.prefix,
             "roles": sorted(r.value for r in k.roles),
             "approval_level": k.approval_level,
+            "accounts": sorted(k.accounts) if k.accounts is not None else None,
             "revoked": k.revoked_at is not None,
         }
         for k in keys
@@ -88,12 +105,13 @@ def keys_list(
     typer.echo("\n".join(key_table(keys)))
 
 
-KEY_COLUMNS = ("ID", "PREFIX", "ROLES", "LEVEL", "STATE", "NAME")
+KEY_COLUMNS = ("ID", "PREFIX", "ROLES", "LEVEL", "STATE", "ACCOUNTS", "NAME")
 
 
 def key_table(keys: list[ApiKey]) -> list[str]:
     """The keys under a header, in columns; the name last, as it may be long.
-    LEVEL is the level the key approves at (an admin's is 3 unless set)."""
+    LEVEL is the level the key approves at (an admin's is 3 unless set);
+    ACCOUNTS the PSE accounts it is limited to, "all" for an unscoped key."""
     cells = [KEY_COLUMNS] + [
         (
             key.id,
@@ -101,6 +119,7 @@ def key_table(keys: list[ApiKey]) -> list[str]:
             ",".join(sorted(r.value for r in key.roles)),
             str(key.effective_approval_level or "-"),
             "active" if key.active else "revoked",
+            ",".join(sorted(key.accounts)) if key.accounts is not None else "all",
             key.name,
         )
         for key in keys

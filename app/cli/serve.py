@@ -14,6 +14,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -92,8 +93,10 @@ def running_service(
     host: str = "127.0.0.1",
     port: int = 8000,
     processes: int | None = None,
+    serving: bool = False,
 ) -> Iterator[Service]:
-    """The lifecycle `serve` and `worker` share, up to the moment they run."""
+    """The lifecycle `serve` and `worker` share, up to the moment they run.
+    `serving`: for `serve`, which listens on `port` (and on `metrics_port`)."""
     with _stop_on_signals(), config_file(config):
         demo = is_demo()
         if demo and processes is not None and processes > 1:
@@ -107,6 +110,11 @@ def running_service(
             settings, sandbox = demo_settings(host, port)
         else:
             settings = configured_settings()
+        if serving and settings.metrics_port == port:
+            fail(
+                f"metrics_port: {port} is the port serve listens on (--port); the metrics "
+                "listener needs a port of its own"
+            )
         configure_command_logging(settings)
         with database(settings) as ready:
             asyncio.run(_preflight(ready))
@@ -152,15 +160,16 @@ def serve(
 
     With `--workers N` (N > 1) it runs N processes on the port, each with its
     own background worker.
-    """
-    import uvicorn
 
-    with running_service(config, host=host, port=port, processes=workers) as service:
+    `/metrics` is not served unless `metrics_token` (scrapes carry it as a
+    bearer token) or `metrics_port` (a listener of its own, on --host) is set.
+    """
+    with running_service(config, host=host, port=port, processes=workers, serving=True) as service:
         settings = service.settings
         processes = workers if workers is not None else settings.server.workers
         if service.demo:
             keys = asyncio.run(demo_keys(settings))
-            print_demo_banner(host, port, settings.embedded_data_dir, keys)
+            print_demo_banner(host, port, settings.embedded_data_dir, keys, settings.metrics_token)
         else:
             _print_listening(service, host, port, processes)
         if processes > 1:
@@ -181,7 +190,61 @@ def serve(
                 mounts["/sandbox"] = create_sandbox_app(service.sandbox)
             return create_app(container, extra_mounts=mounts, run_worker=True)
 
-        uvicorn.run(factory, host=host, port=port, **_UVICORN)
+        _run_uvicorn(factory, settings, host=host, port=port)
+
+
+def _run_uvicorn(
+    app: Any, settings: Settings, *, host: str, port: int, workers: int | None = None
+) -> None:
+    """uvicorn on `port`, and with `metrics_port` set on that port too: both
+    sockets bound here and served by the same server, or by each of the
+    `--workers` processes, which accept on both as they do on the port. A scrape
+    of the metrics port reaches any process and, like any request there, is
+    told apart by the port it came in on (app.api.metrics_access); each
+    process merges the metrics of all."""
+    import uvicorn
+
+    from app.api.protocol import uvicorn_options
+
+    options = {
+        **_UVICORN,
+        **uvicorn_options(settings.server),
+        **({"workers": workers} if workers is not None else {}),
+    }
+    if settings.metrics_port is None:
+        uvicorn.run(app, host=host, port=port, **options)
+        return
+
+    from uvicorn.config import STARTUP_FAILURE
+    from uvicorn.supervisors import Multiprocess
+
+    uvicorn_config = uvicorn.Config(app, host=host, port=port, **options)
+    sockets = [metrics_socket(host, settings.metrics_port)]
+    sockets.append(uvicorn_config.bind_socket())
+    server = uvicorn.Server(uvicorn_config)
+    try:
+        if uvicorn_config.workers > 1:
+            Multiprocess(uvicorn_config, sockets=sockets).run()
+        else:
+            server.run(sockets=sockets)
+    finally:
+        for sock in sockets:
+            sock.close()
+    if uvicorn_config.workers == 1 and not server.started:
+        sys.exit(STARTUP_FAILURE)  # as uvicorn.run: the app did not start
+
+
+def metrics_socket(host: str, port: int) -> socket.socket:
+    """The metrics listener's socket, on the interface of --host, as uvicorn binds its own."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        fail(f"metrics_port: cannot listen on {host}:{port}: {exc.strerror or exc}", code=1)
+    sock.set_inheritable(True)
+    return sock
 
 
 def _print_listening(service: Service, host: str, port: int, processes: int) -> None:
@@ -201,10 +264,20 @@ def _print_listening(service: Service, host: str, port: int, processes: int) -> 
                 f"  Listening: {where}",
                 f"  API docs:  {url}/docs",
                 f"  Console:   {url}/console",
+                f"  Metrics:   {_metrics_line(settings, host, port)}",
                 f"  Database:  {database_line}",
             ]
         )
     )
+
+
+def _metrics_line(settings: Settings, host: str, port: int) -> str:
+    token = " (Authorization: Bearer <metrics_token>)" if settings.metrics_token else ""
+    if settings.metrics_port is not None:
+        return f"{base_url(host, settings.metrics_port)}/metrics{token}"
+    if token:
+        return f"{base_url(host, port)}/metrics{token}"
+    return "not served (set metrics_token or metrics_port)"
 
 
 @contextlib.contextmanager
@@ -226,8 +299,6 @@ def _serve_processes(service: Service, host: str, port: int, processes: int) -> 
     `app_from_environment`, their metrics merged through a fresh directory that
     lives as long as this command. They read the configuration themselves, and
     are told the embedded server's URL, which this process holds for them."""
-    import uvicorn
-
     from app.metrics import MULTIPROC_DIR_VAR
 
     metrics_dir = tempfile.mkdtemp(prefix="pse-refunds-metrics-")
@@ -236,7 +307,7 @@ def _serve_processes(service: Service, host: str, port: int, processes: int) -> 
         told[DATABASE_URL_VAR] = service.settings.database_url
     try:
         with _environment(**told):
-            uvicorn.run(SERVED_APP, workers=processes, host=host, port=port, **_UVICORN)
+            _run_uvicorn(SERVED_APP, service.settings, host=host, port=port, workers=processes)
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
 

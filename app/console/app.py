@@ -7,6 +7,7 @@ access log) like every route.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -50,6 +51,11 @@ _STATUS_BY_ERROR: dict[type[e.DomainError], int] = {
     e.AlreadyDecided: 409,
 }
 
+# How long a person is asked to wait while the database is out of reach: as the
+# API's 503 `unavailable` (a restart or a failover of PostgreSQL takes seconds,
+# and the pool reconnects by itself).
+RETRY_AFTER_SECONDS = 2
+
 
 def create_console(container: Container) -> FastAPI:
     """The console's routes, pages and error pages, on `container`'s services."""
@@ -70,7 +76,7 @@ def create_console(container: Container) -> FastAPI:
     console.include_router(approvals.router)
     console.include_router(refund_detail.router)
     console.mount("/static", StaticFiles(directory=STATIC), name="static")
-    _install_error_pages(console)
+    _install_error_pages(console, *deps.unavailable_of(container))
     return console
 
 
@@ -117,7 +123,35 @@ def _page_error(request: Request, status: int, title: str, message: Flash) -> Re
     return render(request, "error.html", status=status, title=title, messages=[message])
 
 
-def _install_error_pages(console: FastAPI) -> None:
+def _unavailable_page(request: Request) -> Response:
+    text = (
+        "The service cannot reach its database just now. Retry in a few seconds; if you "
+        "sent a form, look at the refund again first."
+    )
+    response = _page_error(
+        request, 503, "The database cannot be reached", Flash("error", text, "unavailable")
+    )
+    response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
+
+
+def _install_error_pages(
+    console: FastAPI,
+    unavailable: Callable[[BaseException], bool],
+    candidates: tuple[type[Exception], ...],
+) -> None:
+    async def _database(request: Request, exc: Exception) -> Response:
+        if not unavailable(exc):
+            raise exc  # not the database's: the last resort's page (500)
+        # One line, no traceback: the database being away is not a bug.
+        log.warning(
+            "database.unavailable", error_type=type(exc).__name__, error=str(exc)[:200] or None
+        )
+        return _unavailable_page(request)
+
+    for candidate in candidates:
+        console.add_exception_handler(candidate, _database)
+
     @console.exception_handler(SignInRequired)
     async def _sign_in(request: Request, exc: SignInRequired) -> Response:
         query = {}

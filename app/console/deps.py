@@ -51,6 +51,15 @@ def clock_of(container: Container) -> Clock:
     return container.deps.clock
 
 
+def unavailable_of(
+    container: Container,
+) -> tuple[Callable[[BaseException], bool], tuple[type[Exception], ...]]:
+    """What tells the database being out of reach from a failed request, and
+    the classes of errors to ask it about (the database adapter's knowledge,
+    which the console never imports)."""
+    return container.unavailable, container.unavailable_candidates
+
+
 async def get_container(request: Request) -> Container:
     container: Container = request.app.state.container
     return container
@@ -63,32 +72,36 @@ async def _console(container: ContainerDep) -> ConsoleService:
     return container.console
 
 
-async def _refunds(container: ContainerDep) -> RefundService:
-    return container.refunds
+# The services of refunds, payments, events, reconciliations and the queries
+# come scoped to the signed-in key's PSE accounts (ApiKey.accounts), as the
+# API's do: a scoped approver or ops key sees only its accounts' refunds in
+# every list, count and page, and gets the not-found page for the others.
+async def _refunds(container: ContainerDep, viewer: ViewerDep) -> RefundService:
+    return container.refunds.scoped(viewer.key.accounts)
 
 
-async def _payments(container: ContainerDep) -> PaymentService:
-    return container.payments
+async def _payments(container: ContainerDep, viewer: ViewerDep) -> PaymentService:
+    return container.payments.scoped(viewer.key.accounts)
 
 
 async def _submissions(container: ContainerDep) -> SubmissionService:
     return container.submissions
 
 
-async def _operations(container: ContainerDep) -> Operations:
-    return container.operations
+async def _operations(container: ContainerDep, viewer: ViewerDep) -> Operations:
+    return container.operations.scoped(viewer.key.accounts)
 
 
-async def _reconciliations(container: ContainerDep) -> ReconciliationService:
-    return container.reconciliations
+async def _reconciliations(container: ContainerDep, viewer: ViewerDep) -> ReconciliationService:
+    return container.reconciliations.scoped(viewer.key.accounts)
 
 
-async def _events(container: ContainerDep) -> EventService:
-    return container.events
+async def _events(container: ContainerDep, viewer: ViewerDep) -> EventService:
+    return container.events.scoped(viewer.key.accounts)
 
 
-async def _deliveries(container: ContainerDep) -> DeliveryService:
-    return container.deliveries
+async def _deliveries(container: ContainerDep, viewer: ViewerDep) -> DeliveryService:
+    return container.deliveries.scoped(viewer.key.accounts)
 
 
 async def _audit(container: ContainerDep) -> AuditService:
@@ -99,8 +112,8 @@ async def _jobs(container: ContainerDep) -> BackgroundJobs:
     return container.jobs
 
 
-async def _console_queries(container: ContainerDep) -> ConsoleQueries:
-    return container.console_queries
+async def _console_queries(container: ContainerDep, viewer: ViewerDep) -> ConsoleQueries:
+    return container.console_queries.scoped(viewer.key.accounts)
 
 
 async def _clock(container: ContainerDep) -> Clock:

@@ -2,7 +2,9 @@
 it: a day or an instant, an amount in major units of its currency.
 
 Every refusal is an `InvalidInput` (or `UnknownCurrency`) naming the field,
-shown as a sentence with its code, never a crash.
+shown as a sentence with its code, never a crash. Whatever is typed, a filter
+or a note, is refused with `CardDataForbidden` when it holds a card number
+(`app.domain.cards`), and a form shown again shows it masked (`echoed`).
 """
 
 from __future__ import annotations
@@ -10,8 +12,10 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
 
+from app.domain.cards import mask_card_numbers, refuse_card_number
 from app.domain.errors import InvalidInput, InvalidMoney
 from app.domain.money import Money, exponent
+from app.domain.text import text_problem
 
 # Longer than any value these fields take: a URL edited by hand cannot make
 # the page echo a novel back.
@@ -22,7 +26,35 @@ def text(value: str | None, name: str, max_length: int = MAX_FIELD_LENGTH) -> st
     value = (value or "").strip()
     if len(value) > max_length:
         raise InvalidInput(f"{name} may be at most {max_length} characters long")
+    refuse_card_number(value, name)
     return value
+
+
+def free_text(
+    value: str | None, name: str, max_length: int, *, required: str | None = None
+) -> str | None:
+    """Text the services store (a note, a payout reference): None when empty,
+    refused when `required` (why it is) and empty, too long, not storable, or
+    holding a card number."""
+    value = (value or "").strip()
+    if not value:
+        if required:
+            raise InvalidInput(required)
+        return None
+    if len(value) > max_length:
+        raise InvalidInput(f"{name} may be at most {max_length} characters long")
+    problem = text_problem(value)
+    if problem is not None:
+        raise InvalidInput(f"{name} cannot be stored: {problem}")
+    refuse_card_number(value, name)
+    return value
+
+
+def echoed(value: str) -> str:
+    """What a form shown again may show of what was typed: all of it, but
+    card numbers masked to their last four digits (what the refusal says may
+    be kept)."""
+    return mask_card_numbers(value, first=0)
 
 
 def flag(value: str | None) -> bool:

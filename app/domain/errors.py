@@ -105,3 +105,27 @@ class InvalidWebhookBody(DomainError):
 class InvalidInput(DomainError):
     code = "validation_error"
     title = "Invalid request"
+
+
+# Also a ValueError: a request body's validator raises it as a refused value,
+# and the API's handler answers it with its own code.
+class CardDataForbidden(DomainError, ValueError):
+    """A card number (PAN) in text a client sent: refused, never stored nor
+    forwarded. The detail names the field, never the number."""
+
+    code = "card_data_forbidden"
+    title = "Card data must not be sent"
+    explanation = (
+        "holds what looks like a card number (13-19 digits passing the Luhn check); "
+        "card numbers must not be sent: leave it out, or keep at most its last four digits"
+    )
+
+    def __init__(self, field: str = "", *, key: bool = False) -> None:
+        self.field = field
+        self.key = key
+        super().__init__(f"{self.subject(field)} {self.explanation}")
+
+    def subject(self, field: str) -> str:
+        """What holds the number: `field`, or a key of the mapping `field`."""
+        field = field or "the text"
+        return f"a key of {field}" if self.key else field

@@ -9,7 +9,7 @@ is always `amount - refunded - reserved`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any
@@ -476,6 +476,31 @@ class Refund:
             raise InvalidState(f"the refund is {self.status}, not approved")
         self.submit_attempts += 1
         self._move(payment, S.SUBMITTING, at, actor)
+
+    def start_resend(self, at: datetime) -> None:
+        """A request is about to be sent again (same key) for a refund the PSE
+        proved it does not have: counted and dated (`updated_at`) before the
+        call is made, which is what tells every other process that a call may
+        be in flight (`call_in_flight`). The status does not move."""
+        if self.status not in (S.SUBMITTING, S.UNKNOWN):
+            raise InvalidState(f"the refund is {self.status}: nothing to resend")
+        self.submit_attempts += 1
+        self.updated_at = at
+
+    def call_in_flight(self, now: datetime, grace: timedelta) -> bool:
+        """Whether a request to the PSE for this refund may still be under way
+        somewhere (in a process we cannot see, maybe one that lost its claim):
+        sent within `grace` (longer than a call with all its retries can take)
+        when the refund entered `submitting`, or by a resend. Such a refund is
+        looked up, never sent again, until `grace` has passed."""
+        if self.status is S.SUBMITTING:
+            return now - self.updated_at < grace
+        if self.status is S.UNKNOWN:
+            # Dated after it became unknown: a resend was started (or a
+            # person acknowledged its attention flag, which waits just the same).
+            entered = self.history[-1].at if self.history else self.updated_at
+            return self.updated_at > entered and now - self.updated_at < grace
+        return False
 
     def mark_unknown(
         self,

@@ -51,6 +51,20 @@ class Clock(abc.ABC):
         """The current time, timezone-aware UTC."""
 
 
+class Claimer(Protocol):
+    """Who claims work (a worker process), as storage can tell it is alive.
+
+    Claims carry the key; a claim whose claimer is no longer alive (its
+    process died) is free for any other claimer at once, whatever its lease."""
+
+    async def key(self) -> int:
+        """The key this process's claims carry now (a new one once its old one
+        may have been lost)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
 # --------------------------------------------------------------------------
 # PSE gateway
 # --------------------------------------------------------------------------
@@ -119,6 +133,8 @@ class RefundFilter:
     # Flagged for a person and not yet acknowledged.
     needs_attention: bool = False
     oldest_first: bool = False
+    # Only refunds of these PSE accounts (a scoped key's); None: every account.
+    accounts: Sequence[str] | None = None
 
 
 class AlreadyExists(Exception):
@@ -130,12 +146,20 @@ class PaymentRepository(Protocol):
     async def get(self, payment_id: str, *, for_update: bool = False) -> Payment | None: ...
     async def get_by_pse(self, pse_account: str, pse_payment_id: str) -> Payment | None: ...
     async def get_many(self, payment_ids: Sequence[str]) -> list[Payment]: ...
-    async def volume(self, created_since: datetime) -> list[Volume]:
-        """Payments registered since `created_since`, per currency."""
+    async def volume(
+        self, created_since: datetime, accounts: Sequence[str] | None = None
+    ) -> list[Volume]:
+        """Payments registered since `created_since`, per currency (of
+        `accounts` only, when given)."""
         ...
 
     async def list(
-        self, *, order_id: str | None, limit: int, before_id: str | None
+        self,
+        *,
+        order_id: str | None,
+        limit: int,
+        before_id: str | None,
+        accounts: Sequence[str] | None = None,
     ) -> list[Payment]: ...
 
 
@@ -152,8 +176,20 @@ class RefundRepository(Protocol):
     async def find_by_pse_refund_id(
         self, pse_account: str, pse_refund_id: str
     ) -> Refund | None: ...
-    async def claim_due(self, now: datetime, lease_until: datetime, limit: int) -> list[str]: ...
-    async def open_counts(self, stale_before: datetime) -> tuple[dict[str, int], int]: ...
+    async def claim_due(
+        self, now: datetime, lease_until: datetime, limit: int, claimer: int | None = None
+    ) -> list[str]:
+        """Refunds due for a self-check, or whose claimer is no longer alive,
+        leased until `lease_until` to `claimer` (a `Claimer`'s key)."""
+        ...
+
+    async def release_claims(self, refund_ids: Sequence[str], claimer: int) -> None:
+        """`claimer` is done with these refunds' checks (unless another took them)."""
+        ...
+
+    async def open_counts(
+        self, stale_before: datetime, accounts: Sequence[str] | None = None
+    ) -> tuple[dict[str, int], int]: ...
     async def find_for_settlement(
         self, pse_account: str, pse_refund_ids: Sequence[str], references: Sequence[str]
     ) -> list[RefundSnapshot]: ...
@@ -163,21 +199,31 @@ class RefundRepository(Protocol):
         """`list`'s refunds in its order, as rows with their payment's order id."""
         ...
 
-    async def awaiting_approval(self, *, limit: int, after_id: str | None) -> list[Refund]:
+    async def awaiting_approval(
+        self, *, limit: int, after_id: str | None, accounts: Sequence[str] | None = None
+    ) -> list[Refund]:
         """Refunds in `pending_approval`, oldest first, after `after_id`."""
         ...
 
-    async def flagged_count(self) -> int: ...
+    async def flagged_count(self, accounts: Sequence[str] | None = None) -> int: ...
     async def count_by_status(
-        self, created_from: datetime, created_to: datetime
+        self,
+        created_from: datetime,
+        created_to: datetime,
+        accounts: Sequence[str] | None = None,
     ) -> dict[str, int]: ...
     async def volume(
-        self, created_since: datetime, statuses: Sequence[RefundStatus]
+        self,
+        created_since: datetime,
+        statuses: Sequence[RefundStatus],
+        accounts: Sequence[str] | None = None,
     ) -> list[Volume]:
         """Refunds requested since `created_since` now in one of `statuses`, per currency."""
         ...
 
-    async def success_times(self, succeeded_since: datetime) -> list[SuccessTimes]:
+    async def success_times(
+        self, succeeded_since: datetime, accounts: Sequence[str] | None = None
+    ) -> list[SuccessTimes]:
         """Per PSE account, from request to `succeeded`, of refunds that
         succeeded since `succeeded_since`."""
         ...
@@ -197,7 +243,11 @@ class OutboxRepository(Protocol):
         refund_id: str | None,
         limit: int,
         before: tuple[int, int] | None,
-    ) -> list[OutboxEvent]: ...
+        accounts: Sequence[str] | None = None,
+    ) -> list[OutboxEvent]:
+        """With `accounts`, only the events of those PSE accounts' payments."""
+        ...
+
     async def list_after(
         self,
         *,
@@ -205,10 +255,14 @@ class OutboxRepository(Protocol):
         types: Sequence[str],
         refund_id: str | None,
         limit: int,
+        accounts: Sequence[str] | None = None,
     ) -> list[OutboxEvent]: ...
     async def claim_deliveries(
-        self, now: datetime, lease_until: datetime, limit: int
-    ) -> list[OutboxEvent]: ...
+        self, now: datetime, lease_until: datetime, limit: int, claimer: int | None = None
+    ) -> list[OutboxEvent]:
+        """Recording the delivery (`record_delivery`) ends the claim."""
+        ...
+
     async def record_delivery(
         self,
         attempt: DeliveryAttempt,
@@ -220,13 +274,18 @@ class OutboxRepository(Protocol):
     async def oldest_undelivered(self) -> datetime | None: ...
     async def redeliver(self, event_id: str, now: datetime) -> bool: ...
     async def failed(
-        self, *, limit: int, before_id: str | None, oldest_first: bool = False
+        self,
+        *,
+        limit: int,
+        before_id: str | None,
+        oldest_first: bool = False,
+        accounts: Sequence[str] | None = None,
     ) -> list[OutboxEvent]:
         """Events whose delivery failed, newest first, before `before_id`
         (oldest first, after it, with `oldest_first`)."""
         ...
 
-    async def failed_count(self) -> int: ...
+    async def failed_count(self, accounts: Sequence[str] | None = None) -> int: ...
     async def attempts_of(self, event_ids: Sequence[str]) -> list[DeliveryAttempt]:
         """The delivery attempts of these events, in the order they were made."""
         ...
@@ -315,10 +374,17 @@ class ReconciliationRepository(Protocol):
     ) -> int: ...
     async def apply_settled_figures(self, reconciliation_id: str) -> int: ...
     async def fx_totals(
-        self, created_from: datetime | None, created_to: datetime | None, currency: str | None
+        self,
+        created_from: datetime | None,
+        created_to: datetime | None,
+        currency: str | None,
+        accounts: Sequence[str] | None = None,
     ) -> list[FxTotal]: ...
-    async def list(self, *, limit: int, before_id: str | None) -> list[Reconciliation]:
-        """Runs newest first; with `before_id`, only those created before it."""
+    async def list(
+        self, *, limit: int, before_id: str | None, accounts: Sequence[str] | None = None
+    ) -> list[Reconciliation]:
+        """Runs newest first; with `before_id`, only those created before it;
+        with `accounts`, only runs of those PSE accounts."""
         ...
 
 
@@ -340,9 +406,12 @@ class AuditRepository(Protocol):
         after_seq: int | None = None,
         without_kinds: Sequence[str] = (),
         without_reads: bool = False,
+        accounts: Sequence[str] | None = None,
     ) -> list[AuditRecord]:
         """`without_kinds` leaves those kinds out; `without_reads` leaves out
-        the API requests that only read (GET, HEAD)."""
+        the API requests that only read (GET, HEAD); `accounts` keeps only the
+        records of a refund or payment of those PSE accounts (and of nothing
+        else)."""
         ...
 
     async def purge(self, older_than: datetime, now: datetime) -> int: ...
@@ -360,6 +429,10 @@ class AuditSink(Protocol):
         payment_id: str | None = None,
         actor: str | None = None,
     ) -> None: ...
+
+    def record_refusal(self, kind: str, summary: dict[str, Any]) -> bool:
+        """A refused stranger's request, as a small summary, within a budget."""
+        ...
 
 
 class UnitOfWork(Protocol):

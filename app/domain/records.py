@@ -16,6 +16,16 @@ class Role(StrEnum):
     ADMIN = "admin"
 
 
+# The PSE accounts a key may see and act on; None: every account.
+AccountScope = frozenset[str] | None
+
+
+def in_scope(scope: AccountScope, pse_account: str | None) -> bool:
+    """Whether something of `pse_account` is within `scope` (nothing of no
+    account is within a scope that names accounts)."""
+    return scope is None or (pse_account is not None and pse_account in scope)
+
+
 @dataclass(frozen=True, slots=True)
 class ApiKey:
     id: str
@@ -25,10 +35,17 @@ class ApiKey:
     approval_level: int | None
     created_at: datetime
     revoked_at: datetime | None = None
+    # The PSE accounts whose payments, refunds, events and audit records the
+    # key sees and acts on; None: every account (a key made without --account).
+    accounts: frozenset[str] | None = None
 
     @property
     def active(self) -> bool:
         return self.revoked_at is None
+
+    def may_see(self, pse_account: str | None) -> bool:
+        """Whether the key may see (and act on) what belongs to `pse_account`."""
+        return in_scope(self.accounts, pse_account)
 
     def has_any(self, *roles: Role) -> bool:
         return Role.ADMIN in self.roles or any(r in self.roles for r in roles)

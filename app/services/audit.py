@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -24,6 +25,7 @@ from app.domain.ports import (
     Clock,
     UnitOfWork,
 )
+from app.domain.records import AccountScope
 from app.redaction import Redactor
 
 log = structlog.get_logger("app.audit")
@@ -51,8 +53,13 @@ class AuditService:
         enabled: bool = True,
         flush_interval_seconds: float = 0.2,
         batch_size: int = 500,
+        refusals_per_minute: int = 60,
     ) -> None:
         self._uow = uow
+        self._refusals_per_minute = refusals_per_minute
+        self._refusal_window = 0.0
+        self._refusals = 0
+        self._suppressed = 0
         self._clock = clock
         self.redactor = redactor
         self.enabled = enabled
@@ -95,6 +102,25 @@ class AuditService:
         )
         if len(self._buffer) >= self._batch:
             self._wake.set()
+
+    def record_refusal(self, kind: str, summary: dict[str, Any]) -> bool:
+        """Note a request refused before anyone was known to have sent it (no
+        valid key, no valid signature), as the small `summary` given, never its
+        body: strangers must not fill the audit log. At most
+        `refusals_per_minute` such entries a minute in this process; the rest
+        are counted in the next entry's `suppressed`. True when recorded."""
+        now = time.monotonic()
+        if now - self._refusal_window >= 60:
+            self._refusal_window, self._refusals = now, 0
+        if self._refusals >= self._refusals_per_minute:
+            self._suppressed += 1
+            return False
+        self._refusals += 1
+        if self._suppressed:
+            summary = {**summary, "suppressed": self._suppressed}
+            self._suppressed = 0
+        self.record(kind, summary)
+        return True
 
     @property
     def pending(self) -> int:
@@ -141,7 +167,10 @@ class AuditService:
         at_to: datetime | None = None,
         limit: int = 50,
         before_seq: int | None = None,
+        scope: AccountScope = None,
     ) -> list[AuditRecord]:
+        """With `scope` (a scoped key's accounts), only the records of a refund
+        or a payment of those PSE accounts."""
         async with self._uow() as uow:
             return await uow.audit.search(
                 refund_id=refund_id,
@@ -151,6 +180,7 @@ class AuditService:
                 at_to=at_to,
                 limit=limit,
                 before_seq=before_seq,
+                accounts=sorted(scope) if scope is not None else None,
             )
 
     async def export(

@@ -6,6 +6,10 @@ decide a refund and why a refund waits for people come from the domain. Lists
 are indexed queries paged by cursors over ids: a `Page` gives the id the next
 page starts after, which the page builders encode as the API does
 (`encode_cursor`) and hand back, decoded, as `cursor`. No HTML here.
+
+Scoped (`scoped(key.accounts)`, as the console's dependencies hand it to each
+page), every list, count and figure holds the scope's PSE accounts only, and
+a refund, run or event of another account is not found.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ from app.services.console_results import (
     RefundSearch,
     TimeToRefund,
 )
-from app.services.context import Deps
+from app.services.context import Deps, Scoped
 from app.services.events import DeliveryService
 from app.services.refund_csv import CSV_HEADER, csv_lines, csv_row
 from app.services.submission import ASKABLE
@@ -104,7 +108,7 @@ def _limit(limit: int) -> int:
     return limit
 
 
-class ConsoleQueries:
+class ConsoleQueries(Scoped):
     def __init__(self, deps: Deps, deliveries: DeliveryService) -> None:
         self.deps = deps
         self.deliveries = deliveries
@@ -134,7 +138,9 @@ class ConsoleQueries:
         inbox = blocked = 0
         after: str | None = None
         while True:
-            batch = await uow.refunds.awaiting_approval(limit=_APPROVAL_SCAN, after_id=after)
+            batch = await uow.refunds.awaiting_approval(
+                limit=_APPROVAL_SCAN, after_id=after, accounts=self.accounts
+            )
             for refund in batch:
                 if refund.decision_block(key.id, level) is None:
                     inbox += 1
@@ -155,7 +161,9 @@ class ConsoleQueries:
         after = cursor
         async with self.deps.uow() as uow:
             while len(found) <= limit:
-                batch = await uow.refunds.awaiting_approval(limit=_APPROVAL_SCAN, after_id=after)
+                batch = await uow.refunds.awaiting_approval(
+                    limit=_APPROVAL_SCAN, after_id=after, accounts=self.accounts
+                )
                 for refund in batch:
                     block = refund.decision_block(key.id, level)
                     if (block is not None) is blocked:
@@ -236,6 +244,7 @@ class ConsoleQueries:
             open_before=open_before,
             needs_attention=search.needs_attention,
             oldest_first=search.oldest_first,
+            accounts=self.accounts,
         )
 
     async def search(
@@ -278,7 +287,7 @@ class ConsoleQueries:
         timeline and what `viewer` may do with it now."""
         async with self.deps.uow() as uow:
             refund = await uow.refunds.get(refund_id)
-            if refund is None:
+            if refund is None or not self.sees(refund.pse_account):
                 raise NotFound(f"no refund {refund_id}")
             payment = await uow.payments.get(refund.payment_id)
             assert payment is not None  # a refund's payment is never deleted
@@ -334,7 +343,7 @@ class ConsoleQueries:
         acted on it and anything else recorded about it."""
         async with self.deps.uow() as uow:
             refund = await uow.refunds.get(refund_id)
-            if refund is None:
+            if refund is None or not self.sees(refund.pse_account):
                 raise NotFound(f"no refund {refund_id}")
             return await self._timeline(uow, refund)
 
@@ -400,7 +409,9 @@ class ConsoleQueries:
             approvals = None
             if viewer.effective_approval_level is not None:
                 approvals = await self._approval_counts(uow, viewer)
-            by_status = await uow.refunds.count_by_status(today, today + timedelta(days=1))
+            by_status = await uow.refunds.count_by_status(
+                today, today + timedelta(days=1), self.accounts
+            )
             times = await self._time_to_refund(uow, now)
             rates = await self._refund_rate(uow, now)
         return Home(queues, approvals, by_status, today, times, rates)
@@ -420,13 +431,15 @@ class ConsoleQueries:
         now = self.deps.clock.now()
         today = datetime.combine(now.date(), time(), tzinfo=now.tzinfo)
         async with self.deps.uow() as uow:
-            return await uow.refunds.count_by_status(today, today + timedelta(days=1))
+            return await uow.refunds.count_by_status(
+                today, today + timedelta(days=1), self.accounts
+            )
 
-    @staticmethod
-    async def _time_to_refund(uow: UnitOfWork, now: datetime) -> list[TimeToRefund]:
+    async def _time_to_refund(self, uow: UnitOfWork, now: datetime) -> list[TimeToRefund]:
         found = []
         for days in WINDOWS_DAYS:
-            for times in await uow.refunds.success_times(now - timedelta(days=days)):
+            since = now - timedelta(days=days)
+            for times in await uow.refunds.success_times(since, self.accounts):
                 found.append(
                     TimeToRefund(
                         times.pse_account,
@@ -438,13 +451,14 @@ class ConsoleQueries:
                 )
         return found
 
-    @staticmethod
-    async def _refund_rate(uow: UnitOfWork, now: datetime) -> list[RefundRate]:
+    async def _refund_rate(self, uow: UnitOfWork, now: datetime) -> list[RefundRate]:
         found = []
         for days in WINDOWS_DAYS:
             since = now - timedelta(days=days)
-            paid = {v.currency: v for v in await uow.payments.volume(since)}
-            refunded = {v.currency: v for v in await uow.refunds.volume(since, MONEY_MOVING)}
+            paid = {v.currency: v for v in await uow.payments.volume(since, self.accounts)}
+            refunded = {
+                v.currency: v for v in await uow.refunds.volume(since, MONEY_MOVING, self.accounts)
+            }
             for currency in sorted(paid.keys() | refunded.keys()):
                 p, r = paid.get(currency), refunded.get(currency)
                 found.append(
@@ -467,13 +481,13 @@ class ConsoleQueries:
 
     async def _attention_counts(self, uow: UnitOfWork, now: datetime) -> AttentionCounts:
         stale_before = now - timedelta(hours=self.deps.stale_after_hours)
-        by_status, stale = await uow.refunds.open_counts(stale_before)
+        by_status, stale = await uow.refunds.open_counts(stale_before, self.accounts)
         return AttentionCounts(
             stale=stale,
             unknown=by_status.get(RefundStatus.UNKNOWN.value, 0),
-            needs_attention=await uow.refunds.flagged_count(),
+            needs_attention=await uow.refunds.flagged_count(self.accounts),
             offline_required=by_status.get(RefundStatus.OFFLINE_REQUIRED.value, 0),
-            failed_deliveries=await uow.outbox.failed_count(),
+            failed_deliveries=await uow.outbox.failed_count(self.accounts),
         )
 
     async def attention(
@@ -503,28 +517,33 @@ class ConsoleQueries:
         newest first (oldest first with `oldest_first`: the attention page's order)."""
         async with self.deps.uow() as uow:
             events = await uow.outbox.failed(
-                limit=_limit(limit) + 1, before_id=cursor, oldest_first=oldest_first
+                limit=_limit(limit) + 1,
+                before_id=cursor,
+                oldest_first=oldest_first,
+                accounts=self.accounts,
             )
         return _page(events, limit, lambda event: event.id)
 
     async def redeliver(self, event_id: str, actor: Actor) -> OutboxEvent:
         """Queue the event for delivery again, as the API's redeliver does; the
         audit trail records who asked."""
-        return await self.deliveries.redeliver(event_id, actor)
+        return await self.deliveries.scoped(self.scope).redeliver(event_id, actor)
 
     # -- reconciliations ----------------------------------------------------------------
 
     def pse_accounts(self) -> list[str]:
-        """The configured PSE accounts, by name: what a settlement file or a
-        search may name."""
-        return sorted(self.deps.accounts)
+        """The configured PSE accounts (of the scope), by name: what a
+        settlement file or a search may name."""
+        return sorted(name for name in self.deps.accounts if self.sees(name))
 
     async def reconciliations(
         self, *, limit: int = DEFAULT_LIMIT, cursor: str | None = None
     ) -> Page[Reconciliation]:
         """Past runs, newest first."""
         async with self.deps.uow() as uow:
-            runs = await uow.reconciliations.list(limit=_limit(limit) + 1, before_id=cursor)
+            runs = await uow.reconciliations.list(
+                limit=_limit(limit) + 1, before_id=cursor, accounts=self.accounts
+            )
         return _page(runs, limit, lambda run: run.id)
 
     async def reconciliation(
@@ -547,7 +566,7 @@ class ConsoleQueries:
             after_id = int(cursor)
         async with self.deps.uow() as uow:
             run = await uow.reconciliations.get(reconciliation_id)
-            if run is None:
+            if run is None or not self.sees(run.pse_account):
                 raise NotFound(f"no reconciliation {reconciliation_id}")
             lines = await uow.reconciliations.lines(
                 reconciliation_id, outcome=outcome, limit=_limit(limit) + 1, after_id=after_id
@@ -562,4 +581,6 @@ class ConsoleQueries:
     ) -> list[FxTotal]:
         """FX differences and fees by settlement currency (as the API's report)."""
         async with self.deps.uow() as uow:
-            return await uow.reconciliations.fx_totals(created_from, created_to, currency)
+            return await uow.reconciliations.fx_totals(
+                created_from, created_to, currency, self.accounts
+            )

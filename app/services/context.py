@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 from app.domain.errors import NotFound, UnknownPseAccount
 from app.domain.models import Payment, Refund
@@ -15,7 +16,7 @@ from app.domain.ports import (
     PseGateway,
     UnitOfWork,
 )
-from app.domain.records import OutboxEvent
+from app.domain.records import AccountScope, OutboxEvent, in_scope
 from app.domain.resolution import CheckSchedule
 from app.metrics import NoMetrics
 from app.services.ids import new_id
@@ -38,6 +39,9 @@ class SubmissionQueue(Protocol):
 class _NoAudit:
     def record(self, kind: str, data: dict[str, Any], **_ids: Any) -> None:
         return None
+
+    def record_refusal(self, kind: str, summary: dict[str, Any]) -> bool:
+        return False
 
 
 class _NoQueue:
@@ -73,11 +77,43 @@ class Deps:
             raise UnknownPseAccount(f"no PSE account named {name!r} is configured") from None
 
 
-async def lock_refund(uow: UnitOfWork, refund_id: str) -> tuple[Payment, Refund]:
+class Scoped:
+    """A service whose reads and actions can be limited to one key's PSE
+    accounts: `scoped(key.accounts)` is the same service seeing only those.
+
+    The edges (the API's and the console's dependencies) hand each request
+    the service scoped to its caller's key; what is outside the scope is
+    answered as what does not exist (NotFound, the same words), and lists are
+    filtered in their queries. The unscoped service (`scope` None) is the one
+    the worker and the commands use, and what an unscoped key gets.
+    """
+
+    scope: AccountScope = None
+
+    def scoped(self, accounts: AccountScope) -> Self:
+        if accounts == self.scope:
+            return self
+        view = copy.copy(self)
+        view.scope = accounts
+        return view
+
+    def sees(self, pse_account: str | None) -> bool:
+        return in_scope(self.scope, pse_account)
+
+    @property
+    def accounts(self) -> list[str] | None:
+        """The scope as a query's parameter: the accounts, or None for all."""
+        return sorted(self.scope) if self.scope is not None else None
+
+
+async def lock_refund(
+    uow: UnitOfWork, refund_id: str, scope: AccountScope = None
+) -> tuple[Payment, Refund]:
     """Lock the payment, then the refund: always in this order, so two
-    transactions never wait on each other in a cycle."""
+    transactions never wait on each other in a cycle. A refund outside
+    `scope` is not found, as one that does not exist."""
     found = await uow.refunds.lock_with_payment(refund_id)
-    if found is None:
+    if found is None or not in_scope(scope, found[1].pse_account):
         raise NotFound(f"no refund {refund_id}")
     return found
 

@@ -18,9 +18,9 @@ import structlog
 
 from app.domain.errors import NotFound
 from app.domain.models import Actor
-from app.domain.ports import EventPublisher
+from app.domain.ports import Claimer, EventPublisher, UnitOfWork
 from app.domain.records import DeliveryAttempt, DeliveryStatus, OutboxEvent
-from app.services.context import Deps
+from app.services.context import Deps, Scoped
 
 log = structlog.get_logger("app.events")
 
@@ -29,13 +29,25 @@ log = structlog.get_logger("app.events")
 FROM_THE_START = "0"
 
 
-class EventService:
+async def visible_event(service: Scoped, uow: UnitOfWork, event_id: str) -> OutboxEvent | None:
+    """The event, if it exists and is of a payment the service's scope sees."""
+    event = await uow.outbox.get(event_id)
+    if event is None or service.scope is None:
+        return event
+    payment = await uow.payments.get(event.payment_id) if event.payment_id else None
+    return event if payment is not None and service.sees(payment.pse_account) else None
+
+
+class EventService(Scoped):
+    """Scoped (`scoped`): only the events of the scope's PSE accounts'
+    payments; the others are not found."""
+
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
 
     async def get(self, event_id: str) -> OutboxEvent:
         async with self.deps.uow() as uow:
-            event = await uow.outbox.get(event_id)
+            event = await visible_event(self, uow, event_id)
         if event is None:
             raise NotFound(f"no event {event_id}")
         return event
@@ -53,7 +65,7 @@ class EventService:
         """Oldest first, strictly after `after`, never past a transaction still running."""
         async with self.deps.uow() as uow:
             return await uow.outbox.list_after(
-                after=after, types=types, refund_id=refund_id, limit=limit
+                after=after, types=types, refund_id=refund_id, limit=limit, accounts=self.accounts
             )
 
     async def list_backward(
@@ -67,7 +79,11 @@ class EventService:
         """Newest first, strictly before `before` when given."""
         async with self.deps.uow() as uow:
             return await uow.outbox.list_newest(
-                types=types, refund_id=refund_id, limit=limit, before=before
+                types=types,
+                refund_id=refund_id,
+                limit=limit,
+                before=before,
+                accounts=self.accounts,
             )
 
     async def attempts(self, event_id: str) -> list[DeliveryAttempt]:
@@ -77,7 +93,8 @@ class EventService:
 
     async def redeliver(self, event_id: str) -> OutboxEvent:
         async with self.deps.uow() as uow:
-            if not await uow.outbox.redeliver(event_id, self.deps.clock.now()):
+            visible = await visible_event(self, uow, event_id)
+            if visible is None or not await uow.outbox.redeliver(event_id, self.deps.clock.now()):
                 raise NotFound(f"no event {event_id}")
             await uow.commit()
         return await self.get(event_id)
@@ -95,7 +112,10 @@ class RetryPolicy:
         return timedelta(seconds=rng.uniform(ceiling / 2, ceiling))
 
 
-class DeliveryService:
+class DeliveryService(Scoped):
+    """Scoped (`scoped`), `redeliver` finds only the events of the scope's
+    PSE accounts' payments."""
+
     def __init__(
         self,
         deps: Deps,
@@ -106,8 +126,12 @@ class DeliveryService:
         concurrency: int = 8,
         lease_seconds: float = 60.0,
         rng: random.Random | None = None,
+        claimer: Claimer | None = None,
     ) -> None:
         self.deps = deps
+        # Claims name this process: a process killed mid-delivery leaves
+        # events any other worker's next pass sends (at least once, in order).
+        self.claimer = claimer
         self.publisher = publisher
         self.retry = retry
         self.batch_size = batch_size
@@ -121,7 +145,7 @@ class DeliveryService:
         after any earlier event of its refund still pending. With `actor`,
         the audit trail says who asked."""
         async with self.deps.uow() as uow:
-            event = await uow.outbox.get(event_id)
+            event = await visible_event(self, uow, event_id)
             if event is None or not await uow.outbox.redeliver(event_id, self.deps.clock.now()):
                 raise NotFound(f"no event {event_id}")
             await uow.commit()
@@ -150,9 +174,12 @@ class DeliveryService:
         Returns how many were attempted; a full batch means more may be due."""
         if self.publisher is None:
             return 0
+        claimer = await self.claimer.key() if self.claimer is not None else None
         now = self.deps.clock.now()
         async with self.deps.uow() as uow:
-            events = await uow.outbox.claim_deliveries(now, now + self.lease, self.batch_size)
+            events = await uow.outbox.claim_deliveries(
+                now, now + self.lease, self.batch_size, claimer
+            )
             await uow.commit()
         await asyncio.gather(*(self._deliver(event) for event in events))
         return len(events)

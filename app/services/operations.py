@@ -9,13 +9,17 @@ from typing import Any
 from app.config import Settings
 from app.metrics import Metrics
 from app.services.audit import AuditService
-from app.services.context import Deps
+from app.services.context import Deps, Scoped
 
 # (ready, detail): the database answers and its schema is at the head revision.
 ReadinessProbe = Callable[[], Awaitable[tuple[bool, str]]]
 
 
-class Operations:
+class Operations(Scoped):
+    """Scoped (`scoped`), `open_counts` counts the scope's PSE accounts'
+    refunds only (the console's home); metrics and readiness are the whole
+    service's."""
+
     def __init__(
         self, deps: Deps, settings: Settings, audit: AuditService, readiness: ReadinessProbe
     ) -> None:
@@ -31,7 +35,9 @@ class Operations:
         """Refunds not yet final by status, and how many of them are past the SLA."""
         now = self.deps.clock.now()
         async with self.deps.uow() as uow:
-            return await uow.refunds.open_counts(now - timedelta(hours=self.deps.stale_after_hours))
+            return await uow.refunds.open_counts(
+                now - timedelta(hours=self.deps.stale_after_hours), self.accounts
+            )
 
     async def metrics_text(self) -> bytes:
         """The metrics, with the current-state gauges read from the database."""

@@ -6,11 +6,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from app.domain.errors import InvalidInput, NotFound, PaymentConflict
+from app.domain.errors import InvalidInput, NotFound, PaymentConflict, UnknownPseAccount
 from app.domain.models import Payment, RiskLevel
 from app.domain.money import Money, parse_rate
 from app.domain.ports import AlreadyExists
-from app.services.context import Deps
+from app.services.context import Deps, Scoped
 from app.services.ids import new_id
 
 # How far a store's clock may run ahead of ours.
@@ -31,7 +31,10 @@ class RegisterPayment:
     settlement_rate: str | Decimal | None = None
 
 
-class PaymentService:
+class PaymentService(Scoped):
+    """Scoped (`scoped`): payments of other PSE accounts are not found, and
+    registering one is refused as for an account that is not configured."""
+
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
 
@@ -43,6 +46,10 @@ class PaymentService:
 
     async def register(self, cmd: RegisterPayment, created_by: str) -> tuple[Payment, bool]:
         """Returns the payment and whether it was created now (False: already known)."""
+        if not self.sees(cmd.pse_account):
+            # The words of an account that is not configured: a scoped key
+            # learns nothing of the others.
+            raise UnknownPseAccount(f"no PSE account named {cmd.pse_account!r} is configured")
         self.deps.account(cmd.pse_account)
         now = self.deps.clock.now()
         if cmd.captured_at > now + CAPTURE_CLOCK_SKEW:
@@ -93,7 +100,7 @@ class PaymentService:
     async def get(self, payment_id: str) -> Payment:
         async with self.deps.uow() as uow:
             payment = await uow.payments.get(payment_id)
-        if payment is None:
+        if payment is None or not self.sees(payment.pse_account):
             raise NotFound(f"no payment {payment_id}")
         return payment
 
@@ -101,4 +108,6 @@ class PaymentService:
         self, *, order_id: str | None, limit: int, before_id: str | None
     ) -> list[Payment]:
         async with self.deps.uow() as uow:
-            return await uow.payments.list(order_id=order_id, limit=limit, before_id=before_id)
+            return await uow.payments.list(
+                order_id=order_id, limit=limit, before_id=before_id, accounts=self.accounts
+            )

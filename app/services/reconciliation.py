@@ -36,7 +36,7 @@ from app.domain.reconciliation import (
     judge,
 )
 from app.domain.records import FxTotal, Reconciliation, ReconciliationLine
-from app.services.context import Deps, lock_refund, save
+from app.services.context import Deps, Scoped, lock_refund, save
 from app.services.ids import new_id
 from app.services.jobs import BackgroundJobs
 from app.services.views import RECONCILIATION_LINE_FIELDS, reconciliation_line_view
@@ -70,7 +70,11 @@ class _Adoption:
     row: SettlementRow
 
 
-class ReconciliationService:
+class ReconciliationService(Scoped):
+    """Scoped (`scoped`): runs of other PSE accounts are not found, nor is an
+    account outside the scope to reconcile; the FX report counts the
+    scope's refunds only."""
+
     def __init__(
         self,
         deps: Deps,
@@ -116,6 +120,8 @@ class ReconciliationService:
         `processing` until it ends. The upload is kept in a temporary file
         (the request's own copy is gone once it is answered), removed when
         the run ends."""
+        if not self.sees(pse_account):
+            raise NotFound(f"no PSE account {pse_account!r}")
         self.check_account(pse_account)
         fd, path = tempfile.mkstemp(prefix="settlement-", suffix=".csv")
         try:
@@ -169,7 +175,7 @@ class ReconciliationService:
     async def get(self, reconciliation_id: str) -> Reconciliation:
         async with self.deps.uow() as uow:
             found = await uow.reconciliations.get(reconciliation_id)
-        if found is None:
+        if found is None or not self.sees(found.pse_account):
             raise NotFound(f"no reconciliation {reconciliation_id}")
         return found
 
@@ -379,12 +385,16 @@ class ReconciliationService:
         self, created_from: datetime | None, created_to: datetime | None, currency: str | None
     ) -> list[FxTotal]:
         async with self.deps.uow() as uow:
-            return await uow.reconciliations.fx_totals(created_from, created_to, currency)
+            return await uow.reconciliations.fx_totals(
+                created_from, created_to, currency, self.accounts
+            )
 
     async def list(self, *, limit: int, before_id: str | None) -> list[Reconciliation]:
         """Past runs, newest first."""
         async with self.deps.uow() as uow:
-            return await uow.reconciliations.list(limit=limit, before_id=before_id)
+            return await uow.reconciliations.list(
+                limit=limit, before_id=before_id, accounts=self.accounts
+            )
 
 
 def _file_opener(path: str) -> OpenFile:

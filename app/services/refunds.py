@@ -14,7 +14,7 @@ from app.domain.ports import (
     RefundFilter,
     UnitOfWork,
 )
-from app.services.context import Deps, lock_refund, save
+from app.services.context import Deps, Scoped, lock_refund, save
 from app.services.idempotency import (
     CONTENDED,
     IdempotencyClaim,
@@ -64,7 +64,10 @@ class RequestRefund:
     currency: str | None = None
 
 
-class RefundService:
+class RefundService(Scoped):
+    """Scoped (`scoped`): refunds of other PSE accounts, and payments of
+    other accounts to refund, are not found; lists leave them out."""
+
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
 
@@ -122,7 +125,7 @@ class RefundService:
     async def _create(self, uow: UnitOfWork, cmd: RequestRefund, actor: Actor) -> Refund:
         now = self.deps.clock.now()
         payment = await uow.payments.get(cmd.payment_id, for_update=True)
-        if payment is None:
+        if payment is None or not self.sees(payment.pse_account):
             raise NotFound(f"no payment {cmd.payment_id}")
         window = self.deps.account(payment.pse_account).refund_window_days
         amount = None
@@ -176,7 +179,7 @@ class RefundService:
 
     async def approve(self, refund_id: str, approver: Approver, note: str | None) -> Refund:
         async with self.deps.uow() as uow:
-            payment, refund = await lock_refund(uow, refund_id)
+            payment, refund = await lock_refund(uow, refund_id, self.scope)
             refund.approve(payment, approver, note, self.deps.clock.now())
             self._audit_decision(uow, refund, approver, "approved", note)
             await save(self.deps, uow, payment, refund)
@@ -187,7 +190,7 @@ class RefundService:
 
     async def reject(self, refund_id: str, approver: Approver, note: str) -> Refund:
         async with self.deps.uow() as uow:
-            payment, refund = await lock_refund(uow, refund_id)
+            payment, refund = await lock_refund(uow, refund_id, self.scope)
             refund.reject(payment, approver, note, self.deps.clock.now())
             self._audit_decision(uow, refund, approver, "rejected", note)
             await save(self.deps, uow, payment, refund)
@@ -196,7 +199,7 @@ class RefundService:
 
     async def cancel(self, refund_id: str, actor: Actor, note: str | None = None) -> Refund:
         async with self.deps.uow() as uow:
-            payment, refund = await lock_refund(uow, refund_id)
+            payment, refund = await lock_refund(uow, refund_id, self.scope)
             refund.cancel(payment, actor, self.deps.clock.now(), note)
             await save(self.deps, uow, payment, refund)
             await uow.commit()
@@ -206,7 +209,7 @@ class RefundService:
         self, refund_id: str, actor: Actor, reference: str, paid_at: datetime
     ) -> Refund:
         async with self.deps.uow() as uow:
-            payment, refund = await lock_refund(uow, refund_id)
+            payment, refund = await lock_refund(uow, refund_id, self.scope)
             refund.mark_offline_paid(payment, actor, reference, paid_at, self.deps.clock.now())
             await save(self.deps, uow, payment, refund)
             await uow.commit()
@@ -215,7 +218,7 @@ class RefundService:
     async def acknowledge(self, refund_id: str, actor: Actor, note: str) -> Refund:
         """A person has looked at a flagged refund: it leaves the attention list."""
         async with self.deps.uow() as uow:
-            payment, refund = await lock_refund(uow, refund_id)
+            payment, refund = await lock_refund(uow, refund_id, self.scope)
             flagged_for = refund.acknowledge_attention(self.deps.clock.now())
             uow.after_commit(
                 lambda: self.deps.audit.record(
@@ -233,7 +236,7 @@ class RefundService:
     async def get(self, refund_id: str) -> Refund:
         async with self.deps.uow() as uow:
             refund = await uow.refunds.get(refund_id)
-        if refund is None:
+        if refund is None or not self.sees(refund.pse_account):
             raise NotFound(f"no refund {refund_id}")
         return refund
 
@@ -260,6 +263,7 @@ class RefundService:
             open_before=open_before,
             needs_attention=needs_attention,
             oldest_first=stale or needs_attention,
+            accounts=self.accounts,
         )
         async with self.deps.uow() as uow:
             return await uow.refunds.list(flt, limit=limit, before_id=before_id)

@@ -189,17 +189,23 @@ class SubmissionService:
         now = self.deps.clock.now()
         async with self.deps.uow() as uow:
             payment, refund = await lock_refund(uow, refund_id)
-            resend = refund.status is RefundStatus.UNKNOWN or (
-                refund.status is RefundStatus.SUBMITTING
-                and now - refund.updated_at >= self.submitting_grace
-            )
             if refund.status is RefundStatus.PENDING:
                 refund.flag("the PSE has no refund matching this pending refund", now)
                 await save(self.deps, uow, payment, refund)
                 await uow.commit()
                 return refund
-            if not resend:
-                return refund  # a call may still be in flight: do not race it
+            if refund.status not in (RefundStatus.UNKNOWN, RefundStatus.SUBMITTING):
+                return refund  # moved meanwhile
+            if refund.call_in_flight(now, self.submitting_grace):
+                # Another process's request (a claim taken over from a process
+                # that lost its connection, an ops sync) may still reach the
+                # PSE: do not race it. Looked up again at the next check.
+                return refund
+            # Dated and committed before the call, under the row lock: from now
+            # on every other process sees a call in flight and holds back.
+            refund.start_resend(now)
+            await save(self.deps, uow, payment, refund)
+            await uow.commit()
         log.info("refund.resend", refund_id=refund_id, pse_account=refund.pse_account)
         with _about(refund):
             result = await self.deps.gateway(refund.pse_account).create_refund(

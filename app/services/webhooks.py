@@ -104,6 +104,20 @@ class WebhookService:
         now = self.deps.clock.now()
         lowered = {k.lower(): v for k, v in headers.items()}
 
+        def refused(verification: str, reason: str) -> None:
+            # Nobody proved they sent it: a small summary, never its body,
+            # within the audit log's budget for strangers.
+            self.deps.metrics.webhooks_received.labels(pse_account, verification).inc()
+            self.deps.audit.record_refusal(
+                "webhook.refused",
+                {
+                    "pse_account": pse_account,
+                    "verification": verification,
+                    "reason": reason[:200],
+                    "size": len(body),
+                },
+            )
+
         def audit(verification: str, **extra: Any) -> None:
             self.deps.metrics.webhooks_received.labels(pse_account, verification).inc()
             self.deps.audit.record(
@@ -122,16 +136,16 @@ class WebhookService:
             event = gateway.parse_webhook(lowered, body, now)
         except InvalidWebhookSignature as exc:
             log.warning("webhook.rejected", pse_account=pse_account, reason=str(exc))
-            audit("invalid_signature", reason=str(exc))
+            refused("invalid_signature", str(exc))
             raise InvalidSignature() from None
         except InvalidWebhookPayload as exc:
             log.warning("webhook.unreadable", pse_account=pse_account, reason=str(exc))
-            audit("invalid_payload", reason=str(exc))
+            refused("invalid_payload", str(exc))
             raise InvalidWebhookBody(str(exc)) from None
         problem = first_text_problem(_texts_of(event))
         if problem is not None:
             log.warning("webhook.unreadable", pse_account=pse_account, reason=problem)
-            audit("invalid_payload", reason=problem)
+            refused("invalid_payload", problem)
             raise InvalidWebhookBody(problem)
         audit(
             "ok",

@@ -7,6 +7,15 @@ workers and API processes can run against one database without two of them
 handling the same refund. Each refund is then resolved outside any
 transaction: the PSE is asked first, and a refund is sent again (with its
 original idempotency key) only when the PSE proves it has nothing.
+
+A claim also names its claimer (`Claimer`: this process's key, alive as long
+as the process is). A process killed in the middle of a pass leaves claims
+whose claimer is gone: the next pass of any worker takes them, rather than
+waiting for their lease, which remains the backstop. A refund taken over
+while its first claimer's PSE call may still be in flight is safe: a refund
+is sent only from `approved`, under its row lock, after committing
+`submitting`; and resent only once no request can still be in flight (see
+`Refund.call_in_flight`).
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from datetime import timedelta
 import structlog
 
 from app.domain.models import RefundStatus
+from app.domain.ports import Claimer
 from app.services.context import Deps, lock_refund, save
 from app.services.events import DeliveryService
 from app.services.submission import SubmissionService
@@ -56,7 +66,9 @@ class Worker:
         lease_seconds: float = 300.0,
         webhook_retry_after_seconds: float = 5.0,
         idempotency_retention_days: int = 30,
+        claimer: Claimer | None = None,
     ) -> None:
+        self.claimer = claimer
         self.idempotency_retention = timedelta(days=idempotency_retention_days)
         self.deps = deps
         self.submissions = submissions
@@ -88,15 +100,20 @@ class Worker:
 
     async def run_once(self) -> WorkerPass:
         result = WorkerPass()
+        # Checked alive before each claim: a key whose session is gone would
+        # make this pass's claims free for everyone at once.
+        claimer = await self.claimer.key() if self.claimer is not None else None
         now = self.deps.clock.now()
         async with self.deps.uow() as uow:
-            ids = await uow.refunds.claim_due(now, now + self.lease, self.batch_size)
+            ids = await uow.refunds.claim_due(now, now + self.lease, self.batch_size, claimer)
             await uow.commit()
         result.claimed = len(ids)
         result.refund_ids = ids
         outcomes = await asyncio.gather(*(self._check(refund_id) for refund_id in ids))
         for outcome in outcomes:
             setattr(result, outcome, getattr(result, outcome) + 1)
+        if ids and claimer is not None:
+            await self._release(ids, claimer)
         result.webhooks_applied = await self._apply_stuck_webhooks()
         result.stale_flagged = await self._flag_stale()
         async with self.deps.uow() as uow:
@@ -123,6 +140,17 @@ class Worker:
             )
         return result
 
+    async def _release(self, ids: list[str], claimer: int) -> None:
+        """The pass's checks are over: their claims go (their next check is
+        their next_check_at, or the lease's end for a check that failed)."""
+        try:
+            async with self.deps.uow() as uow:
+                await uow.refunds.release_claims(ids, claimer)
+                await uow.commit()
+        except Exception:
+            # Still this live process's claims: their leases free them.
+            log.exception("worker.release_failed", claimed=len(ids))
+
     async def _check(self, refund_id: str) -> str:
         async with self._limit:
             structlog.contextvars.bind_contextvars(refund_id=refund_id)
@@ -131,7 +159,8 @@ class Worker:
                 after = await self.submissions.resolve(refund_id)
                 if after.status is not before.status or after.status.is_final:
                     return "progressed"
-                return await self._check_failed(refund_id, before.status, before.updated_at)
+                # As the check left it (a resend dates the refund without moving it).
+                return await self._check_failed(refund_id, after.status, after.updated_at)
             except Exception:
                 log.exception("worker.check_failed", refund_id=refund_id)
                 # The lease expires by itself: the refund is checked again later.

@@ -150,8 +150,11 @@ async def test_an_oversized_body_is_refused_with_413(make_api):
 
 
 async def test_unknown_routes_answer_problem_json(api):
-    assert_problem(await api.client.get("/v1/nothing-here"), 404, "not_found")
-    assert_problem(await api.client.delete("/v1/payments"), 405, "method_not_allowed")
+    ops = api.auth("ops")
+    assert_problem(await api.client.get("/v1/nothing-here", headers=ops), 404, "not_found")
+    assert_problem(await api.client.delete("/v1/payments", headers=ops), 405, "method_not_allowed")
+    # To a stranger, every path under /v1 answers the same 401: none is revealed.
+    assert_problem(await api.client.get("/v1/nothing-here"), 401, "unauthorized")
 
 
 async def test_nul_in_a_body_a_path_or_a_query_is_a_validation_error(api):

@@ -88,8 +88,9 @@ def test_keys_create_prints_the_secret_once_and_stores_only_its_hash(pg_env):
     )
     assert result.exit_code == 0, result.output
     created = json.loads(result.output)
-    assert set(created) == {"id", "name", "key", "roles", "approval_level"}
+    assert set(created) == {"id", "name", "key", "roles", "approval_level", "accounts"}
     assert created["roles"] == ["approver"] and created["approval_level"] == 2
+    assert created["accounts"] is None  # unscoped: every account
     assert created["key"].startswith("prk_")
     stored = everything_stored(pg_env)
     assert created["key"] not in stored
@@ -132,13 +133,60 @@ def test_keys_list_shows_a_header_and_the_approval_level(pg_env):
     result = run("keys", "list")
     assert result.exit_code == 0, result.output
     header, *rows = result.output.splitlines()
-    assert header.split() == ["ID", "PREFIX", "ROLES", "LEVEL", "STATE", "NAME"]
+    assert header.split() == ["ID", "PREFIX", "ROLES", "LEVEL", "STATE", "ACCOUNTS", "NAME"]
     by_name = {row.split()[-1]: row.split() for row in rows}
-    assert by_name["shop"][2:5] == ["store", "-", "active"]
-    assert by_name["alice"][2:5] == ["approver", "2", "active"]
+    assert by_name["shop"][2:6] == ["store", "-", "active", "all"]
+    assert by_name["alice"][2:6] == ["approver", "2", "active", "all"]
     # The columns line up under the header.
     level = header.index("LEVEL")
     assert {row[level] for row in rows} == {"-", "2"}
+
+
+def test_a_key_scoped_to_pse_accounts_is_created_shown_and_named_accounts_checked(
+    pg_env, no_configuration, monkeypatch
+):
+    config = no_configuration / "accounts.toml"
+    config.write_text(
+        "".join(
+            f'[accounts.{name}]\nprovider = "sandbox"\napi_key = "k"\n'
+            'base_url = "http://127.0.0.1:9"\n'
+            for name in ("komoju_jp", "stripe_jp", "omise_th")
+        )
+    )
+    monkeypatch.setenv("PSE_REFUNDS_CONFIG_FILE", str(config))
+    result = run(
+        "keys", "create", "--name", "shop-a", "--role", "store",
+        "--account", "stripe_jp", "--account", "komoju_jp", "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    created = json.loads(result.output)
+    assert created["accounts"] == ["komoju_jp", "stripe_jp"]
+    text = run("keys", "create", "--name", "shop-b", "--role", "store", "--account", "omise_th")
+    assert text.exit_code == 0 and "accounts: omise_th" in text.output
+    listed = json.loads(run("keys", "list", "--json").output)
+    assert [(k["name"], k["accounts"]) for k in listed] == [
+        ("shop-a", ["komoju_jp", "stripe_jp"]),
+        ("shop-b", ["omise_th"]),
+    ]
+    header, *rows = run("keys", "list").output.splitlines()
+    accounts = header.index("ACCOUNTS")
+    assert {row.split()[-1]: row[accounts:].split()[0] for row in rows} == {
+        "shop-a": "komoju_jp,stripe_jp",
+        "shop-b": "omise_th",
+    }
+    # An account that is not configured is refused, naming it; nothing is made.
+    refused = CliRunner().invoke(
+        cli,
+        ["keys", "create", "--name", "shop-c", "--role", "store",
+         "--account", "komoju_jp", "--account", "komoju_jq"],
+    )  # fmt: skip
+    assert refused.exit_code == 2
+    assert "no PSE account named 'komoju_jq' is configured" in refused.output
+    assert "komoju_jp, omise_th, stripe_jp" in refused.output  # the ones that are
+    assert [k["name"] for k in json.loads(run("keys", "list", "--json").output)] == [
+        "shop-a",
+        "shop-b",
+    ]
 
 
 def test_an_approver_key_needs_a_level_and_roles_are_checked(pg_env):
@@ -347,3 +395,54 @@ def test_reconcile_prints_the_counts_and_exits_zero(fresh_database, no_configura
     result = CliRunner().invoke(cli, ["reconcile", "--account", "komoju_jp", str(bad)])
     assert result.exit_code == 2
     assert "line 3: amount '20.00' is not an integer of minor units" in result.output
+
+
+WEAK = "whsec_" + "c2hvcnQtc2VjcmV0"  # 12 bytes: under Standard Webhooks' 24
+
+
+@pytest.mark.parametrize("command", ["serve", "worker"])
+@pytest.mark.parametrize(
+    ("setting", "key"),
+    [
+        (
+            f'[store_webhook]\nurl = "https://store.example/h"\nsecret = "{WEAK}"\n',
+            "store_webhook.secret: Value error, the secret is too short",
+        ),
+        (
+            '[accounts.st]\nprovider = "stripe"\napi_key = "k"\n'
+            'base_url = "http://api.stripe.example"\n',
+            "accounts.st.base_url: Value error, base_url is http://",
+        ),
+        (
+            f'[store_webhook]\nurl = "http://store.example/h"\nsecret = "{WEAK}AAAAAAAAAAAAAAAA"\n',
+            "store_webhook.url: Value error, url is http://",
+        ),
+        ('metrics_token = "tiny-tok"\n', "metrics_token: Value error, is too short"),
+    ],
+    ids=["store secret", "http base_url", "http store url", "metrics token"],
+)
+def test_a_weak_setting_stops_serve_and_worker_naming_the_key_never_the_secret(
+    command, setting, key, no_configuration, monkeypatch
+):
+    started: list[object] = []
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: started.append(a))
+    config = no_configuration / "weak.toml"
+    config.write_text(setting)
+    result = CliRunner().invoke(cli, [command, "--config", str(config)])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("pse-refunds: invalid configuration:")
+    assert key in result.stderr
+    for secret in ("c2hvcnQtc2VjcmV0", "tiny-tok", "api.stripe.example", "store.example"):
+        assert secret not in result.stderr
+    assert started == [] and not (no_configuration / ".pse-refunds").exists()
+
+
+def test_serve_refuses_a_metrics_port_that_is_its_own_port(no_configuration, monkeypatch):
+    started: list[object] = []
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: started.append(a))
+    config = no_configuration / "c.toml"
+    config.write_text("metrics_port = 8125\n")
+    result = CliRunner().invoke(cli, ["serve", "--port", "8125", "--config", str(config)])
+    assert result.exit_code == 2, result.output
+    assert "metrics_port: 8125 is the port serve listens on" in result.stderr
+    assert started == [] and not (no_configuration / ".pse-refunds").exists()

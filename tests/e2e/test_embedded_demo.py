@@ -199,6 +199,15 @@ def test_the_embedded_demo_takes_a_newcomer_from_payment_to_succeeded_refund(dem
         paid = client.get(f"/v1/payments/{payment['id']}", headers=store).json()
         assert paid["refunded_amount"] == 23000 and paid["reserved_amount"] == 0
 
+        # The metrics want the token the banner prints, even in the demo.
+        assert client.get("/metrics").status_code == 401
+        printed = re.search(
+            r"Metrics: +curl -s (\S+) -H 'Authorization: (Bearer \S+)'", demo.banner
+        )
+        assert printed.group(1) == f"{demo.base}/metrics"
+        r = client.get("/metrics", headers={"Authorization": printed.group(2)})
+        assert r.status_code == 200 and "refunds_finished_total" in r.text
+
 
 def test_the_commands_beside_a_running_demo_see_its_database_and_its_sandbox_account(
     demos, tmp_path

@@ -22,9 +22,11 @@ from typer.testing import CliRunner
 from app.cli import cli
 from app.cli.serve import SERVED_APP
 from app.metrics import Metrics
-from tests.e2e.test_chaos import SANDBOX_KEY, Processes, wait_until_up
+from tests.e2e.test_chaos import SANDBOX_KEY, Processes, free_port, wait_until_up
 
 FINAL = {"succeeded", "failed", "rejected", "canceled", "offline_paid"}
+METRICS_TOKEN = "serve-workers-metrics-token-0123"
+SCRAPER = {"Authorization": f"Bearer {METRICS_TOKEN}"}
 
 
 @pytest.fixture
@@ -191,6 +193,11 @@ async def test_two_processes_share_the_port_the_work_and_the_metrics(fresh_datab
     metrics_parent = tmp_path / "tmp"
     metrics_parent.mkdir()
     procs.env["TMPDIR"] = str(metrics_parent)  # where serve makes its metrics directory
+    # The metrics on a listener of their own, which both processes accept on.
+    metrics_port = free_port()
+    procs.env["PSE_REFUNDS_METRICS_PORT"] = str(metrics_port)
+    procs.env["PSE_REFUNDS_METRICS_TOKEN"] = METRICS_TOKEN
+    metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
     key = procs.create_key()
     auth = {"Authorization": f"Bearer {key}"}
     api_url = f"http://127.0.0.1:{procs.api_port}"
@@ -275,9 +282,14 @@ async def test_two_processes_share_the_port_the_work_and_the_metrics(fresh_datab
                 payment = (await client.get(f"/v1/payments/{payment_id}", headers=auth)).json()
                 assert payment["refunded_amount"] == 2000 and payment["reserved_amount"] == 0
 
-            # Whichever process answers, it counts what both did.
+            # Whichever process answers, it counts what both did; never on the public port.
+            r = await client.get("/metrics", headers=SCRAPER)
+            assert r.status_code == 404 and r.json()["code"] == "not_found"
+            assert (await client.get(metrics_url)).status_code == 401
             for _ in range(4):
-                text = (await client.get("/metrics")).text
+                r = await client.get(metrics_url, headers=SCRAPER)
+                assert r.status_code == 200, r.text
+                text = r.text
                 assert value(text, "refunds_created_total", pse_account="sandbox") == 16
                 assert (
                     value(text, "refunds_finished_total", pse_account="sandbox", status="succeeded")
@@ -289,6 +301,37 @@ async def test_two_processes_share_the_port_the_work_and_the_metrics(fresh_datab
         procs.api.send_signal(signal.SIGTERM)
         assert procs.api.wait(timeout=60) == 0
         assert list(metrics_parent.iterdir()) == []  # the metrics directory is gone
+    except BaseException:
+        print(procs.logs())
+        raise
+    finally:
+        procs.stop()
+
+
+@pytest.mark.slow
+async def test_one_process_serves_its_metrics_on_the_metrics_port_alone(fresh_database, tmp_path):
+    procs = Processes(tmp_path, fresh_database)
+    metrics_port = free_port()
+    procs.env["PSE_REFUNDS_METRICS_PORT"] = str(metrics_port)
+    key = procs.create_key()
+    api_url = f"http://127.0.0.1:{procs.api_port}"
+    metrics_url = f"http://127.0.0.1:{metrics_port}"
+    procs.api = procs.cli("serve", "--port", str(procs.api_port))
+    try:
+        await wait_until_up(f"{api_url}/readyz")
+        async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
+            r = await client.get(f"{metrics_url}/metrics")
+            assert r.status_code == 200 and "refunds_created_total" in r.text
+            r = await client.get(f"{api_url}/metrics")
+            assert r.status_code == 404 and r.json()["code"] == "not_found"
+            auth = {"Authorization": f"Bearer {key}"}
+            assert (await client.get(f"{api_url}/v1/refunds", headers=auth)).status_code == 200
+            r = await client.get(f"{metrics_url}/v1/refunds", headers=auth)
+            assert r.status_code == 404 and r.json()["code"] == "not_found"
+        procs.api.send_signal(signal.SIGTERM)
+        assert procs.api.wait(timeout=60) == 0
+        listening = (procs.workdir / "serve-0.log").read_text()
+        assert f"Metrics:   {metrics_url}/metrics" in listening
     except BaseException:
         print(procs.logs())
         raise

@@ -20,8 +20,11 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
+from app.adapters.db.api_keys import CHANNEL
+from app.adapters.db.engine import asyncpg_dsn
 from app.adapters.db.uow import PgUnitOfWork, TransactionAborted
 from app.domain.audit import GENESIS, AuditEntry, check
+from app.domain.console import ConsoleSession
 from app.domain.models import Payment, Refund, RefundReason, RefundStatus
 from app.domain.money import Money
 from app.domain.policy import RefundPolicy
@@ -833,6 +836,161 @@ async def test_api_keys_round_trip_by_hash_are_revoked_once_and_listed_oldest_fi
         listed = await uow.api_keys.list()
         await uow.commit()
     assert listed == [replace(keys[0], revoked_at=AT), keys[1]]
+
+
+async def test_api_keys_keep_their_scope_of_accounts_and_console_sessions_read_it(db):
+    scoped = ApiKey(
+        "key_s",
+        "shop-a",
+        "pk_s",
+        frozenset({Role.STORE}),
+        None,
+        AT,
+        accounts=frozenset({"stripe_jp", "komoju_jp"}),
+    )
+    unscoped = ApiKey("key_u", "ops", "pk_u", frozenset({Role.OPS}), None, AT + timedelta(1))
+    async with PgUnitOfWork(db) as uow:
+        await uow.api_keys.add(scoped, "hash_s")
+        await uow.api_keys.add(unscoped, "hash_u")
+        await uow.console_sessions.add(ConsoleSession("tok_s", "key_s", AT, AT, "csrf"))
+        await uow.commit()
+    # JSONB, sorted; NULL (every account) for a key made without accounts.
+    assert await scalar(db, "SELECT accounts FROM api_keys WHERE id = 'key_s'") == [
+        "komoju_jp",
+        "stripe_jp",
+    ]
+    assert await scalar(db, "SELECT accounts IS NULL FROM api_keys WHERE id = 'key_u'") is True
+    async with PgUnitOfWork(db) as uow:
+        assert await uow.api_keys.by_hash("hash_s") == scoped
+        assert await uow.api_keys.by_hash("hash_u") == unscoped
+        assert await uow.api_keys.list() == [scoped, unscoped]
+        found = await uow.console_sessions.get("tok_s")
+    assert found is not None and found[1] == scoped
+    assert scoped.may_see("komoju_jp") and not scoped.may_see("other") and unscoped.may_see("x")
+    assert not scoped.may_see(None)
+
+
+async def test_a_revocation_is_announced_to_listeners_once_it_commits_and_only_then(db):
+    async with PgUnitOfWork(db) as uow:
+        for n in (1, 2):
+            key = ApiKey(f"key_{n}", "k", f"pk_{n}", frozenset({Role.STORE}), None, AT)
+            await uow.api_keys.add(key, f"hash_{n}")
+        await uow.commit()
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    listener = await asyncpg.connect(asyncpg_dsn(db.url))
+
+    async def next_heard() -> str:
+        return await asyncio.wait_for(heard.get(), 5)
+
+    try:
+        await listener.add_listener(CHANNEL, lambda *args: heard.put_nowait(args[-1]))
+        async with PgUnitOfWork(db) as uow:
+            assert await uow.api_keys.revoke("key_1", AT) is True  # rolled back: never said
+        async with PgUnitOfWork(db) as uow:
+            assert await uow.api_keys.revoke("key_2", AT) is True
+            await uow.commit()
+        # Notifications come in commit order: had the rolled-back one been
+        # sent, it would be heard first.
+        assert await next_heard() == "key_2"
+        async with PgUnitOfWork(db) as uow:
+            assert await uow.api_keys.revoke("key_1", AT) is True
+            assert await uow.api_keys.revoke("key_2", AT) is False  # revoked before: nothing
+            await uow.commit()
+        assert await next_heard() == "key_1"
+        async with db.acquire() as conn:
+            await conn.execute("SELECT pg_notify($1, 'sentinel')", CHANNEL)
+        assert await next_heard() == "sentinel"
+    finally:
+        await listener.close()
+
+
+async def test_every_list_count_and_figure_can_be_limited_to_pse_accounts(db):
+    mine, theirs = new_payment("pay_m", amount=500_000), new_payment("pay_t", amount=500_000)
+    theirs.pse_account = "stripe_jp"
+    # One refund of each awaiting approval and flagged, one of each approved.
+    waiting_m = new_refund(mine, "rf_m1", 50_000, approval_tiers=CONTRACT_TIERS)
+    waiting_t = new_refund(theirs, "rf_t1", 50_000, approval_tiers=CONTRACT_TIERS)
+    waiting_m.attention = waiting_t.attention = "look"
+    approved_m, approved_t = new_refund(mine, "rf_m2", 1000), new_refund(theirs, "rf_t2", 1000)
+    await saved(db, mine, waiting_m, approved_m, events=[event("evt_m", waiting_m)])
+    await saved(db, theirs, waiting_t, approved_t, events=[event("evt_t", waiting_t)])
+    async with PgUnitOfWork(db) as uow:
+        await uow.outbox.add([event("evt_none")], deliver=False)  # of no payment
+        await uow.reconciliations.add(run("rec_m", pse_account="komoju_jp"))
+        await uow.reconciliations.add(run("rec_t", pse_account="stripe_jp"))
+        await uow.audit.append(
+            [
+                entry(1, refund_id="rf_m1", payment_id="pay_m"),
+                entry(2, refund_id="rf_t1", payment_id="pay_t"),
+                entry(3, payment_id="pay_m"),
+                entry(4),  # of nothing: never a scoped key's
+                entry(5, refund_id="rf_m1", payment_id="pay_t"),  # names another's payment
+            ]
+        )
+        await uow.commit()
+    await db_exec(db, "UPDATE events SET delivery_status = 'failed'")
+    only = ["komoju_jp"]
+    async with PgUnitOfWork(db) as uow:
+        listed = await uow.refunds.list(RefundFilter(accounts=only), limit=10, before_id=None)
+        rows = await uow.refunds.rows(RefundFilter(accounts=only), limit=1, before_id=None)
+        waiting = await uow.refunds.awaiting_approval(limit=10, after_id=None, accounts=only)
+        all_waiting = await uow.refunds.awaiting_approval(limit=10, after_id=None)
+        open_counts, _stale = await uow.refunds.open_counts(AT, only)
+        flagged = (await uow.refunds.flagged_count(only), await uow.refunds.flagged_count())
+        by_status = await uow.refunds.count_by_status(AT, AT + timedelta(1), only)
+        volume = await uow.refunds.volume(AT, list(RefundStatus), only)
+        payments = await uow.payments.list(order_id=None, limit=10, before_id=None, accounts=only)
+        paid = await uow.payments.volume(AT, only)
+        newest = await uow.outbox.list_newest(
+            types=[], refund_id=None, limit=10, before=None, accounts=only
+        )
+        failed = await uow.outbox.failed(limit=10, before_id=None, accounts=only)
+        failed_oldest = await uow.outbox.failed(
+            limit=10, before_id=None, oldest_first=True, accounts=[]
+        )
+        failed_counts = (await uow.outbox.failed_count(only), await uow.outbox.failed_count())
+        runs = await uow.reconciliations.list(limit=10, before_id=None, accounts=only)
+        records = await uow.audit.search(
+            refund_id=None,
+            payment_id=None,
+            request_id=None,
+            at_from=None,
+            at_to=None,
+            limit=10,
+            before_seq=None,
+            accounts=only,
+        )
+    assert [r.id for r in listed] == ["rf_m2", "rf_m1"]
+    assert [r.id for r in rows] == ["rf_m2"]  # paged within the scope
+    assert [r.id for r in waiting] == ["rf_m1"] and len(all_waiting) == 2
+    assert open_counts["pending_approval"] == 1 and open_counts["approved"] == 1
+    assert flagged == (1, 2)
+    assert by_status == {"pending_approval": 1, "approved": 1}
+    assert [(v.count, v.amount) for v in volume] == [(2, 51_000)]
+    assert [p.id for p in payments] == ["pay_m"] and [(v.count, v.amount) for v in paid] == [
+        (1, 500_000)
+    ]
+    assert [e.id for e in newest] == ["evt_m"]
+
+    async def forward_is_mine() -> bool:
+        async with PgUnitOfWork(db) as uow:
+            found = await uow.outbox.list_after(
+                after=(0, 0), types=[], refund_id=None, limit=10, accounts=only
+            )
+        return [e.id for e in found] == ["evt_m"]
+
+    # The feed's horizon is the server's oldest transaction: another
+    # session of the server may hold it back a moment.
+    assert await eventually(forward_is_mine)
+    assert [e.id for e in failed] == ["evt_m"] and failed_oldest == []
+    assert failed_counts == (1, 3)
+    assert [r.id for r in runs] == ["rec_m"]
+    assert [r.seq for r in records] == [3, 1]
+
+
+async def db_exec(pool, sql: str) -> None:
+    async with pool.acquire() as conn:
+        await conn.execute(sql)
 
 
 async def test_the_days_auto_approval_total_is_created_locked_and_added_to(db):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from datetime import timedelta
 
 from app.domain.pse import (
     Accepted,
@@ -12,10 +14,12 @@ from app.domain.pse import (
     PseRefundState,
     Unanswered,
 )
+from app.sandbox.config import new_webhook_secret
 from app.services.context import lock_refund, save
 from tests.api.helpers import get_payment, get_refund, refund, register
 
 BACKOFF = [60, 600, 3600]
+SECRET = new_webhook_secret()
 WORKER = {
     "resolve_backoff_seconds": BACKOFF,
     "approved_grace_seconds": 10,
@@ -278,3 +282,181 @@ async def test_idempotent_answers_are_kept_thirty_days_then_purged(make_api):
     fresh = await refund(api, payment["id"], 100, key="kept-key")
     assert "idempotent-replayed" not in fresh.headers
     assert fresh.json()["id"] != first.json()["id"]
+
+
+# -- claims tied to their claimer's life ---------------------------------------
+
+
+async def claimed_by(api, ids) -> dict[str, int | None]:
+    async with api.container.pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT id, claimed_by FROM refunds WHERE id = ANY($1::text[])", list(ids)
+        )
+    return {row["id"]: row["claimed_by"] for row in rows}
+
+
+async def kill_session(api, pid: int) -> None:
+    """What SIGKILL does to a worker's sessions: the server ends them, and with
+    them their advisory locks."""
+    async with api.container.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT pg_terminate_backend($1)", pid)
+        for _ in range(200):  # the backend exits just after being told to
+            if not await conn.fetchval("SELECT count(*) FROM pg_locks WHERE pid = $1", pid):
+                return
+            await asyncio.sleep(0.01)
+    raise AssertionError(f"backend {pid} still holds its locks")
+
+
+def stuck_mid_pass(api) -> tuple[asyncio.Event, list[str]]:
+    """Make `api`'s worker claim, then hang in its checks (as a process would
+    while it calls a slow PSE) until the event is set."""
+    release, entered = asyncio.Event(), []
+
+    async def hanging_check(refund_id: str) -> str:
+        entered.append(refund_id)
+        await release.wait()
+        return "rescheduled"
+
+    api.container.worker._check = hanging_check
+    return release, entered
+
+
+async def until(condition, seconds: float = 5.0) -> None:
+    for _ in range(int(seconds / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached")
+
+
+async def test_a_killed_workers_claims_go_to_the_next_pass_of_another_while_a_live_ones_stay(
+    make_api,
+):
+    doomed = await make_api(worker={**WORKER, "batch_size": 3})
+    alive = await make_api(worker={**WORKER, "batch_size": 3})
+    other = await make_api(worker=WORKER)
+    ids = [(await unknown_refund(doomed))[1]["id"] for _ in range(6)]
+    doomed.clock.advance(seconds=61)  # all due (the three apis share the clock)
+
+    _, doomed_entered = stuck_mid_pass(doomed)
+    doomed_pass = asyncio.create_task(doomed.container.worker.run_once())
+    await until(lambda: len(doomed_entered) == 3)
+    release_alive, alive_entered = stuck_mid_pass(alive)
+    alive_pass = asyncio.create_task(alive.container.worker.run_once())
+    await until(lambda: len(alive_entered) == 3)
+    assert set(doomed_entered) | set(alive_entered) == set(ids)
+    doomed_key = doomed.container.claimer.held_key
+    alive_key = alive.container.claimer.held_key
+    assert doomed_key is not None and alive_key is not None and doomed_key != alive_key
+    held = await claimed_by(other, ids)
+    assert {held[i] for i in doomed_entered} == {doomed_key}
+    assert {held[i] for i in alive_entered} == {alive_key}
+
+    # SIGKILL in the middle of the pass: the pass never ends, the sessions go.
+    doomed_pass.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await doomed_pass
+    await kill_session(other, doomed.container.claimer.backend_pid)
+
+    # No time passes: the leases (300 s) are far from over.
+    done = await other.container.worker.run_once()
+    assert sorted(done.refund_ids) == sorted(doomed_entered)
+    after = await claimed_by(other, ids)
+    assert all(after[i] is None for i in doomed_entered)  # checked, and let go
+    assert {after[i] for i in alive_entered} == {alive_key}  # untouched
+    assert (await other.container.worker.run_once()).claimed == 0
+
+    # The live one finishes its pass and lets go of its claims itself.
+    release_alive.set()
+    assert (await alive_pass).claimed == 3
+    assert all(v is None for v in (await claimed_by(other, alive_entered)).values())
+
+
+async def test_a_claimer_whose_connection_dropped_claims_under_a_new_key(make_api):
+    api = await worker_api(make_api)
+    claimer = api.container.claimer
+    first = await claimer.key()
+    assert await claimer.key() == first  # alive: the same key
+    await kill_session(api, claimer.backend_pid)
+    second = await claimer.key()
+    assert second != first and claimer.held_key == second
+    async with api.container.pool.acquire() as conn:
+        live = await conn.fetch(
+            "SELECT (classid::bigint << 32) | objid::bigint AS key FROM pg_locks "
+            "WHERE locktype = 'advisory' AND objsubid = 1 AND granted"
+        )
+    assert second in {row["key"] for row in live} and first not in {row["key"] for row in live}
+
+
+async def test_deliveries_claimed_by_a_killed_worker_are_sent_by_the_next_pass_of_another(
+    make_api,
+):
+    hook = {"url": "http://127.0.0.1:9/hooks", "secret": SECRET, "timeout_seconds": 1}
+    doomed = await make_api(store_webhook=hook)
+    other = await make_api(store_webhook=hook)
+    payment = await register(doomed)
+    await refund(doomed, payment["id"], 3000)
+    await doomed.settle()
+    now = doomed.clock.now()
+    dead_key = await doomed.container.claimer.key()
+    async with doomed.container.deps.uow() as uow:
+        # A delivery pass claims, then its process dies before any attempt.
+        claimed = await uow.outbox.claim_deliveries(now, now + timedelta(minutes=5), 10, dead_key)
+        await uow.commit()
+    assert len(claimed) == 1  # one refund: its first event (the others wait behind it)
+    async with other.container.deps.uow() as uow:
+        assert await uow.outbox.claim_deliveries(now, now, 10, None) == []  # leased, alive
+    await kill_session(other, doomed.container.claimer.backend_pid)
+    assert await other.container.deliveries.deliver_due() == 1
+    event = await other.client.get(f"/v1/events/{claimed[0].id}", headers=other.auth("store"))
+    assert event.json()["delivery"]["attempts"] == 1
+    async with other.container.pool.acquire() as conn:
+        left = await conn.fetchval("SELECT claimed_by FROM events WHERE id = $1", claimed[0].id)
+    assert left is None  # the attempt is recorded: the claim is over
+
+
+async def test_a_resend_in_flight_elsewhere_is_not_raced(make_api):
+    """A refund taken over from a claimer that lost its connection mid-resend:
+    the new claimer looks it up, and holds back while that resend may still be
+    under way."""
+    api = await worker_api(make_api)
+    _, created = await unknown_refund(api)
+    api.clock.advance(seconds=61)
+    deps = api.container.deps
+    async with deps.uow() as uow:  # another process starts a resend, and is cut off
+        payment, refund_ = await lock_refund(uow, created["id"])
+        refund_.start_resend(deps.clock.now())
+        await save(deps, uow, payment, refund_)
+        await uow.commit()
+    api.gateway.lookup_results.append(NotFound())  # it has not reached the PSE yet
+    api.clock.advance(seconds=1)
+    refund_now = await api.container.submissions.resolve(created["id"])
+    assert refund_now.status.value == "unknown"
+    assert len(api.gateway.created) == 1  # only the first submission: no race
+    api.gateway.lookup_results.append(NotFound())
+    api.clock.advance(seconds=30)  # past the grace: that call is over, whatever it did
+    await api.container.submissions.resolve(created["id"])
+    assert len(api.gateway.created) == 2
+    assert api.gateway.created[1].idempotency_key == f"rfnd-{created['id']}"
+
+
+async def test_a_dead_claimers_refund_is_taken_whatever_its_lease_unless_its_checks_are_over(
+    make_api,
+):
+    api = await worker_api(make_api)
+    _, created = await unknown_refund(api)
+    async with api.container.pool.acquire() as conn:
+        # Claimed by a key no session holds, its checks over (schedule spent).
+        await conn.execute(
+            "UPDATE refunds SET claimed_by = 4242, next_check_at = NULL WHERE id = $1",
+            created["id"],
+        )
+    assert (await api.container.worker.run_once()).claimed == 0
+    async with api.container.pool.acquire() as conn:
+        await conn.execute(
+            "UPDATE refunds SET next_check_at = $2 WHERE id = $1",
+            created["id"],
+            api.clock.now() + timedelta(days=1),
+        )
+    done = await api.container.worker.run_once()
+    assert done.refund_ids == [created["id"]]

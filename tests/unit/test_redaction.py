@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import io
 import json
+import re
+from urllib.parse import parse_qs, quote, quote_plus, urlencode
 
 import pytest
 import structlog
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
+from app.domain.cards import digit_count
 from app.logs import configure_logging
 from app.redaction import REDACTED, Redactor
+from tests.unit.test_cards import FULLWIDTH, embedded, ordinary_texts, reads_as_date, written
 
 
 def test_configured_secrets_are_replaced_wherever_they_appear():
@@ -62,3 +68,104 @@ def test_log_lines_are_redacted(monkeypatch):
     line = json.loads(stream.getvalue().strip().splitlines()[-1])
     assert line["error"] == f"{REDACTED} rejected"
     assert line["card"] == "424242******4242"
+
+
+# -- card numbers, however written -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "4242.4242.4242.4242",
+        "4242/4242/4242/4242",
+        "4242  4242  4242  4242",
+        "4242\t4242\t4242\t4242",
+        "4242\u00a04242\u00a04242\u00a04242",
+        "4242_4242_4242_4242",
+        "4242 4242-4242.4242",
+        "3782 822463 10005",
+        "4242 4242 4242 4242".translate(FULLWIDTH),
+    ],
+)
+def test_card_numbers_are_masked_whatever_their_separators(text):
+    out = Redactor().text(f"card {text} ok")
+    assert digit_count(out) <= 10 and "*" in out and out.startswith("card ")
+
+
+def _hidden(text: str, card, out: str) -> bool:
+    """The card number is no longer in `out`: not as written, and its middle
+    digits (all but the first six and last four) are gone."""
+    return card.text not in out and digit_count(out) <= digit_count(text) - (len(card.digits) - 10)
+
+
+@settings(max_examples=300, deadline=None)
+@given(found=embedded(written()))
+def test_a_card_number_in_any_text_is_masked(found):
+    text, card, _start, _end = found
+    assume(not reads_as_date(card))
+    assert _hidden(text, card, Redactor().text(text))
+
+
+@settings(max_examples=300, deadline=None)
+@given(found=embedded(written()), ensure_ascii=st.booleans(), php=st.booleans())
+def test_a_card_number_in_a_json_body_is_masked_whatever_its_escapes(found, ensure_ascii, php):
+    text, card, _start, _end = found
+    assume(not reads_as_date(card))
+    body = json.dumps({"note": text}, ensure_ascii=ensure_ascii)
+    if php:  # PHP's json_encode writes "/" as "\/"
+        body = body.replace("/", "\\/")
+    out = Redactor().text(body)
+    assert _hidden(text, card, json.loads(out)["note"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(found=embedded(written()), plus=st.booleans())
+def test_a_card_number_in_a_url_query_is_masked_whatever_its_escapes(found, plus):
+    text, card, _start, _end = found
+    assume(not reads_as_date(card))
+    query = urlencode({"q": text}, quote_via=quote_plus if plus else quote)
+    out = Redactor().text(f"order_id=ORD-1&{query}")
+    assert _hidden(text, card, parse_qs(out)["q"][0])
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=ordinary_texts.filter(lambda t: not re.search("[0-9a-fA-F]{16}", t)))
+def test_ordinary_text_is_left_as_it_is(text):
+    assert Redactor().text(text) == text
+    assert Redactor().text(json.dumps({"note": text})) == json.dumps({"note": text})
+
+
+def test_keys_are_redacted_as_values_are():
+    out = Redactor(["sk_live_abcdef123"]).value({"4242 4242 4242 4242": {"sk_live_abcdef123": 1}})
+    assert out == {"424242******4242": {REDACTED: 1}}
+
+
+# -- secrets of any length ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("abc", REDACTED),
+        ("Bearer abc", f"Bearer {REDACTED}"),
+        ('{"api_key":"abc","other":"abcdef"}', f'{{"api_key":"{REDACTED}","other":"abcdef"}}'),
+        ("https://pse.test/v1?key=abc&x=1", f"https://pse.test/v1?key={REDACTED}&x=1"),
+        ("key abc rejected.", f"key {REDACTED} rejected."),
+        ("abcdef xabc abc_1 cabcd", "abcdef xabc abc_1 cabcd"),  # inside other words
+    ],
+)
+def test_a_short_secret_is_redacted_where_it_stands_as_a_whole_token(text, expected):
+    assert Redactor(["abc"]).text(text) == expected
+
+
+def test_secrets_of_every_length_are_redacted_and_the_longest_whole():
+    redactor = Redactor(["x", "ab", "abc", "abcd1", "abcdef", "abcdefgh"])
+    assert redactor.text("x ab abc abcd1 abcdef abcdefgh") == " ".join([REDACTED] * 6)
+    # A long secret goes wherever it is, inside a word too; a short one does not.
+    assert redactor.text("zzabcdefghzz xyz") == f"zz{REDACTED}zz xyz"
+
+
+def test_a_secret_added_later_is_redacted_too():
+    redactor = Redactor()
+    redactor.add("k1")
+    assert redactor.text("token k1.") == f"token {REDACTED}."

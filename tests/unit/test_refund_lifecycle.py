@@ -897,3 +897,36 @@ def test_the_payments_counters_always_add_up_whatever_happens_to_its_refunds(
         assert pay.refunded_amount == paid_out
         assert pay.reserved_amount == open_amounts
         assert pay.refundable.amount == total - paid_out - open_amounts
+
+
+GRACE = timedelta(seconds=60)
+
+
+@pytest.mark.parametrize("status", ALL)
+def test_a_resend_is_dated_before_it_is_made_without_moving_the_refund(
+    status: RefundStatus,
+) -> None:
+    _, refund = refund_in(status)
+    attempts, history = refund.submit_attempts, list(refund.history)
+    if status in (S.SUBMITTING, S.UNKNOWN):
+        refund.start_resend(LATER)
+        assert refund.updated_at == LATER and refund.submit_attempts == attempts + 1
+    else:
+        with pytest.raises(InvalidState):
+            refund.start_resend(LATER)
+        assert refund.submit_attempts == attempts
+    assert refund.status is status and refund.history == history and refund.events == []
+
+
+def test_a_call_may_be_in_flight_for_the_grace_after_a_submission_or_a_resend() -> None:
+    _, submitting = refund_in(S.SUBMITTING)
+    assert submitting.call_in_flight(NOW + GRACE - timedelta(seconds=1), GRACE)
+    assert not submitting.call_in_flight(NOW + GRACE, GRACE)
+    _, unknown = refund_in(S.UNKNOWN)
+    # Became unknown: the call that made it so has ended; nothing is in flight.
+    assert not unknown.call_in_flight(NOW, GRACE)
+    unknown.start_resend(LATER)
+    assert unknown.call_in_flight(LATER + GRACE - timedelta(seconds=1), GRACE)
+    assert not unknown.call_in_flight(LATER + GRACE, GRACE)
+    _, pending = refund_in(S.PENDING)
+    assert not pending.call_in_flight(NOW, GRACE)

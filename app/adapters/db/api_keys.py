@@ -1,4 +1,9 @@
-"""API keys: stored by the hash of their secret, never the secret."""
+"""API keys: stored by the hash of their secret, never the secret.
+
+A revocation notifies every process of the service (`NOTIFY` on `CHANNEL`,
+sent when its transaction commits): each one's listener drops the key from
+its cache (`key_events.RevocationListener`).
+"""
 
 from __future__ import annotations
 
@@ -6,17 +11,33 @@ from datetime import datetime
 
 import asyncpg
 
-from app.adapters.db.statements import rows_affected
 from app.domain.records import ApiKey, Role
 
-_COLUMNS = ("id", "name", "prefix", "roles", "approval_level", "created_at", "revoked_at")
+# Where revocations are announced; the payload is the revoked key's id.
+CHANNEL = "pse_refunds_keys"
+
+_COLUMNS = (
+    "id",
+    "name",
+    "prefix",
+    "roles",
+    "approval_level",
+    "created_at",
+    "revoked_at",
+    "accounts",
+)
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM api_keys"  # noqa: S608
 _INSERT = (
-    "INSERT INTO api_keys (id, name, key_hash, prefix, roles, approval_level, created_at) "
-    "VALUES ($1, $2, $3, $4, $5, $6, $7)"
+    "INSERT INTO api_keys (id, name, key_hash, prefix, roles, approval_level, created_at, "
+    "accounts) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
 )
 _BY_HASH = _SELECT + " WHERE key_hash = $1"
-_REVOKE = "UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL"
+# The revocation and its announcement, in the caller's transaction: listeners
+# hear of it when (and only if) it commits.
+_REVOKE = (
+    "WITH revoked AS (UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL "
+    "RETURNING id) SELECT pg_notify($3, id) FROM revoked"
+)
 _LIST = _SELECT + " ORDER BY created_at"
 
 
@@ -29,6 +50,7 @@ def api_key_from_record(record: asyncpg.Record) -> ApiKey:
         approval_level=record["approval_level"],
         created_at=record["created_at"],
         revoked_at=record["revoked_at"],
+        accounts=frozenset(accounts) if (accounts := record["accounts"]) is not None else None,
     )
 
 
@@ -46,6 +68,7 @@ class ApiKeyRepository:
             sorted(role.value for role in key.roles),
             key.approval_level,
             key.created_at,
+            sorted(key.accounts) if key.accounts is not None else None,
         )
 
     async def by_hash(self, key_hash: str) -> ApiKey | None:
@@ -53,8 +76,9 @@ class ApiKeyRepository:
         return api_key_from_record(record) if record else None
 
     async def revoke(self, key_id: str, at: datetime) -> bool:
-        """False when there is no such key or it was revoked before."""
-        return rows_affected(await self.conn.execute(_REVOKE, key_id, at)) > 0
+        """False when there is no such key or it was revoked before. Every
+        process listening on `CHANNEL` hears of it once the transaction commits."""
+        return len(await self.conn.fetch(_REVOKE, key_id, at, CHANNEL)) > 0
 
     async def list(self) -> list[ApiKey]:
         return [api_key_from_record(record) for record in await self.conn.fetch(_LIST)]

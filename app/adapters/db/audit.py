@@ -12,6 +12,7 @@ from datetime import datetime
 
 import asyncpg
 
+from app.adapters.db.payments import of_accounts
 from app.adapters.db.statements import Conditions, Write, in_one_round_trip, rows_affected
 from app.domain.audit import AuditEntry, AuditRecord, seal
 
@@ -65,6 +66,17 @@ _NOT_A_READ = (
 )
 
 
+# A scoped key's records: those of a refund or a payment, every one they name
+# being of its PSE accounts (three clauses for Conditions, the last two
+# taking the accounts).
+_OF_SOMETHING = "(refund_id IS NOT NULL OR payment_id IS NOT NULL)"
+_REFUND_OF_ACCOUNTS = (
+    "(refund_id IS NULL OR EXISTS (SELECT 1 FROM refunds scope_r "
+    "WHERE scope_r.id = audit_log.refund_id AND scope_r.pse_account = ANY({}::text[])))"
+)
+_PAYMENT_OF_ACCOUNTS = f"(payment_id IS NULL OR {of_accounts('audit_log.payment_id')})"
+
+
 def audit_from_record(record: asyncpg.Record) -> AuditRecord:
     return AuditRecord(*record)
 
@@ -108,8 +120,13 @@ class AuditRepository:
         after_seq: int | None = None,
         without_kinds: Sequence[str] = (),
         without_reads: bool = False,
+        accounts: Sequence[str] | None = None,
     ) -> list[AuditRecord]:
         where = Conditions()
+        if accounts is not None:
+            where.add(_OF_SOMETHING)
+            where.add(_REFUND_OF_ACCOUNTS, list(accounts))
+            where.add(_PAYMENT_OF_ACCOUNTS, list(accounts))
         if refund_id is not None:
             where.add("refund_id = {}", refund_id)
         if payment_id is not None:

@@ -20,7 +20,7 @@ _INSERT = (
 _GET = (
     "SELECT s.token_hash, s.api_key_id, s.created_at AS session_created_at, s.last_seen_at, "
     "s.csrf_token, s.flashes, k.id, k.name, k.prefix, k.roles, k.approval_level, "
-    "k.created_at, k.revoked_at "
+    "k.created_at, k.revoked_at, k.accounts "
     "FROM console_sessions s JOIN api_keys k ON k.id = s.api_key_id WHERE s.token_hash = $1"
 )
 _TOUCH = "UPDATE console_sessions SET last_seen_at = $2 WHERE token_hash = $1"

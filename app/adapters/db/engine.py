@@ -67,10 +67,15 @@ class ConnectionPool:
     uvicorn's factory), and an asyncpg pool belongs to the loop it opens on.
     """
 
-    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 20) -> None:
+    def __init__(
+        self, url: str, *, min_size: int = 1, max_size: int = 20, acquire_timeout: float = 10.0
+    ) -> None:
         self.url = url
         self._min_size = min_size
         self._max_size = max_size
+        # A request waits this long at most for a connection (every one busy,
+        # or the server not answering) before it fails, as 503 `unavailable`.
+        self._acquire_timeout = acquire_timeout
         self._pool: asyncpg.Pool | None = None
         self._opening: asyncio.Lock | None = None
 
@@ -100,7 +105,7 @@ class ConnectionPool:
     async def connection(self) -> asyncpg.Connection:
         """A connection of the pool; hand it back with `release`."""
         pool = await self._opened()
-        connection: asyncpg.Connection = await pool.acquire()
+        connection: asyncpg.Connection = await pool.acquire(timeout=self._acquire_timeout)
         return connection
 
     async def release(self, connection: asyncpg.Connection) -> None:

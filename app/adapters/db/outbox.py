@@ -15,6 +15,8 @@ from typing import Any
 
 import asyncpg
 
+from app.adapters.db.claimer import LIVE_CLAIMERS
+from app.adapters.db.payments import of_accounts
 from app.adapters.db.statements import Conditions, Write, rows_affected
 from app.domain.records import DeliveryAttempt, DeliveryStatus, OutboxEvent
 
@@ -76,14 +78,20 @@ _HORIZON = "tx < pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
 # The first undelivered event of each refund, if due: an event waits while an
 # earlier event of its refund is still pending, so a store receives each
 # refund's events in order; SKIP LOCKED and the lease keep two workers from
-# sending the same event at once.
+# sending the same event at once. claimed_by names the claimer (its advisory
+# lock key, see claimer.py): an event whose claimer's lock is gone (its
+# process died mid-delivery) is taken again at once, lease or not.
 _CLAIM = (
-    f"WITH claimed AS (SELECT {', '.join(f'e.{c}' for c in _COLUMNS)} FROM events e "  # noqa: S608
-    "WHERE e.delivery_status = $1 AND e.next_delivery_at <= $2 AND NOT EXISTS ("
+    f"WITH live AS MATERIALIZED ({LIVE_CLAIMERS}), "  # noqa: S608
+    f"claimed AS (SELECT {', '.join(f'e.{c}' for c in _COLUMNS)} FROM events e "
+    "WHERE e.delivery_status = $1 AND (e.next_delivery_at <= $2"
+    " OR (e.claimed_by IS NOT NULL AND e.claimed_by NOT IN (SELECT key FROM live)))"
+    " AND NOT EXISTS ("
     " SELECT 1 FROM events earlier WHERE earlier.refund_id = e.refund_id"
     " AND earlier.delivery_status = $1 AND (earlier.tx, earlier.seq) < (e.tx, e.seq)) "
     "ORDER BY e.tx, e.seq LIMIT $3 FOR UPDATE OF e SKIP LOCKED), "
-    "leased AS (UPDATE events SET next_delivery_at = $4 WHERE id IN (SELECT id FROM claimed)) "
+    "leased AS (UPDATE events SET next_delivery_at = $4, claimed_by = $5"
+    " WHERE id IN (SELECT id FROM claimed)) "
     "SELECT * FROM claimed ORDER BY tx, seq"
 )
 _RECORD_DELIVERY = (
@@ -91,7 +99,8 @@ _RECORD_DELIVERY = (
     "(event_id, attempt, at, url, status_code, duration_ms, error) "
     "VALUES ($1, $2, $3, $4, $5, $6, $7)) "
     "UPDATE events SET delivery_status = $8, delivery_attempts = $2, next_delivery_at = $9, "
-    "first_attempt_at = coalesce(first_attempt_at, $3), delivered_at = $10, last_error = $11 "
+    "first_attempt_at = coalesce(first_attempt_at, $3), delivered_at = $10, last_error = $11, "
+    "claimed_by = NULL "  # the attempt is over: so is its claim
     "WHERE id = $1"
 )
 _OLDEST_UNDELIVERED = "SELECT min(created_at) FROM events WHERE delivery_status = $1"
@@ -106,6 +115,9 @@ _FAILED_BEFORE = _SELECT + " WHERE delivery_status = 'failed' AND id < $2 ORDER 
 _FAILED_OLDEST = _SELECT + " WHERE delivery_status = 'failed' ORDER BY id LIMIT $1"
 _FAILED_AFTER = _SELECT + " WHERE delivery_status = 'failed' AND id > $2 ORDER BY id LIMIT $1"
 _FAILED_COUNT = "SELECT count(*) FROM events WHERE delivery_status = 'failed'"
+# A scoped key's: only the events of its PSE accounts' payments.
+_OF_ACCOUNTS = of_accounts("events.payment_id")
+_FAILED_COUNT_IN = f"{_FAILED_COUNT} AND {_OF_ACCOUNTS.format('$1')}"
 _ATTEMPTS_OF = (
     "SELECT event_id, attempt, at, url, status_code, duration_ms, error "
     "FROM event_deliveries WHERE event_id = ANY($1::text[]) ORDER BY id"
@@ -166,12 +178,16 @@ class OutboxRepository:
         record = await self.conn.fetchrow(_GET, event_id)
         return event_from_record(record) if record else None
 
-    def _filtered(self, types: Sequence[str], refund_id: str | None) -> Conditions:
+    def _filtered(
+        self, types: Sequence[str], refund_id: str | None, accounts: Sequence[str] | None = None
+    ) -> Conditions:
         where = Conditions()
         if types:
             where.add("type = ANY({}::text[])", list(types))
         if refund_id is not None:
             where.add("refund_id = {}", refund_id)
+        if accounts is not None:
+            where.add(_OF_ACCOUNTS, list(accounts))
         return where
 
     async def list_newest(
@@ -181,8 +197,9 @@ class OutboxRepository:
         refund_id: str | None,
         limit: int,
         before: tuple[int, int] | None,
+        accounts: Sequence[str] | None = None,
     ) -> list[OutboxEvent]:
-        where = self._filtered(types, refund_id)
+        where = self._filtered(types, refund_id, accounts)
         if before is not None:
             where.add("(tx, seq) < ({}, {})", *before)
         limit_at = where.next_parameter()
@@ -200,8 +217,9 @@ class OutboxRepository:
         types: Sequence[str],
         refund_id: str | None,
         limit: int,
+        accounts: Sequence[str] | None = None,
     ) -> list[OutboxEvent]:
-        where = self._filtered(types, refund_id)
+        where = self._filtered(types, refund_id, accounts)
         where.add("(tx, seq) > ({}, {})", *after)
         where.add(_HORIZON)
         limit_at = where.next_parameter()
@@ -211,11 +229,12 @@ class OutboxRepository:
         return [event_from_record(record) for record in records]
 
     async def claim_deliveries(
-        self, now: datetime, lease_until: datetime, limit: int
+        self, now: datetime, lease_until: datetime, limit: int, claimer: int | None = None
     ) -> list[OutboxEvent]:
-        """The first undelivered event of each refund, if due, leased to the caller."""
+        """The first undelivered event of each refund, if due (or claimed by a
+        claimer no longer alive), leased to the caller and marked as `claimer`'s."""
         records = await self.conn.fetch(
-            _CLAIM, DeliveryStatus.PENDING.value, now, limit, lease_until
+            _CLAIM, DeliveryStatus.PENDING.value, now, limit, lease_until, claimer
         )
         return [event_from_record(record) for record in records]
 
@@ -255,10 +274,29 @@ class OutboxRepository:
         return rows_affected(status) > 0
 
     async def failed(
-        self, *, limit: int, before_id: str | None, oldest_first: bool = False
+        self,
+        *,
+        limit: int,
+        before_id: str | None,
+        oldest_first: bool = False,
+        accounts: Sequence[str] | None = None,
     ) -> list[OutboxEvent]:
         """Events whose delivery failed, newest first (ids sort by creation);
         oldest first with `oldest_first`, `before_id` then being the one they follow."""
+        if accounts is not None:
+            where = Conditions()
+            where.add("delivery_status = 'failed'")
+            where.add(_OF_ACCOUNTS, list(accounts))
+            if before_id is not None:
+                where.add("id > {}" if oldest_first else "id < {}", before_id)
+            limit_at = where.next_parameter()
+            order = "ASC" if oldest_first else "DESC"
+            scoped = await self.conn.fetch(
+                f"{_SELECT}{where.where()} ORDER BY id {order} LIMIT {limit_at}",
+                *where.args,
+                limit,
+            )
+            return [event_from_record(record) for record in scoped]
         if before_id is None:
             first = _FAILED_OLDEST if oldest_first else _FAILED_FIRST
             records = await self.conn.fetch(first, limit)
@@ -267,8 +305,11 @@ class OutboxRepository:
             records = await self.conn.fetch(following, limit, before_id)
         return [event_from_record(record) for record in records]
 
-    async def failed_count(self) -> int:
-        found: int = await self.conn.fetchval(_FAILED_COUNT)
+    async def failed_count(self, accounts: Sequence[str] | None = None) -> int:
+        if accounts is None:
+            found: int = await self.conn.fetchval(_FAILED_COUNT)
+        else:
+            found = await self.conn.fetchval(_FAILED_COUNT_IN, list(accounts))
         return found
 
     async def attempts_of(self, event_ids: Sequence[str]) -> list[DeliveryAttempt]:

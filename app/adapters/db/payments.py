@@ -45,6 +45,19 @@ _VOLUME = (
     "SELECT currency, count(*) AS payments, sum(amount) AS amount FROM payments "
     "WHERE created_at >= $1 GROUP BY currency ORDER BY currency"
 )
+_VOLUME_IN = _VOLUME.replace(" GROUP BY", " AND pse_account = ANY($2::text[]) GROUP BY")
+
+
+def of_accounts(column: str) -> str:
+    """A `Conditions` clause taking one parameter, the PSE accounts: the
+    payment whose id is in `column` is one of theirs (a row naming no
+    payment is not). For the rows that name a payment but not its account:
+    events, audit records."""
+    return (
+        f"EXISTS (SELECT 1 FROM payments scope_p WHERE scope_p.id = {column} "  # noqa: S608
+        "AND scope_p.pse_account = ANY({}::text[]))"
+    )
+
 
 # The counters a refund's change moves, written with it (see uow.save_refund).
 COUNTERS_UPDATE = Write(
@@ -133,16 +146,28 @@ class PaymentRepository:
         records = await self.conn.fetch(_BY_IDS, list(set(payment_ids)))
         return [payment_from_record(record) for record in records]
 
-    async def volume(self, created_since: datetime) -> list[Volume]:
-        records = await self.conn.fetch(_VOLUME, created_since)
+    async def volume(
+        self, created_since: datetime, accounts: Sequence[str] | None = None
+    ) -> list[Volume]:
+        if accounts is None:
+            records = await self.conn.fetch(_VOLUME, created_since)
+        else:
+            records = await self.conn.fetch(_VOLUME_IN, created_since, list(accounts))
         return [Volume(r["currency"], r["payments"], int(r["amount"])) for r in records]
 
     async def list(
-        self, *, order_id: str | None, limit: int, before_id: str | None
+        self,
+        *,
+        order_id: str | None,
+        limit: int,
+        before_id: str | None,
+        accounts: Sequence[str] | None = None,
     ) -> list[Payment]:
         where = Conditions()
         if order_id is not None:
             where.add("order_id = {}", order_id)
+        if accounts is not None:
+            where.add("pse_account = ANY({}::text[])", list(accounts))
         if before_id is not None:
             where.add("id < {}", before_id)
         limit_at = where.next_parameter()

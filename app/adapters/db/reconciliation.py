@@ -217,11 +217,17 @@ class ReconciliationRepository:
         return rows_affected(status)
 
     async def fx_totals(
-        self, created_from: datetime | None, created_to: datetime | None, currency: str | None
+        self,
+        created_from: datetime | None,
+        created_to: datetime | None,
+        currency: str | None,
+        accounts: Sequence[str] | None = None,
     ) -> list[FxTotal]:
         where = Conditions()
         where.add("status = ANY({}::text[])", _FX_STATUSES)
         where.add("settlement_currency IS NOT NULL")
+        if accounts is not None:
+            where.add("pse_account = ANY({}::text[])", list(accounts))
         if created_from is not None:
             where.add("created_at >= {}", created_from)
         if created_to is not None:
@@ -246,9 +252,13 @@ class ReconciliationRepository:
             for r in records
         ]
 
-    async def list(self, *, limit: int, before_id: str | None) -> list[Reconciliation]:
+    async def list(
+        self, *, limit: int, before_id: str | None, accounts: Sequence[str] | None = None
+    ) -> list[Reconciliation]:
         """Runs newest first (ids sort by creation time)."""
         where = Conditions()
+        if accounts is not None:
+            where.add("pse_account = ANY({}::text[])", list(accounts))
         if before_id is not None:
             where.add("id < {}", before_id)
         limit_at = where.next_parameter()

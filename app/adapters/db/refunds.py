@@ -15,6 +15,7 @@ from typing import Any
 
 import asyncpg
 
+from app.adapters.db.claimer import LIVE_CLAIMERS
 from app.adapters.db.payments import SELECT as PAYMENT_SELECT
 from app.adapters.db.payments import payment_from_record
 from app.adapters.db.statements import Conditions, Write
@@ -230,19 +231,31 @@ _STALE_UNFLAGGED = (
 )
 # SKIP LOCKED lets several workers claim at once without waiting on, or
 # taking, each other's rows; the lease (a later next_check_at) keeps them off
-# these refunds once the short claiming transaction commits.
+# these refunds once the short claiming transaction commits, and claimed_by
+# names the claimer (its advisory lock key, see claimer.py). A refund whose
+# claimer's lock is gone (its process died) is taken again at once, lease or
+# not; one whose checks ended (next_check_at NULL) is not.
 _CLAIM_DUE = (
-    "WITH claimed AS ("
+    f"WITH live AS MATERIALIZED ({LIVE_CLAIMERS}), "  # noqa: S608
+    "claimed AS ("
     " SELECT id, next_check_at FROM refunds"
-    " WHERE status = ANY($1::text[]) AND next_check_at <= $2"
+    " WHERE status = ANY($1::text[]) AND (next_check_at <= $2"
+    "  OR (claimed_by IS NOT NULL AND next_check_at IS NOT NULL"
+    "      AND claimed_by NOT IN (SELECT key FROM live)))"
     " ORDER BY next_check_at LIMIT $3 FOR UPDATE SKIP LOCKED), "
-    "leased AS (UPDATE refunds SET next_check_at = $4 WHERE id IN (SELECT id FROM claimed)) "
+    "leased AS (UPDATE refunds SET next_check_at = $4, claimed_by = $5"
+    " WHERE id IN (SELECT id FROM claimed)) "
     "SELECT id FROM claimed ORDER BY next_check_at"
 )
+# A check is over: the claim is let go of, unless another claimer has taken
+# it meanwhile (this one having lost its lock).
+_RELEASE = "UPDATE refunds SET claimed_by = NULL WHERE id = ANY($1::text[]) AND claimed_by = $2"
 _OPEN_COUNTS = (
     "SELECT status, count(*) AS refunds, count(*) FILTER (WHERE created_at < $2) AS stale "
     "FROM refunds WHERE status = ANY($1::text[]) GROUP BY status"
 )
+# A scoped key's variant of a statement over refunds: only its PSE accounts'.
+_OPEN_COUNTS_IN = _OPEN_COUNTS.replace(" GROUP BY", " AND pse_account = ANY($3::text[]) GROUP BY")
 # Array parameters: one statement shape whatever the batch's size (an IN list
 # of thousands of values would be a new statement, and slow to plan, each time).
 _FOR_SETTLEMENT = (
@@ -266,16 +279,25 @@ _ROWS = (
 _AWAITING_APPROVAL = (
     _SELECT + " WHERE r.status = 'pending_approval' AND r.id > $1 ORDER BY r.id LIMIT $2"
 )
+_AWAITING_APPROVAL_IN = (
+    _SELECT + " WHERE r.status = 'pending_approval' AND r.id > $1 "
+    "AND r.pse_account = ANY($3::text[]) ORDER BY r.id LIMIT $2"
+)
 _FLAGGED_COUNT = "SELECT count(*) FROM refunds WHERE attention IS NOT NULL"
+_FLAGGED_COUNT_IN = _FLAGGED_COUNT + " AND pse_account = ANY($1::text[])"
 _COUNT_BY_STATUS = (
     "SELECT status, count(*) AS refunds FROM refunds "
     "WHERE created_at >= $1 AND created_at < $2 GROUP BY status"
+)
+_COUNT_BY_STATUS_IN = _COUNT_BY_STATUS.replace(
+    " GROUP BY", " AND pse_account = ANY($3::text[]) GROUP BY"
 )
 _VOLUME = (
     "SELECT currency, count(*) AS refunds, sum(amount) AS amount FROM refunds "
     "WHERE created_at >= $1 AND status = ANY($2::text[]) "
     "GROUP BY currency ORDER BY currency"
 )
+_VOLUME_IN = _VOLUME.replace(" GROUP BY", " AND pse_account = ANY($3::text[]) GROUP BY")
 # A final status never moves, so a refund has at most one `succeeded` entry;
 # the partial index of those entries finds the window's.
 _SUCCESS_TIMES = (
@@ -287,6 +309,9 @@ _SUCCESS_TIMES = (
     "FROM refund_status_history h JOIN refunds r ON r.id = h.refund_id "
     "WHERE h.status = 'succeeded' AND h.at >= $1 "
     "GROUP BY r.pse_account ORDER BY r.pse_account"
+)
+_SUCCESS_TIMES_IN = _SUCCESS_TIMES.replace(
+    " GROUP BY", " AND r.pse_account = ANY($2::text[]) GROUP BY"
 )
 
 
@@ -373,16 +398,29 @@ class RefundRepository:
         records = await self.conn.fetch(_STALE_UNFLAGGED, _FINAL, created_before, limit)
         return [record["id"] for record in records]
 
-    async def claim_due(self, now: datetime, lease_until: datetime, limit: int) -> list[str]:
-        """Refunds due for a self-check, leased to the caller until `lease_until`."""
-        records = await self.conn.fetch(_CLAIM_DUE, _CHECKED, now, limit, lease_until)
+    async def claim_due(
+        self, now: datetime, lease_until: datetime, limit: int, claimer: int | None = None
+    ) -> list[str]:
+        """Refunds due for a self-check, or claimed by a claimer no longer alive,
+        leased to the caller until `lease_until` and marked as `claimer`'s."""
+        records = await self.conn.fetch(_CLAIM_DUE, _CHECKED, now, limit, lease_until, claimer)
         return [record["id"] for record in records]
 
-    async def open_counts(self, stale_before: datetime) -> tuple[dict[str, int], int]:
+    async def release_claims(self, refund_ids: Sequence[str], claimer: int) -> None:
+        """`claimer`'s checks of these refunds are over."""
+        await self.conn.execute(_RELEASE, list(refund_ids), claimer)
+
+    async def open_counts(
+        self, stale_before: datetime, accounts: Sequence[str] | None = None
+    ) -> tuple[dict[str, int], int]:
         """Refunds not final, by status, and how many of them are stale."""
         counts = dict.fromkeys(_OPEN, 0)
         stale = 0
-        for record in await self.conn.fetch(_OPEN_COUNTS, _OPEN, stale_before):
+        if accounts is None:
+            records = await self.conn.fetch(_OPEN_COUNTS, _OPEN, stale_before)
+        else:
+            records = await self.conn.fetch(_OPEN_COUNTS_IN, _OPEN, stale_before, list(accounts))
+        for record in records:
             counts[record["status"]] = record["refunds"]
             stale += record["stale"]
         return counts, stale
@@ -413,29 +451,61 @@ class RefundRepository:
         )
         return [RefundRow(*record) for record in records]
 
-    async def awaiting_approval(self, *, limit: int, after_id: str | None) -> list[Refund]:
+    async def awaiting_approval(
+        self, *, limit: int, after_id: str | None, accounts: Sequence[str] | None = None
+    ) -> list[Refund]:
         """Refunds in `pending_approval`, oldest first (ids sort by creation)."""
-        records = await self.conn.fetch(_AWAITING_APPROVAL, after_id or "", limit)
+        if accounts is None:
+            records = await self.conn.fetch(_AWAITING_APPROVAL, after_id or "", limit)
+        else:
+            records = await self.conn.fetch(
+                _AWAITING_APPROVAL_IN, after_id or "", limit, list(accounts)
+            )
         return [refund_from_record(record) for record in records]
 
-    async def flagged_count(self) -> int:
+    async def flagged_count(self, accounts: Sequence[str] | None = None) -> int:
         """Refunds flagged for a person and not yet acknowledged."""
-        found: int = await self.conn.fetchval(_FLAGGED_COUNT)
+        if accounts is None:
+            found: int = await self.conn.fetchval(_FLAGGED_COUNT)
+        else:
+            found = await self.conn.fetchval(_FLAGGED_COUNT_IN, list(accounts))
         return found
 
-    async def count_by_status(self, created_from: datetime, created_to: datetime) -> dict[str, int]:
+    async def count_by_status(
+        self,
+        created_from: datetime,
+        created_to: datetime,
+        accounts: Sequence[str] | None = None,
+    ) -> dict[str, int]:
         """Refunds requested in [from, to), by their status now."""
-        records = await self.conn.fetch(_COUNT_BY_STATUS, created_from, created_to)
+        if accounts is None:
+            records = await self.conn.fetch(_COUNT_BY_STATUS, created_from, created_to)
+        else:
+            records = await self.conn.fetch(
+                _COUNT_BY_STATUS_IN, created_from, created_to, list(accounts)
+            )
         return {record["status"]: record["refunds"] for record in records}
 
     async def volume(
-        self, created_since: datetime, statuses: Sequence[RefundStatus]
+        self,
+        created_since: datetime,
+        statuses: Sequence[RefundStatus],
+        accounts: Sequence[str] | None = None,
     ) -> list[Volume]:
-        records = await self.conn.fetch(_VOLUME, created_since, [s.value for s in statuses])
+        listed = [s.value for s in statuses]
+        if accounts is None:
+            records = await self.conn.fetch(_VOLUME, created_since, listed)
+        else:
+            records = await self.conn.fetch(_VOLUME_IN, created_since, listed, list(accounts))
         return [Volume(r["currency"], r["refunds"], int(r["amount"])) for r in records]
 
-    async def success_times(self, succeeded_since: datetime) -> list[SuccessTimes]:
-        records = await self.conn.fetch(_SUCCESS_TIMES, succeeded_since)
+    async def success_times(
+        self, succeeded_since: datetime, accounts: Sequence[str] | None = None
+    ) -> list[SuccessTimes]:
+        if accounts is None:
+            records = await self.conn.fetch(_SUCCESS_TIMES, succeeded_since)
+        else:
+            records = await self.conn.fetch(_SUCCESS_TIMES_IN, succeeded_since, list(accounts))
         return [
             SuccessTimes(r["pse_account"], r["refunds"], float(r["median"]), float(r["p95"]))
             for r in records
@@ -473,6 +543,8 @@ def _filtered(flt: RefundFilter, before_id: str | None) -> tuple[Conditions, str
         )
     if flt.pse_account is not None:
         where.add("r.pse_account = {}", flt.pse_account)
+    if flt.accounts is not None:
+        where.add("r.pse_account = ANY({}::text[])", list(flt.accounts))
     if flt.currency is not None:
         where.add("r.currency = {}", flt.currency)
     if flt.amount_min is not None:

@@ -16,7 +16,7 @@ from app.api.deps import (
 )
 from app.api.docs import AUTH, problems
 from app.api.problems import ApiError
-from app.api.schemas import AuditPage, Instant
+from app.api.schemas import AuditPage, Instant, SearchText
 from app.domain.records import ApiKey, Role
 from app.services.views import audit_view
 
@@ -33,10 +33,10 @@ OpsOrAdmin = Annotated[ApiKey, Depends(require(Role.OPS, Role.ADMIN))]
 )
 async def search_audit(
     audit: AuditDep,
-    _key: OpsOrAdmin,
-    refund_id: Annotated[str | None, Query(max_length=40)] = None,
-    payment_id: Annotated[str | None, Query(max_length=40)] = None,
-    request_id: Annotated[str | None, Query(max_length=128)] = None,
+    key: OpsOrAdmin,
+    refund_id: Annotated[SearchText, Query(max_length=40)] = None,
+    payment_id: Annotated[SearchText, Query(max_length=40)] = None,
+    request_id: Annotated[SearchText, Query(max_length=128)] = None,
     from_: Annotated[Instant | None, Query(alias="from")] = None,
     to: Annotated[Instant | None, Query()] = None,
     limit: Limit = 50,
@@ -45,7 +45,11 @@ async def search_audit(
     """Every API request and response, PSE call, webhook received and sent, refund
     state change, key created or revoked and approval decision, newest first,
     with secrets and card numbers redacted. Each record carries the hash of the
-    one before it; `pse-refunds audit verify` checks the whole chain."""
+    one before it; `pse-refunds audit verify` checks the whole chain.
+
+    A key scoped to PSE accounts reads only the records of a refund or a
+    payment of those accounts (not those of keys, sign-ins or reconciliation
+    runs, which name neither)."""
     before = None
     if cursor is not None:
         if not cursor.isdigit() or len(cursor) > 18:
@@ -59,6 +63,7 @@ async def search_audit(
         at_to=to,
         limit=limit + 1,
         before_seq=before,
+        scope=key.accounts,
     )
     more = len(records) > limit
     records = records[:limit]

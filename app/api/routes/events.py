@@ -22,7 +22,7 @@ from app.api.deps import (
 )
 from app.api.docs import AUTH, problems
 from app.api.problems import ApiError
-from app.api.schemas import DeliveryOut, EventOut, Page
+from app.api.schemas import DeliveryOut, EventOut, Page, SearchText
 from app.services.events import FROM_THE_START
 from app.services.idempotency import IdempotencyClaim
 from app.services.views import delivery_view, event_view
@@ -85,7 +85,7 @@ async def list_events(
         list[str] | None,
         Query(description=f"one or more of: {', '.join(EVENT_TYPES)}"),
     ] = None,
-    refund_id: Annotated[str | None, Query(max_length=40)] = None,
+    refund_id: Annotated[SearchText, Query(max_length=40)] = None,
     limit: Limit = 50,
     cursor: Cursor = None,
 ) -> Response:
@@ -96,7 +96,10 @@ async def list_events(
     from just after it, with no gaps (an event is
     listed only once every transaction that could still write an earlier one
     has finished), so a store pages forward with `after`, then `cursor` while
-    `next_cursor` is not null, and never misses an event."""
+    `next_cursor` is not null, and never misses an event.
+
+    A key scoped to PSE accounts reads only the events of their payments and
+    refunds (an event of another account is 404, as an unknown one)."""
     for name in type or []:
         if name not in EVENT_TYPES:
             raise ApiError(422, "validation_error", "Unknown event type", f"no event type {name}")

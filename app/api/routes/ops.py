@@ -7,6 +7,7 @@ from starlette.responses import Response
 
 from app.api.deps import Admin, OperationsDep, json_response
 from app.api.docs import AUTH, problems
+from app.api.metrics_access import METRICS_PATH, metrics_refusal
 from app.api.problems import problem_response, request_id_of
 from app.api.schemas import PolicyOut
 
@@ -48,14 +49,30 @@ async def get_policy(operations: OperationsDep, _key: Admin) -> Response:
 
 
 @router.get(
-    "/metrics",
+    METRICS_PATH,
     summary="Prometheus metrics",
-    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+    responses={
+        200: {"content": {"text/plain": {}}, "description": "Prometheus text format"},
+        **problems(
+            (401, "`unauthorized`: `metrics_token` is set and the scrape does not carry it"),
+            (
+                404,
+                "`not_found`: not served here (neither `metrics_token` nor `metrics_port` set, "
+                "or `metrics_port` set and this is not that port)",
+            ),
+        ),
+    },
 )
-async def metrics(operations: OperationsDep) -> Response:
+async def metrics(request: Request, operations: OperationsDep) -> Response:
     """Refunds created and finished by status and account, PSE call latency and
     outcomes, retries, webhooks received by verification result, store webhook
     deliveries and lag, and the refunds currently open by status and stale.
-    Expose it to your Prometheus only (it carries no secret, but business volumes)."""
+
+    Not served by default (404): it carries no secret, but business volumes.
+    With `metrics_token` set, a scrape sends `Authorization: Bearer <metrics_token>`
+    (else 401); with `metrics_port` set, `serve` answers it on that port only."""
+    refusal = metrics_refusal(request, operations.settings)
+    if refusal is not None:  # before any query: a refused scrape costs nothing
+        return refusal
     body = await operations.metrics_text()
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -22,7 +22,7 @@ from app.api.deps import (
     page,
 )
 from app.api.docs import AUTH, problems
-from app.api.schemas import Page, PaymentIn, PaymentOut
+from app.api.schemas import Page, PaymentIn, PaymentOut, SearchText
 from app.domain.models import Payment, RiskLevel
 from app.services.idempotency import IdempotencyClaim
 from app.services.payments import PaymentService, RegisterPayment
@@ -70,6 +70,11 @@ async def register_payment(
     `captured_at` is RFC 3339 text no more than 5 minutes ahead of the
     service's clock; text that cannot be stored (NUL, lone surrogates) is 422
     `validation_error`.
+
+    A key scoped to PSE accounts registers payments of those accounts only:
+    any other `pse_account` is 422 `unknown_pse_account`, worded as for an
+    account that is not configured. Its reads see only its accounts' payments
+    (404 for others).
     """
 
     async def handler(_claim: IdempotencyClaim | None) -> tuple[int, bytes]:
@@ -119,7 +124,7 @@ async def get_payment(payment_id: str, payments: PaymentsDep, _key: Reader) -> R
 async def list_payments(
     payments: PaymentsDep,
     _key: Reader,
-    order_id: Annotated[str | None, Query(max_length=255)] = None,
+    order_id: Annotated[SearchText, Query(max_length=255)] = None,
     limit: Limit = 50,
     cursor: Cursor = None,
 ) -> Response:

@@ -27,6 +27,7 @@ from app.api.schemas import (
     ReconciliationOut,
     ReconciliationRunOut,
 )
+from app.domain.cards import refuse_card_number
 from app.domain.reconciliation import OUTCOMES
 from app.domain.records import Reconciliation
 from app.services.views import reconciliation_line_view, rfc3339
@@ -63,7 +64,12 @@ def _view(rec: Reconciliation) -> dict:
                 "application/json": {"example": {"id": "rec_0193c1d2e3f4", "status": "processing"}}
             },
         },
-        **problems(*AUTH, (413, "`payload_too_large`"), (422, "`unknown_pse_account`")),
+        **problems(
+            *AUTH,
+            (404, "`not_found`: a PSE account outside the key's scope"),
+            (413, "`payload_too_large`"),
+            (422, "`unknown_pse_account`, `card_data_forbidden`"),
+        ),
     },
 )
 async def create_reconciliation(
@@ -80,7 +86,10 @@ async def create_reconciliation(
     status,settled_at,fee,settlement_amount,settlement_currency`, amounts in minor
     units) and Stripe's itemized balance / payout reconciliation exports. A
     malformed file ends `failed` with an error naming its line, and changes
-    nothing."""
+    nothing. A key scoped to PSE accounts reconciles and reads only the runs of
+    its accounts (404 for any other). A file name holding a card number is
+    refused (422 `card_data_forbidden`): the name is stored with the run."""
+    refuse_card_number(file.filename, "the file's name")
     reconciliation = await reconciliations.accept(
         pse_account, file.filename, key.id, file.read, jobs
     )

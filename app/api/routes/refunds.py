@@ -40,6 +40,7 @@ from app.api.schemas import (
     RefundIn,
     RefundOut,
     RejectIn,
+    SearchText,
 )
 from app.domain.models import Refund, RefundStatus
 from app.services.idempotency import IdempotencyClaim, KeyedRequest, request_fingerprint
@@ -137,7 +138,9 @@ async def create_refund(
     responses=problems(*AUTH, 404),
 )
 async def get_refund(refund_id: RefundId, refunds: RefundsDep, _key: Reader) -> Response:
-    """The refund with its approvals and full status history."""
+    """The refund with its approvals and full status history. A key scoped to
+    PSE accounts gets 404 for a refund of another account, here and on every
+    action, as for an unknown id."""
     return json_response(200, refund_view(await refunds.get(refund_id)))
 
 
@@ -154,7 +157,7 @@ async def list_refunds(
         list[RefundStatus] | None,
         Query(description="one or more statuses (repeat the parameter)"),
     ] = None,
-    payment_id: Annotated[str | None, Query(max_length=40)] = None,
+    payment_id: Annotated[SearchText, Query(max_length=40)] = None,
     created_from: Annotated[Instant | None, Query()] = None,
     created_to: Annotated[Instant | None, Query()] = None,
     stale: Annotated[
@@ -176,7 +179,8 @@ async def list_refunds(
     must clear before customers open chargebacks. `needs_attention=true` lists
     the refunds flagged for a person (an event contradicting a final status, a
     PSE refund carrying our reference, a doubled refund at the PSE, a stale
-    refund…) until ops acknowledge them, oldest first."""
+    refund…) until ops acknowledge them, oldest first. A key scoped to PSE
+    accounts lists only their refunds."""
     items = await refunds.list(
         statuses=status or [],
         payment_id=payment_id,

@@ -29,6 +29,7 @@ from app.console.formatting import error_message
 from app.console.paging import decode_cursor, encode_cursor, link
 from app.console.rendering import render
 from app.console.security import base_path
+from app.domain.cards import refuse_card_number
 from app.domain.console import Flash
 from app.domain.errors import DomainError, InvalidInput
 from app.domain.reconciliation import OUTCOMES, ReconciliationStatus
@@ -108,6 +109,7 @@ async def reconciliations(
     except DomainError as error:
         messages.append(error_message(error))
         status = 422
+        fx_typed = {name: inputs.echoed(value) for name, value in fx_typed.items()}
     next_url = None
     if runs.next_cursor is not None:
         next_url = link(f"{base}/reconciliations", [("cursor", encode_cursor(runs.next_cursor))])
@@ -149,6 +151,7 @@ async def upload(
             raise InvalidInput("choose the PSE account the settlement file comes from")
         if file is None or (not file.filename and not file.size):
             raise InvalidInput("choose the settlement file to upload")
+        refuse_card_number(file.filename, "the file's name")
         if not file.size:
             raise InvalidInput(f"the file {file.filename!r} is empty")
         return await reconciliations.accept(

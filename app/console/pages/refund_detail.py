@@ -20,7 +20,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Form, Request
 from starlette.responses import Response
 
-from app.console import wording
+from app.console import inputs, wording
 from app.console.actions import Act, redirect
 from app.console.deps import (
     ActDep,
@@ -37,7 +37,6 @@ from app.domain.console import Flash
 from app.domain.errors import InvalidInput, NotFound
 from app.domain.models import Refund, RefundStatus
 from app.domain.records import Role
-from app.domain.text import text_problem
 from app.services.console import ConsoleService
 from app.services.console_queries import ConsoleQueries
 from app.services.console_results import (
@@ -203,18 +202,9 @@ Cursor = Annotated[str, Form(max_length=400)]
 
 def _note(note: str, *, required: str | None = None) -> str | None:
     """The note as the services take it: None when empty, refused when
-    `required` (why it is) and empty, too long, or not storable."""
-    note = note.strip()
-    if not note:
-        if required:
-            raise InvalidInput(required)
-        return None
-    if len(note) > NOTE_MAX:
-        raise InvalidInput(f"the note may be at most {NOTE_MAX} characters long")
-    problem = text_problem(note)
-    if problem is not None:
-        raise InvalidInput(f"the note cannot be stored: {problem}")
-    return note
+    `required` (why it is) and empty, too long, not storable, or holding a
+    card number."""
+    return inputs.free_text(note, "the note", NOTE_MAX, required=required)
 
 
 def _back(refund_id: str, source: str, cursor: str, blocked_cursor: str) -> str:
@@ -282,9 +272,9 @@ async def _decide(
                 queries,
                 approvals.Cursors(cursor, blocked_cursor),
                 status=_status_of(error),
-                typed=approvals.Typed(refund_id, note, error),
+                typed=approvals.Typed(refund_id, inputs.echoed(note), error),
             )
-        typed = Typed("decide", {"note": note}, error)
+        typed = Typed("decide", {"note": inputs.echoed(note)}, error)
         return await show(
             request, act.viewer, queries, refund_id, status=_status_of(error), typed=typed
         )
@@ -371,7 +361,7 @@ def _again(
     request: Request, act: Act, queries: ConsoleQueries, refund_id: str, form: str, **values: str
 ) -> Callable[[Flash], Awaitable[Response]]:
     async def again(error: Flash) -> Response:
-        typed = Typed(form, values, error)
+        typed = Typed(form, {name: inputs.echoed(value) for name, value in values.items()}, error)
         return await show(
             request, act.viewer, queries, refund_id, status=_status_of(error), typed=typed
         )
@@ -454,14 +444,13 @@ async def offline_payout(
 ) -> Response:
     async def call() -> Refund:
         act.viewer.require(Role.OPS)
-        ref = reference.strip()
-        if not ref:
-            raise InvalidInput("the payout reference is required: the bank transfer's or other")
-        if len(ref) > REFERENCE_MAX:
-            raise InvalidInput(f"the reference may be at most {REFERENCE_MAX} characters long")
-        problem = text_problem(ref)
-        if problem is not None:
-            raise InvalidInput(f"the reference cannot be stored: {problem}")
+        ref = inputs.free_text(
+            reference,
+            "the reference",
+            REFERENCE_MAX,
+            required="the payout reference is required: the bank transfer's or other",
+        )
+        assert ref is not None
         return await refunds.offline_payout(refund_id, act.viewer.actor, ref, _paid_at(paid_on))
 
     return await _run_or_show(

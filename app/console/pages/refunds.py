@@ -8,7 +8,7 @@ address with `.csv`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC
 
 from fastapi import APIRouter, Request
@@ -31,6 +31,16 @@ PAGE_SIZE = 50
 # An order id may be as long as the API takes one (a payment id is shorter).
 ID_LENGTH = 255
 STATUSES = tuple(status.value for status in RefundStatus)
+_TEXT_FIELDS = (
+    "pse_account",
+    "q",
+    "created_from",
+    "created_to",
+    "currency",
+    "amount_min",
+    "amount_max",
+    "cursor",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +80,12 @@ class SearchForm:
             cursor=value("cursor"),
         )
 
+    def echoed(self) -> SearchForm:
+        """The form as a refused search shows it back (and links to it):
+        card numbers typed into it masked to their last four digits."""
+        texts = {name: inputs.echoed(getattr(self, name)) for name in _TEXT_FIELDS}
+        return replace(self, **texts, statuses=tuple(map(inputs.echoed, self.statuses)))
+
     def params(self) -> list[tuple[str, str]]:
         """The filters as a query, without the page's cursor."""
         return [
@@ -94,6 +110,7 @@ class SearchForm:
         UnknownCurrency, UnknownPseAccount) naming the field that is wrong."""
         statuses = []
         for status in self.statuses:
+            inputs.text(status, "The status")
             if status not in STATUSES:
                 raise InvalidInput(
                     f"there is no status {status[:40]!r}; the statuses are {', '.join(STATUSES)}"
@@ -161,7 +178,7 @@ async def refunds(request: Request, viewer: ViewerDep, queries: ConsoleQueriesDe
         )
     except DomainError as error:
         # A filter that cannot be read: the form again, with what was typed and why.
-        return _page(request, form, accounts, status=422, error=error)
+        return _page(request, form.echoed(), accounts, status=422, error=error)
     base = base_path(request)
     next_url = None
     if found.next_cursor is not None:
@@ -184,7 +201,7 @@ async def export(
         # the stream has begun it can no longer become an error page.
         lines = await queries.export_csv(form.search(accounts))
     except DomainError as error:
-        return _page(request, form, accounts, status=422, error=error)
+        return _page(request, form.echoed(), accounts, status=422, error=error)
     stamp = clock.now().astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
     return StreamingResponse(
         lines,
