@@ -30,6 +30,7 @@ STATUS_BY_ERROR: dict[type[e.DomainError], int] = {
     e.UnknownPseAccount: 422,
     e.PaymentConflict: 409,
     e.InvalidState: 409,
+    e.PaymentDisputed: 409,
     e.SelfApprovalForbidden: 403,
     e.ApprovalLevelInsufficient: 403,
     e.AlreadyDecided: 409,

@@ -67,6 +67,11 @@ class InvalidState(DomainError):
     title = "The refund is not in a state that allows this"
 
 
+class PaymentDisputed(DomainError):
+    code = "payment_disputed"
+    title = "The payment has an open dispute"
+
+
 class SelfApprovalForbidden(DomainError):
     code = "self_approval_forbidden"
     title = "The key that created a refund cannot decide on it"

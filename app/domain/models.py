@@ -19,6 +19,7 @@ from app.domain.errors import (
     ApprovalLevelInsufficient,
     CurrencyMismatch,
     InvalidState,
+    PaymentDisputed,
     SelfApprovalForbidden,
 )
 from app.domain.money import Money
@@ -58,7 +59,8 @@ FINAL_STATUSES = frozenset({S.SUCCEEDED, S.FAILED, S.REJECTED, S.CANCELED, S.OFF
 TRANSITIONS: dict[RefundStatus, frozenset[RefundStatus]] = {
     S.PENDING_APPROVAL: frozenset({S.APPROVED, S.REJECTED, S.CANCELED, S.OFFLINE_REQUIRED}),
     S.OFFLINE_REQUIRED: frozenset({S.OFFLINE_PAID, S.CANCELED}),
-    S.APPROVED: frozenset({S.SUBMITTING, S.CANCELED, S.OFFLINE_REQUIRED}),
+    # Back to pending_approval only when held: its payment is disputed.
+    S.APPROVED: frozenset({S.SUBMITTING, S.CANCELED, S.OFFLINE_REQUIRED, S.PENDING_APPROVAL}),
     S.SUBMITTING: frozenset({S.PENDING, S.SUCCEEDED, S.FAILED, S.UNKNOWN, S.OFFLINE_REQUIRED}),
     S.UNKNOWN: frozenset({S.PENDING, S.SUCCEEDED, S.FAILED}),
     S.PENDING: frozenset({S.SUCCEEDED, S.FAILED}),
@@ -70,6 +72,11 @@ RESERVING = frozenset(set(RefundStatus) - FINAL_STATUSES)
 PAID_OUT = frozenset({S.SUCCEEDED, S.OFFLINE_PAID})
 # Statuses a refund can still be canceled in: nothing was sent to a PSE.
 CANCELABLE = frozenset({S.PENDING_APPROVAL, S.APPROVED, S.OFFLINE_REQUIRED})
+
+# Not yet with a PSE: a dispute opening on the payment holds (or cancels) them.
+HOLDABLE = frozenset({S.PENDING_APPROVAL, S.APPROVED, S.OFFLINE_REQUIRED})
+# Why a held refund waits.
+DISPUTE_HOLD = "payment_disputed"
 
 # The event each status change raises for the store backend.
 EVENT_FOR_STATUS: dict[RefundStatus, str] = {
@@ -172,6 +179,10 @@ class Payment:
     settlement_rate: Decimal
     refunded_amount: int = 0
     reserved_amount: int = 0
+    # Disputes lost (the money taken back by the customer's bank) count like
+    # refunds; while a dispute is open, no refund may be requested.
+    disputed_amount: int = 0
+    open_disputes: int = 0
     created_at: datetime | None = None
     updated_at: datetime | None = None
     # The counters (refunded, reserved, updated_at) as storage last held them,
@@ -192,7 +203,11 @@ class Payment:
     @property
     def refundable(self) -> Money:
         return Money(
-            self.amount.amount - self.refunded_amount - self.reserved_amount, self.currency
+            self.amount.amount
+            - self.refunded_amount
+            - self.reserved_amount
+            - self.disputed_amount,
+            self.currency,
         )
 
     def registration(self) -> tuple[Any, ...]:
@@ -226,7 +241,13 @@ class Payment:
         """Check the rules in the contract's order and reserve the amount.
 
         Call with the payment locked: the check and the reservation are one step.
+        A payment with an open dispute takes no new refund: its customer's bank
+        may be giving the money back already.
         """
+        if self.open_disputes:
+            raise PaymentDisputed(
+                f"payment {self.id} has an open dispute: no refund until it is closed"
+            )
         money = amount if amount is not None else self.refundable
         if money.currency != self.currency:
             raise CurrencyMismatch(self.currency, money.currency)
@@ -322,6 +343,8 @@ class Refund:
     # Why the refund last raised `refund.needs_attention`, until a person acknowledges it.
     attention: str | None = None
     attention_at: datetime | None = None
+    # Why the refund is held back from the PSE (DISPUTE_HOLD), until released.
+    hold: str | None = None
     # Set when the status changed since the refund was loaded: its checks are rescheduled.
     status_changed: bool = False
     # Raised by the last operations, written to the outbox by the service.
@@ -366,6 +389,8 @@ class Refund:
         if to not in TRANSITIONS[self.status]:
             raise InvalidState(f"a refund cannot go from {self.status} to {to}")
         previous = self.status
+        if to.is_final:
+            self.hold = None  # an ended refund holds nothing back
         self._enter(to, at, actor, detail)
         payment.settle_refund(self, previous, at)
 
@@ -418,6 +443,10 @@ class Refund:
 
     def approve(self, payment: Payment, approver: Approver, note: str | None, at: datetime) -> None:
         self._check_decider(approver)
+        if self.hold is not None:
+            raise PaymentDisputed(
+                "the payment has an open dispute: this refund is held until it is closed"
+            )
         granted = self._granted_levels()
         if not can_fill_a_slot(tuple(self.required_approvals), granted, approver.level):
             raise ApprovalLevelInsufficient(
@@ -465,6 +494,10 @@ class Refund:
     ) -> None:
         if self.status is not S.OFFLINE_REQUIRED:
             raise InvalidState(f"the refund is {self.status}, not offline_required")
+        if self.hold is not None:
+            raise PaymentDisputed(
+                "the payment has an open dispute: pay nothing out until it is closed"
+            )
         self.offline_reference = reference
         self.offline_paid_at = paid_at
         self._move(payment, S.OFFLINE_PAID, at, actor.name, f"reference {reference}")
@@ -594,6 +627,45 @@ class Refund:
             and settled.currency == self.settlement_currency
         ):
             self.fx_difference = settled.amount - self.settlement_amount
+
+    # -- disputes on the payment --------------------------------------------
+
+    def hold_for_dispute(
+        self, payment: Payment, at: datetime, *, cancel: bool, actor: str = "policy"
+    ) -> None:
+        """A dispute opened on the payment. Not yet with a PSE: held (an
+        approved refund goes back to pending_approval) or, by policy, canceled.
+        Already with the PSE, or paid: flagged, for a person to look at."""
+        if self.status in HOLDABLE:
+            if cancel:
+                self.cancel(payment, Actor(actor, actor), at, "payment disputed")
+                self.flag("canceled: a dispute opened on the payment", at)
+                return
+            self.hold = DISPUTE_HOLD
+            if self.status is S.APPROVED:
+                self._move(payment, S.PENDING_APPROVAL, at, actor, DISPUTE_HOLD)
+            else:
+                self.updated_at = at
+            self.flag("held: a dispute opened on the payment", at)
+        elif self.status in (S.SUBMITTING, S.UNKNOWN, S.PENDING, S.SUCCEEDED):
+            self.flag(
+                "a dispute opened on the payment after this refund was sent: the "
+                "customer may get the money back twice",
+                at,
+            )
+
+    def release_hold(self, payment: Payment, at: datetime, actor: str = "policy") -> None:
+        """The payment's disputes are closed: the refund goes on from where it
+        was held (approved again when its approvals were complete)."""
+        if self.hold is None:
+            return
+        self.hold = None
+        self.updated_at = at
+        if self.status is S.PENDING_APPROVAL and approvals_satisfied(
+            tuple(self.required_approvals), self._granted_levels()
+        ):
+            to = S.OFFLINE_REQUIRED if self.offline else S.APPROVED
+            self._move(payment, to, at, actor, "dispute closed: hold released")
 
     def flag(self, detail: str, at: datetime) -> None:
         """Raise `refund.needs_attention` without changing the status; the refund

@@ -83,6 +83,13 @@ class ApprovalReason:
     daily_limit: int | None = None
 
 
+class OnDispute(StrEnum):
+    """What a dispute opening on a payment does to its refunds not yet sent to the PSE."""
+
+    HOLD = "hold"
+    CANCEL = "cancel"
+
+
 @dataclass(frozen=True, slots=True)
 class RefundPolicy:
     refund_window_days: int = 180
@@ -93,6 +100,7 @@ class RefundPolicy:
     rates: tuple[TrustedRate, ...] = ()
     # A configured rate older than this is not trusted (None: any age).
     rate_max_age_days: int | None = None
+    on_dispute: OnDispute = OnDispute.HOLD
 
     def refund_deadline(self, captured_at: datetime, window_days: int | None = None) -> datetime:
         return captured_at + timedelta(days=window_days or self.refund_window_days)

@@ -10,8 +10,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from app.domain.money import Money
+
+if TYPE_CHECKING:
+    from app.domain.disputes import DisputeReport
 
 
 class PseRefundState(StrEnum):
@@ -109,6 +113,8 @@ class PseWebhookEvent:
     event_id: str
     event_type: str
     refund: PseRefund | None
+    # A dispute (chargeback) event: what the PSE says of the dispute now.
+    dispute: DisputeReport | None = None
 
 
 class InvalidWebhookSignature(Exception):

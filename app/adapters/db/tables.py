@@ -69,6 +69,9 @@ payments = Table(
     Column("settlement_rate", String(40), nullable=False),
     Column("refunded_amount", BigInteger, nullable=False, default=0),
     Column("reserved_amount", BigInteger, nullable=False, default=0),
+    # Migration 0009: lost disputes count like refunds; open ones block refunds.
+    Column("disputed_amount", BigInteger, nullable=False, server_default=text("0")),
+    Column("open_disputes", Integer, nullable=False, server_default=text("0")),
     Column("created_by", String(40), nullable=True),
     Column("created_at", UtcDateTime, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
@@ -113,6 +116,8 @@ refunds = Table(
     Column("attention_at", UtcDateTime, nullable=True),
     # The session advisory lock key of the worker holding the self-check lease.
     Column("claimed_by", BigInteger, nullable=True),
+    # Why the refund is held back from the PSE (payment_disputed), until released.
+    Column("hold", String(32), nullable=True),
     Index("ix_refunds_payment_id", "payment_id"),
     Index("ix_refunds_status", "status"),
     Index("ix_refunds_pse", "pse_account", "pse_refund_id"),
@@ -343,6 +348,30 @@ audit_head = Table(
 )
 
 # Console sessions: the hash of the cookie's token, never the token.
+# Disputes (chargebacks) on payments, from PSE webhooks or reported through the API.
+disputes = Table(
+    "disputes",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("payment_id", String(40), ForeignKey("payments.id"), nullable=False),
+    Column("pse_account", String(64), nullable=False),
+    Column("pse_dispute_id", String(255), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("reason", Text, nullable=True),
+    Column("status", String(16), nullable=False),  # open | won | lost | closed
+    Column("counted_amount", BigInteger, nullable=False, server_default=text("0")),
+    Column("source", String(16), nullable=False),  # pse | api
+    Column("opened_at", UtcDateTime, nullable=False),
+    Column("closed_at", UtcDateTime, nullable=True),
+    Column("evidence_due_by", UtcDateTime, nullable=True),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    UniqueConstraint("pse_account", "pse_dispute_id", name="uq_disputes_pse_account"),
+    Index("ix_disputes_payment_id", "payment_id"),
+    Index("ix_disputes_open", "evidence_due_by", postgresql_where=text("status = 'open'")),
+)
+
 console_sessions = Table(
     "console_sessions",
     metadata,
