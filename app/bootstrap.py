@@ -25,7 +25,7 @@ from app.adapters.settlement.parsers import SettlementFileError, open_settlement
 from app.config import AccountSettings, ConfigError, Settings, secrets_of
 from app.domain.console import SessionLimits
 from app.domain.money import parse_rate
-from app.domain.policy import ApprovalTier, RefundPolicy, TrustedRate
+from app.domain.policy import ApprovalTier, OnDispute, RefundPolicy, TrustedRate
 from app.domain.ports import (
     Clock,
     PseGateway,
@@ -38,6 +38,7 @@ from app.services.console import ConsoleService
 from app.services.console_queries import ConsoleQueries
 from app.services.context import AccountInfo, Deps
 from app.services.dispatch import BackgroundSubmitter
+from app.services.disputes import DisputeService
 from app.services.events import DeliveryService, EventService, RetryPolicy
 from app.services.idempotency import IdempotencyService
 from app.services.jobs import BackgroundJobs
@@ -66,6 +67,7 @@ def policy_from(settings: Settings) -> RefundPolicy:
             for pair, r in p.rates.items()
         ),
         rate_max_age_days=p.rate_max_age_days,
+        on_dispute=OnDispute(p.on_dispute),
     )
 
 
@@ -130,6 +132,7 @@ class Container:
     deps: Deps
     payments: PaymentService
     refunds: RefundService
+    disputes: DisputeService
     submissions: SubmissionService
     webhooks: WebhookService
     keys: KeyService
@@ -161,7 +164,7 @@ class Container:
 
     def __post_init__(self) -> None:
         self.operations = Operations(self.deps, self.settings, self.audit, self.readiness)
-        self.console_queries = ConsoleQueries(self.deps, self.deliveries)
+        self.console_queries = ConsoleQueries(self.deps, self.deliveries, self.disputes)
 
     @property
     def shares_metrics(self) -> bool:
@@ -295,7 +298,8 @@ def build_container(
         lease_seconds=max(60.0, (hook.timeout_seconds * 3) if hook else 60.0),
         claimer=claimer,
     )
-    webhooks = WebhookService(deps)
+    disputes = DisputeService(deps)
+    webhooks = WebhookService(deps, disputes)
     submissions = SubmissionService(
         deps, webhooks, submitting_grace_seconds=settings.worker.submitting_grace_seconds
     )
@@ -310,6 +314,7 @@ def build_container(
         deps=deps,
         payments=PaymentService(deps),
         refunds=RefundService(deps),
+        disputes=disputes,
         submissions=submissions,
         webhooks=webhooks,
         keys=keys,

@@ -276,6 +276,9 @@ class PolicySettings(_Strict):
     offline_payment_methods: list[str] = Field(
         default_factory=lambda: ["konbini", "pay_easy", "bank_transfer", "cash", "cash_on_delivery"]
     )
+    # What a dispute opening on a payment does to its refunds not yet sent to
+    # the PSE: held (back to pending_approval until it closes) or canceled.
+    on_dispute: Literal["hold", "cancel"] = "hold"
 
 
 class WorkerSettings(_Strict):

@@ -1,7 +1,8 @@
 """Prometheus metrics: one registry per process (built by the composition root).
 
 Counters and histograms are updated where things happen; the gauges of
-current state (refunds unknown, waiting for approval, stale; delivery lag)
+current state (refunds unknown, waiting for approval, stale; open and lost
+disputes; delivery lag)
 are read from the database when `/metrics` is scraped, so every process
 reports the same truth.
 
@@ -85,6 +86,13 @@ class Metrics:
             ["pse_account", "result"],
             registry=r,
         )
+        self.disputes = Counter(
+            "disputes",
+            "Disputes opened and ended, by PSE account and outcome (opened, won, lost, "
+            "closed, reinstated)",
+            ["pse_account", "outcome"],
+            registry=r,
+        )
         self.events_delivered = Counter(
             "store_webhook_deliveries",
             "Attempts to deliver events to the store's webhook, by outcome",
@@ -102,6 +110,28 @@ class Metrics:
         self.refunds_stale = Gauge(
             "refunds_stale",
             "Refunds not final and older than the SLA",
+            registry=r,
+            multiprocess_mode="mostrecent",
+        )
+        self.disputes_open = Gauge(
+            "disputes_open",
+            "Disputes open, by PSE account",
+            ["pse_account"],
+            registry=r,
+            multiprocess_mode="mostrecent",
+        )
+        self.disputes_open_amount = Gauge(
+            "disputes_open_amount",
+            "What the open disputes are for, in minor units, by PSE account and currency",
+            ["pse_account", "currency"],
+            registry=r,
+            multiprocess_mode="mostrecent",
+        )
+        self.disputes_lost_amount = Gauge(
+            "disputes_lost_amount",
+            "What lost disputes counted against their payments (their disputed_amount), "
+            "in minor units, by PSE account and currency",
+            ["pse_account", "currency"],
             registry=r,
             multiprocess_mode="mostrecent",
         )

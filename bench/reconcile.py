@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.adapters.db.engine import migrate  # noqa: E402
-from app.adapters.db.payments import COLUMNS as PAYMENTS_COLUMNS  # noqa: E402
+from bench.refunds import SEED_PAYMENT_COLUMNS  # noqa: E402
 
 HEADER = (
     "pse_refund_id,reference,type,amount,currency,status,settled_at,fee,"
@@ -67,7 +67,7 @@ async def seed(dsn: str, rows: int) -> None:
         await conn.copy_records_to_table(
             "payments",
             records=payments,
-            columns=list(PAYMENTS_COLUMNS),
+            columns=SEED_PAYMENT_COLUMNS,
         )
         del payments
         batch = []

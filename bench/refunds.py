@@ -6,13 +6,18 @@ once (bench/pse_double.py; `--pse sandbox` runs the full sandbox PSE instead,
 settling nothing for an hour) and the service (`pse-refunds serve`, worker disabled, so only
 the request path and the background submission right after it run), and loads
 `POST /v1/refunds` with wrk: 32 connections, 2 threads, a random payment and a
-fresh Idempotency-Key per request. Then the same load against the yardstick
-(bench/yardstick.py: one FastAPI endpoint doing the bare transaction on a raw
-asyncpg pool), and prints both side by side with the targets:
-service >= 0.5 x yardstick, p99 <= 100 ms, audit overhead <= 15 %.
+fresh Idempotency-Key per request. Then the same load against two yardsticks:
+the one-transaction yardstick (bench/yardstick.py: one FastAPI endpoint doing
+the bare transaction on a raw asyncpg pool) and the same-protocol yardstick
+(bench/protocol_yardstick.py: the service's three transactions, idempotency,
+history, outbox, audit and the call to the same PSE double, in the least
+code), and prints all side by side with the targets: service >= 0.5 x the
+one-transaction yardstick, p99 <= 100 ms, audit overhead <= 15 %, and the
+ratio service / same-protocol yardstick (above 1: the service beats the least
+code doing the same work).
 
     .venv/bin/python bench/refunds.py [--duration 15] [--warmup 3] [--connections 32]
-        [--threads 2] [--audit on|off|both] [--only service|yardstick]
+        [--threads 2] [--audit on|off|both] [--only service|yardstick|protocol]
         [--pse double|sandbox] [--workers N] [--keep-db]
         [--keep-logs] [--profile DIR] [--dsn postgresql://postgres@127.0.0.1:5432/postgres]
 
@@ -44,7 +49,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -59,8 +64,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from app.adapters.db.engine import migrate  # noqa: E402
-from app.adapters.db.payments import COLUMNS as PAYMENTS_COLUMNS  # noqa: E402
 from app.services.ids import new_id  # noqa: E402
+from bench.protocol_yardstick import DDL as PROTOCOL_YARDSTICK_DDL  # noqa: E402
 from bench.yardstick import DDL as YARDSTICK_DDL  # noqa: E402
 
 DEFAULT_ADMIN_DSN = os.environ.get("BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -74,6 +79,27 @@ TARGET_P99_MS = 100.0
 TARGET_AUDIT_OVERHEAD = 0.15
 MAX_FAILURE_SHARE = 0.01
 OPEN_STATUSES = ("approved", "submitting")
+# The payments columns the seeds write, in their records' order (named here, not
+# taken from the repository: columns added later keep their database defaults).
+SEED_PAYMENT_COLUMNS = [
+    "id",
+    "pse_account",
+    "pse_payment_id",
+    "order_id",
+    "amount",
+    "currency",
+    "captured_at",
+    "payment_method",
+    "risk_level",
+    "settlement_currency",
+    "settlement_rate",
+    "refunded_amount",
+    "reserved_amount",
+    "created_at",
+    "updated_at",
+]
+YARDSTICK_LABEL = "one-tx yardstick"
+PROTOCOL_LABEL = "protocol yardstick"
 
 # One POST per request: a random payment of the file, amount 1, and an
 # Idempotency-Key made of the run's nonce, the thread, a counter and randomness.
@@ -384,8 +410,7 @@ async def seed_payments(
             )
             for i, p in enumerate(seeded)
         ],
-        # The records are built in the order of the repository's columns.
-        columns=list(PAYMENTS_COLUMNS),
+        columns=SEED_PAYMENT_COLUMNS,
     )
     return seeded
 
@@ -914,16 +939,142 @@ async def measure(
     return result
 
 
-async def wait_submissions(db: ScratchDb, within: float = 60.0) -> tuple[float, Counter[str]]:
+async def wait_drained(
+    statuses: Callable[[], Awaitable[Counter[str]]], within: float = 60.0
+) -> tuple[float, Counter[str]]:
     """How long after the load the background submissions took to reach the PSE."""
     started = time.monotonic()
     while True:
-        statuses = await refund_statuses(db)
-        if not any(statuses[s] for s in OPEN_STATUSES):
-            return time.monotonic() - started, statuses
+        now = await statuses()
+        if not any(now[s] for s in OPEN_STATUSES):
+            return time.monotonic() - started, now
         if time.monotonic() - started > within:
-            return float("inf"), statuses
+            return float("inf"), now
         await asyncio.sleep(0.25)
+
+
+async def wait_submissions(db: ScratchDb, within: float = 60.0) -> tuple[float, Counter[str]]:
+    return await wait_drained(lambda: refund_statuses(db), within)
+
+
+def submissions_note(created: int, drained: float, after: Counter[str]) -> str:
+    return (
+        f"{created:,} refunds created (warm-up included); "
+        + (
+            f"all sent to the PSE {drained:.1f} s after the load"
+            if drained != float("inf")
+            else f"{sum(after[s] for s in OPEN_STATUSES):,} still not sent 60 s after the load"
+        )
+        + f"; statuses {dict(after)}"
+    )
+
+
+async def start_pse(children: Children, kind: str) -> tuple[Child, str]:
+    """The PSE the service and the same-protocol yardstick call: the double
+    (bench/pse_double.py) or the full sandbox (settling nothing for an hour)."""
+    port = free_port()
+    if kind == "sandbox":
+        argv = [
+            *cli_command(),
+            "sandbox",
+            "--host",
+            LOOPBACK,
+            "--port",
+            str(port),
+            "--api-key",
+            SANDBOX_KEY,
+            "--settle-delay",
+            "3600",
+        ]
+    else:
+        argv = [sys.executable, str(BENCH / "pse_double.py"), "--port", str(port)]
+    pse = await children.start(f"pse-{kind}", argv, child_env())
+    url = f"http://{LOOPBACK}:{port}"
+    await wait_http(f"{url}/{'openapi.json' if kind == 'sandbox' else 'healthz'}", pse)
+    return pse, url
+
+
+async def start_service(
+    children: Children,
+    workdir: Path,
+    db: ScratchDb,
+    sandbox_url: str,
+    *,
+    slug: str,
+    audit: bool | None,
+    workers: int = 1,
+) -> tuple[Child, str]:
+    """`pse-refunds serve` (worker disabled) on a free port, once it is ready."""
+    config = workdir / f"{slug}.toml"
+    config.write_text(service_toml(db.url, sandbox_url, audit=audit))
+    port = free_port()
+    argv = [*cli_command(), "serve", "--host", LOOPBACK, "--port", str(port)]
+    if workers > 1:
+        argv += ["--workers", str(workers)]
+    service = await children.start(slug, argv, child_env(config))
+    base = f"http://{LOOPBACK}:{port}"
+    await wait_http(f"{base}/readyz", service)
+    return service, base
+
+
+async def start_uvicorn(
+    children: Children, name: str, app: str, env: dict[str, str]
+) -> tuple[Child, str]:
+    """A yardstick app served the way the service is: uvicorn, one worker, no access log."""
+    port = free_port()
+    argv = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        app,
+        "--host",
+        LOOPBACK,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--log-level",
+        "warning",
+        "--no-access-log",
+    ]
+    child = await children.start(name, argv, env)
+    base = f"http://{LOOPBACK}:{port}"
+    await wait_http(f"{base}/openapi.json", child)
+    return child, base
+
+
+@dataclass
+class Prepared:
+    """A seeded scratch database and what the load needs to reach it."""
+
+    payments: list[SeededPayment]
+    ids_file: Path
+    script: Path
+    key: str
+    pg_version: str
+
+
+async def prepare(db: ScratchDb, workdir: Path, payments: int) -> Prepared:
+    """Create and seed the scratch database (payments, the yardsticks' tables), write
+    wrk's payment ids file and script, and create the service's store key."""
+    await db.create()
+    conn = await db.connect()
+    try:
+        seeded = await seed_payments(conn, payments)
+        await conn.execute(YARDSTICK_DDL)
+        await conn.execute(PROTOCOL_YARDSTICK_DDL)
+        await conn.execute("ANALYZE")
+        pg_version = str(await conn.fetchval("SHOW server_version"))
+    finally:
+        await conn.close()
+    ids_file = workdir / "payment_ids.txt"
+    ids_file.write_text("".join(f"{p.id}\n" for p in seeded))
+    script = workdir / "refunds.lua"
+    script.write_text(REFUNDS_LUA)
+    key_config = workdir / "keys.toml"
+    key_config.write_text(service_toml(db.url, "http://127.0.0.1:9"))
+    key = await create_store_key(key_config, workdir)
+    return Prepared(seeded, ids_file, script, key, pg_version)
 
 
 async def service_phase(
@@ -942,18 +1093,12 @@ async def service_phase(
     workers: int = 1,
 ) -> Phase:
     slug = label.replace(" ", "-").replace("(", "").replace(")", "")
-    config = workdir / f"{slug}.toml"
-    config.write_text(service_toml(db.url, sandbox_url, audit=audit))
-    port = free_port()
-    argv = [*cli_command(), "serve", "--host", LOOPBACK, "--port", str(port)]
-    if workers > 1:
-        argv += ["--workers", str(workers)]
-    service = await children.start(slug, argv, child_env(config))
+    service, base = await start_service(
+        children, workdir, db, sandbox_url, slug=slug, audit=audit, workers=workers
+    )
     profile: list[asyncio.Task[None]] = []
     profile_out = profile_dir / f"{slug}.txt" if profile_dir is not None else None
     try:
-        base = f"http://{LOOPBACK}:{port}"
-        await wait_http(f"{base}/readyz", service)
         await db.tidy()
         before = await refund_statuses(db)
         activity = await db.activity()
@@ -980,13 +1125,7 @@ async def service_phase(
         await children.stop(service)
     created = sum(after.values()) - sum(before.values())
     notes = [
-        f"{created:,} refunds created (warm-up included); "
-        + (
-            f"all sent to the PSE {drained:.1f} s after the load"
-            if drained != float("inf")
-            else f"{sum(after[s] for s in OPEN_STATUSES):,} still not sent 60 s after the load"
-        )
-        + f"; statuses {dict(after)}",
+        submissions_note(created, drained, after),
         per_unit(activity, await db.activity(), created, "refund (request + submission)"),
     ]
     if profile_out is not None:
@@ -1003,40 +1142,26 @@ async def yardstick_phase(
     key: str,
     load: Load,
 ) -> Phase:
-    port = free_port()
-    yard = await children.start(
-        "yardstick",
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "bench.yardstick:app",
-            "--host",
-            LOOPBACK,
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--log-level",
-            "warning",
-            "--no-access-log",
-        ],
-        child_env(YARDSTICK_DSN=db.dsn),
+    yard, base = await start_uvicorn(
+        children, "yardstick", "bench.yardstick:app", child_env(YARDSTICK_DSN=db.dsn)
     )
     try:
-        base = f"http://{LOOPBACK}:{port}"
-        await wait_http(f"{base}/openapi.json", yard)
         await db.tidy()
         made_before = await _yard_refunds(db)
         activity = await db.activity()
         result = await measure(
-            "yardstick", f"{base}/refund", script, [str(ids_file), key], load, db_name=db.name
+            YARDSTICK_LABEL,
+            f"{base}/refund",
+            script,
+            [str(ids_file), key],
+            load,
+            db_name=db.name,
         )
     finally:
         await children.stop(yard)
     made = await _yard_refunds(db) - made_before
     return Phase(
-        "yardstick",
+        YARDSTICK_LABEL,
         result,
         [
             f"{made:,} yard_refunds rows (warm-up included)",
@@ -1051,6 +1176,64 @@ async def _yard_refunds(db: ScratchDb) -> int:
         return int(await conn.fetchval("SELECT count(*) FROM yard_refunds"))
     finally:
         await conn.close()
+
+
+async def protocol_statuses(db: ScratchDb) -> Counter[str]:
+    conn = await db.connect()
+    try:
+        rows = await conn.fetch("SELECT status, count(*) AS n FROM pyard_refunds GROUP BY status")
+    finally:
+        await conn.close()
+    return Counter({r["status"]: r["n"] for r in rows})
+
+
+async def protocol_phase(
+    *,
+    db: ScratchDb,
+    children: Children,
+    sandbox_url: str,
+    script: Path,
+    ids_file: Path,
+    key: str,
+    load: Load,
+) -> Phase:
+    """bench/protocol_yardstick.py under the same load, calling the same PSE."""
+    yard, base = await start_uvicorn(
+        children,
+        "protocol-yardstick",
+        "bench.protocol_yardstick:app",
+        child_env(
+            PROTOCOL_YARDSTICK_DSN=db.dsn,
+            PROTOCOL_YARDSTICK_PSE_URL=sandbox_url,
+            PROTOCOL_YARDSTICK_PSE_KEY=SANDBOX_KEY,
+        ),
+    )
+    try:
+        await db.tidy()
+        before = await protocol_statuses(db)
+        activity = await db.activity()
+        result = await measure(
+            PROTOCOL_LABEL,
+            f"{base}/refund",
+            script,
+            [str(ids_file), key],
+            load,
+            db_name=db.name,
+        )
+        drained, after = await wait_drained(lambda: protocol_statuses(db))
+        if yard.proc.returncode is not None:
+            raise BenchError(f"{PROTOCOL_LABEL} died:\n{yard.log_tail()}")
+    finally:
+        await children.stop(yard)
+    created = sum(after.values()) - sum(before.values())
+    return Phase(
+        PROTOCOL_LABEL,
+        result,
+        [
+            submissions_note(created, drained, after),
+            per_unit(activity, await db.activity(), created, "refund (request + submission)"),
+        ],
+    )
 
 
 def per_unit(before: Counter[str], after: Counter[str], units: int, what: str) -> str:
@@ -1087,20 +1270,33 @@ def report(phases: list[Phase], load: Load, payments: int, setup: str = "") -> s
             f"{r.p99_ms:>9.1f}{r.requests:>11,}{r.failures:>9,}"
         )
     by_label = {p.label: p.result for p in phases}
-    yard = by_label.get("yardstick")
+    yard = by_label.get(YARDSTICK_LABEL)
+    protocol = by_label.get(PROTOCOL_LABEL)
     services = [p for p in phases if p.label.startswith("service")]
     lines.append("")
     for phase in services:
         r = phase.result
+        if protocol is not None:
+            ratio = r.rps / protocol.rps
+            lines.append(
+                f"  {phase.label} / same-protocol yardstick: {ratio:.2f} x "
+                f"(above 1 x it beats the least code doing the same work): "
+                + ("beats it" if ratio > 1 else "does not beat it")
+            )
         if yard is not None:
             ratio = r.rps / yard.rps
             lines.append(
-                f"  {phase.label} / yardstick: {ratio:.2f} x "
+                f"  {phase.label} / one-transaction yardstick: {ratio:.2f} x "
                 f"(target >= {TARGET_RATIO:.1f} x) {_verdict(ratio >= TARGET_RATIO)}"
             )
         lines.append(
             f"  {phase.label} p99: {r.p99_ms:.1f} ms "
             f"(target <= {TARGET_P99_MS:.0f} ms) {_verdict(r.p99_ms <= TARGET_P99_MS)}"
+        )
+    if protocol is not None and yard is not None:
+        lines.append(
+            f"  same-protocol / one-transaction yardstick: {protocol.rps / yard.rps:.2f} x "
+            "(what the protocol's work costs by itself)"
         )
     on, off = by_label.get("service (audit on)"), by_label.get("service (audit off)")
     if on is not None and off is not None:
@@ -1119,7 +1315,7 @@ def report(phases: list[Phase], load: Load, payments: int, setup: str = "") -> s
 
 def audit_variants(choice: str, only: str | None) -> list[tuple[str, bool | None]]:
     """(label, audit_enabled to write) for each service run."""
-    if only == "yardstick":
+    if only not in (None, "service"):
         return []
     exists = audit_setting_exists()
     wanted = {"on": [True], "off": [False], "both": [True, False]}[choice]
@@ -1147,54 +1343,31 @@ async def run(args: argparse.Namespace) -> None:
     phases: list[Phase] = []
     try:
         t0 = time.perf_counter()
-        await db.create()
-        conn = await db.connect()
-        try:
-            payments = await seed_payments(conn, args.payments)
-            await conn.execute(YARDSTICK_DDL)
-            await conn.execute("ANALYZE")
-            pg_version = await conn.fetchval("SHOW server_version")
-        finally:
-            await conn.close()
-        ids_file = workdir / "payment_ids.txt"
-        ids_file.write_text("".join(f"{p.id}\n" for p in payments))
-        script = workdir / "refunds.lua"
-        script.write_text(REFUNDS_LUA)
-        key_config = workdir / "keys.toml"
-        key_config.write_text(service_toml(db.url, "http://127.0.0.1:9"))
-        key = await create_store_key(key_config, workdir)
+        ready = await prepare(db, workdir, args.payments)
+        script, ids_file, key = ready.script, ready.ids_file, ready.key
         print(
-            f"scratch database {db.name} (PostgreSQL {pg_version}): {args.payments:,} payments "
-            f"of JPY {PAYMENT_AMOUNT:,}, store key created, in {time.perf_counter() - t0:.1f} s",
+            f"scratch database {db.name} (PostgreSQL {ready.pg_version}): {args.payments:,} "
+            f"payments of JPY {PAYMENT_AMOUNT:,}, store key created, "
+            f"in {time.perf_counter() - t0:.1f} s",
             flush=True,
         )
 
-        if variants:
-            sandbox_port = free_port()
-            if args.pse == "sandbox":
-                pse_argv = [
-                    *cli_command(),
-                    "sandbox",
-                    "--host",
-                    LOOPBACK,
-                    "--port",
-                    str(sandbox_port),
-                    "--api-key",
-                    SANDBOX_KEY,
-                    "--settle-delay",
-                    "3600",
-                ]
-            else:
-                double = str(BENCH / "pse_double.py")
-                pse_argv = [sys.executable, double, "--port", str(sandbox_port)]
-            sandbox = await children.start(f"pse-{args.pse}", pse_argv, child_env())
-            sandbox_url = f"http://{LOOPBACK}:{sandbox_port}"
-            await wait_http(
-                f"{sandbox_url}/{'openapi.json' if args.pse == 'sandbox' else 'healthz'}", sandbox
+        def measured(phase: Phase) -> None:
+            phases.append(phase)
+            print(
+                f"  {phase.result.rps:,.1f} req/s, p50 {phase.result.p50_ms:.1f} ms, "
+                f"p99 {phase.result.p99_ms:.1f} ms",
+                flush=True,
             )
-            for label, audit in variants:
-                print(f"running {label} ...", flush=True)
-                phase = await service_phase(
+
+        with_protocol = args.only in (None, "protocol")
+        sandbox_url = ""
+        if variants or with_protocol:
+            _pse, sandbox_url = await start_pse(children, args.pse)
+        for label, audit in variants:
+            print(f"running {label} ...", flush=True)
+            measured(
+                await service_phase(
                     label=label,
                     audit=audit,
                     db=db,
@@ -1208,23 +1381,26 @@ async def run(args: argparse.Namespace) -> None:
                     profile_dir=profile_dir,
                     workers=args.workers,
                 )
-                phases.append(phase)
-                print(
-                    f"  {phase.result.rps:,.1f} req/s, p50 {phase.result.p50_ms:.1f} ms, "
-                    f"p99 {phase.result.p99_ms:.1f} ms",
-                    flush=True,
-                )
-            await children.stop(sandbox)
-        if args.only != "service":
-            print("running yardstick ...", flush=True)
-            phase = await yardstick_phase(
-                db=db, children=children, script=script, ids_file=ids_file, key=key, load=load
             )
-            phases.append(phase)
-            print(
-                f"  {phase.result.rps:,.1f} req/s, p50 {phase.result.p50_ms:.1f} ms, "
-                f"p99 {phase.result.p99_ms:.1f} ms",
-                flush=True,
+        if args.only in (None, "yardstick"):
+            print(f"running {YARDSTICK_LABEL} ...", flush=True)
+            measured(
+                await yardstick_phase(
+                    db=db, children=children, script=script, ids_file=ids_file, key=key, load=load
+                )
+            )
+        if with_protocol:
+            print(f"running {PROTOCOL_LABEL} ...", flush=True)
+            measured(
+                await protocol_phase(
+                    db=db,
+                    children=children,
+                    sandbox_url=sandbox_url,
+                    script=script,
+                    ids_file=ids_file,
+                    key=key,
+                    load=load,
+                )
             )
         setup = f"PSE: {args.pse}; service processes: {args.workers}"
         print(report(phases, load, args.payments, setup))
@@ -1248,7 +1424,13 @@ def arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--payments", type=int, default=PAYMENTS)
     parser.add_argument("--audit", choices=["on", "off", "both"], default="both")
-    parser.add_argument("--only", choices=["service", "yardstick"], default=None)
+    parser.add_argument(
+        "--only",
+        choices=["service", "yardstick", "protocol"],
+        default=None,
+        help="measure one side: the service, the one-transaction yardstick, "
+        "or the same-protocol yardstick",
+    )
     parser.add_argument(
         "--pse",
         choices=["double", "sandbox"],

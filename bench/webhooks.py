@@ -10,6 +10,13 @@ each exactly once, from a file read by its Lua script (64 connections,
 checks in the database that every event was stored once and applied once:
 as many refunds `succeeded` as events stored, payments' counters consistent.
 
+Then, in the same run, the same load (freshly signed events for the same
+refunds) goes to the same-protocol yardstick (bench/webhook_yardstick.py:
+verify the signature, store the raw event, lock and move the refund, history,
+counters, outbox and audit in one transaction, in the least code, on its own
+copy of the refunds), checked the same way, and the script prints
+service / yardstick (target >= 0.8 x).
+
     .venv/bin/python bench/webhooks.py [--duration 15] [--connections 64]
         [--events 60000] [--workers N] [--keep-db] [--profile DIR]
 
@@ -27,7 +34,9 @@ import shutil
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -57,11 +66,15 @@ from bench.refunds import (  # noqa: E402
     seed_payments,
     service_toml,
     start_profile,
+    start_uvicorn,
     summarize_profile,
     wait_http,
 )
+from bench.webhook_yardstick import DDL as YARDSTICK_DDL  # noqa: E402
+from bench.webhook_yardstick import SEED_FROM_SERVICE as YARDSTICK_SEED  # noqa: E402
 
 TARGET_EVENTS_PER_SECOND = 1_500
+TARGET_YARDSTICK_RATIO = 0.8
 REFUND_AMOUNT = 1_000
 FINAL = ("succeeded", "failed", "rejected", "canceled", "offline_paid")
 
@@ -357,6 +370,119 @@ async def verify(db: ScratchDb, kind: str, result: WrkResult) -> tuple[list[str]
     return lines, int(stored["n"])
 
 
+@dataclass(frozen=True)
+class EventLoad:
+    """What the service's run and the yardstick's share."""
+
+    args: argparse.Namespace
+    db: ScratchDb
+    workdir: Path
+    script: Path
+    secret: str
+    payments: Sequence[str]
+    warmup_events: int
+
+
+async def load_events(
+    load: EventLoad,
+    *,
+    label: str,
+    url: str,
+    profile_pid: int | None = None,
+    profile_out: Path | None = None,
+) -> tuple[WrkResult, Counter[str], asyncio.Task[None] | None]:
+    """The warm-up events (`bw`), then the measured ones (`bm`), each signed just
+    before its run and sent once. Returns wrk's result, the database counters
+    from before the measured run, and the profile being recorded, if any."""
+    args, db, workdir, script = load.args, load.db, load.workdir, load.script
+    secret, payments, warmup_events = load.secret, load.payments, load.warmup_events
+    threads = min(args.threads, args.connections)
+    nonce = secrets.token_hex(4)
+    slug = label.replace(" ", "-")
+    if warmup_events:
+        warm_file = workdir / f"{slug}-warmup.tsv"
+        write_events(warm_file, secret, "bw", warmup_events, payments, nonce)
+        warm = await run_wrk(
+            f"{label} warm-up",
+            url,
+            script,
+            [str(warm_file), str(threads)],
+            duration=args.warmup,
+            connections=args.connections,
+            threads=threads,
+        )
+        check_failures(warm)
+    await db.tidy()
+    activity = await db.activity()
+    events_file = workdir / f"{slug}-events.tsv"
+    t1 = time.perf_counter()
+    write_events(events_file, secret, "bm", args.events, payments, nonce)
+    print(
+        f"signed {args.events:,} events in {time.perf_counter() - t1:.1f} s; loading {url} ...",
+        flush=True,
+    )
+    profile = None
+    if profile_pid is not None and profile_out is not None:
+        profile = start_profile(profile_pid, args.duration, profile_out)
+    result = await run_wrk(
+        label,
+        url,
+        script,
+        [str(events_file), str(threads)],
+        duration=args.duration,
+        connections=args.connections,
+        threads=threads,
+        db_name=db.name,
+    )
+    check_failures(result)
+    if int(result.extra.get("exhausted_threads", "0")):
+        raise BenchError(
+            f"{label}: the {args.events:,} events ran out before the {args.duration:.0f} s "
+            "were over: the rate is understated; raise --events"
+        )
+    events_file.unlink(missing_ok=True)
+    return result, activity, profile
+
+
+async def verify_yardstick(db: ScratchDb, kind: str, result: WrkResult) -> tuple[list[str], int]:
+    """The yardstick's own tables after its run: every event stored once, applied
+    once, and its refund moved once."""
+    conn = await db.connect()
+    try:
+        stored = await conn.fetchrow(
+            "SELECT count(*) AS n, count(DISTINCT event_id) AS distinct_ids,"
+            " count(*) FILTER (WHERE status = 'applied') AS applied"
+            " FROM wyard_events WHERE event_id LIKE $1",
+            f"evt_{kind}_%",
+        )
+        succeeded = await conn.fetchval(
+            "SELECT count(*) FROM wyard_refunds WHERE status = 'succeeded' AND id LIKE $1",
+            f"rf_{kind}%",
+        )
+        outbox = await conn.fetchval(
+            "SELECT count(*) FROM wyard_outbox WHERE type = 'refund.succeeded'"
+            " AND refund_id LIKE $1",
+            f"rf_{kind}%",
+        )
+    finally:
+        await conn.close()
+    answered = sum(n for code, n in result.statuses.items() if 200 <= code <= 299)
+    sent = int(result.extra.get("sent", "0"))
+    lines = [
+        f"events: {sent:,} sent, {answered:,} answered 2xx "
+        f"({int(result.extra.get('applied', '0')):,} of them 'applied'), "
+        f"{stored['n']:,} stored ({stored['distinct_ids']:,} distinct ids, "
+        f"{stored['applied']:,} applied); refunds succeeded {succeeded:,}, "
+        f"refund.succeeded in the outbox {outbox:,}",
+    ]
+    if not (
+        stored["n"] == stored["distinct_ids"] == stored["applied"] == succeeded == outbox
+        and answered <= stored["n"] <= sent
+    ):
+        raise BenchError("yardstick verification failed:\n  " + "\n  ".join(lines))
+    return lines, int(stored["n"])
+
+
 async def run(args: argparse.Namespace) -> None:
     db = ScratchDb(args.dsn)
     workdir = Path(tempfile.mkdtemp(prefix="webhooks-bench-"))
@@ -368,11 +494,14 @@ async def run(args: argparse.Namespace) -> None:
         conn = await db.connect()
         try:
             payments = await seed(conn, args.payments, {"bw": warmup_events, "bm": args.events})
+            await conn.execute(YARDSTICK_DDL)
+            await conn.execute(YARDSTICK_SEED)
         finally:
             await conn.close()
         print(
             f"scratch database {db.name}: {args.payments:,} payments, "
-            f"{args.events + warmup_events:,} pending refunds, in {time.perf_counter() - t0:.1f} s",
+            f"{args.events + warmup_events:,} pending refunds (and the yardstick's copy), "
+            f"in {time.perf_counter() - t0:.1f} s",
             flush=True,
         )
         secret = new_webhook_secret()
@@ -381,6 +510,9 @@ async def run(args: argparse.Namespace) -> None:
         config.write_text(service_toml(db.url, "http://127.0.0.1:9", webhook_secret=secret))
         script = workdir / "webhooks.lua"
         script.write_text(WEBHOOKS_LUA)
+        threads = min(args.threads, args.connections)
+        loads = EventLoad(args, db, workdir, script, secret, payments, warmup_events)
+
         port = free_port()
         argv = [*cli_command(), "serve", "--host", LOOPBACK, "--port", str(port)]
         if args.workers > 1:
@@ -388,78 +520,68 @@ async def run(args: argparse.Namespace) -> None:
         service = await children.start("service", argv, child_env(config))
         base = f"http://{LOOPBACK}:{port}"
         await wait_http(f"{base}/readyz", service)
-        url = f"{base}/v1/webhooks/{ACCOUNT}"
-        threads = min(args.threads, args.connections)
-        nonce = secrets.token_hex(4)
-        if warmup_events:
-            warm_file = workdir / "warmup.tsv"
-            write_events(warm_file, secret, "bw", warmup_events, payments, nonce)
-            warm = await run_wrk(
-                "webhooks warm-up",
-                url,
-                script,
-                [str(warm_file), str(threads)],
-                duration=args.warmup,
-                connections=args.connections,
-                threads=threads,
-            )
-            check_failures(warm)
-        await db.tidy()
-        activity = await db.activity()
-        events_file = workdir / "events.tsv"
-        t1 = time.perf_counter()
-        write_events(events_file, secret, "bm", args.events, payments, nonce)
-        print(
-            f"signed {args.events:,} events in {time.perf_counter() - t1:.1f} s; loading {url} ...",
-            flush=True,
+        profile_out = args.profile / "service-webhooks.txt" if args.profile else None
+        result, activity, profile = await load_events(
+            loads,
+            label="webhooks",
+            url=f"{base}/v1/webhooks/{ACCOUNT}",
+            profile_pid=service.pid,
+            profile_out=profile_out,
         )
-        profile = None
-        profile_out = None
-        if args.profile is not None:
-            profile_out = args.profile / "service-webhooks.txt"
-            profile = start_profile(service.pid, args.duration, profile_out)
-        result = await run_wrk(
-            "webhooks",
-            url,
-            script,
-            [str(events_file), str(threads)],
-            duration=args.duration,
-            connections=args.connections,
-            threads=threads,
-            db_name=db.name,
-        )
-        check_failures(result)
-        if int(result.extra.get("exhausted_threads", "0")):
-            raise BenchError(
-                f"the {args.events:,} events ran out before the {args.duration:.0f} s were over: "
-                f"the rate is understated; raise --events"
-            )
         if service.proc.returncode is not None:
             raise BenchError(f"the service died:\n{service.log_tail()}")
         await asyncio.sleep(1)  # requests cut off by wrk's stop finish meanwhile
         checks, stored = await verify(db, "bm", result)
         await children.stop(service)  # its backends exit: their counters are complete
         checks.append(per_unit(activity, await db.activity(), stored, "event"))
+
+        print("running the webhook yardstick ...", flush=True)
+        yard, yard_base = await start_uvicorn(
+            children,
+            "webhook-yardstick",
+            "bench.webhook_yardstick:app",
+            child_env(WEBHOOK_YARDSTICK_DSN=db.dsn, WEBHOOK_YARDSTICK_SECRET=secret),
+        )
+        yard_result, yard_activity, _ = await load_events(
+            loads, label="webhook yardstick", url=f"{yard_base}/webhooks/{ACCOUNT}"
+        )
+        if yard.proc.returncode is not None:
+            raise BenchError(f"the webhook yardstick died:\n{yard.log_tail()}")
+        await asyncio.sleep(1)
+        yard_checks, yard_stored = await verify_yardstick(db, "bm", yard_result)
+        await children.stop(yard)
+        yard_checks.append(per_unit(yard_activity, await db.activity(), yard_stored, "event"))
+
         ok = result.rps >= TARGET_EVENTS_PER_SECOND
+        ratio = result.rps / yard_result.rps
         print(
             f"\nwebhook ingestion (wrk, {threads} threads, {args.connections} connections, "
             f"{args.duration:.0f} s after {args.warmup:.0f} s of warm-up; "
             f"each request a distinct signed refund.succeeded event; "
-            f"service processes: {args.workers})"
+            f"service processes: {args.workers}; then the same load on the yardstick)"
         )
-        print(
-            f"  events/s {result.rps:,.1f}   p50 {result.p50_ms:.1f} ms   "
-            f"p90 {result.percentiles_ms.get(90, 0):.1f} ms   p99 {result.p99_ms:.1f} ms   "
-            f"events {result.requests:,}   non-2xx {result.failures:,}"
-        )
+        for name, r in (("service", result), ("yardstick", yard_result)):
+            print(
+                f"  {name:<10} events/s {r.rps:>8,.1f}   p50 {r.p50_ms:.1f} ms   "
+                f"p90 {r.percentiles_ms.get(90, 0):.1f} ms   p99 {r.p99_ms:.1f} ms   "
+                f"events {r.requests:,}   non-2xx {r.failures:,}"
+            )
         print(
             f"  target >= {TARGET_EVENTS_PER_SECOND:,} events/s: {'ok' if ok else 'MISSED'} "
             f"({result.rps / TARGET_EVENTS_PER_SECOND:.2f} x)"
         )
+        print(
+            f"  service / yardstick: {ratio:.2f} x (target >= {TARGET_YARDSTICK_RATIO:.1f} x) "
+            f"{'ok' if ratio >= TARGET_YARDSTICK_RATIO else 'MISSED'}"
+        )
         for line in checks:
-            print(f"  {line}")
+            print(f"  service: {line}")
         if result.machine is not None:
-            print(f"  {result.machine.describe()}")
+            print(f"  service: {result.machine.describe()}")
+        for line in yard_checks:
+            print(f"  yardstick: {line}")
+        if yard_result.machine is not None:
+            print(f"  yardstick: {yard_result.machine.describe()}")
         if profile is not None and profile_out is not None:
             await profile
             print("  " + summarize_profile(profile_out))

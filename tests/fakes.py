@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from app.domain.disputes import DisputeReport, DisputeStatus
 from app.domain.money import Money
 from app.domain.ports import (
     Clock,
@@ -44,7 +45,9 @@ class FakeClock(Clock):
 class FakeGateway(PseGateway):
     """A PSE that holds refunds in memory. `next_results` scripts create answers;
     by default a refund is accepted as pending. Webhooks are JSON with a header
-    `x-fake-signature: ok`."""
+    `x-fake-signature: ok`: `{"id", "type", "refund": {…}}`, or, for a dispute,
+    `{"id", "type", "dispute": {"id", "status", "payment": [ids], "amount"?,
+    "currency"?, "reason"?, "evidence_due_by"?}}`."""
 
     refunds: dict[str, PseRefund] = field(default_factory=dict)  # by our reference
     created: list[RefundSubmission] = field(default_factory=list)
@@ -93,6 +96,24 @@ class FakeGateway(PseGateway):
         try:
             data = json.loads(body)
             refund = data.get("refund")
+            dispute = data.get("dispute")
+            if dispute:
+                due = dispute.get("evidence_due_by")
+                return PseWebhookEvent(
+                    event_id=data["id"],
+                    event_type=data["type"],
+                    refund=None,
+                    dispute=DisputeReport(
+                        pse_dispute_id=dispute["id"],
+                        status=DisputeStatus(dispute["status"]),
+                        amount=Money(dispute["amount"], dispute["currency"])
+                        if "amount" in dispute
+                        else None,
+                        reason=dispute.get("reason"),
+                        evidence_due_by=datetime.fromisoformat(due) if due else None,
+                        pse_payment_ids=tuple(dispute["payment"]),
+                    ),
+                )
             return PseWebhookEvent(
                 event_id=data["id"],
                 event_type=data["type"],

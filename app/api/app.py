@@ -33,12 +33,16 @@ the service resolves by itself.
 """
 
 TAGS = [
-    {"name": "payments", "description": "The captured payments refunds are made against."},
+    {
+        "name": "payments",
+        "description": "The captured payments refunds are made against, and their disputes.",
+    },
     {"name": "refunds", "description": "Request, approve, cancel, pay out and follow refunds."},
     {"name": "webhooks", "description": "Signed notifications from PSEs."},
     {
         "name": "events",
-        "description": "Every refund change, as a feed and as signed webhooks to the store.",
+        "description": "Every refund change and payment dispute, as a feed and as signed "
+        "webhooks to the store.",
     },
     {
         "name": "reconciliation",

@@ -19,6 +19,7 @@ from app.domain.errors import DomainError
 from app.domain.models import Actor, Approver
 from app.domain.records import ApiKey, Role
 from app.services.audit import AuditService
+from app.services.disputes import DisputeService
 from app.services.events import DeliveryService, EventService
 from app.services.idempotency import (
     IdempotencyClaim,
@@ -50,10 +51,10 @@ ContainerDep = Annotated[Container, Depends(get_container)]
 # module is the one place of the API that knows how they are assembled.
 #
 # It is also where a key's scope of PSE accounts (ApiKey.accounts) is put in
-# force: the services of payments, refunds, events and reconciliations come
-# scoped to the caller's key, so every route, and any route added later, sees
-# and acts only on what its accounts hold; the rest is "not found", as an
-# unknown id. An unscoped key gets the services as they are.
+# force: the services of payments, refunds, disputes, events and
+# reconciliations come scoped to the caller's key, so every route, and any
+# route added later, sees and acts only on what its accounts hold; the rest is
+# "not found", as an unknown id. An unscoped key gets the services as they are.
 async def _payments(
     container: ContainerDep, key: Annotated[ApiKey, Depends(get_key)]
 ) -> PaymentService:
@@ -64,6 +65,12 @@ async def _refunds(
     container: ContainerDep, key: Annotated[ApiKey, Depends(get_key)]
 ) -> RefundService:
     return container.refunds.scoped(key.accounts)
+
+
+async def _disputes(
+    container: ContainerDep, key: Annotated[ApiKey, Depends(get_key)]
+) -> DisputeService:
+    return container.disputes.scoped(key.accounts)
 
 
 async def _submissions(container: ContainerDep) -> SubmissionService:
@@ -110,6 +117,7 @@ async def _idempotent(request: Request, container: ContainerDep) -> Idempotent:
 
 PaymentsDep = Annotated[PaymentService, Depends(_payments)]
 RefundsDep = Annotated[RefundService, Depends(_refunds)]
+DisputesDep = Annotated[DisputeService, Depends(_disputes)]
 SubmissionsDep = Annotated[SubmissionService, Depends(_submissions)]
 WebhooksDep = Annotated[WebhookService, Depends(_webhooks)]
 EventsDep = Annotated[EventService, Depends(_events)]

@@ -191,7 +191,15 @@ class PaymentOut(BaseModel):
     settlement_rate: str
     refunded_amount: int = Field(description="succeeded + offline paid refunds")
     reserved_amount: int = Field(description="refunds not yet final")
-    refundable_amount: int = Field(description="amount - refunded - reserved")
+    disputed_amount: int = Field(
+        default=0,
+        description="what lost disputes (chargebacks) took back, counted like refunds; "
+        "never more than what refunds left of the payment",
+    )
+    open_disputes: int = Field(
+        default=0, description="disputes still open: while any is, no refund can be requested"
+    )
+    refundable_amount: int = Field(description="amount - refunded - reserved - disputed")
     refund_deadline: datetime = Field(description="captured_at + the refund window")
     created_at: datetime
     updated_at: datetime
@@ -213,6 +221,8 @@ class PaymentOut(BaseModel):
                     "settlement_rate": "0.0067",
                     "refunded_amount": 3000,
                     "reserved_amount": 0,
+                    "disputed_amount": 0,
+                    "open_disputes": 0,
                     "refundable_amount": 9000,
                     "refund_deadline": "2027-04-30T10:00:00Z",
                     "created_at": "2026-11-01T10:00:05Z",
@@ -297,6 +307,7 @@ REFUND_EXAMPLE: dict[str, Any] = {
     "settlement_currency": "USD",
     "fx_difference": None,
     "fee_amount": None,
+    "hold": None,
     "created_at": "2026-11-27T08:00:00Z",
     "updated_at": "2026-11-27T08:00:00Z",
     "status_history": [
@@ -352,6 +363,12 @@ class RefundOut(BaseModel):
         default=None,
         description="why the refund raised `refund.needs_attention`, until ops acknowledge it "
         "(`POST /v1/refunds/{id}/acknowledge`)",
+    )
+    hold: Literal["payment_disputed"] | None = Field(
+        default=None,
+        description="why the refund is held back from the PSE: `payment_disputed` while its "
+        "payment has an open dispute (it waits in `pending_approval`, or `offline_required`, "
+        "and cannot be approved nor paid out until the dispute is closed); null otherwise",
     )
     created_at: datetime
     updated_at: datetime
@@ -411,6 +428,119 @@ class OfflinePayoutIn(Strict):
     )
 
 
+# -- disputes -----------------------------------------------------------------
+
+
+class DisputeIn(Strict):
+    """A dispute (chargeback) on the payment, as the PSE reported it: a new one,
+    or what became of one reported before (the same `pse_dispute_id`)."""
+
+    pse_dispute_id: str = Field(min_length=1, max_length=255, examples=["dp_1NbA2c"])
+    status: Literal["open", "won", "lost", "closed"] = Field(
+        default="open",
+        description="open; or how it ended: won (for the merchant), lost (for the customer: "
+        "the amount is taken back), closed (ended otherwise, e.g. withdrawn)",
+    )
+    amount: PositiveMinorUnits | None = Field(
+        default=None, description="minor units; omitted → the payment's amount"
+    )
+    currency: Currency | None = Field(
+        default=None, description="optional; when given it must be the payment's currency"
+    )
+    reason: str | None = Field(default=None, max_length=255, examples=["fraudulent"])
+    evidence_due_by: Instant | None = Field(
+        default=None,
+        description="when the PSE must have the merchant's evidence",
+        examples=["2026-12-10T00:00:00Z"],
+    )
+
+    not_free_text: ClassVar[frozenset[str]] = frozenset({"evidence_due_by"})
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "pse_dispute_id": "dp_1NbA2c",
+                    "status": "open",
+                    "amount": 12000,
+                    "currency": "JPY",
+                    "reason": "fraudulent",
+                    "evidence_due_by": "2026-12-10T00:00:00Z",
+                }
+            ]
+        },
+    )
+
+
+DISPUTE_EXAMPLE: dict[str, Any] = {
+    "id": "dsp_0193c1d2e3f4a5b6c7d8e9f0a1b2",
+    "payment_id": "pay_0193c1d2e3f4a5b6c7d8e9f0a1b2",
+    "pse_account": "komoju_jp",
+    "pse_dispute_id": "dp_1NbA2c",
+    "status": "open",
+    "amount": 12000,
+    "currency": "JPY",
+    "reason": "fraudulent",
+    "counted_amount": 0,
+    "source": "api",
+    "opened_at": "2026-11-27T08:00:00Z",
+    "evidence_due_by": "2026-12-10T00:00:00Z",
+    "closed_at": None,
+    "created_at": "2026-11-27T08:00:00Z",
+    "updated_at": "2026-11-27T08:00:00Z",
+}
+
+
+class DisputeOut(BaseModel):
+    """A dispute on a payment, as the service knows it."""
+
+    id: str
+    payment_id: str
+    pse_account: str
+    pse_dispute_id: str
+    status: Literal["open", "won", "lost", "closed"]
+    amount: int
+    currency: str
+    reason: str | None
+    counted_amount: int = Field(
+        description="what the dispute, lost, counts in the payment's disputed_amount"
+    )
+    source: Literal["api", "pse"] = Field(
+        description="reported through the API, or by the PSE's webhook"
+    )
+    opened_at: datetime
+    evidence_due_by: datetime | None
+    closed_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+    model_config = ConfigDict(json_schema_extra={"examples": [DISPUTE_EXAMPLE]})
+
+
+class DisputeEventData(BaseModel):
+    """What `payment.dispute_opened` and `payment.dispute_closed` carry."""
+
+    dispute_id: str
+    pse_dispute_id: str
+    amount: int
+    currency: str
+    reason: str | None = Field(default=None, description="payment.dispute_opened")
+    evidence_due_by: datetime | None = Field(default=None, description="payment.dispute_opened")
+    outcome: Literal["won", "lost", "closed"] | None = Field(
+        default=None, description="payment.dispute_closed: how the dispute ended"
+    )
+    counted_amount: int | None = Field(
+        default=None,
+        description="payment.dispute_closed: what it counts in the payment's disputed_amount",
+    )
+    reinstated: bool | None = Field(
+        default=None,
+        description="payment.dispute_closed: a lost dispute won after all, its amount given back",
+    )
+    payment: PaymentOut = Field(description="the payment as it was after the change")
+
+
 # -- shared -----------------------------------------------------------------
 
 
@@ -448,9 +578,10 @@ class WebhookAck(BaseModel):
     duplicate: bool
     status: str | None = Field(
         description="what became of the event: applied, unmatched (kept until its refund "
-        "is known), ignored (not about a refund), conflict (contradicts a final status), "
-        "mismatched (names our refund but is about another PSE refund, payment or amount), "
-        "received (stored; the worker applies it); null for a duplicate"
+        "is known), ignored (not about a refund nor a dispute, or a dispute on a payment not "
+        "registered here), conflict (contradicts a final status), mismatched (names our "
+        "refund but is about another PSE refund, payment or amount; or a dispute that does "
+        "not fit its payment), received (stored; the worker applies it); null for a duplicate"
     )
 
 
@@ -468,6 +599,11 @@ class PolicyOut(BaseModel):
         "approval tiers of another currency",
     )
     rate_max_age_days: int | None = None
+    on_dispute: Literal["hold", "cancel"] = Field(
+        default="hold",
+        description="what a dispute opening on a payment does to its refunds not yet sent: "
+        "held until it closes, or canceled",
+    )
     accounts: dict[str, dict[str, Any]]
     stale_after_hours: float
 
@@ -483,15 +619,19 @@ class EventDeliveryState(BaseModel):
 
 
 class EventOut(BaseModel):
-    """A refund status change, as the store receives it, with its delivery state."""
+    """A refund status change, or a dispute opened or closed on a payment, as
+    the store receives it, with its delivery state."""
 
     id: str
     type: str
     created_at: datetime
-    refund_id: str | None
+    refund_id: str | None = Field(description="null for a payment's events (payment.*)")
     payment_id: str | None
     detail: str | None
-    data: RefundOut = Field(description="the refund as it was after the change")
+    data: RefundOut | DisputeEventData = Field(
+        description="refund.*: the refund as it was after the change; payment.dispute_*: "
+        "the dispute, and the payment as it was after the change"
+    )
     delivery: EventDeliveryState
 
     model_config = ConfigDict(
@@ -547,17 +687,61 @@ class DeliveryOut(BaseModel):
 
 
 class ReconciliationLineOut(BaseModel):
+    """One line of the settlement file, or one of our refunds its period lacks
+    (missing_in_file), and what matching it found.
+
+    A refund line's columns hold the file's refund and ours. A dispute line (a
+    chargeback's money the PSE took back or gave back; outcome `dispute_*`)
+    uses the same columns for the dispute: `pse_refund_id` is the file's
+    dispute id, `reference` the file's id of the disputed payment, `refund_id`
+    our dispute's id (`dsp_…`), `file_status` `withdrawn` or `reinstated`, and
+    `our_amount` and `our_status` our dispute's. A dispute line changes nothing
+    in our records."""
+
     line: int | None = Field(
         description="line in the file (1 is the header); null for missing_in_file"
     )
-    outcome: str
-    pse_refund_id: str | None
-    reference: str | None
-    refund_id: str | None
-    file_amount: int | None
-    file_status: str | None
-    our_amount: int | None
-    our_status: str | None
+    outcome: str = Field(
+        description="refund lines: matched; amount_mismatch; status_mismatch (the file's "
+        "status contradicts ours); missing_in_service (the PSE settled a refund we do not "
+        "know); missing_in_file (we hold it succeeded, the file's period does not have it). "
+        "Dispute lines: dispute_matched (the file and our dispute agree); "
+        "dispute_amount_mismatch (the file moved another amount than our dispute's); "
+        "dispute_status_mismatch (the file reinstated the money of a dispute we hold as open "
+        "or lost, or moved a dispute's money the same way twice); dispute_missing_in_service "
+        "(the file moved money for a dispute we do not know: a withdrawal means the customer "
+        "has the money back and the payment could still be refunded, paying them twice)"
+    )
+    pse_refund_id: str | None = Field(
+        description="the PSE's refund id in the file; on a dispute line the file's dispute "
+        "id (null when the file names only the payment)"
+    )
+    reference: str | None = Field(
+        description="the file's reference of the refund; on a dispute line the file's id of "
+        "the disputed payment (of the file's ids, the one our payment is registered under "
+        "when we know it)"
+    )
+    refund_id: str | None = Field(
+        description="our refund the line matched (rf_…); on a dispute line our dispute "
+        "(dsp_…); null when we have none"
+    )
+    file_amount: int | None = Field(
+        description="the file's amount in minor units (a dispute line's unsigned); null for "
+        "missing_in_file"
+    )
+    file_status: str | None = Field(
+        description="the file's status of the refund; on a dispute line which way the money "
+        "moved: withdrawn (the PSE took the disputed amount back) or reinstated (it gave it "
+        "back)"
+    )
+    our_amount: int | None = Field(
+        description="our refund's amount in minor units, or on a dispute line our dispute's; "
+        "null when we have none"
+    )
+    our_status: str | None = Field(
+        description="our refund's status, or on a dispute line our dispute's (open, won, "
+        "lost, closed); null when we have none"
+    )
     currency: str | None
     settled_at: datetime | None
     fee: int | None
@@ -577,13 +761,17 @@ RUN_EXAMPLE: dict[str, Any] = {
     "status": "completed",
     "filename": "settlement-2026-11.csv",
     "file_format": "generic",
-    "rows_total": 3,
+    "rows_total": 4,
     "counts": {
         "matched": 1,
         "amount_mismatch": 1,
         "status_mismatch": 0,
         "missing_in_service": 1,
         "missing_in_file": 0,
+        "dispute_matched": 1,
+        "dispute_amount_mismatch": 0,
+        "dispute_status_mismatch": 0,
+        "dispute_missing_in_service": 0,
     },
     "adopted": 0,
     "range_from": "2026-11-01T00:00:00Z",
@@ -614,13 +802,38 @@ class ReconciliationRunOut(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [RUN_EXAMPLE]})
 
 
+# A dispute line: the columns of a refund line, holding the dispute.
+DISPUTE_LINE_EXAMPLE: dict[str, Any] = {
+    "line": 4,
+    "outcome": "dispute_matched",
+    "pse_refund_id": "du_1Q2w3E4r5T6y7U8i",
+    "reference": "ch_3Q9x2b4c5d6e7f8g",
+    "refund_id": "dsp_0193c1d2e3f4a5b6c7d8e9f0",
+    "file_amount": 5000,
+    "file_status": "withdrawn",
+    "our_amount": 5000,
+    "our_status": "open",
+    "currency": "JPY",
+    "settled_at": "2026-11-27T09:00:00Z",
+    "fee": 1500,
+    "settlement_amount": None,
+    "settlement_currency": None,
+    "detail": "payment pay_0193c1d2e3f4a5b6",
+}
+
+
 class ReconciliationOut(ReconciliationRunOut):
-    """A reconciliation run: a settlement file matched against our refunds."""
+    """A reconciliation run: a settlement file matched against our refunds
+    (and its dispute lines against our disputes)."""
 
     rows: ReconciliationRows
 
     model_config = ConfigDict(
-        json_schema_extra={"examples": [{**RUN_EXAMPLE, "rows": {"data": [], "next_cursor": None}}]}
+        json_schema_extra={
+            "examples": [
+                {**RUN_EXAMPLE, "rows": {"data": [DISPUTE_LINE_EXAMPLE], "next_cursor": None}}
+            ]
+        }
     )
 
 
@@ -647,7 +860,7 @@ class AuditRecordOut(BaseModel):
     at: datetime
     kind: str = Field(
         description="api.request, pse.call, webhook.received, webhook.sent, refund.status, "
-        "key.created, key.revoked, approval.decision, audit.purged"
+        "dispute.reported, key.created, key.revoked, approval.decision, audit.purged"
     )
     request_id: str | None
     refund_id: str | None

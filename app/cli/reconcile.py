@@ -13,6 +13,10 @@ from app.cli.database import with_container
 from app.cli.options import ConfigOption, fail
 from app.cli.settings import configure_command_logging
 from app.domain.errors import DomainError
+from app.domain.reconciliation import OUTCOMES
+
+# The counts' column: as wide as the longest outcome's name.
+_OUTCOME_WIDTH = max(len(outcome.value) for outcome in OUTCOMES)
 
 
 def reconcile(
@@ -69,6 +73,7 @@ def reconcile(
         f"reconciliation {result.id} ({result.file_format}, {result.rows_total} refund rows)"
     )
     for outcome, count in result.counts.items():
-        typer.echo(f"  {outcome:<20} {count}")
+        typer.echo(f"  {outcome:<{_OUTCOME_WIDTH}} {count}")
     if result.adopted:
-        typer.echo(f"  settled by the file  {result.adopted} (were unknown or pending)")
+        settled = "settled by the file"
+        typer.echo(f"  {settled:<{_OUTCOME_WIDTH}} {result.adopted} (were unknown or pending)")

@@ -12,7 +12,7 @@ from datetime import timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 
 from app.console.formatting import money
-from app.domain.models import Decision, DecisionBlock, Refund
+from app.domain.models import Decision, DecisionBlock, Refund, RefundStatus
 from app.domain.policy import ApprovalCause, ApprovalReason, ApprovalTier
 
 _NUMBERS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five"}
@@ -97,6 +97,19 @@ def decision_block(block: DecisionBlock, refund: Refund, viewer_id: str, level: 
     if level is None:
         return "This key has no approval level, so it cannot approve or reject refunds."
     return f"Your level {level} cannot fill {levels(refund.open_slots)}."
+
+
+def held(refund: Refund) -> str:
+    """What a refund held for its payment's dispute (`payment_disputed`) cannot do."""
+    if refund.status is RefundStatus.OFFLINE_REQUIRED:
+        refused = "No offline payout can be recorded"
+    else:
+        refused = "It cannot be approved"
+    return (
+        f"{refused} while the payment has an open dispute: the customer's bank may be "
+        "giving the money back already. The hold ends when its disputes are closed (won or "
+        "closed: it goes on; lost: it is canceled). Rejecting or canceling it is still possible."
+    )
 
 
 def cannot_reject(refund: Refund, level: int | None) -> str:

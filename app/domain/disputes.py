@@ -255,4 +255,3 @@ def _closed(dispute: Dispute, now: datetime, *, reinstated: bool = False) -> Pay
             "reinstated": reinstated,
         },
     )
-

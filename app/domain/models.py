@@ -203,10 +203,7 @@ class Payment:
     @property
     def refundable(self) -> Money:
         return Money(
-            self.amount.amount
-            - self.refunded_amount
-            - self.reserved_amount
-            - self.disputed_amount,
+            self.amount.amount - self.refunded_amount - self.reserved_amount - self.disputed_amount,
             self.currency,
         )
 

@@ -22,12 +22,15 @@ from app.domain.pse import (
 if TYPE_CHECKING:
     from app.domain.audit import AuditEntry, AuditRecord
     from app.domain.console import ConsoleSession, Flash
+    from app.domain.disputes import Dispute
     from app.domain.models import Payment, Refund, RefundStatus
     from app.domain.reconciliation import RefundSnapshot
+    from app.domain.reconciliation_disputes import KnownDisputes
     from app.domain.records import (
         ApiKey,
         DeliveryAttempt,
         DeliveryStatus,
+        DisputeFigures,
         FxTotal,
         IdempotencyRecord,
         OutboxEvent,
@@ -168,6 +171,10 @@ class RefundRepository(Protocol):
 
     async def get(self, refund_id: str, *, for_update: bool = False) -> Refund | None: ...
     async def payment_id_of(self, refund_id: str) -> str | None: ...
+    async def lock_of_payment(self, payment_id: str) -> list[Refund]:
+        """Every refund of the payment, locked; call with the payment locked."""
+        ...
+
     async def lock_with_payment(self, refund_id: str) -> tuple[Payment, Refund] | None:
         """The refund and its payment, both locked: the payment first."""
         ...
@@ -231,6 +238,56 @@ class RefundRepository(Protocol):
     async def list(
         self, flt: RefundFilter, *, limit: int, before_id: str | None
     ) -> list[Refund]: ...
+
+
+class DisputeRepository(Protocol):
+    """Disputes on payments. A dispute is written with its payment's counters
+    (all of them, the disputes' included) and the payment's new events: one
+    write, as a refund's is."""
+
+    async def add(
+        self, dispute: Dispute, payment: Payment, events: Sequence[OutboxEvent], *, deliver: bool
+    ) -> None:
+        """Raises AlreadyExists when the PSE account has a dispute of this id
+        (the transaction must then be abandoned)."""
+        ...
+
+    async def save(
+        self, dispute: Dispute, payment: Payment, events: Sequence[OutboxEvent], *, deliver: bool
+    ) -> None: ...
+    async def get_by_pse(self, pse_account: str, pse_dispute_id: str) -> Dispute | None: ...
+    async def get_many(self, dispute_ids: Sequence[str]) -> list[Dispute]:
+        """The disputes of these ids (in no set order); those not found left out."""
+        ...
+
+    async def for_payment(
+        self, payment_id: str, *, limit: int, before_id: str | None
+    ) -> list[Dispute]:
+        """The payment's disputes, newest first, before `before_id`."""
+        ...
+
+    async def open_by_deadline(
+        self,
+        *,
+        limit: int,
+        after: tuple[datetime | None, str] | None = None,
+        accounts: Sequence[str] | None = None,
+    ) -> list[Dispute]:
+        """Open disputes, the nearest evidence deadline first (those without
+        one last), after `after` (a dispute's (evidence_due_by, id))."""
+        ...
+
+    async def open_count(
+        self, accounts: Sequence[str] | None = None, *, due_before: datetime | None = None
+    ) -> int:
+        """Open disputes; with `due_before`, those of them whose evidence
+        deadline is earlier (those without one never are)."""
+        ...
+
+    async def figures(self, accounts: Sequence[str] | None = None) -> list[DisputeFigures]:
+        """Per PSE account and currency of every account that ever had a
+        dispute: the open ones (count, amount) and what lost ones counted."""
+        ...
 
 
 class OutboxRepository(Protocol):
@@ -373,6 +430,13 @@ class ReconciliationRepository(Protocol):
         succeeded_to: datetime,
     ) -> int: ...
     async def apply_settled_figures(self, reconciliation_id: str) -> int: ...
+    async def settlement_disputes(
+        self, pse_account: str, pse_dispute_ids: Sequence[str], pse_payment_ids: Sequence[str]
+    ) -> KnownDisputes:
+        """Our disputes of the account that dispute lines name, by the PSE's
+        dispute id or their payment's PSE id, and the payments so named."""
+        ...
+
     async def fx_totals(
         self,
         created_from: datetime | None,
@@ -440,6 +504,7 @@ class UnitOfWork(Protocol):
 
     payments: PaymentRepository
     refunds: RefundRepository
+    disputes: DisputeRepository
     outbox: OutboxRepository
     idempotency: IdempotencyRepository
     webhooks: WebhookRepository

@@ -1,9 +1,13 @@
 """Reconciliation against a PSE's settlement file: what each line means for us.
 
-A line is matched to our refund by the PSE's refund id, else by our
+A refund line is matched to our refund by the PSE's refund id, else by our
 reference. The file may settle a refund we still hold as `unknown` or
 `pending`: that is the PSE's word that the money left, and the refund becomes
 `succeeded`. Nothing else in our records is changed by a file.
+
+A dispute line (the PSE took a disputed amount back, or reinstated it) is
+matched to our dispute (`app.domain.reconciliation_disputes`); it changes
+nothing in our records either.
 """
 
 from __future__ import annotations
@@ -32,9 +36,25 @@ class Outcome(StrEnum):
     STATUS_MISMATCH = "status_mismatch"
     MISSING_IN_SERVICE = "missing_in_service"  # the PSE settled a refund we do not know
     MISSING_IN_FILE = "missing_in_file"  # we think it succeeded; the file does not have it
+    # Dispute lines: money the PSE took back for a dispute, or gave back.
+    DISPUTE_MATCHED = "dispute_matched"
+    DISPUTE_AMOUNT_MISMATCH = "dispute_amount_mismatch"
+    DISPUTE_STATUS_MISMATCH = "dispute_status_mismatch"  # reinstated, ours open or lost
+    DISPUTE_MISSING_IN_SERVICE = "dispute_missing_in_service"  # a dispute we do not know
 
 
 OUTCOMES = tuple(Outcome)
+# The outcomes where the file and our records agree; every other is a difference.
+AGREEING = frozenset({Outcome.MATCHED, Outcome.DISPUTE_MATCHED})
+# The outcomes of dispute lines (their `refund_id` holds our dispute's id).
+DISPUTE_OUTCOMES = frozenset(
+    {
+        Outcome.DISPUTE_MATCHED,
+        Outcome.DISPUTE_AMOUNT_MISMATCH,
+        Outcome.DISPUTE_STATUS_MISMATCH,
+        Outcome.DISPUTE_MISSING_IN_SERVICE,
+    }
+)
 
 
 class ReconciliationStatus(StrEnum):

@@ -240,3 +240,16 @@ class SuccessTimes:
     refunds: int
     median_seconds: float
     p95_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class DisputeFigures:
+    """One PSE account's disputes in one currency: how many are open and
+    how much they are for, and what lost ones counted against their payments
+    (minor units)."""
+
+    pse_account: str
+    currency: str
+    open: int
+    open_amount: int
+    lost_amount: int

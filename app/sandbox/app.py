@@ -7,7 +7,7 @@ import hmac
 import ipaddress
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import httpx
 from fastapi import APIRouter, Body, Depends, FastAPI, Header, Query, Request
@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.sandbox.config import Faults, SandboxConfig
 from app.sandbox.records import SandboxError, error_body
-from app.sandbox.state import PaymentRequest, RefundRequest, SandboxState
+from app.sandbox.state import DisputeRequest, PaymentRequest, RefundRequest, SandboxState
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": 'Invalid request: `{"error": {"code", "message"}}`'},
@@ -78,6 +78,24 @@ class RefundIn(BaseModel):
     reference: str = Field(min_length=1, max_length=255)
     reason: str | None = Field(default=None, max_length=255)
     metadata: dict[str, str] | None = None
+
+
+class DisputeIn(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"payment_id": "pay_abc", "status": "open", "reason": "fraudulent"},
+                {"payment_id": "pay_abc", "dispute_id": "sbdp_…", "status": "lost"},
+            ]
+        },
+    )
+
+    payment_id: str = Field(min_length=1, max_length=255)
+    status: Literal["open", "won", "lost", "closed"]
+    amount: StrictInt | None = Field(default=None, ge=1)
+    reason: str | None = Field(default=None, min_length=1, max_length=255)
+    dispute_id: str | None = Field(default=None, min_length=1, max_length=255)
 
 
 # Validation errors on these fields get their own codes, as a PSE would give them.
@@ -267,6 +285,39 @@ def _control_router() -> APIRouter:
     async def all_refunds(state: State) -> JSONResponse:
         return JSONResponse({"data": [r.to_json() for r in state.refunds.values()]})
 
+    @router.post(
+        "/disputes",
+        status_code=201,
+        summary="Raise a dispute on a payment, or move one",
+        responses={
+            200: {"description": "An existing dispute (`dispute_id`) moved"},
+            400: {"description": "`invalid_request`, `invalid_amount`, `amount_too_large`"},
+            404: {"description": "`not_found`: no such payment or dispute"},
+        },
+    )
+    async def raise_dispute(body: DisputeIn, state: State) -> JSONResponse:
+        """Record a chargeback on a registered payment and send its signed webhook:
+        `dispute.opened` for a new open dispute, `dispute.updated` when one stays
+        (or goes back to) `open`, `dispute.closed` for `won`, `lost` or `closed`.
+        The event's `data` is the dispute. Without `amount` a new dispute is for
+        the whole payment; without `dispute_id` a new one is raised. Any move is
+        allowed, back to `open` too: keeping final statuses final is the
+        receiver's job. Answers the dispute."""
+        dispute, created = state.raise_dispute(
+            DisputeRequest(
+                payment_id=body.payment_id,
+                status=body.status,
+                amount=body.amount,
+                reason=body.reason,
+                dispute_id=body.dispute_id,
+            )
+        )
+        return JSONResponse(dispute.to_json(), status_code=201 if created else 200)
+
+    @router.get("/disputes", summary="Every dispute, oldest first")
+    async def all_disputes(state: State) -> JSONResponse:
+        return JSONResponse({"data": [d.to_json() for d in state.disputes.values()]})
+
     @router.get("/webhooks", summary="Every webhook delivery, oldest first")
     async def deliveries(state: State) -> JSONResponse:
         return JSONResponse({"data": [d.to_json() for d in state.deliveries]})
@@ -338,7 +389,8 @@ def create_sandbox_app(
         version="1",
         description=(
             "A small payment service entity for local runs and tests: payments, "
-            "refunds with idempotency keys, Standard Webhooks, and switchable faults."
+            "refunds with idempotency keys, disputes, Standard Webhooks, and "
+            "switchable faults."
         ),
         lifespan=lifespan,
     )

@@ -1,10 +1,10 @@
-"""The sandbox's own records: payments, refunds, and the error it answers with."""
+"""The sandbox's own records: payments, refunds, disputes, and the error it answers with."""
 
 from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 PENDING = "pending"
@@ -12,6 +12,12 @@ SUCCEEDED = "succeeded"
 FAILED = "failed"
 
 SANDBOX_DECLINED = "sandbox_declined"
+
+# Dispute statuses: the domain's own words.
+DISPUTE_OPEN = "open"
+DISPUTE_STATUSES = ("open", "won", "lost", "closed")
+# How long after a dispute is opened evidence is due, as card schemes give.
+EVIDENCE_WINDOW = timedelta(days=7)
 
 
 def utcnow() -> datetime:
@@ -130,4 +136,40 @@ class SandboxPayment:
             "created_at": rfc3339(self.created_at),
             "refunded_amount": self.committed_amount(),
             "refunds": [r.to_json() for r in self.refunds],
+        }
+
+
+@dataclass(slots=True)
+class SandboxDispute:
+    """A chargeback on a payment, raised and moved through `/_control/disputes`."""
+
+    id: str
+    payment_id: str
+    amount: int
+    currency: str
+    reason: str | None
+    status: str
+    created_at: datetime
+    updated_at: datetime
+    evidence_due_by: datetime
+    closed_at: datetime | None = None
+
+    def move(self, status: str, at: datetime) -> None:
+        self.status = status
+        self.updated_at = at
+        self.closed_at = None if status == DISPUTE_OPEN else (self.closed_at or at)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "dispute",
+            "payment_id": self.payment_id,
+            "amount": self.amount,
+            "currency": self.currency,
+            "reason": self.reason,
+            "status": self.status,
+            "evidence_due_by": rfc3339(self.evidence_due_by),
+            "created_at": rfc3339(self.created_at),
+            "updated_at": rfc3339(self.updated_at),
+            "closed_at": rfc3339(self.closed_at) if self.closed_at else None,
         }

@@ -1,5 +1,5 @@
 """Everything the sandbox PSE knows and does: payments, refunds, idempotency,
-settlement in the background, webhooks, and the faults it injects.
+settlement in the background, disputes, webhooks, and the faults it injects.
 
 Concurrency: asyncio runs one coroutine at a time, so every check-then-write
 below is a synchronous stretch with no `await` in it; no other request can slip
@@ -24,8 +24,11 @@ from app.domain.money import is_currency
 from app.sandbox.config import Faults, SandboxConfig
 from app.sandbox.idempotency import Answer, IdempotencyStore, fingerprint
 from app.sandbox.records import (
+    DISPUTE_OPEN,
+    EVIDENCE_WINDOW,
     FAILED,
     SUCCEEDED,
+    SandboxDispute,
     SandboxError,
     SandboxPayment,
     SandboxRefund,
@@ -47,6 +50,12 @@ WEBHOOK_DROP = "webhook_drop"
 WEBHOOK_DUPLICATE = "webhook_duplicate"
 WEBHOOK_DELAY = "webhook_delay"
 WEBHOOK_REORDER = "webhook_reorder"
+
+# The events a dispute sends: a new open dispute, a change that leaves it (or
+# puts it back) open, and a final status (won, lost, closed).
+DISPUTE_OPENED = "dispute.opened"
+DISPUTE_UPDATED = "dispute.updated"
+DISPUTE_CLOSED = "dispute.closed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +89,23 @@ class RefundRequest:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class DisputeRequest:
+    """Raise a dispute on a payment, or move one (`dispute_id`)."""
+
+    payment_id: str
+    status: str
+    amount: int | None = None
+    reason: str | None = None
+    dispute_id: str | None = None
+
+
+def dispute_event_type(created: bool, status: str) -> str:
+    if status != DISPUTE_OPEN:
+        return DISPUTE_CLOSED
+    return DISPUTE_OPENED if created else DISPUTE_UPDATED
+
+
 def _injected_error(kind: str) -> Answer:
     return Answer(500, error_body("internal_error", f"The sandbox failed ({kind}, injected)."))
 
@@ -97,6 +123,9 @@ class SandboxState:
         self._rng = random.Random(config.seed)
         self.payments: dict[str, SandboxPayment] = {}
         self.refunds: dict[str, SandboxRefund] = {}
+        self.disputes: dict[str, SandboxDispute] = {}
+        # Each dispute's latest webhook delivery: the next one waits for it.
+        self._dispute_notices: dict[str, asyncio.Task[None]] = {}
         self.idempotency = IdempotencyStore()
         self.faults_injected: Counter[str] = Counter()
         self.deliveries: list[Delivery] = []
@@ -291,6 +320,83 @@ class SandboxState:
         ]
 
     # ------------------------------------------------------------------
+    # Disputes
+    # ------------------------------------------------------------------
+
+    def raise_dispute(self, request: DisputeRequest) -> tuple[SandboxDispute, bool]:
+        """Open a dispute on a payment, or move an existing one to `request.status`,
+        then send its webhook in the background. Returns the dispute and whether
+        it was created now.
+
+        Any move is allowed, a final status back to open included: the sandbox
+        plays a PSE, and it is the service that must keep final statuses final.
+        """
+        payment = self.get_payment(request.payment_id)
+        if request.amount is not None:
+            if request.amount < 1:
+                raise SandboxError(400, "invalid_amount", "amount must be a positive integer")
+            if payment.amount is not None and request.amount > payment.amount:
+                raise SandboxError(
+                    400,
+                    "amount_too_large",
+                    f"amount {request.amount} exceeds the payment's {payment.amount}",
+                )
+        now = utcnow()
+        if request.dispute_id is not None:
+            dispute = self.disputes.get(request.dispute_id)
+            if dispute is None:
+                raise SandboxError(404, "not_found", f"no dispute {request.dispute_id}")
+            if dispute.payment_id != payment.id:
+                raise SandboxError(
+                    400,
+                    "invalid_request",
+                    f"dispute {dispute.id} is on payment {dispute.payment_id}, not {payment.id}",
+                )
+            if request.amount is not None:
+                dispute.amount = request.amount
+            if request.reason is not None:
+                dispute.reason = request.reason
+            dispute.move(request.status, now)
+            created = False
+        else:
+            amount = request.amount if request.amount is not None else payment.amount
+            if amount is None:
+                raise SandboxError(
+                    400,
+                    "invalid_amount",
+                    f"payment {payment.id} was registered without an amount: give one",
+                )
+            dispute = SandboxDispute(
+                id=new_id("sbdp"),
+                payment_id=payment.id,
+                amount=amount,
+                currency=payment.currency,
+                reason=request.reason,
+                status=DISPUTE_OPEN,
+                created_at=now,
+                updated_at=now,
+                evidence_due_by=now + EVIDENCE_WINDOW,
+            )
+            dispute.move(request.status, now)
+            self.disputes[dispute.id] = dispute
+            created = True
+        event = new_event(dispute_event_type(created, dispute.status), dispute.to_json())
+        log.info(
+            "sandbox.dispute", dispute_id=dispute.id, status=dispute.status, type=event["type"]
+        )
+        previous = self._dispute_notices.get(dispute.id)
+        self._dispute_notices[dispute.id] = self._spawn(self._notify_after(previous, event))
+        return dispute, created
+
+    async def _notify_after(
+        self, previous: asyncio.Task[None] | None, event: dict[str, Any]
+    ) -> None:
+        """A dispute's events arrive in the order they happened."""
+        if previous is not None:
+            await asyncio.wait({previous})
+        await self._notify(event)
+
+    # ------------------------------------------------------------------
     # Settlement and webhooks (background)
     # ------------------------------------------------------------------
 
@@ -363,6 +469,8 @@ class SandboxState:
         await self._cancel_tasks()
         self.payments.clear()
         self.refunds.clear()
+        self.disputes.clear()
+        self._dispute_notices.clear()
         self.idempotency.clear()
         self.faults_injected.clear()
         self.deliveries.clear()
@@ -381,6 +489,8 @@ class SandboxState:
             "faults_injected": dict(self.faults_injected),
             "refunds": len(self.refunds),
             "refunds_by_status": dict(statuses),
+            "disputes": len(self.disputes),
+            "disputes_by_status": dict(Counter(d.status for d in self.disputes.values())),
             "webhooks_sent": sum(1 for d in self.deliveries if d.delivered),
             "webhooks_failed": sum(1 for d in self.deliveries if not d.delivered),
             "payments": {p.id: _payment_stats(p) for p in self.payments.values()},

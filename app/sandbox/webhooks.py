@@ -29,12 +29,14 @@ class Delivery:
     attempts: int
     status_code: int | None
     delivered: bool
+    dispute_id: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "event_id": self.event_id,
             "type": self.event_type,
             "refund_id": self.refund_id,
+            "dispute_id": self.dispute_id,
             "attempts": self.attempts,
             "status_code": self.status_code,
             "delivered": self.delivered,
@@ -81,7 +83,9 @@ class WebhookSender:
     async def deliver(self, event: dict[str, Any]) -> Delivery:
         body = json.dumps(event, separators=(",", ":"))
         data = event.get("data")
-        refund_id = data.get("id") if isinstance(data, dict) else None
+        subject = data.get("id") if isinstance(data, dict) else None
+        is_dispute = str(event.get("type", "")).startswith("dispute.")
+        refund_id, dispute_id = (None, subject) if is_dispute else (subject, None)
         status_code: int | None = None
         attempt = 0
         for attempt in range(1, self._max_attempts + 1):
@@ -102,7 +106,9 @@ class WebhookSender:
                 continue
             status_code = response.status_code
             if response.is_success:
-                return Delivery(event["id"], event["type"], refund_id, attempt, status_code, True)
+                return Delivery(
+                    event["id"], event["type"], refund_id, attempt, status_code, True, dispute_id
+                )
             log.warning(
                 "sandbox.webhook.rejected",
                 event_id=event["id"],
@@ -110,7 +116,9 @@ class WebhookSender:
                 status_code=status_code,
             )
         log.error("sandbox.webhook.gave_up", event_id=event["id"], attempts=attempt)
-        return Delivery(event["id"], event["type"], refund_id, attempt, status_code, False)
+        return Delivery(
+            event["id"], event["type"], refund_id, attempt, status_code, False, dispute_id
+        )
 
     async def aclose(self) -> None:
         if self._client is not None:

@@ -1,11 +1,12 @@
 """What the console's pages read, and redelivery, its one action without a
 use case elsewhere (it goes through `DeliveryService`).
 
-The same repositories as the API, and no rule of the console's own: who may
-decide a refund and why a refund waits for people come from the domain. Lists
-are indexed queries paged by cursors over ids: a `Page` gives the id the next
-page starts after, which the page builders encode as the API does
-(`encode_cursor`) and hand back, decoded, as `cursor`. No HTML here.
+The same repositories as the API (the open disputes by deadline through
+`DisputeService`), and no rule of the console's own: who may decide a refund
+and why a refund waits for people come from the domain. Lists are indexed
+queries paged by cursors over ids: a `Page` gives the id the next page starts
+after, which the page builders encode as the API does (`encode_cursor`) and
+hand back, decoded, as `cursor`. No HTML here.
 
 Scoped (`scoped(key.accounts)`, as the console's dependencies hand it to each
 page), every list, count and figure holds the scope's PSE accounts only, and
@@ -18,6 +19,7 @@ from collections.abc import AsyncIterator, Callable
 from datetime import datetime, time, timedelta
 from typing import TypeVar
 
+from app.domain.disputes import Dispute
 from app.domain.errors import InvalidInput, NotFound
 from app.domain.models import (
     CANCELABLE,
@@ -31,7 +33,7 @@ from app.domain.models import (
 from app.domain.money import Money, exponent
 from app.domain.policy import ApprovalReason
 from app.domain.ports import RefundFilter, UnitOfWork
-from app.domain.reconciliation import Outcome
+from app.domain.reconciliation import DISPUTE_OUTCOMES, Outcome
 from app.domain.records import (
     ApiKey,
     FxTotal,
@@ -46,6 +48,7 @@ from app.services.console_results import (
     AttentionCounts,
     AttentionQueue,
     Home,
+    OpenDispute,
     Page,
     ReconciliationDetail,
     RefundAction,
@@ -55,6 +58,7 @@ from app.services.console_results import (
     TimeToRefund,
 )
 from app.services.context import Deps, Scoped
+from app.services.disputes import DisputeService
 from app.services.events import DeliveryService
 from app.services.refund_csv import CSV_HEADER, csv_lines, csv_row
 from app.services.submission import ASKABLE
@@ -65,6 +69,7 @@ from app.services.timeline import (
     approval_entry,
     audit_entry,
     delivery_entry,
+    dispute_entries,
     event_entry,
     status_entry,
     webhook_entry,
@@ -108,10 +113,32 @@ def _limit(limit: int) -> int:
     return limit
 
 
+def _dispute_cursor(dispute: Dispute) -> str:
+    """Where a page of open disputes ends: its last one's deadline and id."""
+    due = dispute.evidence_due_by
+    return f"{due.isoformat() if due else ''}|{dispute.id}"
+
+
+def _after_dispute(cursor: str | None) -> tuple[datetime | None, str] | None:
+    if cursor is None:
+        return None
+    due, bar, dispute_id = cursor.partition("|")
+    try:
+        if not bar or not dispute_id:
+            raise ValueError(cursor)
+        at = datetime.fromisoformat(due) if due else None
+    except ValueError:
+        raise InvalidInput("the cursor is not one a page of disputes gave") from None
+    if at is not None and at.tzinfo is None:
+        raise InvalidInput("the cursor is not one a page of disputes gave")
+    return at, dispute_id
+
+
 class ConsoleQueries(Scoped):
-    def __init__(self, deps: Deps, deliveries: DeliveryService) -> None:
+    def __init__(self, deps: Deps, deliveries: DeliveryService, disputes: DisputeService) -> None:
         self.deps = deps
         self.deliveries = deliveries
+        self.disputes = disputes
 
     # -- approvals ---------------------------------------------------------------
 
@@ -291,7 +318,8 @@ class ConsoleQueries(Scoped):
                 raise NotFound(f"no refund {refund_id}")
             payment = await uow.payments.get(refund.payment_id)
             assert payment is not None  # a refund's payment is never deleted
-            timeline = await self._timeline(uow, refund)
+            disputes, more_disputes = await self._payment_disputes(uow, payment.id)
+            timeline = await self._timeline(uow, refund, disputes, more_disputes)
         level = viewer.effective_approval_level
         block = None
         if refund.status is RefundStatus.PENDING_APPROVAL:
@@ -301,24 +329,28 @@ class ConsoleQueries(Scoped):
             refund=refund,
             payment=payment,
             timeline=timeline,
-            actions=self._actions(refund, viewer, block),
+            actions=self._actions(refund, viewer, block, held=refund.hold is not None),
             decision_block=block,
             approval_reasons=self._reasons(refund, payment),
             refund_deadline=self.deps.policy.refund_deadline(
                 payment.captured_at, window.refund_window_days if window else None
             ),
+            disputes=disputes,
+            hold=refund.hold,
         )
 
     def _actions(
-        self, refund: Refund, viewer: ApiKey, block: DecisionBlock | None
+        self, refund: Refund, viewer: ApiKey, block: DecisionBlock | None, *, held: bool = False
     ) -> frozenset[RefundAction]:
         """The API's roles for each action (approver: approve and reject; store
-        or ops: cancel; ops: the rest), and the statuses the domain accepts."""
+        or ops: cancel; ops: the rest), and the statuses the domain accepts.
+        A held refund (its payment disputed) the domain neither approves nor
+        lets be paid out offline; it may still be rejected or canceled."""
         actions: set[RefundAction] = set()
         level = viewer.effective_approval_level
         status = refund.status
         if status is RefundStatus.PENDING_APPROVAL and level and viewer.has_any(Role.APPROVER):
-            if block is None:
+            if block is None and not held:
                 actions.add(RefundAction.APPROVE)
             # A veto asks for the refund's highest level, whatever slots are open.
             may_decide = block not in (DecisionBlock.SELF_APPROVAL, DecisionBlock.ALREADY_DECIDED)
@@ -327,7 +359,7 @@ class ConsoleQueries(Scoped):
         if status in CANCELABLE and viewer.has_any(Role.STORE, Role.OPS):
             actions.add(RefundAction.CANCEL)
         if viewer.has_any(Role.OPS):
-            if status is RefundStatus.OFFLINE_REQUIRED:
+            if status is RefundStatus.OFFLINE_REQUIRED and not held:
                 actions.add(RefundAction.OFFLINE_PAYOUT)
             if status in SYNCABLE:
                 actions.add(RefundAction.SYNC)
@@ -345,16 +377,34 @@ class ConsoleQueries(Scoped):
             refund = await uow.refunds.get(refund_id)
             if refund is None or not self.sees(refund.pse_account):
                 raise NotFound(f"no refund {refund_id}")
-            return await self._timeline(uow, refund)
+            disputes, more_disputes = await self._payment_disputes(uow, refund.payment_id)
+            return await self._timeline(uow, refund, disputes, more_disputes)
 
-    async def _timeline(self, uow: UnitOfWork, refund: Refund) -> Timeline:
+    @staticmethod
+    async def _payment_disputes(
+        uow: UnitOfWork, payment_id: str
+    ) -> tuple[tuple[Dispute, ...], bool]:
+        """The payment's disputes, oldest first (its newest ones, as many as a
+        timeline shows of each source), and whether it has more."""
+        limit = _TIMELINE_SOURCE_LIMIT
+        newest = await uow.disputes.for_payment(payment_id, limit=limit + 1, before_id=None)
+        oldest_first = sorted(newest[:limit], key=lambda d: (d.opened_at, d.id))
+        return tuple(oldest_first), len(newest) > limit
+
+    async def _timeline(
+        self,
+        uow: UnitOfWork,
+        refund: Refund,
+        disputes: tuple[Dispute, ...],
+        more_disputes: bool,
+    ) -> Timeline:
         # The refund's own rows and the outbox are the record of its changes
         # and deliveries (kept whatever the audit's retention and buffering);
         # the audit trail adds what only it holds. Its copies of the same
         # facts (refund.status, approval.decision, webhook.sent) are left out.
         entries: list[tuple[datetime, int, TimelineEntry]] = []
         limit = _TIMELINE_SOURCE_LIMIT
-        truncated = False
+        truncated = more_disputes
 
         def add(rank: int, entry: TimelineEntry) -> None:
             entries.append((entry.at, rank, entry))
@@ -395,6 +445,10 @@ class ConsoleQueries(Scoped):
         truncated |= len(records) > limit
         for record in records[:limit]:
             add(3, audit_entry(record.kind, record.actor, record.at, record.data()["data"]))
+        # The payment's disputes: why a refund was held, released or canceled.
+        for dispute in disputes:
+            for entry in dispute_entries(dispute):
+                add(1, entry)
         entries.sort(key=lambda item: (item[0], item[1]))
         return Timeline([entry for _at, _rank, entry in entries], truncated)
 
@@ -488,7 +542,33 @@ class ConsoleQueries(Scoped):
             needs_attention=await uow.refunds.flagged_count(self.accounts),
             offline_required=by_status.get(RefundStatus.OFFLINE_REQUIRED.value, 0),
             failed_deliveries=await uow.outbox.failed_count(self.accounts),
+            open_disputes=await uow.disputes.open_count(self.accounts),
+            overdue_disputes=await uow.disputes.open_count(self.accounts, due_before=now),
         )
+
+    async def open_disputes(
+        self, *, limit: int = DEFAULT_LIMIT, cursor: str | None = None
+    ) -> Page[OpenDispute]:
+        """Open disputes (chargebacks) of the scope's accounts, the soonest
+        evidence deadline first (those without one last), each with its
+        payment and whether its deadline has passed."""
+        after = _after_dispute(cursor)
+        now = self.deps.clock.now()
+        disputes = await self.disputes.scoped(self.scope).open_by_deadline(
+            limit=_limit(limit) + 1, after=after
+        )
+        page = _page(disputes, limit, _dispute_cursor)
+        async with self.deps.uow() as uow:
+            payments = await self._payments(uow, [d.payment_id for d in page.items])
+        items = [
+            OpenDispute(
+                dispute,
+                payments[dispute.payment_id],
+                overdue=dispute.evidence_due_by is not None and dispute.evidence_due_by < now,
+            )
+            for dispute in page.items
+        ]
+        return Page(items, page.next_cursor)
 
     async def attention(
         self, queue: AttentionQueue, *, limit: int = DEFAULT_LIMIT, cursor: str | None = None
@@ -571,7 +651,15 @@ class ConsoleQueries(Scoped):
             lines = await uow.reconciliations.lines(
                 reconciliation_id, outcome=outcome, limit=_limit(limit) + 1, after_id=after_id
             )
-        return ReconciliationDetail(run, _page(lines, limit, lambda line: str(line.id)), outcome)
+            page = _page(lines, limit, lambda line: str(line.id))
+            # Dispute lines hold our dispute's id where refund lines hold the refund's.
+            dispute_ids = [
+                line.refund_id
+                for line in page.items
+                if line.refund_id and line.outcome in DISPUTE_OUTCOMES
+            ]
+            disputes = await uow.disputes.get_many(dispute_ids)
+        return ReconciliationDetail(run, page, outcome, {d.id: d for d in disputes})
 
     async def fx_report(
         self,

@@ -3,12 +3,13 @@ page shows, as plain values (no HTML)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 from typing import Generic, TypeVar
 
+from app.domain.disputes import Dispute
 from app.domain.models import (
     DecisionBlock,
     Payment,
@@ -18,6 +19,7 @@ from app.domain.models import (
 )
 from app.domain.money import Money
 from app.domain.policy import ApprovalReason
+from app.domain.reconciliation import DISPUTE_OUTCOMES
 from app.domain.records import (
     Reconciliation,
     ReconciliationLine,
@@ -126,6 +128,15 @@ class RefundDetail:
     # Why it waited (or waits) for people; () when it needed no approval.
     approval_reasons: tuple[ApprovalReason, ...]
     refund_deadline: datetime
+    # The payment's disputes, oldest first.
+    disputes: tuple[Dispute, ...] = ()
+    # Why the refund is held back from the PSE (`payment_disputed`), if it is:
+    # the domain then refuses its approval and its offline payout.
+    hold: str | None = None
+
+    @property
+    def open_disputes(self) -> tuple[Dispute, ...]:
+        return tuple(d for d in self.disputes if not d.status.is_final)
 
 
 # -- home and attention ---------------------------------------------------------
@@ -145,6 +156,23 @@ class AttentionCounts:
     needs_attention: int
     offline_required: int
     failed_deliveries: int
+    open_disputes: int = 0
+    # Open disputes past their evidence deadline.
+    overdue_disputes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class OpenDispute:
+    """An open dispute on the attention list, with its payment."""
+
+    dispute: Dispute
+    payment: Payment
+    # Its evidence deadline has passed (a dispute without one never is).
+    overdue: bool
+
+    @property
+    def due_by(self) -> datetime | None:
+        return self.dispute.evidence_due_by
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,3 +233,9 @@ class ReconciliationDetail:
     # Lines (of one outcome when asked), in file order; `missing_in_file` lines last.
     lines: Page[ReconciliationLine]
     outcome: str | None
+    # The disputes the page's dispute lines matched, by id.
+    disputes: dict[str, Dispute] = field(default_factory=dict)
+
+    @staticmethod
+    def is_dispute_line(line: ReconciliationLine) -> bool:
+        return line.outcome in DISPUTE_OUTCOMES

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol, Self
 
 from app.domain.errors import NotFound, UnknownPseAccount
@@ -75,6 +76,15 @@ class Deps:
             return self.gateways[name]
         except KeyError:
             raise UnknownPseAccount(f"no PSE account named {name!r} is configured") from None
+
+
+def refund_deadline(deps: Deps, payment: Payment) -> datetime:
+    """Until when the payment can be refunded through its PSE: its account's
+    window, else the policy's."""
+    window = None
+    if payment.pse_account in deps.accounts:
+        window = deps.accounts[payment.pse_account].refund_window_days
+    return deps.policy.refund_deadline(payment.captured_at, window)
 
 
 class Scoped:

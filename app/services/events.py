@@ -2,7 +2,8 @@
 
 Events are written in the transaction of the change they report (the
 outbox). Delivery is at least once and in order per refund: an event is
-sent only after every earlier event of its refund was delivered or gave up,
+sent only after every earlier event of its refund was delivered or gave up
+(a payment's own events, its disputes', likewise per payment),
 retried with exponential backoff and jitter for the configured window, then
 marked `failed` (and visible, and re-deliverable by ops).
 """

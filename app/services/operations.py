@@ -48,8 +48,24 @@ class Operations(Scoped):
                 now - timedelta(hours=self.deps.stale_after_hours)
             )
             oldest = await uow.outbox.oldest_undelivered()
+            disputes = await uow.disputes.figures()
         for status, count in counts.items():
             metrics.refunds_by_status.labels(status).set(count)
+        # Every configured account, and every one that ever had a dispute: a
+        # gauge that is no longer true reads 0, never its last value.
+        open_disputes = dict.fromkeys(self.deps.accounts, 0)
+        for figures in disputes:
+            open_disputes[figures.pse_account] = (
+                open_disputes.get(figures.pse_account, 0) + figures.open
+            )
+            metrics.disputes_open_amount.labels(figures.pse_account, figures.currency).set(
+                figures.open_amount
+            )
+            metrics.disputes_lost_amount.labels(figures.pse_account, figures.currency).set(
+                figures.lost_amount
+            )
+        for account, count in open_disputes.items():
+            metrics.disputes_open.labels(account).set(count)
         metrics.refunds_stale.set(stale)
         metrics.delivery_lag.set(max(0.0, (now - oldest).total_seconds()) if oldest else 0)
         metrics.audit_buffered.set(self.audit.pending)
@@ -70,6 +86,7 @@ class Operations(Scoped):
                 for pair, rate in policy.rates.items()
             },
             "rate_max_age_days": policy.rate_max_age_days,
+            "on_dispute": policy.on_dispute,
             "accounts": {
                 name: {
                     "provider": account.provider,

@@ -10,7 +10,7 @@ from app.domain.errors import InvalidInput, NotFound, PaymentConflict, UnknownPs
 from app.domain.models import Payment, RiskLevel
 from app.domain.money import Money, parse_rate
 from app.domain.ports import AlreadyExists
-from app.services.context import Deps, Scoped
+from app.services.context import Deps, Scoped, refund_deadline
 from app.services.ids import new_id
 
 # How far a store's clock may run ahead of ours.
@@ -39,10 +39,7 @@ class PaymentService(Scoped):
         self.deps = deps
 
     def deadline(self, payment: Payment) -> datetime:
-        window = None
-        if payment.pse_account in self.deps.accounts:
-            window = self.deps.accounts[payment.pse_account].refund_window_days
-        return self.deps.policy.refund_deadline(payment.captured_at, window)
+        return refund_deadline(self.deps, payment)
 
     async def register(self, cmd: RegisterPayment, created_by: str) -> tuple[Payment, bool]:
         """Returns the payment and whether it was created now (False: already known)."""

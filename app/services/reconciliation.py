@@ -1,10 +1,20 @@
-"""Reconciling a PSE's settlement file against our refunds, and the FX report.
+"""Reconciling a PSE's settlement file against our refunds and disputes, and
+the FX report.
 
 One streaming pass over the file matches its lines in batches and writes
 the outcomes; an unreadable line stops the run, naming the line. The
 changes to refunds (uncertain refunds the file proves settled, fees and
 settled amounts) are applied at the end in one transaction: a run that
 fails leaves no refund half-changed and no outcome lines behind.
+
+Dispute lines (chargeback withdrawals and reinstatements) are rare: a batch
+holding some makes one more query, for their disputes; a batch of refund
+lines only makes none. They change nothing in our records.
+
+A dispute line is written in the columns a refund line uses: `pse_refund_id`
+holds the file's dispute id, `reference` the file's id of the disputed
+payment, `refund_id` our dispute's id, `file_status` `withdrawn` or
+`reinstated`, `our_amount` / `our_status` the dispute's.
 """
 
 from __future__ import annotations
@@ -17,11 +27,11 @@ import itertools
 import os
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, cast
 
 import structlog
 
@@ -34,6 +44,12 @@ from app.domain.reconciliation import (
     SettlementRow,
     empty_counts,
     judge,
+)
+from app.domain.reconciliation_disputes import (
+    DisputeIndex,
+    KnownDisputes,
+    SettledDispute,
+    Taken,
 )
 from app.domain.records import FxTotal, Reconciliation, ReconciliationLine
 from app.services.context import Deps, Scoped, lock_refund, save
@@ -48,7 +64,7 @@ BATCH = 2000
 
 class SettlementFormat(Protocol):
     format: str
-    rows: Iterator[SettlementRow]
+    rows: Iterator[SettlementRow | SettledDispute]
 
 
 # Opens a settlement file for a provider: (text stream) → format and rows.
@@ -68,6 +84,17 @@ REPORT_CHUNK_LINES = 5000
 class _Adoption:
     refund_id: str
     row: SettlementRow
+
+
+@dataclass(frozen=True, slots=True)
+class _Found:
+    """What one batch's lines name in our records."""
+
+    refunds: list[SettlementRow]
+    by_pse_id: dict[str, RefundSnapshot]
+    by_id: dict[str, RefundSnapshot]
+    disputes: list[SettledDispute]
+    known_disputes: KnownDisputes | None
 
 
 class ReconciliationService(Scoped):
@@ -236,6 +263,8 @@ class ReconciliationService(Scoped):
         caller deletes what was written: no refund has been touched yet)."""
         counts = empty_counts()
         adoptions: list[_Adoption] = []
+        # Disputes earlier dispute lines went to, with the money's direction.
+        taken: Taken = {}
         done = 0
         first: datetime | None = None
         last: datetime | None = None
@@ -256,7 +285,7 @@ class ReconciliationService(Scoped):
                         else None
                     )
                     found = await lookup
-                    lines = self._judge_batch(reconciliation.id, batch, found, counts, adoptions)
+                    lines = self._judge_batch(reconciliation.id, found, counts, adoptions, taken)
                     for row in batch:
                         if row.settled_at is not None:
                             if first is None or row.settled_at < first:
@@ -283,15 +312,34 @@ class ReconciliationService(Scoped):
         return adoptions
 
     async def _lookup(
-        self, pse_account: str, batch: list[SettlementRow]
-    ) -> tuple[dict[str, RefundSnapshot], dict[str, RefundSnapshot]]:
+        self, pse_account: str, batch: Sequence[SettlementRow | SettledDispute]
+    ) -> _Found:
+        # Dispute lines are rare: one pass finds none, and the batch is all refunds.
+        disputes = [r for r in batch if type(r) is SettledDispute]
+        refunds = cast(
+            list[SettlementRow],
+            [r for r in batch if type(r) is not SettledDispute] if disputes else batch,
+        )
         if not batch:
-            return {}, {}
-        pse_ids = [r.pse_refund_id for r in batch if r.pse_refund_id]
-        references = [r.reference for r in batch if r.reference]
+            return _Found(refunds, {}, {}, disputes, None)
+        pse_ids = [r.pse_refund_id for r in refunds if r.pse_refund_id]
+        references = [r.reference for r in refunds if r.reference]
+        known = None
         async with self.deps.uow() as uow:
             found = await uow.refunds.find_for_settlement(pse_account, pse_ids, references)
-        return {f.pse_refund_id: f for f in found if f.pse_refund_id}, {f.id: f for f in found}
+            if disputes:
+                known = await uow.reconciliations.settlement_disputes(
+                    pse_account,
+                    [d.pse_dispute_id for d in disputes if d.pse_dispute_id],
+                    [p for d in disputes for p in d.pse_payment_ids],
+                )
+        return _Found(
+            refunds,
+            {f.pse_refund_id: f for f in found if f.pse_refund_id},
+            {f.id: f for f in found},
+            disputes,
+            known,
+        )
 
     async def _write(self, lines: list[ReconciliationLine]) -> None:
         async with self.deps.uow() as uow:
@@ -301,14 +349,14 @@ class ReconciliationService(Scoped):
     def _judge_batch(
         self,
         reconciliation_id: str,
-        batch: list[SettlementRow],
-        found: tuple[dict[str, RefundSnapshot], dict[str, RefundSnapshot]],
+        found: _Found,
         counts: dict[str, int],
         adoptions: list[_Adoption],
+        taken: Taken,
     ) -> list[ReconciliationLine]:
-        by_pse, by_id = found
+        by_pse, by_id = found.by_pse_id, found.by_id
         lines = []
-        for row in batch:
+        for row in found.refunds:
             refund: RefundSnapshot | None = None
             if row.pse_refund_id:
                 refund = by_pse.get(row.pse_refund_id)
@@ -332,6 +380,50 @@ class ReconciliationService(Scoped):
                     row.status,
                     refund.amount.amount if refund else None,
                     refund.status if refund else None,
+                    row.amount.currency,
+                    row.settled_at,
+                    row.fee.amount if row.fee else None,
+                    settlement.amount if settlement else None,
+                    settlement.currency if settlement else None,
+                    verdict.detail,
+                )
+            )
+        if found.disputes:
+            lines.extend(self._judge_disputes(reconciliation_id, found, counts, taken))
+            lines.sort(key=lambda line: line.line or 0)  # file order
+        return lines
+
+    @staticmethod
+    def _judge_disputes(
+        reconciliation_id: str,
+        found: _Found,
+        counts: dict[str, int],
+        taken: Taken,
+    ) -> list[ReconciliationLine]:
+        index = DisputeIndex(taken)
+        if found.known_disputes is not None:
+            index.add(found.known_disputes)
+        lines = []
+        for row in found.disputes:
+            dispute, verdict = index.match(row)
+            counts[verdict.outcome] += 1
+            payment_ids = row.pse_payment_ids
+            named = payment_ids[0] if payment_ids else None
+            if dispute is not None and dispute.pse_payment_id in payment_ids:
+                named = dispute.pse_payment_id
+            settlement = row.settlement_amount
+            lines.append(
+                ReconciliationLine(
+                    reconciliation_id,
+                    row.line,
+                    verdict.outcome,
+                    row.pse_dispute_id,
+                    named,
+                    dispute.id if dispute else None,
+                    row.amount.amount,
+                    row.movement,
+                    dispute.amount.amount if dispute else None,
+                    dispute.status if dispute else None,
                     row.amount.currency,
                     row.settled_at,
                     row.fee.amount if row.fee else None,

@@ -1,5 +1,5 @@
 """One refund's timeline: its history, approvals, PSE exchanges, store events
-and deliveries, as entries of one list."""
+and deliveries, and its payment's disputes, as entries of one list."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from app.domain.disputes import Dispute
 from app.domain.models import Approval, RefundStatus, StatusChange
 from app.domain.records import DeliveryAttempt, OutboxEvent, StoredWebhook
 from app.services.views import rfc3339
@@ -22,6 +23,7 @@ class TimelineKind(StrEnum):
     STORE_DELIVERY = "store_delivery"  # one attempt to deliver it to the store's webhook
     API_REQUEST = "api_request"  # a request to the API that changed or tried to change it
     NOTE = "note"  # anything else the audit trail holds about it
+    DISPUTE = "dispute"  # a dispute (chargeback) opened or ended on the refund's payment
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,3 +151,38 @@ def audit_entry(kind: str, actor: str | None, at: datetime, data: dict[str, Any]
         summary = f"redelivery of {data.get('event_type')} asked"
         return TimelineEntry(at, TimelineKind.NOTE, actor, summary, data)
     return TimelineEntry(at, TimelineKind.NOTE, actor, kind, data)
+
+
+def dispute_entries(dispute: Dispute) -> list[TimelineEntry]:
+    """A dispute of the refund's payment: when it opened and, once final, when it ended."""
+    amount = f"{dispute.amount.amount} {dispute.amount.currency}"
+    details: dict[str, Any] = {
+        "dispute_id": dispute.id,
+        "pse_dispute_id": dispute.pse_dispute_id,
+        "amount": dispute.amount.amount,
+        "currency": dispute.amount.currency,
+        "reason": dispute.reason,
+        "evidence_due_by": rfc3339(dispute.evidence_due_by),
+        "source": dispute.source,
+    }
+    opened = f"dispute opened on the payment: {amount}"
+    entries = [
+        TimelineEntry(
+            at=dispute.opened_at,
+            kind=TimelineKind.DISPUTE,
+            actor=f"pse:{dispute.pse_account}" if dispute.source == "pse" else None,
+            summary=f"{opened} ({dispute.reason})" if dispute.reason else opened,
+            details=details,
+        )
+    ]
+    if dispute.status.is_final and dispute.closed_at is not None:
+        entries.append(
+            TimelineEntry(
+                at=dispute.closed_at,
+                kind=TimelineKind.DISPUTE,
+                actor=f"pse:{dispute.pse_account}" if dispute.source == "pse" else None,
+                summary=f"dispute {dispute.status.value}: {amount}",
+                details={**details, "status": dispute.status.value},
+            )
+        )
+    return entries

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from app.domain.audit import AuditRecord
+from app.domain.disputes import Dispute
 from app.domain.models import Payment, Refund
 from app.domain.records import DeliveryAttempt, OutboxEvent, ReconciliationLine
 
@@ -32,6 +33,8 @@ def payment_view(payment: Payment, refund_deadline: datetime) -> dict[str, Any]:
         "settlement_rate": str(payment.settlement_rate),
         "refunded_amount": payment.refunded_amount,
         "reserved_amount": payment.reserved_amount,
+        "disputed_amount": payment.disputed_amount,
+        "open_disputes": payment.open_disputes,
         "refundable_amount": payment.refundable.amount,
         "refund_deadline": rfc3339(refund_deadline),
         "created_at": rfc3339(payment.created_at),
@@ -74,6 +77,7 @@ def refund_view(refund: Refund) -> dict[str, Any]:
         "attention": None
         if refund.attention is None
         else {"detail": refund.attention, "at": rfc3339(refund.attention_at)},
+        "hold": refund.hold,
         "created_at": rfc3339(refund.created_at),
         "updated_at": rfc3339(refund.updated_at),
         "status_history": [
@@ -85,6 +89,26 @@ def refund_view(refund: Refund) -> dict[str, Any]:
             }
             for change in refund.history
         ],
+    }
+
+
+def dispute_view(dispute: Dispute) -> dict[str, Any]:
+    return {
+        "id": dispute.id,
+        "payment_id": dispute.payment_id,
+        "pse_account": dispute.pse_account,
+        "pse_dispute_id": dispute.pse_dispute_id,
+        "status": dispute.status.value,
+        "amount": dispute.amount.amount,
+        "currency": dispute.amount.currency,
+        "reason": dispute.reason,
+        "counted_amount": dispute.counted_amount,
+        "source": dispute.source,
+        "opened_at": rfc3339(dispute.opened_at),
+        "evidence_due_by": rfc3339(dispute.evidence_due_by),
+        "closed_at": rfc3339(dispute.closed_at),
+        "created_at": rfc3339(dispute.created_at),
+        "updated_at": rfc3339(dispute.updated_at),
     }
 
 

@@ -2,7 +2,9 @@
 
 The raw event and its application commit together; should applying fail,
 the raw event is stored alone and the worker applies it later. Either way it
-is stored before the PSE gets its 200."""
+is stored before the PSE gets its 200. An event about a refund is applied to
+the refund; one about a dispute (chargeback), to the disputed payment and
+its refunds (DisputeService)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ from typing import Any
 
 import structlog
 
-from app.domain.errors import InvalidSignature, InvalidWebhookBody, NotFound
+from app.domain.disputes import DisputeReport, DisputeStatus
+from app.domain.errors import DomainError, InvalidSignature, InvalidWebhookBody, NotFound
 from app.domain.matching import reference_claim_problem
 from app.domain.models import Applied, Refund
 from app.domain.money import Money
@@ -28,6 +31,7 @@ from app.domain.pse import (
 from app.domain.records import StoredWebhook, WebhookStatus
 from app.domain.text import first_text_problem
 from app.services.context import Deps, lock_refund, save
+from app.services.disputes import DisputeService
 
 log = structlog.get_logger("app.webhooks")
 
@@ -68,6 +72,52 @@ def pse_refund_from_dict(data: Mapping[str, Any]) -> PseRefund:
     )
 
 
+# Where a stored event keeps the translated dispute (in its `refund` column,
+# the translated PSE view to apply later): {"dispute": {...}}.
+_DISPUTE = "dispute"
+
+
+def dispute_report_to_dict(report: DisputeReport) -> dict[str, Any]:
+    def instant(at: datetime | None) -> str | None:
+        return None if at is None else at.isoformat()
+
+    return {
+        "pse_dispute_id": report.pse_dispute_id,
+        "status": report.status.value,
+        "amount": None
+        if report.amount is None
+        else {"amount": report.amount.amount, "currency": report.amount.currency},
+        "reason": report.reason,
+        "evidence_due_by": instant(report.evidence_due_by),
+        "opened_at": instant(report.opened_at),
+        "pse_payment_ids": list(report.pse_payment_ids),
+    }
+
+
+def dispute_report_from_dict(data: Mapping[str, Any]) -> DisputeReport:
+    def instant(text: str | None) -> datetime | None:
+        return None if text is None else datetime.fromisoformat(text)
+
+    amount = data.get("amount")
+    return DisputeReport(
+        pse_dispute_id=data["pse_dispute_id"],
+        status=DisputeStatus(data["status"]),
+        amount=None if not amount else Money(int(amount["amount"]), str(amount["currency"])),
+        reason=data.get("reason"),
+        evidence_due_by=instant(data.get("evidence_due_by")),
+        opened_at=instant(data.get("opened_at")),
+        pse_payment_ids=tuple(data.get("pse_payment_ids") or ()),
+    )
+
+
+def _translated(event: PseWebhookEvent) -> dict[str, Any] | None:
+    """What is stored to apply: the refund's view, or the dispute's; None for
+    an event we do not act on."""
+    if event.dispute is not None:
+        return {_DISPUTE: dispute_report_to_dict(event.dispute)}
+    return pse_refund_to_dict(event.refund) if event.refund else None
+
+
 def _texts_of(event: PseWebhookEvent) -> list[str | None]:
     """Every text of a verified event that would be stored."""
     seen = event.refund
@@ -80,6 +130,9 @@ def _texts_of(event: PseWebhookEvent) -> list[str | None]:
             seen.failure_message,
             *seen.pse_payment_ids,
         ]
+    dispute = event.dispute
+    if dispute is not None:
+        texts += [dispute.pse_dispute_id, dispute.reason, *dispute.pse_payment_ids]
     return texts
 
 
@@ -91,8 +144,9 @@ class WebhookReceipt:
 
 
 class WebhookService:
-    def __init__(self, deps: Deps) -> None:
+    def __init__(self, deps: Deps, disputes: DisputeService | None = None) -> None:
         self.deps = deps
+        self.disputes = disputes or DisputeService(deps)
 
     async def receive(
         self, pse_account: str, headers: Mapping[str, str], body: bytes
@@ -152,8 +206,9 @@ class WebhookService:
             event_id=event.event_id,
             event_type=event.event_type,
             pse_refund_id=event.refund.pse_refund_id if event.refund else None,
+            **({"pse_dispute_id": event.dispute.pse_dispute_id} if event.dispute else {}),
         )
-        refund_data = pse_refund_to_dict(event.refund) if event.refund else None
+        refund_data = _translated(event)
         stored, status = await self._store_and_apply(pse_account, event, body, refund_data, now)
         if stored is None:
             log.info("webhook.duplicate", pse_account=pse_account, event_id=event.event_id)
@@ -217,6 +272,8 @@ class WebhookService:
         """Apply in the caller's transaction; returns the status and what to log
         once it has committed."""
         assert stored.refund is not None
+        if _DISPUTE in stored.refund:
+            return await self._apply_dispute_in(uow, stored)
         seen = pse_refund_from_dict(stored.refund)
         now = self.deps.clock.now()
         match = await self._match(uow, stored.pse_account, seen)
@@ -253,6 +310,43 @@ class WebhookService:
             refund_id=refund.id,
             outcome=outcome.value,
             status=refund.status.value,
+        )
+
+    async def _apply_dispute_in(
+        self, uow: UnitOfWork, stored: StoredWebhook
+    ) -> tuple[WebhookStatus, Callable[[], None]]:
+        """A dispute event, applied to its payment and the payment's refunds."""
+        assert stored.refund is not None
+        report = dispute_report_from_dict(stored.refund[_DISPUTE])
+        now = self.deps.clock.now()
+        about = {
+            "pse_account": stored.pse_account,
+            "event_id": stored.event_id,
+            "pse_dispute_id": report.pse_dispute_id,
+        }
+        try:
+            change = await self.disputes.apply_pse_in(uow, stored.pse_account, report)
+        except DomainError as refused:
+            # The dispute does not fit the payment it names (another currency,
+            # more than its amount, a dispute id of another payment): nothing
+            # was written; the event and its audit record are there to look at.
+            await uow.webhooks.mark(stored.id, WebhookStatus.MISMATCHED, None, now)
+            problem = refused.detail
+            return WebhookStatus.MISMATCHED, lambda: log.warning(
+                "webhook.dispute_refused", **about, problem=problem
+            )
+        if change is None:
+            # A payment not registered here: nothing of ours to act on.
+            await uow.webhooks.mark(stored.id, WebhookStatus.IGNORED, None, now)
+            return WebhookStatus.IGNORED, lambda: log.info("webhook.dispute_unmatched", **about)
+        await uow.webhooks.mark(stored.id, WebhookStatus.APPLIED, None, now)
+        dispute = change.dispute
+        return WebhookStatus.APPLIED, lambda: log.info(
+            "webhook.applied",
+            **about,
+            payment_id=dispute.payment_id,
+            dispute_id=dispute.id,
+            status=dispute.status.value,
         )
 
     async def _match(self, uow: UnitOfWork, pse_account: str, seen: PseRefund) -> Refund | None:

@@ -4,7 +4,8 @@ Each provider describes itself in `tests/adapters/cases/<provider>.py` with a
 module-level `CASE` implementing `ProviderCase`: how to build its gateway,
 and how to wire respx routes that answer exactly as the provider documents
 (request and response shapes). `test_conformance.py` runs the same scenarios
-against every case.
+against every case. A provider that sends dispute (chargeback) webhooks also
+implements `DisputeCase`, and the dispute scenarios run against each of those.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import httpx
 import respx
 
 from app.adapters.pse.base import PseAccount
+from app.domain.disputes import DisputeReport, DisputeStatus
 from app.domain.ports import PseGateway
 from app.domain.pse import (
     PseRefundState,
@@ -95,3 +97,31 @@ class ProviderCase(Protocol):
     ) -> SignedWebhook:
         """A refund event for our refund in `state`, signed with `secret` exactly as
         the provider signs (use the provider's official SDK to sign where one exists)."""
+
+
+# The dispute fields `DisputeCase.dispute_webhook` can leave out of the dispute.
+DISPUTE_FIELDS = ("id", "status", "amount")
+
+
+class DisputeCase(ProviderCase, Protocol):
+    """A provider that documents dispute webhooks (KOMOJU and PAY.JP v2 document none)."""
+
+    # Ours for every dispute status the provider can send (Xendit has no `closed`).
+    dispute_statuses: frozenset[DisputeStatus]
+
+    def expected_dispute(self, status: DisputeStatus) -> DisputeReport:
+        """What `dispute_webhook(status, …)` must be translated to, field by field:
+        a dispute of `submission().pse_payment_id`, amounts in ISO minor units."""
+
+    def dispute_webhook(
+        self,
+        status: DisputeStatus,
+        secret: str,
+        *,
+        without: str | None = None,
+        event_id: str = "evt_dispute_1",
+    ) -> SignedWebhook:
+        """A dispute event whose dispute is in a provider status that is `status` in
+        our words, signed with `secret` exactly as the provider signs (with its
+        official SDK where one exists). `without`: one of DISPUTE_FIELDS left out
+        of the dispute object."""

@@ -13,16 +13,26 @@ import pytest
 import respx
 
 import tests.adapters.cases as cases_package
+from app.domain.disputes import DisputeStatus
 from app.domain.ports import PseGateway
 from app.domain.pse import (
     Accepted,
     Declined,
+    InvalidWebhookPayload,
     InvalidWebhookSignature,
     NotFound,
     PseRefundState,
+    PseWebhookEvent,
     Unanswered,
 )
-from tests.adapters.conformance import BASE_URL, REFERENCE, ProviderCase
+from tests.adapters.conformance import (
+    BASE_URL,
+    DISPUTE_FIELDS,
+    REFERENCE,
+    DisputeCase,
+    ProviderCase,
+    SignedWebhook,
+)
 
 
 def _cases() -> list[ProviderCase]:
@@ -211,3 +221,90 @@ async def test_a_webhook_signed_with_the_previous_secret_is_accepted(case, gatew
     hook = case.webhook(PseRefundState.SUCCEEDED, case.secrets[1])
     event = gateway.parse_webhook({k.lower(): v for k, v in hook.headers.items()}, hook.body, now())
     assert event.refund is not None and event.refund.state is PseRefundState.SUCCEEDED
+
+
+# --------------------------------------------------------------------------
+# Disputes (chargebacks): every provider that documents dispute webhooks
+# --------------------------------------------------------------------------
+
+DISPUTE_CASES: list[DisputeCase] = [c for c in CASES if hasattr(c, "dispute_webhook")]
+DISPUTE_IDS = [c.name for c in DISPUTE_CASES]
+DISPUTE_STATUSES = [
+    pytest.param(c, status, id=f"{c.name}-{status.value}")
+    for c in DISPUTE_CASES
+    for status in sorted(c.dispute_statuses)
+]
+
+
+def parse_signed(gateway: PseGateway, hook: SignedWebhook) -> PseWebhookEvent:
+    return gateway.parse_webhook({k.lower(): v for k, v in hook.headers.items()}, hook.body, now())
+
+
+def test_every_provider_that_documents_dispute_webhooks_has_a_dispute_case():
+    # KOMOJU and PAY.JP (v2) document no dispute events: their disputes are
+    # reported by a person or the store (`POST /v1/payments/{id}/disputes`).
+    assert set(DISPUTE_IDS) == {"sandbox", "stripe", "razorpay", "omise", "xendit"}
+    for case in DISPUTE_CASES:
+        assert {DisputeStatus.OPEN, DisputeStatus.WON, DisputeStatus.LOST} <= case.dispute_statuses
+
+
+@pytest.mark.parametrize(("case", "status"), DISPUTE_STATUSES)
+async def test_a_signed_dispute_webhook_is_reported_in_our_words(
+    case: DisputeCase, gateway: PseGateway, status: DisputeStatus
+):
+    event = parse_signed(gateway, case.dispute_webhook(status, case.secrets[0]))
+
+    assert event.refund is None
+    assert event.dispute == case.expected_dispute(status)
+
+
+@pytest.mark.parametrize("case", DISPUTE_CASES, ids=DISPUTE_IDS)
+async def test_a_dispute_webhook_names_the_payment_the_refunds_are_made_against(
+    case: DisputeCase, gateway: PseGateway
+):
+    # What lets the service find the payment whose refunds the dispute holds.
+    event = parse_signed(gateway, case.dispute_webhook(DisputeStatus.OPEN, case.secrets[0]))
+
+    assert event.dispute is not None
+    assert event.dispute.amount is not None
+    assert event.dispute.amount.currency == case.submission().amount.currency
+    assert event.dispute.pse_payment_ids
+
+
+@pytest.mark.parametrize("case", DISPUTE_CASES, ids=DISPUTE_IDS)
+async def test_a_dispute_webhook_signed_with_the_previous_secret_is_accepted(
+    case: DisputeCase, gateway: PseGateway
+):
+    event = parse_signed(gateway, case.dispute_webhook(DisputeStatus.LOST, case.secrets[1]))
+
+    assert event.dispute is not None and event.dispute.status is DisputeStatus.LOST
+
+
+@pytest.mark.parametrize("case", DISPUTE_CASES, ids=DISPUTE_IDS)
+async def test_a_forged_or_unsigned_dispute_webhook_is_refused(
+    case: DisputeCase, gateway: PseGateway
+):
+    forged = case.dispute_webhook(DisputeStatus.WON, "whsec_" + "Zm9yZ2VkLXNlY3JldC0xMjM0NTY3OA==")
+    with pytest.raises(InvalidWebhookSignature):
+        parse_signed(gateway, forged)
+    with pytest.raises(InvalidWebhookSignature):
+        gateway.parse_webhook({}, forged.body, now())
+    if not case.signs_body:
+        return
+    real = case.dispute_webhook(DisputeStatus.WON, case.secrets[0])
+    # The one change that matters most: a lost dispute passed off as won.
+    tampered = real.body.replace(b'"won"', b'"lost"').replace(b'"WON"', b'"LOST"')
+    assert tampered != real.body
+    with pytest.raises(InvalidWebhookSignature):
+        parse_signed(gateway, SignedWebhook(real.headers, tampered))
+
+
+@pytest.mark.parametrize("field", DISPUTE_FIELDS)
+@pytest.mark.parametrize("case", DISPUTE_CASES, ids=DISPUTE_IDS)
+async def test_a_signed_dispute_webhook_missing_a_field_is_an_invalid_payload(
+    case: DisputeCase, gateway: PseGateway, field: str
+):
+    hook = case.dispute_webhook(DisputeStatus.OPEN, case.secrets[0], without=field)
+
+    with pytest.raises(InvalidWebhookPayload, match="readable dispute"):
+        parse_signed(gateway, hook)

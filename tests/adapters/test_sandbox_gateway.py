@@ -26,6 +26,7 @@ from app.domain.pse import (
     Unanswered,
 )
 from app.sandbox import Faults, SandboxConfig, new_webhook_secret
+from tests.sandbox import harness
 from tests.sandbox.harness import (
     API_KEY,
     AUTH,
@@ -33,8 +34,6 @@ from tests.sandbox.harness import (
     DeadlineTransport,
     ReceivedWebhook,
     WebhookReceiver,
-    make_config,
-    running_sandbox,
     sandbox_state,
     settle,
     sign_webhook,
@@ -43,20 +42,9 @@ from tests.sandbox.harness import (
 GatewayFactory = Callable[..., SandboxGateway]
 
 
-@pytest.fixture
-def receiver() -> WebhookReceiver:
-    return WebhookReceiver()
-
-
-@pytest.fixture
-def config() -> SandboxConfig:
-    return make_config()
-
-
-@pytest.fixture
-async def sandbox(receiver: WebhookReceiver, config: SandboxConfig) -> AsyncIterator[FastAPI]:
-    async with running_sandbox(receiver, config) as app:
-        yield app
+receiver = harness.receiver
+config = harness.config
+sandbox = harness.sandbox
 
 
 @pytest.fixture

@@ -8,7 +8,8 @@ import pytest
 
 from app.adapters.settlement.parsers import SettlementFileError, open_settlement
 from app.domain.money import Money
-from app.domain.reconciliation import SettledStatus
+from app.domain.reconciliation import SettledStatus, SettlementRow
+from app.domain.reconciliation_disputes import DisputeMovement, SettledDispute
 
 GENERIC = (
     "pse_refund_id,reference,type,amount,currency,status,settled_at,fee,"
@@ -96,3 +97,101 @@ def test_a_stripe_itemized_export_reads_refunds_and_failures_in_major_units():
     assert refund.reference == "rf_1" and refund.pse_refund_id == "re_1"
     assert refund.settled_at.isoformat() == "2026-11-27T08:00:00+00:00"
     assert failure.status is SettledStatus.FAILED and failure.amount == Money(2500, "USD")
+
+
+# -- dispute rows ----------------------------------------------------------------------
+
+
+def test_generic_dispute_rows_name_their_dispute_or_payment_and_are_unsigned():
+    header = GENERIC.rstrip("\n") + ",pse_dispute_id,pse_payment_id\n"
+    fmt, rows = parse(
+        header
+        + "re_1,,refund,12000,JPY,succeeded,2026-11-27T08:00:00Z,,,,,\n"
+        + ",,dispute,-5000,JPY,,2026-11-27T09:00:00Z,15,,,du_1,pi_1\n"
+        + ",,Dispute_Reversal,5000,jpy,,2026-11-28T09:00:00Z,,34,USD,,pi_1\n"
+        + "ch_1,,charge,999,JPY,succeeded,2026-11-27T08:00:00Z,,,,,\n"
+    )
+    assert fmt == "generic"
+    refund, withdrawn, reinstated = rows
+    assert isinstance(refund, SettlementRow) and refund.line == 2
+    assert isinstance(withdrawn, SettledDispute)
+    assert withdrawn.line == 3 and withdrawn.movement is DisputeMovement.WITHDRAWN
+    assert withdrawn.pse_dispute_id == "du_1" and withdrawn.pse_payment_ids == ("pi_1",)
+    assert withdrawn.amount == Money(5000, "JPY") and withdrawn.fee == Money(15, "JPY")
+    assert withdrawn.settled_at.isoformat() == "2026-11-27T09:00:00+00:00"
+    assert reinstated.movement is DisputeMovement.REINSTATED
+    assert reinstated.pse_dispute_id is None and reinstated.amount == Money(5000, "JPY")
+    assert reinstated.settlement_amount == Money(34, "USD")
+
+
+def test_without_the_dispute_columns_a_dispute_row_names_its_dispute_in_pse_refund_id():
+    _, rows = parse(GENERIC + "du_9,,dispute,700,USD,,,,,\n")
+    (row,) = rows
+    assert row.pse_dispute_id == "du_9" and row.pse_payment_ids == ()
+    assert row.amount == Money(700, "USD")
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (",,dispute,5,JPY,,,,,,,", "a dispute row needs pse_dispute_id or pse_payment_id"),
+        (",,dispute,0,JPY,,,,,,du_1,", "a dispute row's amount must not be 0"),
+        (",,dispute,5.5,JPY,,,,,,du_1,", "amount '5.5' is not an integer of minor units"),
+        (",,dispute,5,JPY,,,,3,,du_1,", "settlement_amount needs settlement_currency"),
+        (",,dispute_reversal,5,XXX,,,,,,,pi_1", "currency 'XXX' is not an ISO 4217 currency"),
+    ],
+)
+def test_a_bad_dispute_row_is_named_with_what_is_wrong(line, message):
+    header = GENERIC.rstrip("\n") + ",pse_dispute_id,pse_payment_id\n"
+    with pytest.raises(SettlementFileError) as caught:
+        parse(header + "re_0,,refund,1,JPY,succeeded,,,,,,\n" + line + "\n")
+    assert caught.value.line == 3 and message in str(caught.value)
+
+
+STRIPE_HEADER = (
+    "balance_transaction_id,created_utc,currency,gross,fee,net,reporting_category,"
+    "source_id,customer_facing_amount,customer_facing_currency,charge_id,payment_intent_id\n"
+)
+
+
+def test_stripe_dispute_and_dispute_reversal_rows_are_read_with_their_payment():
+    lines = [
+        "txn_1,2026-11-27 08:00:00,usd,-25.00,0.00,-25.00,refund,re_1,25.00,usd,ch_1,pi_1",
+        "txn_2,2026-11-27 09:00:00,usd,-33.50,15.00,-48.50,dispute,du_1,5000,jpy,ch_2,pi_2",
+        "txn_3,2026-11-29 09:00:00,usd,33.50,-15.00,48.50,dispute_reversal,du_1,5000,jpy,ch_2,pi_2",
+        "txn_4,2026-11-29 10:00:00,usd,-10.00,0.00,-10.00,dispute,dp_old,,,ch_3,",
+    ]
+    fmt, rows = parse(STRIPE_HEADER + "\n".join(lines) + "\n", provider="stripe")
+    assert fmt == "stripe_itemized"
+    refund, withdrawn, reinstated, older = rows
+    assert isinstance(refund, SettlementRow) and refund.pse_refund_id == "re_1"
+    assert withdrawn.movement is DisputeMovement.WITHDRAWN
+    assert withdrawn.pse_dispute_id == "du_1" and withdrawn.pse_payment_ids == ("ch_2", "pi_2")
+    # The disputed amount as the customer paid it; the debit in the settlement currency.
+    assert withdrawn.amount == Money(5000, "JPY")
+    assert withdrawn.settlement_amount == Money(3350, "USD")
+    assert withdrawn.fee == Money(1500, "USD")
+    assert withdrawn.settled_at.isoformat() == "2026-11-27T09:00:00+00:00"
+    assert reinstated.movement is DisputeMovement.REINSTATED
+    assert reinstated.amount == Money(5000, "JPY") and reinstated.line == 4
+    assert older.pse_dispute_id == "dp_old" and older.pse_payment_ids == ("ch_3",)
+    assert older.amount == Money(1000, "USD")
+
+
+def test_a_stripe_export_without_payment_columns_reads_dispute_rows_by_their_id():
+    with pytest.raises(SettlementFileError, match=r"^line 3: a dispute row needs source_id"):
+        parse(
+            "balance_transaction_id,created_utc,currency,gross,fee,net,reporting_category,"
+            "source_id\n"
+            "txn_2,2026-11-27 09:00:00,jpy,-5000,2000,-7000,dispute,du_1\n"
+            "txn_3,2026-11-27 09:00:00,jpy,-5000,0,-5000,dispute,\n",
+            provider="stripe",
+        )
+    _, rows = parse(
+        "balance_transaction_id,created_utc,currency,gross,fee,net,reporting_category,source_id\n"
+        "txn_2,2026-11-27 09:00:00,jpy,-5000,2000,-7000,dispute,du_1\n",
+        provider="stripe",
+    )
+    (row,) = rows
+    assert row.pse_dispute_id == "du_1" and row.pse_payment_ids == ()
+    assert row.amount == Money(5000, "JPY") and row.fee == Money(2000, "JPY")

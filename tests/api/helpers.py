@@ -56,6 +56,20 @@ async def get_payment(api, payment_id: str) -> dict[str, Any]:
     return r.json()
 
 
+async def count_refunds(api) -> int:
+    async with api.container.pool.acquire() as conn:
+        return await conn.fetchval("SELECT count(*) FROM refunds")
+
+
+async def event_types(api, refund_id: str) -> list[str]:
+    """The types of the refund's events for the store, in the order raised."""
+    async with api.container.pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT type FROM events WHERE refund_id = $1 ORDER BY seq", refund_id
+        )
+        return [row["type"] for row in rows]
+
+
 def assert_problem(response, status: int, code: str) -> dict[str, Any]:
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/problem+json")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -26,13 +27,49 @@ async def refused_records(api, response: httpx.Response) -> list[Any]:
     return await api.container.audit.search(request_id=response.headers["x-request-id"])
 
 
+async def refused_post(api, path: str, body: bytes, status: int, code: str) -> Any:
+    """`body` posted to `path` as JSON, refused with `status` and `code`: the
+    one record the refusal left."""
+    r = await api.client.post(path, content=body, headers={"Content-Type": "application/json"})
+    assert_problem(r, status, code)
+    (record,) = await refused_records(api, r)
+    return record
+
+
+async def post_raw(
+    app,
+    path: str,
+    headers: list[tuple[bytes, bytes]],
+    receive: Callable[[], Awaitable[dict[str, Any]]],
+) -> list[dict[str, Any]]:
+    """A POST to `path` handed to `app` as the server would hand it, the body
+    coming from `receive`; the messages `app` sent back."""
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"t"), *headers],
+        "client": ("127.0.0.1", 5000),
+        "server": ("t", 80),
+    }
+    await asyncio.wait_for(app(scope, receive, send), 5)
+    return sent
+
+
 async def test_a_keyless_request_is_refused_before_its_body_and_leaves_a_small_summary(api):
     body = b'{"note": "' + b"x" * 1_000_000 + b'"}'
-    r = await api.client.post(
-        "/v1/payments", content=body, headers={"Content-Type": "application/json"}
-    )
-    assert_problem(r, 401, "unauthorized")
-    (record,) = await refused_records(api, r)
+    record = await refused_post(api, "/v1/payments", body, 401, "unauthorized")
     assert record.kind == "api.refused"
     summary = record.data()["data"]
     assert summary["reason"] == "missing_key"
@@ -59,41 +96,18 @@ async def test_an_upload_without_a_key_is_refused_without_reading_a_byte(api):
         chunks_read += 1
         return {"type": "http.request", "body": b"x" * 65536, "more_body": True}
 
-    sent: list[dict[str, Any]] = []
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/v1/reconciliations",
-        "raw_path": b"/v1/reconciliations",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [
-            (b"host", b"t"),
-            (b"content-type", b"multipart/form-data; boundary=xyz"),
-            (b"content-length", str(200 * 1024 * 1024).encode()),
-        ],
-        "client": ("127.0.0.1", 5000),
-        "server": ("t", 80),
-    }
-    await asyncio.wait_for(app(scope, receive, send), 5)
+    headers = [
+        (b"content-type", b"multipart/form-data; boundary=xyz"),
+        (b"content-length", str(200 * 1024 * 1024).encode()),
+    ]
+    sent = await post_raw(app, "/v1/reconciliations", headers, receive)
     assert sent[0]["status"] == 401
     assert chunks_read == 0
 
 
 async def test_an_unsigned_webhook_leaves_a_summary_without_its_body(api):
     body = b'{"id": "evt_1", "filler": "' + b"y" * 70_000 + b'"}'
-    r = await api.client.post(
-        "/v1/webhooks/fake_jp", content=body, headers={"Content-Type": "application/json"}
-    )
-    assert_problem(r, 400, "invalid_signature")
-    (record,) = await refused_records(api, r)
+    record = await refused_post(api, "/v1/webhooks/fake_jp", body, 400, "invalid_signature")
     assert record.kind == "webhook.refused"
     assert record.data()["data"]["size"] == len(body)
     assert "filler" not in record.body and len(record.body) < 1_000
@@ -192,31 +206,11 @@ async def test_a_body_that_does_not_arrive_in_time_is_answered_408(make_api):
         await asyncio.sleep(30)  # the rest never comes
         raise AssertionError("unreachable")
 
-    sent: list[dict[str, Any]] = []
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    secret = api.keys["store"]
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/v1/payments",
-        "raw_path": b"/v1/payments",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [
-            (b"host", b"t"),
-            (b"content-type", b"application/json"),
-            (b"authorization", f"Bearer {secret}".encode()),
-            (b"content-length", str(len(str(payment_body())) + 100).encode()),
-        ],
-        "client": ("127.0.0.1", 5001),
-        "server": ("t", 80),
-    }
-    await asyncio.wait_for(app(scope, receive, send), 5)
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"authorization", f"Bearer {api.keys['store']}".encode()),
+        (b"content-length", str(len(str(payment_body())) + 100).encode()),
+    ]
+    sent = await post_raw(app, "/v1/payments", headers, receive)
     assert sent[0]["status"] == 408
     assert b"request_timeout" in sent[1]["body"]

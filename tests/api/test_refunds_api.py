@@ -10,21 +10,15 @@ from app.domain.pse import (
     PseRefundState,
     Unanswered,
 )
-from tests.api.helpers import assert_problem, get_payment, get_refund, refund, register
-
-
-async def count_refunds(api) -> int:
-    async with api.container.pool.acquire() as conn:
-        return await conn.fetchval("SELECT count(*) FROM refunds")
-
-
-async def event_types(api, refund_id: str) -> list[str]:
-    async with api.container.pool.acquire() as conn:
-        rows = await conn.fetch(
-            "SELECT type FROM events WHERE refund_id = $1 ORDER BY seq", refund_id
-        )
-        return [row["type"] for row in rows]
-
+from tests.api.helpers import (
+    assert_problem,
+    count_refunds,
+    event_types,
+    get_payment,
+    get_refund,
+    refund,
+    register,
+)
 
 # -- creating ----------------------------------------------------------------
 

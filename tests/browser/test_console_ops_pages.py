@@ -248,7 +248,9 @@ def test_a_settlement_file_upload_shows_its_differences(new_page, console_server
     outcomes = page.locator("section[aria-labelledby=outcomes]")
 
     def count(outcome: str) -> int:
-        row = outcomes.locator("tbody tr", has=page.locator("th", has_text=outcome))
+        # Exactly: "matched" is also in "dispute_matched".
+        name = page.locator("th", has_text=re.compile(rf"^\s*{outcome}\s*$"))
+        row = outcomes.locator("tbody tr", has=name)
         return int(row.locator("td.num").inner_text())
 
     assert (count("matched"), count("amount_mismatch"), count("missing_in_service")) == (1, 1, 1)

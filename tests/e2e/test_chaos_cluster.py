@@ -19,13 +19,9 @@ server's data lives in a folder of its own, removed afterwards.
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import random
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -39,7 +35,7 @@ import pytest
 from app.adapters.db.claimer import APPLICATION_NAME, LIVE_CLAIMERS
 from app.adapters.db.engine import migrate
 from app.sandbox.config import new_webhook_secret
-from tests.e2e.test_chaos import FAULTS, FINAL, SANDBOX_KEY, free_port, list_all_refunds
+from tests.e2e import chaos_support as support
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +47,7 @@ LOAD_SECONDS = 24  # the requests are spread over this long
 OUTAGE_AT, OUTAGE_SECONDS = 10.0, 3.0  # PostgreSQL stopped, from the load's start
 # Slower PSE answers than the single-process run's: checks last long enough
 # for a worker to be killed while it holds claims.
-CLUSTER_FAULTS = {**FAULTS, "latency_ms": 60}
+CLUSTER_FAULTS = {**support.FAULTS, "latency_ms": 60}
 KILLS = 8  # two of each service process, at random moments
 SETTLE_DEADLINE_SECONDS = 60
 LEASE_SECONDS = 30  # a killed worker's claims must be free long before this
@@ -68,6 +64,15 @@ class Answer:
     code: str | None
     retry_after: str | None
     db_down: bool  # down both when the request was sent and when it was answered
+
+    @classmethod
+    def of(cls, port: int, r: httpx.Response, db_down: bool) -> Answer:
+        code = None
+        if r.headers.get("content-type", "").startswith("application/problem+json"):
+            code = r.json().get("code")
+        return cls(
+            time.monotonic(), port, r.status_code, code, r.headers.get("retry-after"), db_down
+        )
 
 
 @dataclass
@@ -91,8 +96,8 @@ class Cluster:
         self.pg_dir = Path(tempfile.mkdtemp(prefix="pse-refunds-cluster-"))
         self.held = None
         self.db_down = False
-        self.sandbox_port = free_port()
-        self.ports = {name: free_port() for name in APIS}
+        self.sandbox_port = support.free_port()
+        self.ports = {name: support.free_port() for name in APIS}
         self.whsec = new_webhook_secret()
         self.procs: dict[str, subprocess.Popen] = {}
         self.starts: Counter[str] = Counter()
@@ -126,82 +131,38 @@ class Cluster:
         return self.url.replace("postgresql+asyncpg://", "postgresql://", 1)
 
     def configure(self) -> None:
-        config = self.workdir / "pse-refunds.toml"
-        config.write_text(
-            f"""
-database_url = "{self.url}"
-log_format = "json"
-log_level = "warning"
-idempotency_in_flight_seconds = 5
-
-[accounts.sandbox]
-provider = "sandbox"
-api_key = "{SANDBOX_KEY}"
-webhook_secrets = ["{self.whsec}"]
-base_url = "http://127.0.0.1:{self.sandbox_port}"
-timeout_seconds = 1
-max_attempts = 3
-backoff_initial_seconds = 0.05
-backoff_max_seconds = 0.2
-
-[worker]
-poll_interval_seconds = 0.2
-resolve_backoff_seconds = [0.5, 1, 1, 2, 2, 3, 3, 5, 5, 8, 8, 13, 13]
-approved_grace_seconds = 1
-# Longer than a call with all its retries (3 x 1 s + backoff): no resend
-# while the first request may still be in flight.
-submitting_grace_seconds = 5
-pending_check_after_seconds = 2
-lease_seconds = {LEASE_SECONDS}
-"""
+        config = support.write_config(
+            self.workdir,
+            database_url=self.url,
+            sandbox_port=self.sandbox_port,
+            whsec=self.whsec,
+            # Longer than a call with all its retries (3 x 1 s + backoff): no
+            # resend while the first request may still be in flight.
+            submitting_grace_seconds=5,
+            lease_seconds=LEASE_SECONDS,
         )
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PSE_REFUNDS_")}
-        self.env = {**env, "PSE_REFUNDS_CONFIG_FILE": str(config), "PYTHONPATH": os.getcwd()}
+        self.env = support.service_env(config)
 
     # -- processes ------------------------------------------------------------
 
     def _cli(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
         self.starts[name] += 1
-        log = open(self.workdir / f"{name}-{self.starts[name]}.log", "w")
-        return subprocess.Popen(
-            [sys.executable, "-m", "app.cli", *args],
-            cwd=self.workdir,
-            env={**self.env, **(env or {})},
-            stdout=log,
-            stderr=subprocess.STDOUT,
+        return support.spawn(
+            self.workdir, {**self.env, **(env or {})}, f"{name}-{self.starts[name]}", *args
         )
-
-    def run(self, *args: str) -> str:
-        done = subprocess.run(
-            [sys.executable, "-m", "app.cli", *args],
-            cwd=self.workdir,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        return done.stdout
 
     def start(self, name: str) -> None:
         if name == "sandbox":
             webhooks = f"http://127.0.0.1:{self.ports[APIS[0]]}/v1/webhooks/sandbox"
             self.procs[name] = self._cli(
                 name,
-                "sandbox",
-                "--port",
-                str(self.sandbox_port),
-                "--api-key",
-                SANDBOX_KEY,
-                "--webhook-url",
-                webhooks,
-                "--webhook-secret",
-                self.whsec,
-                "--settle-delay",
-                "0.2",
-                "--seed",
-                "11",
-                "--faults",
-                json.dumps(CLUSTER_FAULTS),
+                *support.sandbox_args(
+                    port=self.sandbox_port,
+                    webhook_url=webhooks,
+                    whsec=self.whsec,
+                    seed=11,
+                    faults=CLUSTER_FAULTS,
+                ),
             )
         elif name in APIS:
             # Stateless API processes: phase 3 is the standalone workers' job.
@@ -219,7 +180,7 @@ lease_seconds = {LEASE_SECONDS}
         """A restarted process is at work: an API answering /readyz, a worker
         holding its claimer lock (its first pass has begun)."""
         if name in APIS:
-            await wait_for(f"http://127.0.0.1:{self.ports[name]}/readyz", seconds)
+            await support.wait_until_up(f"http://127.0.0.1:{self.ports[name]}/readyz", seconds)
             return
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
@@ -236,38 +197,13 @@ lease_seconds = {LEASE_SECONDS}
         raise AssertionError(f"{name} did not come up")
 
     def kill(self, name: str) -> None:
-        proc = self.procs[name]
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        support.kill(self.procs[name])
 
     def stop_all(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        support.stop(self.procs.values())
 
     def logs(self) -> str:
-        return "\n".join(
-            f"== {p.name}\n" + p.read_text()[-2500:] for p in sorted(self.workdir.glob("*.log"))
-        )
-
-
-async def wait_for(url: str, seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    async with httpx.AsyncClient(timeout=1) as client:
-        while time.monotonic() < deadline:
-            try:
-                if (await client.get(url)).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"{url} did not come up")
+        return support.logs(self.workdir, 2500)
 
 
 async def claims_held_by(dsn: str, pid: int) -> int:
@@ -314,13 +250,7 @@ async def test_two_apis_and_two_workers_lose_and_double_nothing_through_kills_an
     await cluster.start_db()
     await asyncio.to_thread(migrate, cluster.url)
     cluster.configure()
-    key = json.loads(
-        cluster.run(
-            "keys", "create", "--name", "chaos", "--role", "store", "--role", "ops", "--json"
-        )
-    )["key"]
-    auth = {"Authorization": f"Bearer {key}"}
-    sandbox_auth = {"Authorization": f"Bearer {SANDBOX_KEY}"}
+    auth = {"Authorization": f"Bearer {support.create_key(cluster.workdir, cluster.env)}"}
     for name in ("sandbox", *APIS, *WORKERS):
         cluster.start(name)
     sandbox_url = f"http://127.0.0.1:{cluster.sandbox_port}"
@@ -329,72 +259,35 @@ async def test_two_apis_and_two_workers_lose_and_double_nothing_through_kills_an
         port: httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) for port in ports
     }
     try:
-        await wait_for(f"{sandbox_url}/_control/faults")
+        await support.wait_until_up(f"{sandbox_url}/_control/faults")
         for port in ports:
-            await wait_for(f"http://127.0.0.1:{port}/readyz")
+            await support.wait_until_up(f"http://127.0.0.1:{port}/readyz")
 
         async def call(n: int, method: str, path: str, **kwargs) -> httpx.Response:
             """A careful store backend: on any error, the same request again with
             the same key, on the other API, after what Retry-After asks."""
-            deadline = time.monotonic() + 120
-            attempt = 0
-            while time.monotonic() < deadline:
+
+            async def send(attempt: int) -> httpx.Response:
                 port = ports[(n + attempt) % len(ports)]
-                attempt += 1
                 down_at_send = cluster.db_down
-                try:
-                    r = await clients[port].request(method, path, **kwargs)
-                except httpx.TransportError:
-                    record.stats["client_retries_connection"] += 1
-                    await asyncio.sleep(0.1)
-                    continue
-                code = None
-                if r.headers.get("content-type", "").startswith("application/problem+json"):
-                    code = r.json().get("code")
-                record.answers.append(
-                    Answer(
-                        time.monotonic(),
-                        port,
-                        r.status_code,
-                        code,
-                        r.headers.get("retry-after"),
-                        down_at_send and cluster.db_down,
-                    )
-                )
-                if r.status_code >= 500 or r.status_code in (409, 429):
-                    record.stats[f"client_retries_{r.status_code}"] += 1
-                    await asyncio.sleep(min(float(r.headers.get("retry-after") or 0.2), 2.0))
-                    continue
+                r = await clients[port].request(method, path, **kwargs)
+                record.answers.append(Answer.of(port, r, down_at_send and cluster.db_down))
                 return r
-            raise AssertionError(f"{method} {path} got no answer in time")
 
+            return await support.call_until_answered(
+                send,
+                f"{method} {path}",
+                stats=record.stats,
+                connection_pause=0.1,
+                retry_after_up_to=2.0,
+            )
+
+        store = support.Store(call, auth, record.stats)
         async with httpx.AsyncClient(base_url=sandbox_url, timeout=10) as sandbox:
-            payment_ids = []
-            for i in range(PAYMENTS):
-                pse_id = f"pay_cluster_{i:02d}"
-                r = await sandbox.post(
-                    "/v1/payments",
-                    json={"id": pse_id, "amount": PAYMENT_AMOUNT, "currency": "JPY"},
-                    headers=sandbox_auth,
-                )
-                assert r.status_code in (200, 201), r.text
-                r = await call(
-                    i,
-                    "POST",
-                    "/v1/payments",
-                    headers=auth,
-                    json={
-                        "pse_account": "sandbox",
-                        "pse_payment_id": pse_id,
-                        "amount": PAYMENT_AMOUNT,
-                        "currency": "JPY",
-                        "captured_at": "2026-11-20T00:00:00Z",
-                    },
-                )
-                assert r.status_code in (200, 201), r.text
-                payment_ids.append(r.json()["id"])
+            await store.seed_payments(
+                sandbox, prefix="pay_cluster", count=PAYMENTS, amount=PAYMENT_AMOUNT
+            )
 
-            created: dict[str, dict] = {}
             limit = asyncio.Semaphore(PARALLEL)
             started = time.monotonic()
             chaos = asyncio.Lock()  # no kill while the database is down
@@ -403,18 +296,7 @@ async def test_two_apis_and_two_workers_lose_and_double_nothing_through_kills_an
             async def one(n: int) -> None:
                 await asyncio.sleep(n * LOAD_SECONDS / REFUNDS)
                 async with limit:
-                    body = {
-                        "payment_id": payment_ids[n % PAYMENTS],
-                        "amount": rng.randint(300, 2000),
-                        "reason": "requested_by_customer",
-                    }
-                    headers = {**auth, "Idempotency-Key": f"cluster-{n}"}
-                    r = await call(n, "POST", "/v1/refunds", headers=headers, json=body)
-                    if r.status_code == 201:
-                        created[r.json()["id"]] = r.json()
-                    else:
-                        assert r.json()["code"] == "amount_exceeds_refundable", r.text
-                        record.stats["refused_over_refundable"] += 1
+                    await store.refund(n, rng, f"cluster-{n}")
 
             async def watch_claims_after_killing(name: str) -> None:
                 """A worker just died: how many claims it left, and how long
@@ -483,24 +365,10 @@ async def test_two_apis_and_two_workers_lose_and_double_nothing_through_kills_an
                                 if cluster.db_down:
                                     record.readyz_down.append((port, ready.status_code))
                                 r = await probe_client.get(
-                                    f"{base}/v1/payments/{payment_ids[0]}", headers=auth
+                                    f"{base}/v1/payments/{store.payment_ids[0]}", headers=auth
                                 )
-                                code = None
-                                if r.headers.get("content-type", "").startswith(
-                                    "application/problem+json"
-                                ):
-                                    code = r.json().get("code")
                                 if cluster.db_down:
-                                    record.answers.append(
-                                        Answer(
-                                            time.monotonic(),
-                                            port,
-                                            r.status_code,
-                                            code,
-                                            r.headers.get("retry-after"),
-                                            True,
-                                        )
-                                    )
+                                    record.answers.append(Answer.of(port, r, True))
                             except httpx.TransportError:
                                 record.stats["probe_connection_errors"] += 1
                         await asyncio.sleep(0.3)
@@ -528,60 +396,16 @@ async def test_two_apis_and_two_workers_lose_and_double_nothing_through_kills_an
             for name in (*APIS, *WORKERS):
                 assert cluster.procs[name].poll() is None, f"{name} exited:\n{cluster.logs()}"
             for port in ports:
-                await wait_for(f"http://127.0.0.1:{port}/readyz")
+                await support.wait_until_up(f"http://127.0.0.1:{port}/readyz")
 
-            # Faults off: within the deadline every refund must be final.
-            assert (await sandbox.put("/_control/faults", json={})).status_code == 200
-            injected = (await sandbox.get("/_control/stats")).json()["faults_injected"]
-            settle_started = time.monotonic()
             client = clients[ports[0]]
-            while True:
-                refunds = await list_all_refunds(client, auth)
-                open_ = [r for r in refunds if r["status"] not in FINAL]
-                if not open_:
-                    break
-                if time.monotonic() - settle_started > SETTLE_DEADLINE_SECONDS:
-                    pytest.fail(
-                        f"{len(open_)} refunds not final after {SETTLE_DEADLINE_SECONDS}s: "
-                        f"{Counter(r['status'] for r in open_)}\n{cluster.logs()}"
-                    )
-                await asyncio.sleep(0.5)
-            settle_seconds = time.monotonic() - settle_started
-
-            pse = (await sandbox.get("/_control/stats")).json()
-            listing = (await sandbox.get("/_control/refunds")).json()
+            refunds, injected, settle_seconds = await support.settle(
+                sandbox, client, auth, deadline_seconds=SETTLE_DEADLINE_SECONDS, logs=cluster.logs
+            )
             ours = {r["id"]: r for r in refunds}
-
-            lost = [refund_id for refund_id in created if refund_id not in ours]
-            doubles, unknown_at_pse = [], []
-            for pse_payment in pse["payments"].values():
-                for reference, ids in pse_payment["refunds_by_reference"].items():
-                    if reference not in ours:
-                        unknown_at_pse.append(reference)
-                    if len(ids) > 1:
-                        doubles.append(reference)
-            by_reference: dict[str, list[dict]] = {}
-            for pse_refund in listing["data"]:
-                by_reference.setdefault(pse_refund["reference"], []).append(pse_refund)
-            for refund in ours.values():
-                at_pse = by_reference.get(refund["id"], [])
-                succeeded_at_pse = [p for p in at_pse if p["status"] == "succeeded"]
-                if refund["status"] == "succeeded":
-                    if len(at_pse) != 1 or len(succeeded_at_pse) != 1:
-                        lost.append(refund["id"])
-                elif succeeded_at_pse:
-                    lost.append(refund["id"])  # money left that we do not count
-            mismatched = []
-            for i, payment_id in enumerate(payment_ids):
-                payment = (await client.get(f"/v1/payments/{payment_id}", headers=auth)).json()
-                pse_total = (
-                    pse["payments"]
-                    .get(f"pay_cluster_{i:02d}", {})
-                    .get("refunded_total_succeeded", 0)
-                )
-                if payment["refunded_amount"] != pse_total or pse_total > PAYMENT_AMOUNT:
-                    mismatched.append((payment_id, payment["refunded_amount"], pse_total))
-                assert payment["reserved_amount"] == 0
+            reckoning = await support.reckon(
+                store, client, sandbox, ours, prefix="pay_cluster", amount=PAYMENT_AMOUNT
+            )
 
         statuses = Counter(r["status"] for r in ours.values())
         during = [a for a in record.answers if a.db_down]
@@ -607,17 +431,12 @@ async def test_two_apis_and_two_workers_lose_and_double_nothing_through_kills_an
             f"{[(n, c, round(s, 2)) for n, c, s in record.takeovers]} lease={LEASE_SECONDS}s "
             f"killed_idle={record.killed_idle}\n"
             f"cluster: faults_injected={injected}\n"
-            f"cluster: settled_in={settle_seconds:.1f}s doubles={len(doubles)} "
-            f"lost={len(lost)} unknown_at_pse={len(unknown_at_pse)} "
-            f"payment_mismatches={len(mismatched)}"
+            f"cluster: settled_in={settle_seconds:.1f}s {reckoning}"
         )
         assert record.stats["kills"] == KILLS
         assert len(ours) >= 90, "the run must put at least 90 refunds through"
         assert sum(injected.values()) > 0
-        assert doubles == [], doubles
-        assert lost == [], lost
-        assert unknown_at_pse == [], unknown_at_pse
-        assert mismatched == [], mismatched
+        reckoning.assert_clean()
         # Never a 500, database down or not.
         assert all_statuses[500] == 0, [a for a in record.answers if a.status == 500]
         # While it was down: 503 `unavailable` with Retry-After from both APIs,

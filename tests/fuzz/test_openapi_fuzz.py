@@ -159,6 +159,18 @@ async def seed(api) -> dict[str, list[str]]:
         assert created.status_code == 201, created.text
         refunds.append(created.json()["id"])
     await api.settle()
+    # Disputes: one open (its payment's refund held), one won (its event closed).
+    for payment, pse_dispute_id, statuses in (
+        (old, "dp_seed_open", ("open",)),
+        (konbini, "dp_seed_won", ("open", "won")),
+    ):
+        for status in statuses:
+            reported = await api.client.post(
+                f"/v1/payments/{payment['id']}/disputes",
+                json={"pse_dispute_id": pse_dispute_id, "status": status, "reason": "fraudulent"},
+                headers=api.auth("ops"),
+            )
+            assert reported.status_code in (200, 201), reported.text
 
     csv = (
         "pse_refund_id,reference,type,amount,currency,status,settled_at,fee,"
@@ -177,7 +189,7 @@ async def seed(api) -> dict[str, list[str]]:
 
     listed = await api.client.get("/v1/events", params={"limit": 200}, headers=api.auth("ops"))
     assert listed.status_code == 200, listed.text
-    events = [e["id"] for e in listed.json()["data"]][:6]
+    events = [e["id"] for e in listed.json()["data"]][:8]
     assert events
     payments = [p["id"] for p in (card, konbini, old, usd)]
     return {
@@ -186,6 +198,7 @@ async def seed(api) -> dict[str, list[str]]:
         "event_id": events,
         "after": events,
         "reconciliation_id": [uploaded.json()["id"]],
+        "pse_dispute_id": ["dp_seed_open", "dp_seed_won"],
         "pse_account": ["fake_jp", "other"],
         "currency": ["JPY", "USD"],
         "settlement_currency": ["JPY", "USD"],

@@ -34,6 +34,20 @@ async def reconcile(api, text: str, account: str = "fake_jp"):
     return await service.run(started.id, opener(text))
 
 
+async def upload(api, text: str, account: str = "fake_jp") -> dict:
+    """The file sent as ops send one (`POST /v1/reconciliations`), and its run
+    done: the 202's body."""
+    r = await api.client.post(
+        "/v1/reconciliations",
+        files={"file": ("settlement.csv", text.encode(), "text/csv")},
+        data={"pse_account": account},
+        headers=api.auth("ops"),
+    )
+    assert r.status_code == 202, r.text
+    await api.container.jobs.drain()
+    return r.json()
+
+
 async def lines(api, reconciliation_id: str, outcome: str | None = None) -> list:
     return await api.container.reconciliations.lines(
         reconciliation_id, outcome=outcome, limit=1000, after_id=None
@@ -71,6 +85,10 @@ async def test_each_line_is_matched_by_pse_id_or_reference_and_counted(api):
         "status_mismatch": 0,
         "missing_in_service": 1,
         "missing_in_file": 0,
+        "dispute_matched": 0,
+        "dispute_amount_mismatch": 0,
+        "dispute_status_mismatch": 0,
+        "dispute_missing_in_service": 0,
     }
     missing = await lines(api, done.id, "missing_in_service")
     assert [m.pse_refund_id for m in missing] == ["re_unknown_1"]
@@ -194,16 +212,9 @@ async def test_ops_upload_a_file_and_read_the_outcome_its_lines_and_the_csv(api)
         f"{a['pse_refund_id']},,refund,3000,JPY,succeeded,2026-11-27T08:00:00Z,,,\n"
         "re_ghost,,refund,700,JPY,succeeded,2026-11-27T08:05:00Z,,,\n"
     )
-    r = await api.client.post(
-        "/v1/reconciliations",
-        files={"file": ("settlement.csv", text.encode(), "text/csv")},
-        data={"pse_account": "fake_jp"},
-        headers=api.auth("ops"),
-    )
-    assert r.status_code == 202, r.text
-    assert r.json()["status"] == "processing"
-    rec_id = r.json()["id"]
-    await api.container.jobs.drain()
+    accepted = await upload(api, text)
+    assert accepted["status"] == "processing"
+    rec_id = accepted["id"]
     r = await api.client.get(f"/v1/reconciliations/{rec_id}", headers=api.auth("ops"))
     body = r.json()
     assert body["status"] == "completed" and body["file_format"] == "generic"

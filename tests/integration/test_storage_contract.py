@@ -25,9 +25,10 @@ from app.adapters.db.engine import asyncpg_dsn
 from app.adapters.db.uow import PgUnitOfWork, TransactionAborted
 from app.domain.audit import GENESIS, AuditEntry, check
 from app.domain.console import ConsoleSession
-from app.domain.models import Payment, Refund, RefundReason, RefundStatus
+from app.domain.disputes import Dispute, DisputeReport, DisputeStatus, apply_report
+from app.domain.models import DISPUTE_HOLD, Payment, Refund, RefundReason, RefundStatus
 from app.domain.money import Money
-from app.domain.policy import RefundPolicy
+from app.domain.policy import OnDispute, RefundPolicy
 from app.domain.ports import AlreadyExists, RefundFilter
 from app.domain.pse import PseRefundState
 from app.domain.reconciliation import RefundSnapshot
@@ -35,6 +36,7 @@ from app.domain.records import (
     ApiKey,
     DeliveryAttempt,
     DeliveryStatus,
+    DisputeFigures,
     IdempotencyRecord,
     IdempotencyState,
     OutboxEvent,
@@ -506,6 +508,229 @@ async def test_deliveries_go_one_event_per_refund_at_a_time_and_are_recorded(db)
         lease,
         None,
     )
+
+
+# -- disputes -------------------------------------------------------------------
+
+
+def disputed(
+    pay: Payment,
+    refunds: list[Refund],
+    pse_dispute_id: str = "dp_1",
+    status: DisputeStatus = DisputeStatus.OPEN,
+    existing: Dispute | None = None,
+    at: datetime = AT,
+    **report,
+):
+    """`apply_report` of a report on `pay`, as the dispute service calls it."""
+    return apply_report(
+        pay,
+        existing,
+        DisputeReport(pse_dispute_id, status, **report),
+        refunds,
+        new_id=f"dsp_{pse_dispute_id}",
+        pse_account=pay.pse_account,
+        source="pse",
+        on_dispute=OnDispute.HOLD,
+        now=at,
+    )
+
+
+async def test_a_dispute_reads_back_with_its_payments_counters_events_and_held_refund(db):
+    pay = new_payment()
+    refund = new_refund(pay)  # approved
+    await saved(db, pay, refund)
+    due = TOKYO_AT + timedelta(days=7)
+    async with PgUnitOfWork(db) as uow:
+        pay_now = await uow.payments.get("pay_1", for_update=True)
+        refunds = await uow.refunds.lock_of_payment("pay_1")
+        change = disputed(
+            pay_now, refunds, amount=Money(5000, "JPY"), reason="fraudulent", evidence_due_by=due
+        )
+        opened = event("evt_opened", type="payment.dispute_opened", payment_id="pay_1")
+        await uow.disputes.add(change.dispute, pay_now, [opened], deliver=True)
+        assert not refunds[0].status_changed or refunds[0].hold == DISPUTE_HOLD
+        await uow.save_refund(refunds[0], pay_now, [], deliver=False)
+        await uow.commit()
+    async with PgUnitOfWork(db) as uow:
+        again = await uow.disputes.get_by_pse(pay.pse_account, "dp_1")
+        other_account = await uow.disputes.get_by_pse("other", "dp_1")
+        paid = await uow.payments.get("pay_1")
+        held = await uow.refunds.get("rf_1")
+        stored_event = await uow.outbox.get("evt_opened")
+    assert again == change.dispute and other_account is None
+    assert again.evidence_due_by == due and again.evidence_due_by.tzinfo is UTC
+    assert (again.status, again.source, again.amount) == ("open", "pse", Money(5000, "JPY"))
+    assert (paid.open_disputes, paid.disputed_amount, paid.reserved_amount) == (1, 0, 3000)
+    assert held is not None and stored(held) == stored(refunds[0])
+    assert (held.status, held.hold) == (RefundStatus.PENDING_APPROVAL, DISPUTE_HOLD)
+    assert stored_event.refund_id is None and stored_event.payment_id == "pay_1"
+    assert stored_event.delivery_status is DeliveryStatus.PENDING
+
+    # Lost: the dispute moves, the payment counts it, the held refund is canceled.
+    async with PgUnitOfWork(db) as uow:
+        pay_now = await uow.payments.get("pay_1", for_update=True)
+        refunds = await uow.refunds.lock_of_payment("pay_1")
+        dispute = await uow.disputes.get_by_pse(pay.pse_account, "dp_1")
+        later = AT + timedelta(days=30)
+        change = disputed(pay_now, refunds, status=DisputeStatus.LOST, existing=dispute, at=later)
+        await uow.disputes.save(change.dispute, pay_now, [], deliver=False)
+        for changed in change.changed_refunds:
+            await uow.save_refund(changed, pay_now, [], deliver=False)
+        await uow.commit()
+    async with PgUnitOfWork(db) as uow:
+        lost = await uow.disputes.get_by_pse(pay.pse_account, "dp_1")
+        paid = await uow.payments.get("pay_1")
+        canceled = await uow.refunds.get("rf_1")
+    assert lost == change.dispute and (lost.status, lost.closed_at) == ("lost", later)
+    assert lost.counted_amount == 5000
+    assert (paid.open_disputes, paid.disputed_amount, paid.reserved_amount) == (0, 5000, 0)
+    assert paid.refundable.amount == pay.amount.amount - 5000
+    assert (canceled.status, canceled.hold) == (RefundStatus.CANCELED, None)
+
+
+async def test_a_dispute_id_is_recorded_once_per_account(db):
+    first, second = new_payment("pay_1"), new_payment("pay_2")
+    await saved(db, first)
+    await saved(db, second)
+    async with PgUnitOfWork(db) as uow:
+        await uow.disputes.add(disputed(first, []).dispute, first, [], deliver=False)
+        await uow.commit()
+    async with PgUnitOfWork(db) as uow:
+        twin = disputed(second, []).dispute
+        twin.id = "dsp_twin"
+        with pytest.raises(AlreadyExists):
+            await uow.disputes.add(twin, second, [event("evt_1")], deliver=False)
+        with pytest.raises(TransactionAborted):
+            await uow.commit()
+    assert await scalar(db, "SELECT open_disputes FROM payments WHERE id = 'pay_2'") == 0
+    assert await scalar(db, "SELECT count(*) FROM events") == 0
+
+
+async def test_lock_of_payment_locks_every_refund_of_the_payment_and_nothing_else(db):
+    pay, other = new_payment("pay_1"), new_payment("pay_2")
+    await saved(db, pay, new_refund(pay, "rf_2"), new_refund(pay, "rf_1"))
+    await saved(db, other, new_refund(other, "rf_3"))
+    async with PgUnitOfWork(db) as first:
+        await first.payments.get("pay_1", for_update=True)
+        locked = await first.refunds.lock_of_payment("pay_1")
+        assert [r.id for r in locked] == ["rf_1", "rf_2"]
+        async with PgUnitOfWork(db) as second:
+            # Another payment's refund is free.
+            assert await second.refunds.get("rf_3", for_update=True) is not None
+
+        async def lock_one_of_them():
+            async with PgUnitOfWork(db) as third:
+                return await third.refunds.get("rf_2", for_update=True)
+
+        waiting = asyncio.create_task(lock_one_of_them())
+        assert await eventually(lambda: waiting_on(db, "refunds r"))
+        await first.commit()
+    assert (await asyncio.wait_for(waiting, 5)).id == "rf_2"
+    async with PgUnitOfWork(db) as uow:
+        assert await uow.refunds.lock_of_payment("pay_nope") == []
+
+
+async def test_disputes_list_by_payment_open_by_deadline_and_in_figures(db):
+    mine, theirs = new_payment("pay_m"), new_payment("pay_t", currency="USD")
+    theirs.pse_account = "stripe_jp"
+    await saved(db, mine)
+    await saved(db, theirs)
+    soon, late = AT + timedelta(days=3), AT + timedelta(days=9)
+    async with PgUnitOfWork(db) as uow:
+        pay_m = await uow.payments.get("pay_m", for_update=True)
+        pay_t = await uow.payments.get("pay_t", for_update=True)
+        for pse_id, pay, due, amount in (
+            ("dp_late", pay_m, late, 1000),
+            ("dp_none", pay_m, None, 2000),
+            ("dp_soon", pay_t, soon, 300),
+            ("dp_lost", pay_m, soon, 4000),
+        ):
+            money = Money(amount, pay.currency)
+            change = disputed(pay, [], pse_id, amount=money, evidence_due_by=due)
+            await uow.disputes.add(change.dispute, pay, [], deliver=False)
+        lost = await uow.disputes.get_by_pse(mine.pse_account, "dp_lost")
+        change = disputed(pay_m, [], "dp_lost", status=DisputeStatus.LOST, existing=lost)
+        await uow.disputes.save(change.dispute, pay_m, [], deliver=False)
+        await uow.commit()
+    async with PgUnitOfWork(db) as uow:
+        of_mine = await uow.disputes.for_payment("pay_m", limit=10, before_id=None)
+        page = await uow.disputes.for_payment("pay_m", limit=1, before_id=of_mine[0].id)
+        by_deadline = await uow.disputes.open_by_deadline(limit=10)
+        first = await uow.disputes.open_by_deadline(limit=1)
+        rest = await uow.disputes.open_by_deadline(
+            limit=10, after=(first[0].evidence_due_by, first[0].id)
+        )
+        after_none = await uow.disputes.open_by_deadline(limit=10, after=(None, "dsp_dp_none"))
+        scoped = await uow.disputes.open_by_deadline(limit=10, accounts=["komoju_jp"])
+        counts = (
+            await uow.disputes.open_count(),
+            await uow.disputes.open_count(["komoju_jp"]),
+            await uow.disputes.open_count([]),
+        )
+        # Those whose evidence deadline comes before the instant (none without one).
+        due_before = (
+            await uow.disputes.open_count(due_before=AT + timedelta(days=5)),
+            await uow.disputes.open_count(due_before=AT + timedelta(days=10)),
+            await uow.disputes.open_count(["komoju_jp"], due_before=AT + timedelta(days=10)),
+        )
+        by_ids = await uow.disputes.get_many([of_mine[0].id, of_mine[0].id, "dsp_nope"])
+        by_no_ids = await uow.disputes.get_many([])
+        figures = await uow.disputes.figures()
+        scoped_figures = await uow.disputes.figures(["stripe_jp"])
+        paid = await uow.payments.get("pay_m")
+    # Newest first: by id (dsp_<pse id> here).
+    assert [d.pse_dispute_id for d in of_mine] == ["dp_none", "dp_lost", "dp_late"]
+    assert [d.pse_dispute_id for d in page] == ["dp_lost"]
+    # The nearest deadline first, those without one last.
+    assert [d.pse_dispute_id for d in by_deadline] == ["dp_soon", "dp_late", "dp_none"]
+    assert [d.pse_dispute_id for d in rest] == ["dp_late", "dp_none"] and after_none == []
+    assert [d.pse_dispute_id for d in scoped] == ["dp_late", "dp_none"]
+    assert counts == (3, 2, 0)
+    assert due_before == (1, 2, 1)
+    assert by_ids == [of_mine[0]] and by_no_ids == []
+    assert figures == [
+        DisputeFigures("komoju_jp", "JPY", 2, 3000, 4000),
+        DisputeFigures("stripe_jp", "USD", 1, 300, 0),
+    ]
+    assert scoped_figures == figures[1:]
+    assert (paid.open_disputes, paid.disputed_amount) == (2, 4000)
+
+
+async def test_a_payments_dispute_events_are_delivered_in_order_beside_its_refunds(db):
+    pay, other = new_payment("pay_1", amount=100_000), new_payment("pay_2")
+    refund = new_refund(pay, "rf_a", 1000)
+    await saved(db, pay, refund)
+    await saved(db, other)
+
+    def of_payment(event_id: str, payment_id: str) -> OutboxEvent:
+        return event(event_id, type="payment.dispute_opened", payment_id=payment_id)
+
+    async with PgUnitOfWork(db) as uow:
+        await uow.outbox.add(
+            [
+                of_payment("evt_p1", "pay_1"),
+                event("evt_a1", refund),
+                of_payment("evt_p2", "pay_1"),
+                of_payment("evt_q1", "pay_2"),
+            ],
+            deliver=True,
+        )
+        await uow.commit()
+    now, lease = AT + timedelta(seconds=1), AT + timedelta(minutes=1)
+    async with PgUnitOfWork(db) as uow:
+        claimed = await uow.outbox.claim_deliveries(now, lease, 10)
+        for found in claimed:
+            ok = DeliveryAttempt(found.id, 1, now, "http://store.test/h", 200, 7, None)
+            await uow.outbox.record_delivery(
+                ok, status=DeliveryStatus.DELIVERED, next_delivery_at=None
+            )
+        await uow.commit()
+    # evt_p2 waits for evt_p1 (same payment); the refund's and the other
+    # payment's events do not wait for it.
+    assert [e.id for e in claimed] == ["evt_p1", "evt_a1", "evt_q1"]
+    async with PgUnitOfWork(db) as uow:
+        assert [e.id for e in await uow.outbox.claim_deliveries(now, lease, 10)] == ["evt_p2"]
 
 
 # -- idempotency keys -----------------------------------------------------------

@@ -1,4 +1,9 @@
-"""In-process plumbing for tests that drive the sandbox PSE without a port."""
+"""In-process plumbing for tests that drive the sandbox PSE without a port.
+
+The fixtures at the end (`receiver`, `config`, `sandbox`, `client`) are a
+running sandbox and a client signed in to it: the sandbox's tests have them
+from their conftest, a test module elsewhere takes them by name
+(`client = harness.client`)."""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 import httpx
+import pytest
 from fastapi import FastAPI
 from standardwebhooks import Webhook
 
@@ -136,3 +142,29 @@ def sign_webhook(secret: str, msg_id: str, sent_at: datetime, body: bytes) -> di
         "webhook-timestamp": str(int(sent_at.timestamp())),
         "webhook-signature": Webhook(secret).sign(msg_id, sent_at, body.decode()),
     }
+
+
+# -- fixtures ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def receiver() -> WebhookReceiver:
+    return WebhookReceiver()
+
+
+@pytest.fixture
+def config() -> SandboxConfig:
+    return make_config()
+
+
+@pytest.fixture
+async def sandbox(receiver: WebhookReceiver, config: SandboxConfig) -> AsyncIterator[FastAPI]:
+    async with running_sandbox(receiver, config) as app:
+        yield app
+
+
+@pytest.fixture
+async def client(sandbox: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=sandbox)
+    async with httpx.AsyncClient(transport=transport, base_url=BASE_URL, headers=AUTH) as c:
+        yield c

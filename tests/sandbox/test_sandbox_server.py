@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,29 +23,6 @@ from tests.sandbox.harness import (
     sandbox_state,
     settle,
 )
-
-
-@pytest.fixture
-def receiver() -> WebhookReceiver:
-    return WebhookReceiver()
-
-
-@pytest.fixture
-def config() -> SandboxConfig:
-    return make_config()
-
-
-@pytest.fixture
-async def sandbox(receiver: WebhookReceiver, config: SandboxConfig) -> AsyncIterator[FastAPI]:
-    async with running_sandbox(receiver, config) as app:
-        yield app
-
-
-@pytest.fixture
-async def client(sandbox: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=sandbox)
-    async with httpx.AsyncClient(transport=transport, base_url=BASE_URL, headers=AUTH) as c:
-        yield c
 
 
 def refund_body(**overrides: Any) -> dict[str, Any]:

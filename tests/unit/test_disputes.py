@@ -248,9 +248,7 @@ def test_refunded_reserved_and_lost_never_exceed_the_payment(steps, on_dispute):
                 refund.cancel(pay, OPS, NOW)
         total = pay.refunded_amount + pay.reserved_amount + pay.disputed_amount
         assert 0 <= total <= pay.amount.amount
-        assert pay.reserved_amount == sum(
-            r.amount.amount for r in refunds if not r.status.is_final
-        )
+        assert pay.reserved_amount == sum(r.amount.amount for r in refunds if not r.status.is_final)
         assert pay.open_disputes == sum(1 for d in disputes if d.status is D.OPEN)
         # Nothing goes to the PSE while the payment is disputed.
         if pay.open_disputes:

@@ -15,7 +15,15 @@ from hypothesis import strategies as st
 from app.domain.cards import digit_count
 from app.logs import configure_logging
 from app.redaction import REDACTED, Redactor
-from tests.unit.test_cards import FULLWIDTH, embedded, ordinary_texts, reads_as_date, written
+from tests.unit.card_strategies import (
+    CARD_NUMBERS_WITH_SEPARATORS,
+    FULLWIDTH,
+    NUMBERS_THAT_ARE_NOT_CARD_NUMBERS,
+    embedded,
+    ordinary_texts,
+    reads_as_date,
+    written,
+)
 
 
 def test_configured_secrets_are_replaced_wherever_they_appear():
@@ -45,7 +53,7 @@ def test_card_numbers_keep_at_most_bin_and_last_four(text, expected):
     assert Redactor().text(text) == expected
 
 
-@pytest.mark.parametrize("text", ["order 1234567890123", "amount 12000 JPY", "ts 1764230400123"])
+@pytest.mark.parametrize("text", NUMBERS_THAT_ARE_NOT_CARD_NUMBERS)
 def test_numbers_that_are_not_card_numbers_are_left_alone(text):
     assert Redactor().text(text) == text
 
@@ -76,14 +84,8 @@ def test_log_lines_are_redacted(monkeypatch):
 @pytest.mark.parametrize(
     "text",
     [
-        "4242.4242.4242.4242",
-        "4242/4242/4242/4242",
-        "4242  4242  4242  4242",
-        "4242\t4242\t4242\t4242",
-        "4242\u00a04242\u00a04242\u00a04242",
-        "4242_4242_4242_4242",
+        *CARD_NUMBERS_WITH_SEPARATORS,
         "4242 4242-4242.4242",
-        "3782 822463 10005",
         "4242 4242 4242 4242".translate(FULLWIDTH),
     ],
 )

@@ -77,10 +77,13 @@ _GET = _SELECT + " WHERE id = $1"
 _HORIZON = "tx < pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
 # The first undelivered event of each refund, if due: an event waits while an
 # earlier event of its refund is still pending, so a store receives each
-# refund's events in order; SKIP LOCKED and the lease keep two workers from
-# sending the same event at once. claimed_by names the claimer (its advisory
-# lock key, see claimer.py): an event whose claimer's lock is gone (its
-# process died mid-delivery) is taken again at once, lease or not.
+# refund's events in order. A payment's own events (no refund: its disputes')
+# wait likewise for the payment's earlier ones (the `refund_id IS NULL` rows
+# of the refund_id index: disputes are rare, so are they). SKIP LOCKED and
+# the lease keep two workers from sending the same event at once. claimed_by
+# names the claimer (its advisory lock key, see claimer.py): an event whose
+# claimer's lock is gone (its process died mid-delivery) is taken again at
+# once, lease or not.
 _CLAIM = (
     f"WITH live AS MATERIALIZED ({LIVE_CLAIMERS}), "  # noqa: S608
     f"claimed AS (SELECT {', '.join(f'e.{c}' for c in _COLUMNS)} FROM events e "
@@ -88,6 +91,10 @@ _CLAIM = (
     " OR (e.claimed_by IS NOT NULL AND e.claimed_by NOT IN (SELECT key FROM live)))"
     " AND NOT EXISTS ("
     " SELECT 1 FROM events earlier WHERE earlier.refund_id = e.refund_id"
+    " AND earlier.delivery_status = $1 AND (earlier.tx, earlier.seq) < (e.tx, e.seq))"
+    " AND NOT EXISTS ("
+    " SELECT 1 FROM events earlier WHERE e.refund_id IS NULL AND earlier.refund_id IS NULL"
+    " AND earlier.payment_id = e.payment_id"
     " AND earlier.delivery_status = $1 AND (earlier.tx, earlier.seq) < (e.tx, e.seq)) "
     "ORDER BY e.tx, e.seq LIMIT $3 FOR UPDATE OF e SKIP LOCKED), "
     "leased AS (UPDATE events SET next_delivery_at = $4, claimed_by = $5"

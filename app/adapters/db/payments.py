@@ -28,6 +28,8 @@ COLUMNS = (
     "settlement_rate",
     "refunded_amount",
     "reserved_amount",
+    "disputed_amount",
+    "open_disputes",
     "created_at",
     "updated_at",
 )
@@ -64,6 +66,13 @@ COUNTERS_UPDATE = Write(
     "UPDATE payments SET refunded_amount = $2, reserved_amount = $3, updated_at = $4 WHERE id = $1",
     4,
 )
+# Every counter, the disputes' too: written with a dispute's change (see
+# disputes.py), never by a refund's, whose save stays as small as it was.
+DISPUTE_COUNTERS_UPDATE = Write(
+    "UPDATE payments SET refunded_amount = $2, reserved_amount = $3, updated_at = $4, "
+    "disputed_amount = $5, open_disputes = $6 WHERE id = $1",
+    6,
+)
 
 
 def payment_from_record(record: asyncpg.Record) -> Payment:
@@ -81,6 +90,8 @@ def payment_from_record(record: asyncpg.Record) -> Payment:
         settlement_rate=Decimal(record["settlement_rate"]),
         refunded_amount=record["refunded_amount"],
         reserved_amount=record["reserved_amount"],
+        disputed_amount=record["disputed_amount"],
+        open_disputes=record["open_disputes"],
         created_at=record["created_at"],
         updated_at=record["updated_at"],
     )
@@ -100,6 +111,11 @@ def counters_moved(payment: Payment) -> bool:
 def counters_args(payment: Payment) -> list[object]:
     """`COUNTERS_UPDATE`'s arguments."""
     return [payment.id, *payment.counters]
+
+
+def dispute_counters_args(payment: Payment) -> list[object]:
+    """`DISPUTE_COUNTERS_UPDATE`'s arguments."""
+    return [payment.id, *payment.counters, payment.disputed_amount, payment.open_disputes]
 
 
 class PaymentRepository:
@@ -123,6 +139,8 @@ class PaymentRepository:
                 str(payment.settlement_rate),
                 payment.refunded_amount,
                 payment.reserved_amount,
+                payment.disputed_amount,
+                payment.open_disputes,
                 payment.created_at,
                 payment.updated_at,
                 created_by,

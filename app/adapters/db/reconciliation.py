@@ -1,5 +1,9 @@
 """Reconciliation runs, their lines (a million for a large settlement file),
-and the FX report read from the refunds they settle."""
+and the FX report read from the refunds they settle.
+
+Also what matching a file's dispute lines reads of our disputes
+(`settlement_disputes`); every other read of disputes is the disputes
+repository's."""
 
 from __future__ import annotations
 
@@ -9,8 +13,11 @@ from datetime import datetime
 import asyncpg
 
 from app.adapters.db.statements import Conditions, rows_affected
+from app.domain.disputes import DisputeStatus
 from app.domain.models import RefundStatus
+from app.domain.money import Money
 from app.domain.reconciliation import Outcome, ReconciliationStatus
+from app.domain.reconciliation_disputes import DisputeSnapshot, KnownDisputes
 from app.domain.records import FxTotal, Reconciliation, ReconciliationLine
 
 _COLUMNS = (
@@ -93,6 +100,20 @@ _APPLY_SETTLED_FIGURES = (
     "AND (rr.fee IS NOT NULL OR rr.settlement_amount IS NOT NULL)"
 )
 _FX_STATUSES = [RefundStatus.SUCCEEDED.value, RefundStatus.PENDING.value]
+
+# The disputes a batch of dispute lines names, by the PSE's dispute id or by
+# the PSE's id of their payment (unique per account: uq_disputes_pse_account,
+# uq_payments_pse).
+_SETTLEMENT_DISPUTES = (
+    "SELECT d.id, d.pse_dispute_id, d.payment_id, p.pse_payment_id, d.amount, d.currency, "
+    "d.status, d.opened_at FROM disputes d JOIN payments p ON p.id = d.payment_id "
+    "WHERE d.pse_account = $1 AND (d.pse_dispute_id = ANY($2::text[]) OR d.payment_id IN "
+    "(SELECT id FROM payments WHERE pse_account = $1 AND pse_payment_id = ANY($3::text[])))"
+)
+_SETTLEMENT_PAYMENTS = (
+    "SELECT pse_payment_id, id FROM payments "
+    "WHERE pse_account = $1 AND pse_payment_id = ANY($2::text[])"
+)
 
 
 def reconciliation_from_record(record: asyncpg.Record) -> Reconciliation:
@@ -266,3 +287,34 @@ class ReconciliationRepository:
             f"{_SELECT}{where.where()} ORDER BY id DESC LIMIT {limit_at}", *where.args, limit
         )
         return [reconciliation_from_record(record) for record in records]
+
+    async def settlement_disputes(
+        self, pse_account: str, pse_dispute_ids: Sequence[str], pse_payment_ids: Sequence[str]
+    ) -> KnownDisputes:
+        """Our disputes of the account that dispute lines name, by the PSE's
+        dispute id or their payment's PSE id, and the payments so named."""
+        payments: dict[str, str] = {}
+        if pse_payment_ids:
+            records = await self.conn.fetch(
+                _SETTLEMENT_PAYMENTS, pse_account, list(set(pse_payment_ids))
+            )
+            payments = {r["pse_payment_id"]: r["id"] for r in records}
+        records = await self.conn.fetch(
+            _SETTLEMENT_DISPUTES,
+            pse_account,
+            list(set(pse_dispute_ids)),
+            list(set(pse_payment_ids)),
+        )
+        disputes = [
+            DisputeSnapshot(
+                r["id"],
+                r["pse_dispute_id"],
+                r["payment_id"],
+                r["pse_payment_id"],
+                Money(r["amount"], r["currency"]),
+                DisputeStatus(r["status"]),
+                r["opened_at"],
+            )
+            for r in records
+        ]
+        return KnownDisputes(disputes, payments)

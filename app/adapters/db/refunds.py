@@ -67,6 +67,7 @@ _MUTABLE = (
     "updated_at",
     "attention",
     "attention_at",
+    "hold",
 )
 # The columns a refund is created with and never changes.
 _FIXED = (
@@ -134,6 +135,7 @@ def _mutable_values(refund: Refund) -> list[Any]:
         refund.updated_at,
         refund.attention,
         refund.attention_at,
+        refund.hold,
     ]
 
 
@@ -222,6 +224,9 @@ _PAYMENT_OF_REFUND_LOCKED = (
     + " WHERE id = (SELECT payment_id FROM refunds WHERE id = $1) FOR UPDATE"
 )
 _PAYMENT_ID = "SELECT payment_id FROM refunds WHERE id = $1"
+# Every refund of a payment, locked: read once the payment's lock is held (as
+# above), in id order.
+_OF_PAYMENT_LOCKED = _SELECT + " WHERE r.payment_id = $1 ORDER BY r.id FOR UPDATE OF r"
 _STALE_UNFLAGGED = (
     "SELECT r.id FROM refunds r "
     "WHERE r.status <> ALL($1::text[]) AND r.created_at < $2 "
@@ -361,6 +366,7 @@ def refund_from_record(record: asyncpg.Record) -> Refund:
         next_check_at=record["next_check_at"],
         attention=record["attention"],
         attention_at=record["attention_at"],
+        hold=record["hold"],
         stored_history=len(history),
         stored_approvals=len(approvals),
     )
@@ -383,6 +389,12 @@ class RefundRepository:
         if record is None:
             return None
         return payment_from_record(payment_record), refund_from_record(record)
+
+    async def lock_of_payment(self, payment_id: str) -> list[Refund]:
+        """Every refund of the payment, locked. Call with the payment locked:
+        the payment first, as every writer of refunds takes them."""
+        records = await self.conn.fetch(_OF_PAYMENT_LOCKED, payment_id)
+        return [refund_from_record(record) for record in records]
 
     async def payment_id_of(self, refund_id: str) -> str | None:
         found: str | None = await self.conn.fetchval(_PAYMENT_ID, refund_id)

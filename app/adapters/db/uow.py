@@ -22,6 +22,7 @@ from app.adapters.db.api_keys import ApiKeyRepository
 from app.adapters.db.audit import AuditRepository
 from app.adapters.db.auto_approvals import AutoApprovalTotals
 from app.adapters.db.console_sessions import ConsoleSessionRepository
+from app.adapters.db.disputes import DisputeRepository
 from app.adapters.db.engine import ConnectionPool
 from app.adapters.db.idempotency import IdempotencyRepository
 from app.adapters.db.outbox import OutboxRepository
@@ -78,6 +79,7 @@ class PgUnitOfWork:
     # Typed as the ports: each repository is checked against its port here.
     payments: ports.PaymentRepository
     refunds: ports.RefundRepository
+    disputes: ports.DisputeRepository
     outbox: ports.OutboxRepository
     idempotency: ports.IdempotencyRepository
     webhooks: ports.WebhookRepository
@@ -104,6 +106,7 @@ class PgUnitOfWork:
         self._conn = conn
         self.payments = PaymentRepository(conn)
         self.refunds = RefundRepository(conn)
+        self.disputes = DisputeRepository(conn)
         self.outbox = OutboxRepository(conn)
         self.idempotency = IdempotencyRepository(conn)
         self.webhooks = WebhookRepository(conn)

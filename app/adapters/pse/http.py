@@ -10,6 +10,8 @@ Hyperswitch's connector trait:
 - `_research_decline`: its decline table and special cases;
 - `_webhook_proof`: what its webhook signs and how its headers parse;
 - `_event_identity`, `_event_refund`: its event envelope;
+- `_event_dispute`: its dispute events, for providers that send them
+  (`dispute_event_prefix`; see disputes.py for what every one is held to);
 - `_created`: its answer to a create.
 
 `RefundResourceGateway` adds the look-up for PSEs that keep refunds as a
@@ -51,6 +53,8 @@ from app.adapters.pse.base import (
     utf8_key,
     verify_webhook,
 )
+from app.adapters.pse.disputes import UnreadableDispute, dispute_event
+from app.domain.disputes import DisputeReport
 from app.domain.errors import DomainError
 from app.domain.money import Money, is_currency
 from app.domain.ports import PseGateway
@@ -256,6 +260,10 @@ class HttpPseGateway(PseGateway):
     in_flight_note: ClassVar[str | None] = None
     # The webhook event types whose payload carries a refund.
     refund_events: ClassVar[frozenset[str]] = frozenset()
+    # The prefix of the webhook event types whose payload carries a dispute
+    # (every event under it must carry a readable one); None: the provider
+    # sends no dispute events.
+    dispute_event_prefix: ClassVar[str | None] = None
 
     def __init__(self, account: PseAccount, http: httpx.AsyncClient) -> None:
         self._account = account
@@ -320,6 +328,14 @@ class HttpPseGateway(PseGateway):
 
     def _carries_refund(self, event_type: str) -> bool:
         return event_type in self.refund_events
+
+    def _carries_dispute(self, event_type: str) -> bool:
+        prefix = self.dispute_event_prefix
+        return prefix is not None and event_type.startswith(prefix)
+
+    def _event_dispute(self, event_type: str, event: Mapping[str, Any]) -> DisputeReport:
+        """The dispute a dispute event carries (raises UnreadableDispute)."""
+        raise UnreadableDispute(f"{self.provider} sends no dispute events")
 
     # -- create -----------------------------------------------------------------
 
@@ -416,6 +432,10 @@ class HttpPseGateway(PseGateway):
         self._verify(self._webhook_proof(headers, body), now)
         event = json_object(body)
         event_id, event_type = self._event_identity(headers, body, event)
+        if self._carries_dispute(event_type):
+            return dispute_event(
+                event_id, event_type, lambda: self._event_dispute(event_type, event)
+            )
         refund: PseRefund | None = None
         if self._carries_refund(event_type):
             try:

@@ -39,7 +39,8 @@ official SDKs and integrations built on them):
   `"{Omise-Signature-Timestamp}.{raw body}"` keyed with the base64-DECODED
   webhook secret; during a secret rotation it carries two comma-separated
   signatures. Events are `{"object": "event", "id": "evnt_…", "key",
-  "data", …}`; `refund.create` carries the refund. Events are serialized with
+  "data", …}`; `refund.create` carries the refund, `dispute.create`,
+  `dispute.update` and `dispute.close` the dispute. Events are serialized with
   the account's default API version whatever `Omise-Version` a request sent,
   so the translation reads only fields every version has.
 """
@@ -55,6 +56,12 @@ from typing import Any
 import httpx
 
 from app.adapters.pse.base import DeclineRule, PseAccount, ids_in, json_or_none
+from app.adapters.pse.disputes import (
+    UnreadableDispute,
+    dispute_report,
+    dispute_status,
+    iso_time,
+)
 from app.adapters.pse.http import (
     ListPage,
     MetadataLimits,
@@ -71,6 +78,7 @@ from app.adapters.pse.http import (
     reference_in,
     said,
 )
+from app.domain.disputes import DisputeReport, DisputeStatus
 from app.domain.money import Money, exponent
 from app.domain.pse import (
     Declined,
@@ -244,6 +252,44 @@ def _decline_for(code: str | None, message: str) -> _Decline | None:
 _REFUND_EVENT_PREFIX = "refund."
 
 
+# `dispute.create`, `dispute.update` and `dispute.close` (Omise's event list);
+# their data is the dispute object. There is no `charge.dispute.*`.
+_DISPUTE_EVENT_PREFIX = "dispute."
+
+# The dispute object's `status`. `pending` is a dispute the merchant answered,
+# under review. `closed` is documented as a meta-status for queries (won or
+# lost) that a dispute does not carry; read as closed should one ever come.
+_DISPUTE_STATUSES = {
+    "open": DisputeStatus.OPEN,
+    "pending": DisputeStatus.OPEN,
+    "won": DisputeStatus.WON,
+    "lost": DisputeStatus.LOST,
+    "closed": DisputeStatus.CLOSED,
+}
+
+
+def dispute_from_omise(obj: Any) -> DisputeReport:
+    """Translate an Omise dispute object (raises UnreadableDispute).
+
+    Omise documents no evidence deadline on a dispute: `evidence_due_by` stays None.
+    """
+    if not isinstance(obj, Mapping) or obj.get("object") != "dispute":
+        raise UnreadableDispute("data is not an Omise dispute object")
+    dispute_id = obj.get("id")
+    if not isinstance(dispute_id, str) or not dispute_id.startswith("dspt_"):
+        raise UnreadableDispute("dispute without a dspt_ id")
+    # `created_at` in current API versions, `created` in older ones.
+    created = obj.get("created_at") if obj.get("created_at") is not None else obj.get("created")
+    return dispute_report(
+        pse_dispute_id=dispute_id,
+        status=dispute_status(obj.get("status"), _DISPUTE_STATUSES),
+        amount=from_omise_amount(obj.get("amount"), obj.get("currency")),
+        reason=obj.get("reason_code"),
+        opened_at=iso_time(created, "created_at"),
+        pse_payment_ids=ids_in(obj, "charge"),
+    )
+
+
 def _decoded_secret(secret: str) -> bytes | None:
     """The HMAC key of a webhook secret: Omise shows it base64-encoded."""
     try:
@@ -262,6 +308,7 @@ class OmiseGateway(RefundResourceGateway):
 
     provider = "omise"
     key_pattern = _KEY_PATTERN
+    dispute_event_prefix = _DISPUTE_EVENT_PREFIX
     # A charge holds fewer than 15 refunds: one page in practice.
     max_list_pages = 10
 
@@ -384,6 +431,9 @@ class OmiseGateway(RefundResourceGateway):
 
     def _event_refund(self, event_type: str, event: Mapping[str, Any]) -> PseRefund:
         return refund_from_omise(event.get("data"))
+
+    def _event_dispute(self, event_type: str, event: Mapping[str, Any]) -> DisputeReport:
+        return dispute_from_omise(event.get("data"))
 
 
 def _refunds_path(charge_id: str) -> str:

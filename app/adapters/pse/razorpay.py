@@ -25,6 +25,12 @@ from typing import Any
 import httpx
 
 from app.adapters.pse.base import DeclineRule, PseAccount, ids_in
+from app.adapters.pse.disputes import (
+    UnreadableDispute,
+    dispute_report,
+    dispute_status,
+    unix_time,
+)
 from app.adapters.pse.http import (
     ListPage,
     MetadataLimits,
@@ -42,6 +48,7 @@ from app.adapters.pse.http import (
     reference_in,
     said,
 )
+from app.domain.disputes import DisputeReport, DisputeStatus
 from app.domain.money import Money, exponent
 from app.domain.pse import (
     Declined,
@@ -275,6 +282,50 @@ _SIGNATURE_HEADER = "x-razorpay-signature"
 _EVENT_ID_HEADER = "x-razorpay-event-id"
 _EVENT_ID_MAX_CHARS = 255
 _REFUND_EVENTS = frozenset({"refund.created", "refund.processed", "refund.failed"})
+# `payment.dispute.created`, `.under_review`, `.action_required`, `.won`, `.lost`
+# and `.closed`: the dispute entity in `payload.dispute.entity` (the payment's
+# beside it, in `payload.payment.entity`). Its `status`, not the event name, says
+# where the dispute stands, as for refunds.
+_DISPUTE_EVENT_PREFIX = "payment.dispute."
+# The dispute entity's `status` (API reference, "Disputes: entity"). `open` is a
+# new dispute (also after `action_required`), `under_review` one contested with
+# evidence; `closed` one that ended without a decision (the customer was given
+# the transaction details, or refunded: that money left as our refund).
+_DISPUTE_STATUSES = {
+    "open": DisputeStatus.OPEN,
+    "under_review": DisputeStatus.OPEN,
+    "won": DisputeStatus.WON,
+    "lost": DisputeStatus.LOST,
+    "closed": DisputeStatus.CLOSED,
+}
+
+
+def _entity(payload: Any, name: str) -> Any:
+    wrapper = payload.get(name) if isinstance(payload, Mapping) else None
+    return wrapper.get("entity") if isinstance(wrapper, Mapping) else None
+
+
+def dispute_from_razorpay(event: Mapping[str, Any]) -> DisputeReport:
+    """Translate the dispute entity of a `payment.dispute.*` event (raises UnreadableDispute)."""
+    payload = event.get("payload")
+    obj = _entity(payload, "dispute")
+    if not isinstance(obj, Mapping) or obj.get("entity") != "dispute":
+        raise UnreadableDispute("payload.dispute.entity is not a Razorpay dispute entity")
+    # The dispute names its payment; the payment entity beside it must agree.
+    named = ids_in(obj, "payment_id")
+    payment = _entity(payload, "payment")
+    beside = ids_in(payment, "id") if isinstance(payment, Mapping) else ()
+    if named and beside and named != beside:
+        raise UnreadableDispute(f"dispute of {named[0]} delivered with payment {beside[0]}")
+    return dispute_report(
+        pse_dispute_id=obj.get("id"),
+        status=dispute_status(obj.get("status"), _DISPUTE_STATUSES),
+        amount=from_razorpay_amount(obj.get("amount"), obj.get("currency")),
+        reason=said(obj.get("reason_code")) or said(obj.get("reason_description")),
+        evidence_due_by=unix_time(obj.get("respond_by"), "respond_by"),
+        opened_at=unix_time(obj.get("created_at"), "created_at"),
+        pse_payment_ids=named or beside,
+    )
 
 
 def derived_event_id(body: bytes) -> str:
@@ -294,6 +345,7 @@ class RazorpayGateway(RefundResourceGateway):
     # 409 is Razorpay's answer while a request with the same key is still processed.
     in_flight_note = IN_FLIGHT
     refund_events = _REFUND_EVENTS
+    dispute_event_prefix = _DISPUTE_EVENT_PREFIX
 
     def __init__(self, account: PseAccount, http: httpx.AsyncClient) -> None:
         key_id = account.options.get(KEY_ID_OPTION, "")
@@ -437,6 +489,7 @@ class RazorpayGateway(RefundResourceGateway):
         return derived_event_id(body), event_type
 
     def _event_refund(self, event_type: str, event: Mapping[str, Any]) -> PseRefund:
-        payload = event.get("payload")
-        wrapper = payload.get("refund") if isinstance(payload, Mapping) else None
-        return self._read_refund(wrapper.get("entity") if isinstance(wrapper, Mapping) else None)
+        return self._read_refund(_entity(event.get("payload"), "refund"))
+
+    def _event_dispute(self, event_type: str, event: Mapping[str, Any]) -> DisputeReport:
+        return dispute_from_razorpay(event)

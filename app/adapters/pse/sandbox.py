@@ -1,5 +1,9 @@
 """The sandbox PSE (app/sandbox): JSON in and out, Bearer auth, errors in
-`{"error": {"code", "message"}}`, webhooks signed per Standard Webhooks."""
+`{"error": {"code", "message"}}`, webhooks signed per Standard Webhooks.
+
+Its events: `refund.created`, `refund.succeeded`, `refund.failed` (the refund
+in `data`), and `dispute.opened`, `dispute.updated`, `dispute.closed` (the
+dispute in `data`, raised through `POST /_control/disputes`)."""
 
 from __future__ import annotations
 
@@ -24,6 +28,14 @@ from app.adapters.pse.base import (
     ours_among,
     verify_webhook,
 )
+from app.adapters.pse.disputes import (
+    UnreadableDispute,
+    dispute_event,
+    dispute_report,
+    dispute_status,
+    iso_time,
+)
+from app.domain.disputes import DisputeReport, DisputeStatus
 from app.domain.errors import DomainError
 from app.domain.money import Money
 from app.domain.ports import PseGateway
@@ -93,6 +105,33 @@ def refund_from_sandbox(obj: Any) -> PseRefund:
         reference=_optional_str(obj.get("reference")),
         failure_code=_optional_str(obj.get("failure_code")),
         failure_message=_optional_str(obj.get("failure_message")),
+        pse_payment_ids=ids_in(obj, "payment_id"),
+    )
+
+
+_DISPUTE_EVENT_PREFIX = "dispute."
+# The sandbox speaks the domain's statuses.
+_DISPUTE_STATUSES = {status.value: status for status in DisputeStatus}
+
+
+def dispute_from_sandbox(obj: Any) -> DisputeReport:
+    """Translate a sandbox dispute object (webhook data; raises UnreadableDispute)."""
+    if not isinstance(obj, Mapping) or obj.get("object") != "dispute":
+        raise UnreadableDispute("data is not a sandbox dispute object")
+    amount, currency = obj.get("amount"), obj.get("currency")
+    money: Money | None = None
+    if not isinstance(amount, bool) and isinstance(amount, int) and isinstance(currency, str):
+        try:
+            money = Money(amount, currency)
+        except DomainError:
+            money = None
+    return dispute_report(
+        pse_dispute_id=obj.get("id"),
+        status=dispute_status(obj.get("status"), _DISPUTE_STATUSES),
+        amount=money,
+        reason=obj.get("reason"),
+        evidence_due_by=iso_time(obj.get("evidence_due_by"), "evidence_due_by"),
+        opened_at=iso_time(obj.get("created_at"), "created_at"),
         pse_payment_ids=ids_in(obj, "payment_id"),
     )
 
@@ -228,6 +267,9 @@ class SandboxGateway(PseGateway):
             raise InvalidWebhookPayload("event without id or type")
         if event_id != headers.get("webhook-id"):
             raise InvalidWebhookPayload("event id differs from webhook-id")
+        if event_type.startswith(_DISPUTE_EVENT_PREFIX):
+            data = event.get("data")
+            return dispute_event(event_id, event_type, lambda: dispute_from_sandbox(data))
         if not event_type.startswith("refund."):
             return PseWebhookEvent(event_id=event_id, event_type=event_type, refund=None)
         try:

@@ -13,6 +13,12 @@ from typing import Any
 import httpx
 
 from app.adapters.pse.base import DeclineRule, ids_in
+from app.adapters.pse.disputes import (
+    UnreadableDispute,
+    dispute_report,
+    dispute_status,
+    unix_time,
+)
 from app.adapters.pse.http import (
     ListPage,
     MetadataLimits,
@@ -29,6 +35,7 @@ from app.adapters.pse.http import (
     reference_in,
     shown,
 )
+from app.domain.disputes import DisputeReport, DisputeStatus
 from app.domain.errors import DomainError
 from app.domain.money import Money, exponent, is_currency
 from app.domain.pse import (
@@ -232,6 +239,58 @@ _REFUND_EVENTS = frozenset(
 _CHARGE_REFUNDED = "charge.refunded"
 
 
+# `charge.dispute.created`, `.updated`, `.closed`, `.funds_withdrawn` and
+# `.funds_reinstated`: every one has the dispute object in `data.object`.
+_DISPUTE_EVENT_PREFIX = "charge.dispute."
+_FUNDS_REINSTATED = "charge.dispute.funds_reinstated"
+
+# The dispute object's `status` (API reference, "The Dispute object").
+# `warning_*` is an inquiry (no funds withdrawn yet), `needs_response` and
+# `under_review` a chargeback; `warning_closed` is an inquiry that ended
+# without becoming one, and `prevented` (Visa RDR and the like) a dispute the
+# issuer settled with a refund instead of a chargeback: both end the dispute
+# without a decision against us.
+_DISPUTE_STATUSES = {
+    "warning_needs_response": DisputeStatus.OPEN,
+    "warning_under_review": DisputeStatus.OPEN,
+    "needs_response": DisputeStatus.OPEN,
+    "under_review": DisputeStatus.OPEN,
+    "won": DisputeStatus.WON,
+    "lost": DisputeStatus.LOST,
+    "warning_closed": DisputeStatus.CLOSED,
+    "prevented": DisputeStatus.CLOSED,
+}
+
+
+def dispute_from_stripe(event_type: str, obj: Any) -> DisputeReport:
+    """Translate the dispute object of a `charge.dispute.*` event (raises UnreadableDispute).
+
+    `funds_reinstated` reports the dispute won while its object still reads
+    open. It does not overrule an object that says `lost`: Stripe reinstates
+    the partially refunded amount of a dispute it otherwise lost ("partially
+    won", status `lost`), and taking that for a win would give back the whole
+    amount the loss counted.
+    """
+    if not isinstance(obj, Mapping) or obj.get("object") != "dispute":
+        raise UnreadableDispute("data.object is not a Stripe dispute object")
+    status = dispute_status(obj.get("status"), _DISPUTE_STATUSES)
+    if event_type == _FUNDS_REINSTATED and status is DisputeStatus.OPEN:
+        status = DisputeStatus.WON
+    evidence = obj.get("evidence_details")
+    due_by = evidence.get("due_by") if isinstance(evidence, Mapping) else None
+    return dispute_report(
+        pse_dispute_id=obj.get("id"),
+        status=status,
+        amount=from_stripe_amount(obj.get("amount"), obj.get("currency")),
+        reason=obj.get("reason"),
+        # 0 when the bank takes no response: no deadline.
+        evidence_due_by=unix_time(due_by, "evidence_details.due_by"),
+        opened_at=unix_time(obj.get("created"), "created"),
+        # Our payments are registered by PaymentIntent or by charge: both are named.
+        pse_payment_ids=ids_in(obj, "charge", "payment_intent"),
+    )
+
+
 def _parse_signature_header(value: str) -> tuple[str, list[str]]:
     """`t=<unix>,v1=<hex>[,v1=<hex>…]`; other schemes (v0: test-mode legacy) are ignored."""
     timestamp: str | None = None
@@ -286,6 +345,7 @@ class StripeGateway(RefundResourceGateway):
     provider = "stripe"
     key_pattern = _KEY_PATTERN
     refund_events = _REFUND_EVENTS | {_CHARGE_REFUNDED}
+    dispute_event_prefix = _DISPUTE_EVENT_PREFIX
 
     def _headers(self) -> dict[str, str]:
         return {
@@ -407,3 +467,6 @@ class StripeGateway(RefundResourceGateway):
             latest = _latest_refund_of_charge(obj)
             return None if latest is None else self._read_refund(latest)
         return self._read_refund(obj)
+
+    def _event_dispute(self, event_type: str, event: Mapping[str, Any]) -> DisputeReport:
+        return dispute_from_stripe(event_type, event["data"].get("object"))

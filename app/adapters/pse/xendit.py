@@ -29,6 +29,13 @@ what this adapter does with it:
   with the refund object in `data`. There is no event id in the payload, and
   `created` is the time of the delivery attempt, so the event id is derived from
   the envelope without `created` (see `_derived_event_id`).
+- Dispute webhooks (Cards and QRIS: `dispute.action_required`,
+  `dispute.under_review`, `dispute.won`, `dispute.lost`) carry the same token
+  and put the dispute's fields at the top level, beside `event`, with the
+  amount as decimal strings in major units (`amount.initial`). They carry no
+  event id either: it is derived from the dispute id, status and `updated_at`
+  (see `_dispute_event_id`). Their `payment_id` is the Payments API v3 id
+  (`py-…`), which is what the dispute names our payment by.
 """
 
 from __future__ import annotations
@@ -43,6 +50,12 @@ from typing import Any
 import httpx
 
 from app.adapters.pse.base import DeclineRule, ids_in, json_or_none
+from app.adapters.pse.disputes import (
+    UnreadableDispute,
+    dispute_report,
+    dispute_status,
+    iso_time,
+)
 from app.adapters.pse.http import (
     ListPage,
     MetadataLimits,
@@ -59,6 +72,7 @@ from app.adapters.pse.http import (
     reference_in,
     said,
 )
+from app.domain.disputes import DisputeReport, DisputeStatus
 from app.domain.errors import DomainError
 from app.domain.money import Money, exponent, is_currency
 from app.domain.pse import (
@@ -330,6 +344,67 @@ def _derived_event_id(event: Mapping[str, Any]) -> str:
     return _EVENT_ID_PREFIX + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
+_DISPUTE_EVENT_PREFIX = "dispute."
+_DISPUTE_EVENT_ID_PREFIX = "xnd_dspt_"
+# The dispute's `status` (Dispute webhook notifications; Dispute Report). The
+# disputed amount is held while ACTION_REQUIRED and UNDER_REVIEW.
+_DISPUTE_STATUSES = {
+    "ACTION_REQUIRED": DisputeStatus.OPEN,
+    "UNDER_REVIEW": DisputeStatus.OPEN,
+    "WON": DisputeStatus.WON,
+    "LOST": DisputeStatus.LOST,
+}
+
+
+def _dispute_object(event: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The dispute's fields: at the top level, beside `event`, as Xendit documents;
+    inside `data` if a delivery wraps them as refund webhooks are wrapped."""
+    data = event.get("data")
+    if "id" not in event and isinstance(data, Mapping) and "id" in data:
+        return data
+    return event
+
+
+def _dispute_event_id(event: Mapping[str, Any]) -> str:
+    """A stable id for a dispute event, which carries none: the dispute id, its
+    status and its `updated_at`, hashed. A redelivery gets the same id; each
+    change of the dispute gets a new one. Without all three the whole envelope
+    (less the delivery time) is hashed, as for refunds (and a dispute without an
+    id or status is refused when it is read)."""
+    obj = _dispute_object(event)
+    fields = [said(obj.get(key)) for key in ("id", "status", "updated_at")]
+    if None in fields:
+        return _DISPUTE_EVENT_ID_PREFIX + _derived_event_id(event).removeprefix(_EVENT_ID_PREFIX)
+    identity = "\n".join(field for field in fields if field is not None)
+    return _DISPUTE_EVENT_ID_PREFIX + hashlib.sha256(identity.encode("utf-8")).hexdigest()
+
+
+def dispute_from_xendit(event_type: str, event: Mapping[str, Any]) -> DisputeReport:
+    """Translate a Xendit dispute webhook (raises UnreadableDispute).
+
+    The amount is `amount.initial`, the disputed amount. `amount.terminal` (set
+    once the dispute is decided) is not read: what it holds is not documented.
+    """
+    obj = _dispute_object(event)
+    status = dispute_status(obj.get("status"), _DISPUTE_STATUSES)
+    # Each documented event names the status it carries; another pairing is not Xendit's.
+    named = event_type.removeprefix(_DISPUTE_EVENT_PREFIX).upper()
+    if named in _DISPUTE_STATUSES and named != obj.get("status"):
+        raise UnreadableDispute(f"{event_type} carries a dispute in status {obj.get('status')!r}")
+    amount = obj.get("amount")
+    initial = amount.get("initial") if isinstance(amount, Mapping) else amount
+    category = obj.get("category")
+    return dispute_report(
+        pse_dispute_id=obj.get("id"),
+        status=status,
+        amount=from_xendit_amount(initial, obj.get("currency")),
+        reason=category.get("name") if isinstance(category, Mapping) else category,
+        evidence_due_by=iso_time(obj.get("due_date"), "due_date"),
+        opened_at=iso_time(obj.get("created_at"), "created_at"),
+        pse_payment_ids=ids_in(obj, "payment_id", "payment_request_id", "invoice_id"),
+    )
+
+
 class XenditGateway(RefundResourceGateway):
     """One Xendit account, in the domain's words."""
 
@@ -337,6 +412,7 @@ class XenditGateway(RefundResourceGateway):
     key_pattern = _KEY_PATTERN
     unrecognised_event = "unrecognised_answer"
     refund_events = frozenset(_EVENT_STATES)
+    dispute_event_prefix = _DISPUTE_EVENT_PREFIX
 
     def _headers(self) -> dict[str, str]:
         headers = {"Authorization": basic_auth(self._account.api_key)}
@@ -456,6 +532,8 @@ class XenditGateway(RefundResourceGateway):
         event_type = event.get("event")
         if not isinstance(event_type, str) or not event_type:
             raise InvalidWebhookPayload("body is not a Xendit event (no `event`)")
+        if self._carries_dispute(event_type):
+            return _dispute_event_id(event), event_type
         return _derived_event_id(event), event_type
 
     def _event_refund(self, event_type: str, event: Mapping[str, Any]) -> PseRefund:
@@ -463,6 +541,9 @@ class XenditGateway(RefundResourceGateway):
         if refund.state is not _EVENT_STATES[event_type]:
             raise InvalidWebhookPayload(f"{event_type} carries a {refund.state.value} refund")
         return refund
+
+    def _event_dispute(self, event_type: str, event: Mapping[str, Any]) -> DisputeReport:
+        return dispute_from_xendit(event_type, event)
 
 
 # --------------------------------------------------------------------------

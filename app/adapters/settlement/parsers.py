@@ -8,18 +8,27 @@ Formats:
 
 - `generic`: our documented CSV, header
   `pse_refund_id,reference,type,amount,currency,status,settled_at,fee,settlement_amount,settlement_currency`
-  (any order). Rows whose `type` is not `refund` are skipped. `amount`, `fee`
-  and `settlement_amount` are integers of minor units; `fee` is in the
-  settlement currency (the refund's currency when none is given); `status` is
-  succeeded, failed or pending; `settled_at` is RFC 3339.
+  (any order), and two optional columns for dispute rows, `pse_dispute_id`
+  and `pse_payment_id`. Rows whose `type` is `refund` are refunds; `dispute`
+  (the PSE took a disputed amount back) and `dispute_reversal` (it gave it
+  back) are dispute rows; other rows are skipped. `amount`, `fee` and
+  `settlement_amount` are integers of minor units; `fee` is in the settlement
+  currency (the row's currency when none is given); `status` is succeeded,
+  failed or pending (not read on dispute rows); `settled_at` is RFC 3339. A
+  dispute row names its dispute in `pse_dispute_id` (or, without that
+  column, in `pse_refund_id`) and/or its payment in `pse_payment_id`; its
+  amount may be written negative (a debit).
 - `stripe_itemized`: Stripe's "Balance change from activity - itemized" and
   "Payout reconciliation - itemized" exports. Columns read: `reporting_category`
-  (`refund` → succeeded, `refund_failure` → failed; other categories are
-  skipped), `source_id` (the refund id `re_…`), `gross` and `fee` (major units
-  in `currency`, the settlement currency), `customer_facing_amount` /
-  `customer_facing_currency` (the refund as the customer saw it, when
-  present), `created_utc`, and `refund_metadata[refund_id]` (our reference,
-  when the export includes that metadata column).
+  (`refund` → succeeded, `refund_failure` → failed, `dispute` → a dispute
+  withdrawal, `dispute_reversal` → its reinstatement; other categories are
+  skipped), `source_id` (the refund id `re_…`, or the dispute id `du_…`/`dp_…`),
+  `gross` and `fee` (major units in `currency`, the settlement currency),
+  `customer_facing_amount` / `customer_facing_currency` (the refund or the
+  dispute as the customer saw it, when present), `created_utc`,
+  `refund_metadata[refund_id]` (our reference, when the export includes that
+  metadata column), and for dispute rows `charge_id` / `payment_intent_id`
+  (the disputed payment, when the export includes them).
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ from typing import BinaryIO
 from app.domain.errors import DomainError
 from app.domain.money import CURRENCY_EXPONENTS, Money, is_currency, money
 from app.domain.reconciliation import SettledStatus, SettlementRow
+from app.domain.reconciliation_disputes import DisputeMovement, SettledDispute
 
 GENERIC_COLUMNS = (
     "pse_refund_id",
@@ -47,7 +57,15 @@ GENERIC_COLUMNS = (
     "settlement_amount",
     "settlement_currency",
 )
+GENERIC_DISPUTE_COLUMNS = ("pse_dispute_id", "pse_payment_id")
 STRIPE_REQUIRED = ("reporting_category", "source_id", "gross", "currency")
+# Stripe's columns naming a disputed payment, as our payments may be registered.
+STRIPE_PAYMENT_COLUMNS = ("charge_id", "payment_intent_id")
+# A dispute row's type (generic) or reporting category (Stripe).
+DISPUTE_KINDS = {
+    "dispute": DisputeMovement.WITHDRAWN,
+    "dispute_reversal": DisputeMovement.REINSTATED,
+}
 
 
 _KNOWN_CODES = frozenset(CURRENCY_EXPONENTS)
@@ -62,10 +80,11 @@ class SettlementFileError(Exception):
 
 @dataclass
 class SettlementFile:
-    """An open settlement file: its format and a stream of refund rows."""
+    """An open settlement file: its format and a stream of its refund rows
+    and dispute rows, in file order."""
 
     format: str
-    rows: Iterator[SettlementRow]
+    rows: Iterator[SettlementRow | SettledDispute]
 
 
 def _decoded(stream: BinaryIO) -> Iterator[str]:
@@ -151,7 +170,9 @@ def _time(line: int, value: str, column: str) -> datetime | None:
     return moment.astimezone(UTC)
 
 
-def _generic(reader: Iterator[list[str]], names: list[str]) -> Iterator[SettlementRow]:
+def _generic(
+    reader: Iterator[list[str]], names: list[str]
+) -> Iterator[SettlementRow | SettledDispute]:
     statuses = {s.value: s for s in SettledStatus}
     (
         i_pse,
@@ -165,10 +186,25 @@ def _generic(reader: Iterator[list[str]], names: list[str]) -> Iterator[Settleme
         i_settlement,
         i_settlement_currency,
     ) = (names.index(column) for column in GENERIC_COLUMNS)
+    i_dispute, i_payment = (
+        names.index(column) if column in names else None for column in GENERIC_DISPUTE_COLUMNS
+    )
     for line, r in _records(reader, len(names)):
         kind = r[i_type]
-        if kind != "refund" and kind.strip().lower() != "refund":
-            continue
+        if kind != "refund":
+            kind = kind.strip().lower()
+            if kind != "refund":
+                movement = DISPUTE_KINDS.get(kind)
+                if movement is not None:
+                    yield _generic_dispute(
+                        line,
+                        r,
+                        movement,
+                        names,
+                        i_dispute if i_dispute is not None else i_pse,
+                        i_payment,
+                    )
+                continue
         pse_id = r[i_pse].strip() or None
         reference = r[i_ref].strip() or None
         if pse_id is None and reference is None:
@@ -214,6 +250,57 @@ def _generic(reader: Iterator[list[str]], names: list[str]) -> Iterator[Settleme
         )
 
 
+def _generic_dispute(
+    line: int,
+    r: list[str],
+    movement: DisputeMovement,
+    names: list[str],
+    i_dispute: int,
+    i_payment: int | None,
+) -> SettledDispute:
+    """A `dispute` / `dispute_reversal` row of the generic format (rare: read
+    by name, off the refund rows' path)."""
+    value = dict(zip(names, r, strict=True))
+    pse_dispute_id = r[i_dispute].strip() or None
+    payment = r[i_payment].strip() if i_payment is not None else ""
+    if pse_dispute_id is None and not payment:
+        raise SettlementFileError(line, "a dispute row needs pse_dispute_id or pse_payment_id")
+    currency = _currency(line, value["currency"], "currency")
+    amount = abs(_minor(line, value["amount"], "amount"))
+    if amount < 1:
+        raise SettlementFileError(line, "a dispute row's amount must not be 0")
+    settlement_currency = (
+        _currency(line, value["settlement_currency"], "settlement_currency")
+        if value["settlement_currency"].strip()
+        else None
+    )
+    settlement = None
+    if value["settlement_amount"].strip():
+        if settlement_currency is None:
+            raise SettlementFileError(line, "settlement_amount needs settlement_currency")
+        settlement = _money(
+            line,
+            abs(_minor(line, value["settlement_amount"], "settlement_amount")),
+            settlement_currency,
+            "settlement_amount",
+        )
+    fee = None
+    if value["fee"].strip():
+        fee = _money(
+            line, _minor(line, value["fee"], "fee"), settlement_currency or currency, "fee"
+        )
+    return SettledDispute(
+        line,
+        pse_dispute_id,
+        (payment,) if payment else (),
+        _money(line, amount, currency, "amount"),
+        movement,
+        _time(line, value["settled_at"], "settled_at"),
+        fee,
+        settlement,
+    )
+
+
 def _major(line: int, value: str, currency: str, column: str) -> Money:
     try:
         amount = abs(Decimal(value.strip()))
@@ -225,16 +312,23 @@ def _major(line: int, value: str, currency: str, column: str) -> Money:
         raise SettlementFileError(line, f"{column}: {exc.detail}") from None
 
 
-def _stripe(reader: Iterator[list[str]], names: list[str]) -> Iterator[SettlementRow]:
+def _stripe(
+    reader: Iterator[list[str]], names: list[str]
+) -> Iterator[SettlementRow | SettledDispute]:
     categories = {"refund": SettledStatus.SUCCEEDED, "refund_failure": SettledStatus.FAILED}
     has_customer_amount = "customer_facing_amount" in names and "customer_facing_currency" in names
     reference_column = (
         "refund_metadata[refund_id]" if "refund_metadata[refund_id]" in names else None
     )
+    payment_columns = [column for column in STRIPE_PAYMENT_COLUMNS if column in names]
     for line, record in _records(reader, len(names)):
         r = dict(zip(names, record, strict=True))
-        status = categories.get(r["reporting_category"].strip())
+        category = r["reporting_category"].strip()
+        status = categories.get(category)
         if status is None:
+            movement = DISPUTE_KINDS.get(category)
+            if movement is not None:
+                yield _stripe_dispute(line, r, movement, has_customer_amount, payment_columns)
             continue
         settlement_currency = _currency(line, r["currency"], "currency")
         settled = _major(line, r["gross"], settlement_currency, "gross")
@@ -263,3 +357,41 @@ def _stripe(reader: Iterator[list[str]], names: list[str]) -> Iterator[Settlemen
             fee=fee,
             settlement_amount=settled,
         )
+
+
+def _stripe_dispute(
+    line: int,
+    r: dict[str, str],
+    movement: DisputeMovement,
+    has_customer_amount: bool,
+    payment_columns: list[str],
+) -> SettledDispute:
+    """A `dispute` (withdrawal, gross negative) or `dispute_reversal`
+    (reinstatement) row: `source_id` is the dispute's id."""
+    settlement_currency = _currency(line, r["currency"], "currency")
+    settled = _major(line, r["gross"], settlement_currency, "gross")
+    amount = settled
+    if has_customer_amount and r["customer_facing_amount"].strip():
+        amount = _major(
+            line,
+            r["customer_facing_amount"],
+            _currency(line, r["customer_facing_currency"], "customer_facing_currency"),
+            "customer_facing_amount",
+        )
+    fee = None
+    if "fee" in r and r["fee"].strip():
+        fee = _major(line, r["fee"], settlement_currency, "fee")
+    pse_dispute_id = r["source_id"].strip() or None
+    payments = tuple(dict.fromkeys(p for c in payment_columns if (p := r[c].strip())))
+    if pse_dispute_id is None and not payments:
+        raise SettlementFileError(line, "a dispute row needs source_id")
+    return SettledDispute(
+        line,
+        pse_dispute_id,
+        payments,
+        amount,
+        movement,
+        _time(line, r.get("created_utc", ""), "created_utc"),
+        fee,
+        settled,
+    )

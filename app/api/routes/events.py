@@ -43,6 +43,8 @@ EVENT_TYPES = [
     "refund.offline_paid",
     "refund.canceled",
     "refund.needs_attention",
+    "payment.dispute_opened",
+    "payment.dispute_closed",
 ]
 
 
@@ -89,7 +91,10 @@ async def list_events(
     limit: Limit = 50,
     cursor: Cursor = None,
 ) -> Response:
-    """Every refund status change, as an event with the refund as it was after it.
+    """Every refund status change, as an event with the refund as it was after
+    it, and every dispute opened or closed on a payment
+    (`payment.dispute_opened`, `payment.dispute_closed`: no `refund_id`, the
+    dispute and the payment in `data`).
 
     Without `after`: newest first (browse). With `after=<the last event id you
     processed>` (or `after=0` to start from the first event ever): oldest first

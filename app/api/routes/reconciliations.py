@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Query, UploadFile
 from starlette.responses import Response, StreamingResponse
@@ -35,7 +35,7 @@ from app.services.views import reconciliation_line_view, rfc3339
 router = APIRouter(tags=["reconciliation"])
 
 
-def _view(rec: Reconciliation) -> dict:
+def _view(rec: Reconciliation) -> dict[str, Any]:
     return {
         "id": rec.id,
         "pse_account": rec.pse_account,
@@ -84,7 +84,10 @@ async def create_reconciliation(
 
     Formats: the generic CSV (header `pse_refund_id,reference,type,amount,currency,
     status,settled_at,fee,settlement_amount,settlement_currency`, amounts in minor
-    units) and Stripe's itemized balance / payout reconciliation exports. A
+    units; rows of `type` `dispute` (a chargeback's money taken back) and
+    `dispute_reversal` (given back) name their dispute and payment in the optional
+    columns `pse_dispute_id` and `pse_payment_id`) and Stripe's itemized balance /
+    payout reconciliation exports (their `dispute` and `dispute_reversal` lines). A
     malformed file ends `failed` with an error naming its line, and changes
     nothing. A key scoped to PSE accounts reconciles and reads only the runs of
     its accounts (404 for any other). A file name holding a card number is
@@ -138,9 +141,23 @@ async def get_reconciliation(
     limit: Limit = 50,
     cursor: Cursor = None,
 ) -> Response:
-    """`status` (processing, completed, failed), the `counts` of matched,
-    amount_mismatch, status_mismatch, missing_in_service and missing_in_file,
-    and the lines behind them, paged (`rows.next_cursor`)."""
+    """`status` (processing, completed, failed), the `counts` of every outcome,
+    and the lines behind them, paged (`rows.next_cursor`).
+
+    Refund lines: matched, amount_mismatch, status_mismatch, missing_in_service
+    (the PSE settled a refund we do not know) and missing_in_file (we hold it
+    succeeded; the file's period does not have it).
+
+    Dispute lines (a chargeback's money the PSE took back, or reinstated):
+    dispute_matched (the file and our dispute agree), dispute_amount_mismatch
+    (another amount than our dispute's), dispute_status_mismatch (money
+    reinstated for a dispute we hold as open or lost, or moved the same way
+    twice) and dispute_missing_in_service (a dispute we do not know: after a
+    withdrawal the payment could still be refunded, paying the customer twice).
+    A dispute line uses the row's columns for the dispute: `pse_refund_id` is
+    the file's dispute id, `reference` the file's payment id, `refund_id` our
+    dispute's id (`dsp_…`), `file_status` `withdrawn` or `reinstated`, and
+    `our_amount`, `our_status` our dispute's. It changes nothing."""
     if outcome is not None and outcome not in {o.value for o in OUTCOMES}:
         raise ApiError(422, "validation_error", "Unknown outcome", f"no outcome {outcome}")
     rec = await reconciliations.get(reconciliation_id)
@@ -172,7 +189,9 @@ async def get_reconciliation(
 async def reconciliation_report(
     reconciliation_id: str, reconciliations: ReconciliationsDep, _key: Ops
 ) -> Response:
-    """Every line of the reconciliation with its outcome, for a spreadsheet."""
+    """Every line of the reconciliation with its outcome, for a spreadsheet: the
+    columns of the lines at `GET /v1/reconciliations/{id}`, a dispute line's
+    holding its dispute as they do there."""
     rows = await reconciliations.report_csv(reconciliation_id)
     return StreamingResponse(
         rows,

@@ -53,6 +53,7 @@ RefundId = Annotated[str, "refund id"]
 _STATE = (409, "`invalid_state`: not allowed in the refund's current status")
 _IDEM = (409, "`idempotency_key_in_use`: the first request with this key is still running")
 _REUSED = (422, "`idempotency_key_reused`: the key was used with another body")
+_DISPUTED = (409, "`payment_disputed`: the payment has an open dispute")
 
 
 def _answer(refund: Refund, status: int = 200) -> tuple[int, bytes]:
@@ -69,6 +70,7 @@ def _answer(refund: Refund, status: int = 200) -> tuple[int, bytes]:
         *AUTH,
         (404, "`not_found`: no such payment"),
         (409, "`idempotency_key_in_use`: the key is contended; retry later"),
+        (409, "`payment_disputed`: the payment has an open dispute; nothing created"),
         (422, "`amount_exceeds_refundable`: amount < 1 or above the refundable amount"),
         (422, "`amount_exceeds_limit`: above the policy's max_refund_amount"),
         (422, "`currency_mismatch`; `validation_error`"),
@@ -87,6 +89,8 @@ async def create_refund(
     The rules are checked in this order, atomically with the reservation of
     the amount (two concurrent requests can never together exceed the payment):
 
+    0. A payment with an open dispute takes no refund: 409 `payment_disputed`,
+       nothing created.
     1. `amount` (omitted → the whole refundable amount) must be ≥ 1 and ≤ the
        refundable amount (`amount_exceeds_refundable`) and not above the
        policy's `max_refund_amount` (`amount_exceeds_limit`).
@@ -205,6 +209,7 @@ async def list_refunds(
         404,
         (409, "`already_decided`: this approver already decided"),
         _STATE,
+        (409, "`payment_disputed`: the refund is held while its payment has an open dispute"),
         _IDEM,
         _REUSED,
     ),
@@ -220,7 +225,8 @@ async def approve_refund(
 ) -> Response:
     """Add this approver's approval. When every required approval is in, the
     refund becomes `approved` and is sent to the PSE (or `offline_required`
-    when it is past the refund window)."""
+    when it is past the refund window). A refund held because its payment has
+    an open dispute (`hold`) cannot be approved: 409 `payment_disputed`."""
 
     async def handler(_claim: IdempotencyClaim | None) -> tuple[int, bytes]:
         note = body.note if body else None
@@ -291,7 +297,14 @@ async def cancel_refund(
     "/{refund_id}/offline-payout",
     summary="Record an offline payout",
     response_model=RefundOut,
-    responses=problems(*AUTH, 404, _STATE, _IDEM, _REUSED),
+    responses=problems(
+        *AUTH,
+        404,
+        _STATE,
+        (409, "`payment_disputed`: the refund is held while its payment has an open dispute"),
+        _IDEM,
+        _REUSED,
+    ),
 )
 async def offline_payout(
     refund_id: RefundId,
@@ -303,7 +316,8 @@ async def offline_payout(
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     """Record that ops paid an `offline_required` refund another way (bank
-    transfer…): it becomes `offline_paid`, with the payout reference."""
+    transfer…): it becomes `offline_paid`, with the payout reference. Not
+    while it is held by an open dispute on its payment: 409 `payment_disputed`."""
 
     async def handler(_claim: IdempotencyClaim | None) -> tuple[int, bytes]:
         refund = await refunds.offline_payout(

@@ -61,7 +61,13 @@ async def receive_webhook(
     Matching: by the PSE's refund id first; by our reference only while our
     refund has no PSE id yet and only when payment, currency and amount agree.
     Any other event naming our refund is recorded (`status: mismatched`),
-    changes nothing, and raises `refund.needs_attention`."""
+    changes nothing, and raises `refund.needs_attention`.
+
+    A dispute (chargeback) event, where the provider's adapter reads them, is
+    applied to the payment it names (by any of the PSE's ids of it) as
+    `POST /v1/payments/{id}/disputes` would (source `pse`); a dispute of a
+    payment not registered here is `ignored`, one that does not fit its
+    payment (another currency, above its amount) is `mismatched`."""
     body = await request.body()
     receipt = await webhooks.receive(pse_account, dict(request.headers), body)
     return json_response(

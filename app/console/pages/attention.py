@@ -1,5 +1,6 @@
 """Attention: the queues ops must clear, each with its count and its oldest
-first, and Redeliver for the events the store never accepted.
+first, and Redeliver for the events the store never accepted. Open disputes
+come first, the soonest evidence deadline first, the overdue ones marked.
 
 Acknowledging a flag and recording an offline payout happen on the refund's
 own page (with its timeline in view); each queue links there.
@@ -32,6 +33,7 @@ router = APIRouter()
 # Each queue shows this many at a time; "Next page" pages one queue through.
 PAGE_SIZE = 20
 DELIVERIES = "failed_deliveries"
+DISPUTES = "open_disputes"
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +82,7 @@ _QUEUES = (
 )
 
 
-QUEUE_KEYS = (*(queue.value for queue, *_ in _QUEUES), DELIVERIES)
+QUEUE_KEYS = (DISPUTES, *(queue.value for queue, *_ in _QUEUES), DELIVERIES)
 
 
 def _count(counts: AttentionCounts, key: str) -> int:
@@ -103,7 +105,24 @@ async def _sections(
     queries: ConsoleQueries, base: str, paged_queue: str | None, cursor: str | None
 ) -> list[Section]:
     counts = await queries.attention_counts()
-    sections = []
+    paged = paged_queue == DISPUTES
+    disputes = await queries.open_disputes(limit=PAGE_SIZE, cursor=cursor if paged else None)
+    next_url, first_url = _links(base, DISPUTES, disputes, paged)
+    overdue = counts.overdue_disputes
+    sections = [
+        Section(
+            DISPUTES,
+            "Open disputes",
+            "Chargebacks the customer's bank has opened, the soonest evidence deadline first: "
+            "answer each at the PSE before its deadline. While one is open its payment takes "
+            "no new refund and its refunds not yet sent are held."
+            + (f" {overdue:,} past the deadline." if overdue else ""),
+            counts.open_disputes,
+            disputes,
+            next_url,
+            first_url,
+        )
+    ]
     for queue, title, explains, next_step in _QUEUES:
         paged = paged_queue == queue.value
         page = await queries.attention(queue, limit=PAGE_SIZE, cursor=cursor if paged else None)

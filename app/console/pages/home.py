@@ -88,7 +88,8 @@ async def home(
 ) -> Response:
     open_counts, stale = await operations.open_counts()
     # One GROUP BY each, however many refunds there are.
-    flagged = (await queries.attention_counts()).needs_attention
+    attention = await queries.attention_counts()
+    flagged = attention.needs_attention
     now = clock.now()
     today = _tally(
         await queries.refunds_today(), now.replace(hour=0, minute=0, second=0, microsecond=0)
@@ -123,6 +124,16 @@ async def home(
             open_counts.get(RefundStatus.OFFLINE_REQUIRED.value, 0),
             "/attention",
             "offline_required: ops pays out another way",
+        ),
+        Queue(
+            "Open disputes",
+            attention.open_disputes,
+            "/attention#open_disputes",
+            (
+                f"chargebacks: {attention.overdue_disputes:,} past the evidence deadline"
+                if attention.overdue_disputes
+                else "chargebacks to answer before their evidence deadline"
+            ),
         ),
     ]
     return render(

@@ -32,7 +32,7 @@ from app.console.security import base_path
 from app.domain.cards import refuse_card_number
 from app.domain.console import Flash
 from app.domain.errors import DomainError, InvalidInput
-from app.domain.reconciliation import OUTCOMES, ReconciliationStatus
+from app.domain.reconciliation import AGREEING, OUTCOMES, ReconciliationStatus
 from app.domain.records import Reconciliation, Role
 
 router = APIRouter()
@@ -52,11 +52,22 @@ OUTCOME_MEANING = {
     "status_mismatch": "The file's status contradicts ours.",
     "missing_in_service": "The PSE settled a refund we do not know.",
     "missing_in_file": "We hold it succeeded; the file's period does not have it.",
+    "dispute_matched": "A dispute's money taken back (or reinstated): the file and our "
+    "dispute agree.",
+    "dispute_amount_mismatch": "The file moved another amount for the dispute than ours.",
+    "dispute_status_mismatch": "The file reinstated the money of a dispute we hold as open or "
+    "lost, or moved a dispute's money the same way twice.",
+    "dispute_missing_in_service": "The PSE took money back (or reinstated it) for a dispute we "
+    "do not know: its payment could still be refunded, and paid twice.",
 }
 
 
 def _differences(run: Reconciliation) -> int:
-    return sum(count for outcome, count in run.counts.items() if outcome != "matched")
+    return sum(count for outcome, count in run.counts.items() if outcome not in AGREEING)
+
+
+def _matched(run: Reconciliation) -> int:
+    return sum(run.counts.get(outcome.value, 0) for outcome in AGREEING)
 
 
 def _fx_typed(request: Request) -> dict[str, str]:
@@ -126,6 +137,7 @@ async def reconciliations(
         next_url=next_url,
         first_url=f"{base}/reconciliations" if cursor else None,
         differences=_differences,
+        matched=_matched,
         fx=fx,
         fx_typed=fx_typed,
         fx_filtered=any(fx_typed.values()),
@@ -217,6 +229,8 @@ async def run_page(
         messages=messages,
         run=run,
         lines=detail.lines.items,
+        disputes=detail.disputes,
+        is_dispute_line=detail.is_dispute_line,
         outcome=outcome,
         outcomes=[(name.value, run.counts.get(name.value, 0)) for name in OUTCOMES],
         meaning=OUTCOME_MEANING,

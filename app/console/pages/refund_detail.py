@@ -63,6 +63,7 @@ _STATUS_BY_CODE = {
     "not_found": 404,
     "invalid_state": 409,
     "already_decided": 409,
+    "payment_disputed": 409,
 }
 
 TIMELINE_LABELS = {
@@ -74,6 +75,7 @@ TIMELINE_LABELS = {
     TimelineKind.STORE_DELIVERY: "Delivery to the store",
     TimelineKind.API_REQUEST: "API request",
     TimelineKind.NOTE: "Note",
+    TimelineKind.DISPUTE: "Dispute",
 }
 # Details shown as blocks of text (bodies, headers), the rest as short values.
 _BLOCK_DETAILS = ("request_body", "response_body", "headers", "refund", "metadata")
@@ -159,6 +161,7 @@ async def show(
     if RefundAction.APPROVE in actions and RefundAction.REJECT not in actions:
         no_reject = wording.cannot_reject(refund, level)
     values = typed.values if typed else {}
+    held = wording.held(refund) if detail.hold is not None else None
     return render(
         request,
         "refund.html",
@@ -172,6 +175,10 @@ async def show(
         actions={action.value for action in actions},
         why_not=why_not,
         no_reject=no_reject,
+        held=held,
+        hold=detail.hold,
+        disputes=detail.disputes,
+        open_disputes=detail.open_disputes,
         reasons=[wording.approval_reason(r, refund.currency) for r in detail.approval_reasons],
         required=wording.slots(refund.required_approvals),
         still_open=wording.slots(refund.open_slots) if refund.open_slots else "",

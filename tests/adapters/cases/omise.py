@@ -21,6 +21,7 @@ import respx
 
 from app.adapters.pse.base import PseAccount
 from app.adapters.pse.omise import OMISE_API_VERSION, OmiseGateway
+from app.domain.disputes import DisputeReport, DisputeStatus
 from app.domain.money import Money
 from app.domain.ports import PseGateway
 from app.domain.pse import (
@@ -28,6 +29,7 @@ from app.domain.pse import (
     RefundSubmission,
 )
 from tests.adapters.conformance import BASE_URL, IDEMPOTENCY_KEY, REFERENCE, SignedWebhook
+from tests.adapters.test_omise_disputes import DISPUTE_ID, omise_dispute
 
 SECRET_KEY = "skey_test_5xuy4w91xqz7d1w9u0t"
 CHARGE_ID = "chrg_test_5xuy4w8uqh9m4gvfh8y"
@@ -38,6 +40,13 @@ CURRENT_SECRET = base64.b64encode(b"omise-conformance-current-secret-32b").decod
 PREVIOUS_SECRET = base64.b64encode(b"omise-conformance-previous-secret-32").decode()
 
 _STATUS = {PseRefundState.PENDING: "pending", PseRefundState.SUCCEEDED: "closed"}
+# Ours -> (event key, Omise's dispute status). Omise's `closed` is a query
+# meta-status that disputes do not carry: it is not sent here.
+_DISPUTES = {
+    DisputeStatus.OPEN: ("dispute.create", "open"),
+    DisputeStatus.WON: ("dispute.close", "won"),
+    DisputeStatus.LOST: ("dispute.close", "lost"),
+}
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -90,6 +99,7 @@ class OmiseCase:
     name = "omise"
     # Omise documents `pending` and `closed` refunds only.
     listed_states = frozenset({PseRefundState.PENDING, PseRefundState.SUCCEEDED})
+    dispute_statuses = frozenset(_DISPUTES)
 
     def __init__(self) -> None:
         self.secrets = (CURRENT_SECRET, PREVIOUS_SECRET)
@@ -197,6 +207,51 @@ class OmiseCase:
                 "webhook_deliveries": [],
                 "data": omise_refund(_STATUS[state]),
                 "key": "refund.create",
+                "created_at": "2026-11-27T08:00:01Z",
+            }
+        ).encode()
+        timestamp = str(int(datetime.now(UTC).timestamp()))
+        return SignedWebhook(
+            headers={
+                "Omise-Signature": sign(secret, timestamp, body),
+                "Omise-Signature-Timestamp": timestamp,
+                "Content-Type": "application/json",
+            },
+            body=body,
+        )
+
+    def expected_dispute(self, status: DisputeStatus) -> DisputeReport:
+        return DisputeReport(
+            pse_dispute_id=DISPUTE_ID,
+            status=status,
+            amount=Money(150000, "THB"),
+            reason="goods_or_services_not_provided",
+            evidence_due_by=None,  # Omise documents no deadline
+            opened_at=datetime(2026, 11, 26, 3, 0, tzinfo=UTC),
+            pse_payment_ids=(CHARGE_ID,),
+        )
+
+    def dispute_webhook(
+        self,
+        status: DisputeStatus,
+        secret: str,
+        *,
+        without: str | None = None,
+        event_id: str = "evt_dispute_1",
+    ) -> SignedWebhook:
+        key, omise_status = _DISPUTES[status]
+        dispute = omise_dispute(charge=CHARGE_ID, amount=150000, status=omise_status)
+        if without is not None:
+            del dispute[without]
+        body = json.dumps(
+            {
+                "object": "event",
+                "id": event_id,
+                "livemode": False,
+                "location": f"/events/{event_id}",
+                "webhook_deliveries": [],
+                "data": dispute,
+                "key": key,
                 "created_at": "2026-11-27T08:00:01Z",
             }
         ).encode()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -15,6 +16,7 @@ import respx
 
 from app.adapters.pse.base import PseAccount
 from app.adapters.pse.razorpay import RazorpayGateway
+from app.domain.disputes import DisputeReport, DisputeStatus
 from app.domain.money import Money
 from app.domain.ports import PseGateway
 from app.domain.pse import (
@@ -22,10 +24,18 @@ from app.domain.pse import (
     RefundSubmission,
 )
 from tests.adapters.conformance import BASE_URL, IDEMPOTENCY_KEY, REFERENCE, SignedWebhook
+from tests.adapters.test_razorpay_disputes import (
+    CREATED_AT,
+    DISPUTE_ID,
+    RESPOND_BY,
+    dispute_event,
+    razorpay_dispute,
+)
 from tests.adapters.test_razorpay_gateway import (
     razorpay_collection,
     razorpay_error,
     razorpay_event,
+    razorpay_payment,
     razorpay_refund,
     sign,
 )
@@ -46,6 +56,13 @@ _EVENT = {
     PseRefundState.SUCCEEDED: "refund.processed",
     PseRefundState.FAILED: "refund.failed",
 }
+# Ours -> (event type, Razorpay's dispute status).
+_DISPUTES = {
+    DisputeStatus.OPEN: ("payment.dispute.created", "open"),
+    DisputeStatus.WON: ("payment.dispute.won", "won"),
+    DisputeStatus.LOST: ("payment.dispute.lost", "lost"),
+    DisputeStatus.CLOSED: ("payment.dispute.closed", "closed"),
+}
 _REFUSALS = {
     "amount_too_large": "The refund amount provided is greater than amount captured.",
     "window_passed": "Payment is more than 6 months old, only instant refund is supported",
@@ -57,6 +74,7 @@ class RazorpayCase:
     name = "razorpay"
     listed_states = frozenset(PseRefundState)
     secrets = ("conformance_webhook_secret_current", "conformance_webhook_secret_previous")
+    dispute_statuses = frozenset(_DISPUTES)
 
     def account(self) -> PseAccount:
         return PseAccount(
@@ -164,6 +182,44 @@ class RazorpayCase:
         body = razorpay_event(_EVENT[state], self._refund(state))
         signature = sign(body, secret)
         # The official SDK is the independent judge of the signature.
+        client = razorpay.Client(auth=(KEY_ID, KEY_SECRET))
+        assert client.utility.verify_webhook_signature(body.decode("utf-8"), signature, secret)
+        return SignedWebhook(
+            headers={
+                "X-Razorpay-Signature": signature,
+                "X-Razorpay-Event-Id": event_id,
+                "Content-Type": "application/json",
+            },
+            body=body,
+        )
+
+    def expected_dispute(self, status: DisputeStatus) -> DisputeReport:
+        return DisputeReport(
+            pse_dispute_id=DISPUTE_ID,
+            status=status,
+            amount=Money(AMOUNT_PAISE, "INR"),
+            reason="goods_not_received",
+            evidence_due_by=datetime.fromtimestamp(RESPOND_BY, UTC),
+            opened_at=datetime.fromtimestamp(CREATED_AT, UTC),
+            pse_payment_ids=(PAYMENT_ID,),
+        )
+
+    def dispute_webhook(
+        self,
+        status: DisputeStatus,
+        secret: str,
+        *,
+        without: str | None = None,
+        event_id: str = "evt_dispute_1",
+    ) -> SignedWebhook:
+        event_type, razorpay_status = _DISPUTES[status]
+        dispute = razorpay_dispute(
+            payment_id=PAYMENT_ID, amount=AMOUNT_PAISE, currency="INR", status=razorpay_status
+        )
+        if without is not None:
+            del dispute[without]
+        body = dispute_event(event_type, dispute, razorpay_payment(id=PAYMENT_ID))
+        signature = sign(body, secret)
         client = razorpay.Client(auth=(KEY_ID, KEY_SECRET))
         assert client.utility.verify_webhook_signature(body.decode("utf-8"), signature, secret)
         return SignedWebhook(

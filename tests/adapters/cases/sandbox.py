@@ -16,6 +16,7 @@ from standardwebhooks.webhooks import EmptyWebhookSecretError
 
 from app.adapters.pse.base import PseAccount
 from app.adapters.pse.sandbox import SandboxGateway
+from app.domain.disputes import DisputeReport, DisputeStatus
 from app.domain.money import Money
 from app.domain.ports import PseGateway
 from app.domain.pse import (
@@ -27,6 +28,7 @@ from tests.adapters.conformance import BASE_URL, IDEMPOTENCY_KEY, REFERENCE, Sig
 
 PAYMENT_ID = "pay_sandbox_1"
 REFUND_ID = "sbre_0193c1d2e3f4"
+DISPUTE_ID = "sbdp_0193c1d2e3f4"
 
 
 def sign(secret: str, msg_id: str, at: datetime, body: str) -> str:
@@ -44,6 +46,7 @@ class SandboxCase:
     signs_body = True
     name = "sandbox"
     listed_states = frozenset(PseRefundState)
+    dispute_statuses = frozenset(DisputeStatus)
 
     def __init__(self) -> None:
         self.secrets = (new_webhook_secret(), new_webhook_secret())
@@ -149,6 +152,60 @@ class SandboxCase:
                 "type": f"refund.{state.value}",
                 "created_at": "2026-11-27T08:00:01Z",
                 "data": self._refund(state),
+            }
+        )
+        now = datetime.now(UTC)
+        return SignedWebhook(
+            headers={
+                "webhook-id": event_id,
+                "webhook-timestamp": str(int(now.timestamp())),
+                "webhook-signature": sign(secret, event_id, now, body),
+                "content-type": "application/json",
+            },
+            body=body.encode(),
+        )
+
+    def expected_dispute(self, status: DisputeStatus) -> DisputeReport:
+        return DisputeReport(
+            pse_dispute_id=DISPUTE_ID,
+            status=status,
+            amount=Money(3000, "JPY"),
+            reason="fraudulent",
+            evidence_due_by=datetime(2026, 12, 4, 8, 0, tzinfo=UTC),
+            opened_at=datetime(2026, 11, 27, 8, 0, tzinfo=UTC),
+            pse_payment_ids=(PAYMENT_ID,),
+        )
+
+    def dispute_webhook(
+        self,
+        status: DisputeStatus,
+        secret: str,
+        *,
+        without: str | None = None,
+        event_id: str = "evt_dispute_1",
+    ) -> SignedWebhook:
+        dispute = {
+            "id": DISPUTE_ID,
+            "object": "dispute",
+            "payment_id": PAYMENT_ID,
+            "amount": 3000,
+            "currency": "JPY",
+            "reason": "fraudulent",
+            "status": status.value,
+            "evidence_due_by": "2026-12-04T08:00:00Z",
+            "created_at": "2026-11-27T08:00:00Z",
+            "updated_at": "2026-11-28T08:00:00Z",
+            "closed_at": None if status is DisputeStatus.OPEN else "2026-11-28T08:00:00Z",
+        }
+        if without is not None:
+            del dispute[without]
+        event_type = "dispute.opened" if status is DisputeStatus.OPEN else "dispute.closed"
+        body = json.dumps(
+            {
+                "id": event_id,
+                "type": event_type,
+                "created_at": "2026-11-28T08:00:01Z",
+                "data": dispute,
             }
         )
         now = datetime.now(UTC)

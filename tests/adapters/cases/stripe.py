@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from urllib.parse import parse_qsl
 
 import httpx
@@ -13,6 +14,7 @@ import stripe
 
 from app.adapters.pse.base import PseAccount
 from app.adapters.pse.stripe import StripeGateway
+from app.domain.disputes import DisputeReport, DisputeStatus
 from app.domain.money import Money
 from app.domain.ports import PseGateway
 from app.domain.pse import (
@@ -20,10 +22,19 @@ from app.domain.pse import (
     RefundSubmission,
 )
 from tests.adapters.conformance import BASE_URL, IDEMPOTENCY_KEY, REFERENCE, SignedWebhook
-from tests.adapters.test_stripe_gateway import stripe_error, stripe_refund
+from tests.adapters.test_stripe_disputes import CREATED, DISPUTE_ID, DUE_BY, stripe_dispute
+from tests.adapters.test_stripe_gateway import CHARGE, stripe_error, stripe_refund
 
 PAYMENT_INTENT = "pi_3QJx2aLkdIwHu7ix0c4Gv1Rm"
 API_KEY = "sk_test_conformance_0000000000000000"
+
+# Ours -> (event type, Stripe's dispute status).
+_DISPUTES = {
+    DisputeStatus.OPEN: ("charge.dispute.created", "needs_response"),
+    DisputeStatus.WON: ("charge.dispute.closed", "won"),
+    DisputeStatus.LOST: ("charge.dispute.closed", "lost"),
+    DisputeStatus.CLOSED: ("charge.dispute.closed", "warning_closed"),
+}
 
 
 class StripeCase:
@@ -31,6 +42,7 @@ class StripeCase:
     name = "stripe"
     listed_states = frozenset(PseRefundState)
     secrets = ("whsec_conformance_current_secret", "whsec_conformance_previous_secret")
+    dispute_statuses = frozenset(_DISPUTES)
 
     def account(self) -> PseAccount:
         return PseAccount(
@@ -151,6 +163,52 @@ class StripeCase:
                 "pending_webhooks": 1,
                 "request": {"id": None, "idempotency_key": None},
                 "type": "refund.updated",
+            }
+        )
+        header = stripe.WebhookSignature.generate_signature_header(
+            payload, secret, timestamp=int(time.time())
+        )
+        return SignedWebhook(
+            headers={"Stripe-Signature": header, "Content-Type": "application/json"},
+            body=payload.encode(),
+        )
+
+    def expected_dispute(self, status: DisputeStatus) -> DisputeReport:
+        return DisputeReport(
+            pse_dispute_id=DISPUTE_ID,
+            status=status,
+            amount=Money(3000, "USD"),
+            reason="fraudulent",
+            evidence_due_by=datetime.fromtimestamp(DUE_BY, UTC),
+            opened_at=datetime.fromtimestamp(CREATED, UTC),
+            pse_payment_ids=(CHARGE, PAYMENT_INTENT),
+        )
+
+    def dispute_webhook(
+        self,
+        status: DisputeStatus,
+        secret: str,
+        *,
+        without: str | None = None,
+        event_id: str = "evt_dispute_1",
+    ) -> SignedWebhook:
+        event_type, stripe_status = _DISPUTES[status]
+        dispute = stripe_dispute(
+            amount=3000, currency="usd", status=stripe_status, payment_intent=PAYMENT_INTENT
+        )
+        if without is not None:
+            del dispute[without]
+        payload = json.dumps(
+            {
+                "id": event_id,
+                "object": "event",
+                "api_version": "2024-06-20",
+                "created": int(time.time()),
+                "data": {"object": dispute},
+                "livemode": False,
+                "pending_webhooks": 1,
+                "request": {"id": None, "idempotency_key": None},
+                "type": event_type,
             }
         )
         header = stripe.WebhookSignature.generate_signature_header(

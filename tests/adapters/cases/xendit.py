@@ -11,6 +11,7 @@ import base64
 import json
 import secrets
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -18,6 +19,7 @@ import respx
 
 from app.adapters.pse.base import PseAccount
 from app.adapters.pse.xendit import XenditGateway
+from app.domain.disputes import DisputeReport, DisputeStatus
 from app.domain.money import Money
 from app.domain.ports import PseGateway
 from app.domain.pse import (
@@ -25,6 +27,7 @@ from app.domain.pse import (
     RefundSubmission,
 )
 from tests.adapters.conformance import BASE_URL, IDEMPOTENCY_KEY, REFERENCE, SignedWebhook
+from tests.adapters.test_xendit_disputes import DISPUTE_ID, xendit_dispute
 
 API_KEY = "xnd_development_ConformanceCaseKeyForTestsOnly0000000000000000"
 PAYMENT_REQUEST_ID = "pr-1102feb0-bb79-47ae-9d1e-e69394d3949c"
@@ -41,6 +44,17 @@ _STATUS = {
 }
 
 
+# Ours -> Xendit's dispute status (the event is `dispute.<status lower-cased>`).
+# Xendit has no status for a dispute that ends undecided.
+_DISPUTES = {
+    DisputeStatus.OPEN: "ACTION_REQUIRED",
+    DisputeStatus.WON: "WON",
+    DisputeStatus.LOST: "LOST",
+}
+# Disputes name the payment by its Payments API v3 id.
+DISPUTED_PAYMENT_ID = "py-3cd658ae-25b9-4659-aa36-596ae41a809f"
+
+
 def _basic(key: str) -> str:
     return "Basic " + base64.b64encode(f"{key}:".encode()).decode()
 
@@ -49,6 +63,7 @@ class XenditCase:
     signs_body = False
     name = "xendit"
     listed_states = frozenset(PseRefundState)
+    dispute_statuses = frozenset(_DISPUTES)
 
     def __init__(self) -> None:
         # Callback verification tokens as the dashboard shows them: long random strings.
@@ -196,6 +211,38 @@ class XenditCase:
         return SignedWebhook(
             headers={"x-callback-token": secret, "content-type": "application/json"},
             body=body.encode(),
+        )
+
+    def expected_dispute(self, status: DisputeStatus) -> DisputeReport:
+        return DisputeReport(
+            pse_dispute_id=DISPUTE_ID,
+            status=status,
+            amount=AMOUNT,
+            reason="fraud",
+            evidence_due_by=datetime(2026, 3, 15, 19, 50, 51, 724000, tzinfo=UTC),
+            opened_at=datetime(2026, 3, 1, 19, 50, 51, 724000, tzinfo=UTC),
+            pse_payment_ids=(DISPUTED_PAYMENT_ID,),
+        )
+
+    def dispute_webhook(
+        self,
+        status: DisputeStatus,
+        secret: str,
+        *,
+        without: str | None = None,
+        event_id: str = "evt_dispute_1",
+    ) -> SignedWebhook:
+        # Xendit's dispute webhooks carry no event id: `event_id` has nowhere to go.
+        dispute = xendit_dispute(
+            _DISPUTES[status],
+            payment_id=DISPUTED_PAYMENT_ID,
+            amount={"initial": f"{XENDIT_AMOUNT}.00", "terminal": None},
+        )
+        if without is not None:
+            del dispute[without]
+        return SignedWebhook(
+            headers={"x-callback-token": secret, "content-type": "application/json"},
+            body=json.dumps(dispute).encode(),
         )
 
 
