@@ -43,6 +43,7 @@ _ESCAPE = re.compile(
     r"|%[Ff][0-7](?:%[89ABab][0-9A-Fa-f]){3}"
     r"|\+"
 )
+_JSON_ESCAPE = re.compile(r"\\u[0-9A-Fa-f]{4}|\\[\\/\"bfnrt]")
 _JSON_ESCAPES = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
 
 
@@ -61,8 +62,16 @@ def _mask_card_numbers(value: str) -> str:
     (`4242\\u00a04242…`, `4242%2F4242…`, `4242+4242…`), the rest of it left
     as it was: with escapes, numbers are searched in a decoded view whose
     pieces map back to the text they came from."""
-    if "\\" not in value and "%" not in value and "+" not in value:
+    if value[:1] in "{[":
+        # A JSON body (as the audit records them): only JSON's escapes; a `+`
+        # or a `%` there is itself, as in the text the API refused or took.
+        if "\\" not in value:
+            return mask_card_numbers(value, in_words=True)
+        escapes = _JSON_ESCAPE
+    elif "\\" not in value and "%" not in value and "+" not in value:
         return mask_card_numbers(value, in_words=True)
+    else:
+        escapes = _ESCAPE
     starts: list[int] = []  # where each piece starts in the decoded view
     spans: list[tuple[int, int, bool]] = []  # its span in `value`, and whether literal
     decoded: list[str] = []
@@ -75,7 +84,7 @@ def _mask_card_numbers(value: str) -> str:
         decoded.append(text)
         length += len(text)
 
-    for escape in _ESCAPE.finditer(value):
+    for escape in escapes.finditer(value):
         if escape.start() > at:
             piece(value[at : escape.start()], at, escape.start(), True)
         piece(_unescaped(escape.group()), escape.start(), escape.end(), False)

@@ -166,12 +166,26 @@ def test_a_text_with_fewer_than_13_digits_is_answered_without_any_regex(monkeypa
         def finditer(self, *_args):
             raise AssertionError("the regex ran")
 
-    monkeypatch.setattr(cards, "CARD_NUMBER_RUN", Untouchable())
+    monkeypatch.setattr(cards, "_LONG_RUN", Untouchable())
     monkeypatch.setattr(cards, "_UUID", Untouchable())
     text = "refund 12000 JPY, order ORD-1001, " + "no digits here " * 500
     assert cards.digit_count(text) < 13
     assert not holds_card_number(text)
     assert not holds_card_number("abc" * 10_000)
+
+
+def test_a_text_whose_digit_runs_are_all_short_never_looks_for_ids(monkeypatch):
+    """A JSON answer full of dates and times holds many digits, in runs too
+    short for a card number: the id search (UUIDs) is not run for it."""
+
+    class Untouchable:
+        def finditer(self, *_args):
+            raise AssertionError("the id search ran")
+
+    monkeypatch.setattr(cards, "_UUID", Untouchable())
+    text = '{"at": "2026-12-01T16:21:35.123456+00:00", "id": "rf_1a231a820d3d72b7eb2815ac622"}' * 5
+    assert cards.digit_count(text) >= 13
+    assert list(card_numbers(text, in_words=True)) == []
 
 
 def test_a_long_text_full_of_numbers_is_read_in_linear_time():
