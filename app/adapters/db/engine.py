@@ -60,6 +60,10 @@ async def _keep_session(_conn: asyncpg.Connection) -> None:
     one left open), and its settings are SET LOCAL."""
 
 
+class PoolTimeout(TimeoutError):
+    """No pooled connection came in time: every one busy, or the server not answering."""
+
+
 class ConnectionPool:
     """The service's asyncpg pool, opened on first use.
 
@@ -105,7 +109,15 @@ class ConnectionPool:
     async def connection(self) -> asyncpg.Connection:
         """A connection of the pool; hand it back with `release`."""
         pool = await self._opened()
-        connection: asyncpg.Connection = await pool.acquire(timeout=self._acquire_timeout)
+        # asyncio.timeout, not acquire(timeout=): asyncpg would wrap the
+        # acquisition in wait_for, a task of its own on every unit of work.
+        try:
+            async with asyncio.timeout(self._acquire_timeout):
+                connection: asyncpg.Connection = await pool.acquire()
+        except TimeoutError:
+            raise PoolTimeout(
+                f"no database connection within {self._acquire_timeout:g} s"
+            ) from None
         return connection
 
     async def release(self, connection: asyncpg.Connection) -> None:

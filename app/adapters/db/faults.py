@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncpg
 
+from app.adapters.db.engine import PoolTimeout
+
 # The server refusing or ending sessions: shutting down, starting up or in
 # recovery (57P01, 57P02, 57P03), out of connection slots (53300).
 _SERVER_REFUSING = (
@@ -66,6 +68,8 @@ def database_unavailable(exc: BaseException) -> bool:
     """
     if isinstance(exc, asyncpg.exceptions.ProtocolViolationError):
         return False
+    if isinstance(exc, PoolTimeout):  # waiting for a pooled connection
+        return True
     if isinstance(exc, (asyncpg.exceptions.PostgresConnectionError, *_SERVER_REFUSING)):
         return True
     if isinstance(exc, asyncpg.exceptions.InterfaceError):
