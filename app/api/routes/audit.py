@@ -16,7 +16,8 @@ from app.api.deps import (
 )
 from app.api.docs import AUTH, problems
 from app.api.problems import ApiError
-from app.api.schemas import AuditPage, Instant, SearchText
+from app.api.report_schemas import AuditPage
+from app.api.schemas import Instant, SearchText
 from app.domain.records import ApiKey, Role
 from app.services.views import audit_view
 

@@ -19,14 +19,8 @@ from app.api.deps import (
 )
 from app.api.docs import AUTH, problems
 from app.api.problems import ApiError
-from app.api.schemas import (
-    Currency,
-    FxReportOut,
-    Instant,
-    Page,
-    ReconciliationOut,
-    ReconciliationRunOut,
-)
+from app.api.report_schemas import FxReportOut, ReconciliationOut, ReconciliationRunOut
+from app.api.schemas import Currency, Instant, Page
 from app.domain.cards import refuse_card_number
 from app.domain.reconciliation import OUTCOMES
 from app.domain.records import Reconciliation
