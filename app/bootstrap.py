@@ -303,7 +303,7 @@ def build_container(
     submissions = SubmissionService(
         deps, webhooks, submitting_grace_seconds=settings.worker.submitting_grace_seconds
     )
-    submitter = BackgroundSubmitter(submissions.submit)
+    submitter = BackgroundSubmitter(submissions.submit, submissions.send)
     deps.queue = submitter
     keys = KeyService(deps)
     return Container(

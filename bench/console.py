@@ -247,7 +247,12 @@ def bench_settings(db_url: str, webhook_secret: str) -> Settings:
 class _Hold:
     """The submission queue while seeding: each chain submits its own refunds."""
 
+    sends_at_once = False
+
     def submit_soon(self, refund_id: str) -> None:
+        return None
+
+    def send_soon(self, payment: object, refund: object) -> None:
         return None
 
 

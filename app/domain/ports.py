@@ -33,6 +33,7 @@ if TYPE_CHECKING:
         DisputeFigures,
         FxTotal,
         IdempotencyRecord,
+        KeptAnswer,
         OutboxEvent,
         Reconciliation,
         ReconciliationLine,
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
         StoredWebhook,
         SuccessTimes,
         Volume,
+        WaitingFor,
+        WebhookOutcome,
         WebhookStatus,
     )
 
@@ -180,9 +183,13 @@ class RefundRepository(Protocol):
         ...
 
     async def stale_unflagged(self, created_before: datetime, limit: int) -> list[str]: ...
-    async def find_by_pse_refund_id(
-        self, pse_account: str, pse_refund_id: str
-    ) -> Refund | None: ...
+    async def matching_id(
+        self, pse_account: str, pse_refund_id: str | None, reference: str | None
+    ) -> str | None:
+        """The id of the account's refund with the PSE's refund id, else of the
+        one `reference` (our refund id) names; empty values name nothing."""
+        ...
+
     async def claim_due(
         self, now: datetime, lease_until: datetime, limit: int, claimer: int | None = None
     ) -> list[str]:
@@ -524,9 +531,16 @@ class UnitOfWork(Protocol):
         *,
         deliver: bool,
         new: bool = False,
-    ) -> None:
-        """Write a new or changed refund, its payment's counters and its new
-        events (together, where the database allows)."""
+        answer: KeptAnswer | None = None,
+        webhook: WebhookOutcome | None = None,
+        waiting: WaitingFor | None = None,
+    ) -> list[StoredWebhook]:
+        """Write a new or changed refund, its payment's counters, the answer
+        kept for the key of the request that made it (`answer`, whose claim is
+        in this unit of work), the outcome of the stored webhook applied to it
+        (`webhook`, as `webhooks.mark` writes it) and its new events (together,
+        where the database allows); return the stored webhooks `waiting` names, as
+        `webhooks.waiting_for` finds them (none without it)."""
         ...
 
     async def __aenter__(self) -> Self: ...

@@ -65,6 +65,36 @@ class IdempotencyState(StrEnum):
     COMPLETED = "completed"
 
 
+@dataclass(frozen=True, slots=True)
+class WebhookOutcome:
+    """What became of a stored webhook (`status`), and the refund it was applied to."""
+
+    webhook_id: int
+    status: WebhookStatus
+    refund_id: str | None
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class WaitingFor:
+    """Which stored webhooks to look for: those of `pse_account` naming a
+    refund by our reference or by the PSE's id that are not applied yet."""
+
+    pse_account: str
+    pse_refund_id: str | None
+    reference: str
+
+
+@dataclass(frozen=True, slots=True)
+class KeptAnswer:
+    """The answer a request gave, kept under its caller's Idempotency-Key."""
+
+    api_key_id: str
+    key: str
+    status: int
+    body: bytes
+
+
 @dataclass(slots=True)
 class IdempotencyRecord:
     api_key_id: str

@@ -17,7 +17,15 @@ from app.domain.ports import (
     PseGateway,
     UnitOfWork,
 )
-from app.domain.records import AccountScope, OutboxEvent, in_scope
+from app.domain.records import (
+    AccountScope,
+    KeptAnswer,
+    OutboxEvent,
+    StoredWebhook,
+    WaitingFor,
+    WebhookOutcome,
+    in_scope,
+)
 from app.domain.resolution import CheckSchedule
 from app.metrics import NoMetrics
 from app.services.ids import new_id
@@ -32,9 +40,22 @@ class AccountInfo:
 
 
 class SubmissionQueue(Protocol):
-    """Where approved refunds go to be sent to their PSE, after their commit."""
+    """Where approved refunds go to be sent to their PSE, after their commit.
+
+    A queue that `sends_at_once` promises to send a refund right after the
+    commit that created it: such a refund is marked `submitting` in that
+    same transaction and handed over with `send_soon`, which saves the
+    transaction that would only mark it. A refund so marked whose process
+    dies before the call is an orphaned `submitting`, which resolution
+    completes (it asks the PSE, and sends with the same key only if the
+    PSE has nothing)."""
+
+    @property
+    def sends_at_once(self) -> bool: ...
 
     def submit_soon(self, refund_id: str) -> None: ...
+
+    def send_soon(self, payment: Payment, refund: Refund) -> None: ...
 
 
 class _NoAudit:
@@ -46,7 +67,12 @@ class _NoAudit:
 
 
 class _NoQueue:
+    sends_at_once = False
+
     def submit_soon(self, refund_id: str) -> None:
+        return None
+
+    def send_soon(self, payment: Payment, refund: Refund) -> None:
         return None
 
 
@@ -136,13 +162,30 @@ def reschedule(deps: Deps, refund: Refund) -> None:
 
 
 async def save(
-    deps: Deps, uow: UnitOfWork, payment: Payment, refund: Refund, *, new: bool = False
-) -> None:
-    """Write the refund (a new one with `new`), the payment's counters and the
-    refund's new events."""
+    deps: Deps,
+    uow: UnitOfWork,
+    payment: Payment,
+    refund: Refund,
+    *,
+    new: bool = False,
+    answer: KeptAnswer | None = None,
+    webhook: WebhookOutcome | None = None,
+    waiting: WaitingFor | None = None,
+) -> list[StoredWebhook]:
+    """Write the refund (a new one with `new`), the payment's counters, the
+    answer kept for the request's key (`answer`), the outcome of the webhook
+    applied to it (`webhook`) and the refund's new events; return the stored
+    webhooks `waiting` names."""
     reschedule(deps, refund)
-    await uow.save_refund(
-        refund, payment, outbox_events(deps, uow, refund), deliver=deps.deliver_events, new=new
+    return await uow.save_refund(
+        refund,
+        payment,
+        outbox_events(deps, uow, refund),
+        deliver=deps.deliver_events,
+        new=new,
+        answer=answer,
+        webhook=webhook,
+        waiting=waiting,
     )
 
 

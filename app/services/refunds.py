@@ -8,12 +8,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from app.domain.errors import DomainError, IdempotencyKeyInUse, NotFound
-from app.domain.models import Actor, Approver, Refund, RefundReason, RefundStatus
+from app.domain.models import Actor, Approver, Payment, Refund, RefundReason, RefundStatus
 from app.domain.money import Money
 from app.domain.ports import (
     RefundFilter,
     UnitOfWork,
 )
+from app.domain.records import KeptAnswer
 from app.services.context import Deps, Scoped, lock_refund, save
 from app.services.idempotency import (
     CONTENDED,
@@ -76,9 +77,9 @@ class RefundService(Scoped):
         record the refund with its PSE idempotency key and its events, and
         commit — all before any PSE is called."""
         async with self.deps.uow() as uow:
-            refund = await self._create(uow, cmd, actor)
+            payment, refund = await self._create(uow, cmd, actor)
             await uow.commit()
-        self._after_creation(refund)
+        self._after_creation(payment, refund)
         return refund
 
     @asynccontextmanager
@@ -106,7 +107,7 @@ class RefundService(Scoped):
                     continue
                 attempt = RefundAttempt()
                 try:
-                    attempt.refund = await self._create(uow, cmd, actor)
+                    payment, attempt.refund = await self._create(uow, cmd, actor, write=False)
                 except DomainError as error:
                     attempt.error = error
                 yield attempt
@@ -115,14 +116,27 @@ class RefundService(Scoped):
                     raise RuntimeError("the answer to an idempotent refund request was not kept")
                 if kept.status >= 500:
                     return  # rolled back: the key is free again
-                await uow.idempotency.complete(keyed.api_key_id, keyed.key, kept.status, kept.body)
+                answer = KeptAnswer(keyed.api_key_id, keyed.key, kept.status, kept.body)
+                if attempt.refund is None:
+                    await uow.idempotency.complete(
+                        answer.api_key_id, answer.key, answer.status, answer.body
+                    )
+                else:
+                    # The refund and its answer: one statement (the answer was
+                    # rendered from the refund as it is about to be written).
+                    await save(self.deps, uow, payment, attempt.refund, new=True, answer=answer)
                 await uow.commit()
             if attempt.refund is not None:
-                self._after_creation(attempt.refund)
+                self._after_creation(payment, attempt.refund)
             return
         raise IdempotencyKeyInUse(CONTENDED)
 
-    async def _create(self, uow: UnitOfWork, cmd: RequestRefund, actor: Actor) -> Refund:
+    async def _create(
+        self, uow: UnitOfWork, cmd: RequestRefund, actor: Actor, *, write: bool = True
+    ) -> tuple[Payment, Refund]:
+        """Check the rules and make the refund under the payment's lock; written
+        at once, or (`write=False`) by the caller with `save(..., new=True)`
+        before its commit."""
         now = self.deps.clock.now()
         payment = await uow.payments.get(cmd.payment_id, for_update=True)
         if payment is None or not self.sees(payment.pse_account):
@@ -150,11 +164,18 @@ class RefundService(Scoped):
         )
         if decision.counts_toward_daily_limit and refund.auto_approved:
             await uow.auto_approvals.add(refund.currency, day, refund.amount.amount)
-        await save(self.deps, uow, payment, refund, new=True)
-        return refund
+        if refund.status is RefundStatus.APPROVED and self.deps.queue.sends_at_once:
+            # Sent right after this commit: marked `submitting` in it, which
+            # spares a transaction (see SubmissionQueue).
+            refund.start_submission(payment, now)
+        if write:
+            await save(self.deps, uow, payment, refund, new=True)
+        return payment, refund
 
-    def _after_creation(self, refund: Refund) -> None:
-        if refund.status is RefundStatus.APPROVED:
+    def _after_creation(self, payment: Payment, refund: Refund) -> None:
+        if refund.status is RefundStatus.SUBMITTING:
+            self.deps.queue.send_soon(payment, refund)
+        elif refund.status is RefundStatus.APPROVED:
             self.deps.queue.submit_soon(refund.id)
 
     def _audit_decision(

@@ -23,6 +23,7 @@ from app.domain.pse import (
     SubmitResult,
     Unanswered,
 )
+from app.domain.records import WaitingFor
 from app.services.context import Deps, lock_refund, save
 from app.services.webhooks import WebhookService
 
@@ -70,7 +71,11 @@ class SubmissionService:
             refund.start_submission(payment, self.deps.clock.now())
             await save(self.deps, uow, payment, refund)
             await uow.commit()
-        submission = submission_for(payment, refund)
+        return await self.send(payment, refund)
+
+    async def send(self, payment: Payment, refund: Refund) -> Refund:
+        """Call the PSE for a refund whose `submitting` is committed (by
+        `submit`, or by the transaction that created it) and commit its answer."""
         log.info(
             "refund.submitting",
             refund_id=refund.id,
@@ -78,8 +83,10 @@ class SubmissionService:
             pse_account=refund.pse_account,
         )
         with _about(refund):
-            result = await self.deps.gateway(refund.pse_account).create_refund(submission)
-        return await self.apply_submit_result(refund_id, result)
+            result = await self.deps.gateway(refund.pse_account).create_refund(
+                submission_for(payment, refund)
+            )
+        return await self.apply_submit_result(refund.id, result)
 
     async def apply_submit_result(self, refund_id: str, result: SubmitResult) -> Refund:
         now = self.deps.clock.now()
@@ -124,13 +131,12 @@ class SubmissionService:
                     refund.decline(payment, result.code, result.message, now, actor)
             else:
                 refund.mark_unknown(payment, result.reason, now)
-            await save(self.deps, uow, payment, refund)
-            waiting = []
+            waiting_for = None
             if not knew_pse_id and refund.pse_refund_id is not None:
-                # Webhooks that came before we knew the PSE's id can be matched now.
-                waiting = await uow.webhooks.waiting_for(
-                    refund.pse_account, refund.pse_refund_id, refund.id
-                )
+                # Webhooks that came before we knew the PSE's id can be matched
+                # now: read by the statement that saves the refund.
+                waiting_for = WaitingFor(refund.pse_account, refund.pse_refund_id, refund.id)
+            waiting = await save(self.deps, uow, payment, refund, waiting=waiting_for)
             await uow.commit()
         log.info(
             "refund.submit_result",

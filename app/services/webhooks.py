@@ -18,7 +18,7 @@ import structlog
 from app.domain.disputes import DisputeReport, DisputeStatus
 from app.domain.errors import DomainError, InvalidSignature, InvalidWebhookBody, NotFound
 from app.domain.matching import reference_claim_problem
-from app.domain.models import Applied, Refund
+from app.domain.models import Applied
 from app.domain.money import Money
 from app.domain.ports import UnitOfWork
 from app.domain.pse import (
@@ -28,7 +28,7 @@ from app.domain.pse import (
     PseRefundState,
     PseWebhookEvent,
 )
-from app.domain.records import StoredWebhook, WebhookStatus
+from app.domain.records import StoredWebhook, WebhookOutcome, WebhookStatus
 from app.domain.text import first_text_problem
 from app.services.context import Deps, lock_refund, save
 from app.services.disputes import DisputeService
@@ -285,13 +285,13 @@ class WebhookService:
                 event_id=stored.event_id,
                 pse_refund_id=seen.pse_refund_id,
             )
-        payment, refund = await lock_refund(uow, match.id)
+        payment, refund = await lock_refund(uow, match)
         by_pse_id = bool(seen.pse_refund_id) and refund.pse_refund_id == seen.pse_refund_id
         problem = None if by_pse_id else reference_claim_problem(refund, payment, seen)
         if problem is not None:
             refund.flag(problem, now)
-            await save(self.deps, uow, payment, refund)
-            await uow.webhooks.mark(stored.id, WebhookStatus.MISMATCHED, refund.id, now)
+            mismatched = WebhookOutcome(stored.id, WebhookStatus.MISMATCHED, refund.id, now)
+            await save(self.deps, uow, payment, refund, webhook=mismatched)
             return WebhookStatus.MISMATCHED, lambda: log.warning(
                 "webhook.mismatched",
                 pse_account=stored.pse_account,
@@ -301,8 +301,8 @@ class WebhookService:
             )
         outcome = refund.apply_pse(payment, seen, now, f"pse:{stored.pse_account} webhook")
         status = WebhookStatus.CONFLICT if outcome is Applied.CONTRADICTS else WebhookStatus.APPLIED
-        await save(self.deps, uow, payment, refund)
-        await uow.webhooks.mark(stored.id, status, refund.id, now)
+        applied = WebhookOutcome(stored.id, status, refund.id, now)
+        await save(self.deps, uow, payment, refund, webhook=applied)
         return status, lambda: log.info(
             "webhook.applied",
             pse_account=stored.pse_account,
@@ -349,15 +349,7 @@ class WebhookService:
             status=dispute.status.value,
         )
 
-    async def _match(self, uow: UnitOfWork, pse_account: str, seen: PseRefund) -> Refund | None:
-        """Our refund with the PSE's refund id, else the one its reference names
-        (which `reference_claim_problem` must still accept)."""
-        if seen.pse_refund_id:
-            found = await uow.refunds.find_by_pse_refund_id(pse_account, seen.pse_refund_id)
-            if found is not None:
-                return found
-        if seen.reference:
-            found = await uow.refunds.get(seen.reference)
-            if found is not None and found.pse_account == pse_account:
-                return found
-        return None
+    async def _match(self, uow: UnitOfWork, pse_account: str, seen: PseRefund) -> str | None:
+        """The id of our refund with the PSE's refund id, else of the one its
+        reference names (which `reference_claim_problem` must still accept)."""
+        return await uow.refunds.matching_id(pse_account, seen.pse_refund_id, seen.reference)

@@ -29,8 +29,13 @@ class Recorded:
     def __init__(self) -> None:
         self.ids: list[str] = []
 
+    sends_at_once = False
+
     def submit_soon(self, refund_id: str) -> None:
         self.ids.append(refund_id)
+
+    def send_soon(self, payment: object, refund: object) -> None:
+        raise AssertionError("a queue that does not send at once is never handed a refund")
 
 
 def held_back(api) -> Recorded:

@@ -28,7 +28,7 @@ async def test_a_small_refund_is_approved_at_once_and_sent_to_the_pse(api):
     r = await refund(api, payment["id"], 3000, note="size too small", metadata={"rma": "R-77"})
     assert r.status_code == 201
     created = r.json()
-    assert created["status"] == "approved"
+    assert created["status"] == "submitting"  # approved, and marked as sent in the same commit
     assert created["required_approvals"] == []
     assert created["metadata"] == {"rma": "R-77"}
     await api.settle()
@@ -256,11 +256,11 @@ async def test_a_high_risk_payment_always_needs_an_approval(api):
 async def test_past_the_daily_auto_approval_limit_refunds_wait_for_approval(make_api):
     api = await make_api(policy={"daily_auto_approve_limit": {"JPY": 5000}})
     payment = await register(api)
-    assert (await refund(api, payment["id"], 3000)).json()["status"] == "approved"
-    assert (await refund(api, payment["id"], 2000)).json()["status"] == "approved"
+    assert (await refund(api, payment["id"], 3000)).json()["status"] == "submitting"
+    assert (await refund(api, payment["id"], 2000)).json()["status"] == "submitting"
     assert (await refund(api, payment["id"], 1)).json()["status"] == "pending_approval"
     api.clock.advance(days=1)
-    assert (await refund(api, payment["id"], 1000)).json()["status"] == "approved"
+    assert (await refund(api, payment["id"], 1000)).json()["status"] == "submitting"
 
 
 async def test_tiers_of_another_currency_apply_through_the_operators_rate(make_api):
@@ -276,7 +276,7 @@ async def test_tiers_of_another_currency_apply_through_the_operators_rate(make_a
         api, amount=5000000, settlement_currency="USD", settlement_rate="0.000067"
     )
     small = (await refund(api, payment["id"], 10000)).json()  # USD 67.00 at the trusted rate
-    assert small["status"] == "approved"
+    assert small["status"] == "submitting"
     assert small["settlement_amount"] == 67 and small["settlement_currency"] == "USD"
     large = (await refund(api, payment["id"], 20000)).json()  # USD 134.00
     assert large["status"] == "pending_approval"
@@ -320,7 +320,7 @@ async def test_an_operator_rate_measures_a_foreign_refund_against_the_tiers(make
     big = (await refund(api, payment["id"], 5_000_000)).json()  # EUR 50,000 ≈ JPY 8.1 million
     assert big["required_approvals"] == [2, 1]
     small = (await refund(api, payment["id"], 5_000)).json()  # EUR 50 ≈ JPY 8,118
-    assert small["status"] == "approved" and small["required_approvals"] == []
+    assert small["status"] == "submitting" and small["required_approvals"] == []
 
 
 # -- cancel ----------------------------------------------------------------------

@@ -174,7 +174,7 @@ def test_the_embedded_demo_takes_a_newcomer_from_payment_to_succeeded_refund(dem
             json={"payment_id": payment["id"], "amount": 3000, "reason": "requested_by_customer"},
             headers={**store, "Idempotency-Key": "demo-1"},
         ).json()
-        assert small["status"] == "approved"
+        assert small["status"] == "submitting"
         wait_for_status(client, small["id"], store, "succeeded")
 
         large = client.post(

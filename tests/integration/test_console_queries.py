@@ -73,7 +73,7 @@ async def test_the_inbox_holds_what_each_approver_can_decide_oldest_first(api):
     own = await requested(api, 12_000, who="store_approver")
     risky = await requested(api, 3_000, risk_level="high")
     auto = await requested(api, 3_000)  # approved by the policy: in no list
-    assert auto["status"] == "approved"
+    assert auto["status"] == "submitting"
     q = queries(api)
 
     approver1 = await key(api, "approver1")
@@ -167,7 +167,7 @@ async def test_the_daily_limit_and_a_currency_without_rate_are_reasons(make_api)
             ],
         }
     )
-    assert (await requested(api, 3_000))["status"] == "approved"
+    assert (await requested(api, 3_000))["status"] == "submitting"
     over = await requested(api, 3_000)
     dollars = await requested(api, 1_500, currency="USD", amount=5_000)
     inbox = await queries(api).approvals_inbox(await key(api, "approver1"))
@@ -439,7 +439,7 @@ async def test_time_to_refund_per_account_and_window(api):
         await succeed_after(api, 3_000, timedelta(minutes=minutes))
     await succeed_after(api, 3_000, timedelta(minutes=5), pse_account="other")
     failed = await requested(api, 3_000)  # never succeeds: not counted
-    assert failed["status"] == "approved"
+    assert failed["status"] == "submitting"
 
     figures = {(t.pse_account, t.window_days): t for t in await queries(api).time_to_refund()}
     week = figures[("fake_jp", 7)]

@@ -39,10 +39,13 @@ from app.domain.records import (
     DisputeFigures,
     IdempotencyRecord,
     IdempotencyState,
+    KeptAnswer,
     OutboxEvent,
     Reconciliation,
     ReconciliationLine,
     Role,
+    WaitingFor,
+    WebhookOutcome,
     WebhookStatus,
 )
 from tests.unit.builders import APPROVER_2, APPROVER_3, CONTRACT_TIERS, STORE, payment, seen
@@ -332,11 +335,22 @@ async def test_a_refund_is_found_by_id_by_pse_id_and_gives_its_payment(db):
     async with PgUnitOfWork(db) as uow:
         by_id = await uow.refunds.get("rf_1")
         locked = await uow.refunds.get("rf_1", for_update=True)
-        by_pse = await uow.refunds.find_by_pse_refund_id(pay.pse_account, "re_9")
-        other_account = await uow.refunds.find_by_pse_refund_id("other", "re_9")
+        matches = [
+            await uow.refunds.matching_id(pay.pse_account, pse_id, reference)
+            for pse_id, reference in [
+                ("re_9", None),  # by the PSE's id
+                (None, "rf_1"),  # by our reference
+                ("re_9", "rf_other"),  # the PSE's id first
+                ("re_other", "rf_1"),  # else the reference
+                ("", ""),  # empty values name nothing
+                ("re_other", "rf_nope"),
+            ]
+        ]
+        other_account = await uow.refunds.matching_id("other", "re_9", "rf_1")
         payment_id = await uow.refunds.payment_id_of("rf_1")
         none = await uow.refunds.payment_id_of("rf_nope")
-    assert stored(by_id) == stored(locked) == stored(by_pse) == stored(refund)
+    assert stored(by_id) == stored(locked) == stored(refund)
+    assert matches == ["rf_1", "rf_1", "rf_1", "rf_1", None, None]
     assert other_account is None and payment_id == "pay_1" and none is None
 
 
@@ -787,6 +801,41 @@ async def test_an_idempotency_claim_is_completed_reclaimed_deleted_and_purged(db
     assert (done.response_status, done.response_body) == (201, b'{"id": "rf_1"}\x00')
 
 
+async def test_a_new_refund_and_the_answer_kept_for_its_key_are_one_write(db):
+    await saved(db, new_payment())
+    answer = KeptAnswer("key_x", "k", 201, b'{"id": "rf_1"}')
+    async with PgUnitOfWork(db) as uow:
+        assert await uow.idempotency.insert_if_absent(claim())
+        pay = await uow.payments.get("pay_1", for_update=True)
+        refund = new_refund(pay)
+        await uow.save_refund(
+            refund, pay, [event("evt_1", refund)], deliver=False, new=True, answer=answer
+        )
+        await uow.commit()
+    async with PgUnitOfWork(db) as uow:
+        kept = await uow.idempotency.get("key_x", "k")
+        assert (await uow.refunds.get("rf_1")) is not None
+    assert kept.state is IdempotencyState.COMPLETED and kept.locked_at is None
+    assert (kept.response_status, kept.response_body) == (201, b'{"id": "rf_1"}')
+    # One part refused (the event id is taken): neither the refund nor the answer is written.
+    async with PgUnitOfWork(db) as uow:
+        assert await uow.idempotency.insert_if_absent(claim("k2"))
+        pay = await uow.payments.get("pay_1", for_update=True)
+        second = new_refund(pay, "rf_2")
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await uow.save_refund(
+                second,
+                pay,
+                [event("evt_1", second)],
+                deliver=False,
+                new=True,
+                answer=replace(answer, key="k2"),
+            )
+    async with PgUnitOfWork(db) as uow:
+        assert await uow.idempotency.get("key_x", "k2") is None
+        assert await uow.refunds.get("rf_2") is None
+
+
 # -- PSE webhooks ---------------------------------------------------------------
 
 
@@ -816,6 +865,45 @@ async def test_a_webhook_event_delivered_concurrently_is_stored_once(db):
     assert first.refund == webhook()["refund"] and first.status is WebhookStatus.RECEIVED
     assert (first.pse_refund_id, first.reference) == ("re_1", "rf_ref")
     assert first.received_at == TOKYO_AT and first.received_at.tzinfo is UTC
+
+
+async def test_a_refunds_save_reads_the_webhooks_waiting_for_it_in_the_same_statement(db):
+    pay = new_payment()
+    refund = new_refund(pay)
+    await saved(db, pay, refund)
+    async with PgUnitOfWork(db) as uow:
+        early = await uow.webhooks.insert_if_new(**webhook("e1", received_at=AT))
+        await uow.webhooks.insert_if_new(**webhook("e2", received_at=AT, pse_account="other"))
+        await uow.commit()
+    async with PgUnitOfWork(db) as uow:
+        pay_now, refund_now = await uow.refunds.lock_with_payment(refund.id)
+        refund_now.attention = "seen"
+        waiting = await uow.save_refund(
+            refund_now, pay_now, [], deliver=False, waiting=WaitingFor("fake_jp", "re_1", "rf_x")
+        )
+        nothing = await uow.save_refund(refund_now, pay_now, [], deliver=False)
+        await uow.commit()
+    assert [w.id for w in waiting] == [early.id] and nothing == []
+    assert waiting == await _waiting_for(db, "fake_jp", "re_1", "rf_x")
+    assert await scalar(db, "SELECT attention FROM refunds WHERE id = $1", refund.id) == "seen"
+    # The outcome of the webhook applied, in the same statement as the refund.
+    async with PgUnitOfWork(db) as uow:
+        pay_now, refund_now = await uow.refunds.lock_with_payment(refund.id)
+        refund_now.attention = "applied"
+        outcome = WebhookOutcome(early.id, WebhookStatus.APPLIED, refund.id, AT)
+        await uow.save_refund(refund_now, pay_now, [], deliver=False, webhook=outcome)
+        await uow.commit()
+    marked = await scalar(
+        db, "SELECT status || ':' || refund_id FROM pse_webhook_events WHERE id = $1", early.id
+    )
+    assert marked == f"applied:{refund.id}"
+    assert await _waiting_for(db, "fake_jp", "re_1", "rf_x") == []
+    assert await scalar(db, "SELECT attention FROM refunds WHERE id = $1", refund.id) == "applied"
+
+
+async def _waiting_for(db, *about) -> list:
+    async with PgUnitOfWork(db) as uow:
+        return await uow.webhooks.waiting_for(*about)
 
 
 async def test_webhook_events_wait_for_their_refund_until_marked_and_stuck_ones_are_found(db):

@@ -16,7 +16,7 @@ from app.domain.pse import (
 )
 from app.sandbox.config import new_webhook_secret
 from app.services.context import lock_refund, save
-from tests.api.helpers import get_payment, get_refund, refund, register
+from tests.api.helpers import assert_problem, get_payment, get_refund, refund, register
 
 BACKOFF = [60, 600, 3600]
 SECRET = new_webhook_secret()
@@ -176,6 +176,45 @@ async def test_an_orphaned_submission_whose_pse_is_silent_becomes_unknown(make_a
     await api.container.worker.run_once()
     assert (await get_refund(api, created["id"]))["status"] == "unknown"
     assert api.gateway.created == []
+
+
+class _DiesBeforeTheCall:
+    """A submission queue that sends at once, in a process that dies right
+    after the refund's creation committed (as `submitting`), before any call."""
+
+    sends_at_once = True
+
+    def __init__(self) -> None:
+        self.handed: list[str] = []
+
+    def submit_soon(self, refund_id: str) -> None:
+        raise AssertionError("an auto-approved refund is handed over as submitting")
+
+    def send_soon(self, payment, refund_) -> None:
+        self.handed.append(refund_.id)
+
+
+async def test_a_refund_marked_submitting_at_creation_whose_process_died_is_sent_once(make_api):
+    api = await worker_api(make_api)
+    queue = _DiesBeforeTheCall()
+    api.container.deps.queue = queue
+    payment = await register(api)
+    created = (await refund(api, payment["id"], 3000)).json()
+    assert created["status"] == "submitting" and queue.handed == [created["id"]]
+    # Never sent yet, and never raced: a cancel is refused while a call may be under way.
+    cancel = await api.client.post(f"/v1/refunds/{created['id']}/cancel", headers=api.auth("store"))
+    assert_problem(cancel, 409, "invalid_state")
+    api.gateway.lookup_results.append(NotFound())
+    api.clock.advance(seconds=29)
+    assert (await api.container.worker.run_once()).claimed == 0  # still within its grace
+    api.clock.advance(seconds=2)
+    await api.container.worker.run_once()
+    assert [s.idempotency_key for s in api.gateway.created] == [f"rfnd-{created['id']}"]
+    assert len(api.gateway.lookups) == 1  # asked before sending
+    now = await get_refund(api, created["id"])
+    assert now["status"] == "pending"
+    assert [h["status"] for h in now["status_history"]] == ["approved", "submitting", "pending"]
+    assert (await get_payment(api, payment["id"]))["reserved_amount"] == 3000
 
 
 async def test_two_workers_racing_never_check_the_same_refund_twice(make_api):

@@ -118,8 +118,12 @@ class OneRefundUnitOfWork:
         *,
         deliver: bool,
         new: bool = False,
-    ) -> None:
+        answer: object = None,
+        webhook: object = None,
+        waiting: object = None,
+    ) -> list[object]:
         self.events.extend(events)
+        return []
 
     def after_commit(self, callback: object) -> None:
         return None

@@ -6,8 +6,8 @@ from datetime import datetime
 
 import asyncpg
 
-from app.adapters.db.statements import rows_affected
-from app.domain.records import IdempotencyRecord, IdempotencyState
+from app.adapters.db.statements import Write, rows_affected
+from app.domain.records import IdempotencyRecord, IdempotencyState, KeptAnswer
 
 # Two requests with one key race on the primary key: the loser's insert does
 # nothing (it waits for the winner's transaction first), and it reads the
@@ -25,12 +25,26 @@ _RECLAIM = (
     "UPDATE idempotency_keys SET locked_at = $5 WHERE api_key_id = $1 AND key = $2 "
     "AND state = $3 AND (locked_at IS NULL OR locked_at < $4)"
 )
-_COMPLETE = (
+# The kept answer; also written in one statement with the refund it answers
+# (PgUnitOfWork.save_refund).
+COMPLETE = Write(
     "UPDATE idempotency_keys SET state = $3, response_status = $4, response_body = $5, "
-    "locked_at = NULL WHERE api_key_id = $1 AND key = $2"
+    "locked_at = NULL WHERE api_key_id = $1 AND key = $2",
+    5,
 )
+_COMPLETE = COMPLETE.sql
 _DELETE = "DELETE FROM idempotency_keys WHERE api_key_id = $1 AND key = $2"
 _PURGE = "DELETE FROM idempotency_keys WHERE created_at < $1 AND state = $2"
+
+
+def complete_args(answer: KeptAnswer) -> tuple[object, ...]:
+    return (
+        answer.api_key_id,
+        answer.key,
+        IdempotencyState.COMPLETED.value,
+        answer.status,
+        answer.body,
+    )
 
 
 def idempotency_from_record(record: asyncpg.Record) -> IdempotencyRecord:
@@ -79,9 +93,8 @@ class IdempotencyRepository:
         return rows_affected(status) > 0
 
     async def complete(self, api_key_id: str, key: str, status: int, body: bytes) -> None:
-        await self.conn.execute(
-            _COMPLETE, api_key_id, key, IdempotencyState.COMPLETED.value, status, body
-        )
+        answer = KeptAnswer(api_key_id, key, status, body)
+        await self.conn.execute(_COMPLETE, *complete_args(answer))
 
     async def delete(self, api_key_id: str, key: str) -> None:
         await self.conn.execute(_DELETE, api_key_id, key)

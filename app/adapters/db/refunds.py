@@ -213,7 +213,13 @@ _SELECT = (
 )
 _BY_ID = _SELECT + " WHERE r.id = $1"
 _BY_ID_LOCKED = _BY_ID + " FOR UPDATE OF r"
-_BY_PSE_ID = _SELECT + " WHERE r.pse_account = $1 AND r.pse_refund_id = $2"
+# The id of the account's refund with the PSE's refund id, else of the one our
+# reference names: the first found by either index.
+_MATCHING_ID = (
+    "SELECT id FROM refunds WHERE pse_account = $1 AND ("
+    "($2::text IS NOT NULL AND pse_refund_id = $2) OR ($3::text IS NOT NULL AND id = $3)) "
+    "ORDER BY pse_refund_id IS NOT DISTINCT FROM $2 DESC LIMIT 1"
+)
 # The payment of a refund, locked. The refund is read by a second statement
 # once this lock is held: every writer of a refund holds its payment's lock,
 # so that statement's snapshot sees the refund, its history and approvals as
@@ -400,9 +406,13 @@ class RefundRepository:
         found: str | None = await self.conn.fetchval(_PAYMENT_ID, refund_id)
         return found
 
-    async def find_by_pse_refund_id(self, pse_account: str, pse_refund_id: str) -> Refund | None:
-        record = await self.conn.fetchrow(_BY_PSE_ID, pse_account, pse_refund_id)
-        return refund_from_record(record) if record else None
+    async def matching_id(
+        self, pse_account: str, pse_refund_id: str | None, reference: str | None
+    ) -> str | None:
+        found: str | None = await self.conn.fetchval(
+            _MATCHING_ID, pse_account, pse_refund_id or None, reference or None
+        )
+        return found
 
     async def stale_unflagged(self, created_before: datetime, limit: int) -> list[str]:
         """Open refunds older than the SLA that have not yet raised `needs_attention`

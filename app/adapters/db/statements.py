@@ -25,7 +25,8 @@ def in_one_round_trip(*writes: Write) -> str:
     """One statement running several writes: all but the last as
     data-modifying CTEs, which PostgreSQL runs together, with one snapshot
     (so none of them sees the others' rows), each with its parameters
-    renumbered after those of the writes before it."""
+    renumbered after those of the writes before it. The last may be a query
+    (whose rows the statement returns; it does not see the writes either)."""
     offset, pieces = 0, []
     for write in writes:
         pieces.append(_renumbered(write.sql, offset))

@@ -10,14 +10,17 @@ found its connection dead at the start tries once more.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Self
 
 import asyncpg
 
+from app.adapters.db import idempotency as idempotency_sql
 from app.adapters.db import outbox as outbox_sql
 from app.adapters.db import payments as payments_sql
 from app.adapters.db import refunds as refunds_sql
+from app.adapters.db import webhooks as webhooks_sql
 from app.adapters.db.api_keys import ApiKeyRepository
 from app.adapters.db.audit import AuditRepository
 from app.adapters.db.auto_approvals import AutoApprovalTotals
@@ -33,7 +36,13 @@ from app.adapters.db.statements import in_one_round_trip
 from app.adapters.db.webhooks import WebhookRepository
 from app.domain import ports
 from app.domain.models import Payment, Refund
-from app.domain.records import OutboxEvent
+from app.domain.records import (
+    KeptAnswer,
+    OutboxEvent,
+    StoredWebhook,
+    WaitingFor,
+    WebhookOutcome,
+)
 
 # What a connection that is no longer there (or no longer usable: the server
 # ended its session while it sat in the pool) raises.
@@ -49,26 +58,24 @@ _DEAD_CONNECTION = (
 )
 
 
-def _save_statement(*, new: bool, with_payment: bool, with_approvals: bool) -> str:
+@functools.cache
+def _save_statement(
+    new: bool, with_payment: bool, with_approvals: bool, answer: bool, mark: bool, waiting: bool
+) -> str:
+    """A refund's change with its new history and approvals, its payment's
+    counters, the answer kept for its request's key, the outcome of the
+    webhook applied to it, its new events and the stored webhooks waiting
+    for it, in one statement (one per combination in use)."""
     return in_one_round_trip(
         refunds_sql.INSERT if new else refunds_sql.UPDATE,
         refunds_sql.APPEND_HISTORY,
         *((refunds_sql.APPEND_APPROVALS,) if with_approvals else ()),
         *((payments_sql.COUNTERS_UPDATE,) if with_payment else ()),
+        *((idempotency_sql.COMPLETE,) if answer else ()),
+        *((webhooks_sql.MARK,) if mark else ()),
         outbox_sql.APPEND,
+        *((webhooks_sql.WAITING_FOR,) if waiting else ()),
     )
-
-
-# A refund's change with its new history and approvals, its payment's
-# counters and its new events: (new refund?, payment moved?, approvals?) -> statement.
-_SAVE_REFUND = {
-    (new, with_payment, with_approvals): _save_statement(
-        new=new, with_payment=with_payment, with_approvals=with_approvals
-    )
-    for new in (True, False)
-    for with_payment in (True, False)
-    for with_approvals in (True, False)
-}
 
 
 class TransactionAborted(Exception):
@@ -172,11 +179,17 @@ class PgUnitOfWork:
         *,
         deliver: bool,
         new: bool = False,
-    ) -> None:
+        answer: KeptAnswer | None = None,
+        webhook: WebhookOutcome | None = None,
+        waiting: WaitingFor | None = None,
+    ) -> list[StoredWebhook]:
         """Write a new or changed refund with its new history entries and
         approvals, its payment's counters (when they moved; the payment's row
-        lock is all the transaction needed of it otherwise) and its new
-        events: one statement."""
+        lock is all the transaction needed of it otherwise), the answer kept
+        for the key of the request that made it (`answer`: its claim must be
+        in this transaction), the outcome of the stored webhook applied to it
+        (`webhook`) and its new events, and read the stored webhooks `waiting`
+        names (none without it): one statement."""
         assert self._conn is not None, "save_refund outside the unit of work"
         with_payment = payments_sql.counters_moved(payment)
         with_approvals = refunds_sql.has_new_approvals(refund)
@@ -186,10 +199,29 @@ class PgUnitOfWork:
             args += refunds_sql.approvals_args(refund)
         if with_payment:
             args += payments_sql.counters_args(payment)
+        if answer is not None:
+            args += idempotency_sql.complete_args(answer)
+        if webhook is not None:
+            args += webhooks_sql.mark_args(webhook)
         args += outbox_sql.append_args(events, deliver)
-        await self._conn.execute(_SAVE_REFUND[(new, with_payment, with_approvals)], *args)
+        statement = _save_statement(
+            new,
+            with_payment,
+            with_approvals,
+            answer is not None,
+            webhook is not None,
+            waiting is not None,
+        )
+        found: list[StoredWebhook] = []
+        if waiting is None:
+            await self._conn.execute(statement, *args)
+        else:
+            args += webhooks_sql.waiting_args(waiting)
+            records = await self._conn.fetch(statement, *args)
+            found = [webhooks_sql.webhook_from_record(record) for record in records]
         refunds_sql.mark_stored(refund)
         payments_sql.mark_stored(payment)
+        return found
 
 
 class UnitOfWorkFactory:

@@ -7,7 +7,8 @@ from typing import Any
 
 import asyncpg
 
-from app.domain.records import StoredWebhook, WebhookStatus
+from app.adapters.db.statements import Write
+from app.domain.records import StoredWebhook, WaitingFor, WebhookOutcome, WebhookStatus
 
 _COLUMNS = (
     "id",
@@ -31,7 +32,11 @@ _INSERT_IF_NEW = (
     "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING "
     f"RETURNING {', '.join(_COLUMNS)}"
 )
-_MARK = "UPDATE pse_webhook_events SET status = $2, refund_id = $3, applied_at = $4 WHERE id = $1"
+# Also written in one statement with the refund it was applied to (PgUnitOfWork.save_refund).
+MARK = Write(
+    "UPDATE pse_webhook_events SET status = $2, refund_id = $3, applied_at = $4 WHERE id = $1", 4
+)
+_MARK = MARK.sql
 _WAITING_FOR = (
     _SELECT + " WHERE pse_account = $1 AND status = ANY($2::text[]) "
     "AND (reference = $3 OR ($4::text IS NOT NULL AND pse_refund_id = $4)) ORDER BY id"
@@ -39,6 +44,16 @@ _WAITING_FOR = (
 _FOR_REFUND = _SELECT + " WHERE refund_id = $1 ORDER BY id LIMIT $2"
 _STUCK = _SELECT + " WHERE status = $1 AND received_at < $2 ORDER BY id LIMIT $3"
 _WAITING = [WebhookStatus.UNMATCHED.value, WebhookStatus.RECEIVED.value]
+# The same query as the last piece of a refund's save (PgUnitOfWork.save_refund).
+WAITING_FOR = Write(_WAITING_FOR, 4)
+
+
+def mark_args(outcome: WebhookOutcome) -> tuple[object, ...]:
+    return (outcome.webhook_id, outcome.status.value, outcome.refund_id, outcome.at)
+
+
+def waiting_args(waiting: WaitingFor) -> tuple[object, ...]:
+    return (waiting.pse_account, _WAITING, waiting.reference, waiting.pse_refund_id or None)
 
 
 def webhook_from_record(record: asyncpg.Record) -> StoredWebhook:
@@ -89,16 +104,16 @@ class WebhookRepository:
     async def mark(
         self, webhook_id: int, status: WebhookStatus, refund_id: str | None, at: datetime
     ) -> None:
-        await self.conn.execute(_MARK, webhook_id, status.value, refund_id, at)
+        outcome = WebhookOutcome(webhook_id, status, refund_id, at)
+        await self.conn.execute(_MARK, *mark_args(outcome))
 
     async def waiting_for(
         self, pse_account: str, pse_refund_id: str | None, reference: str
     ) -> list[StoredWebhook]:
         """Events of the account naming this refund (by our reference or the
         PSE's id) that are not applied yet: received before the refund was known."""
-        records = await self.conn.fetch(
-            _WAITING_FOR, pse_account, _WAITING, reference, pse_refund_id or None
-        )
+        waiting = WaitingFor(pse_account, pse_refund_id, reference)
+        records = await self.conn.fetch(_WAITING_FOR, *waiting_args(waiting))
         return [webhook_from_record(record) for record in records]
 
     async def stuck(self, received_before: datetime, limit: int) -> list[StoredWebhook]:

@@ -98,8 +98,10 @@ async def create_refund(
        the refund needs an offline payout: status `offline_required`.
     3. Approval tiers, high-risk payments and the daily auto-approval limit may
        require approvals: status `pending_approval`.
-    4. Otherwise the refund is `approved` and sent to the PSE right after this
-       answer; follow it with `GET /v1/refunds/{id}` or the event feed.
+    4. Otherwise the refund is approved and sent to the PSE right after this
+       answer, which shows it `submitting` (approved and marked as sent in the
+       same commit; `approved` while the service shuts down, for the worker to
+       send); follow it with `GET /v1/refunds/{id}` or the event feed.
 
     The answer is 201 with the refund as recorded. The key's claim, the refund
     and the answer commit together: a repeat with the same key and body
