@@ -21,6 +21,7 @@ from app.adapters.db.uow import UnitOfWorkFactory
 from app.adapters.notify.webhook import StoreWebhookPublisher
 from app.adapters.pse.audit_transport import AuditingTransport
 from app.adapters.pse.base import PseAccount
+from app.adapters.pse.transport import pse_transport as http_transport
 from app.adapters.settlement.parsers import SettlementFileError, open_settlement
 from app.config import AccountSettings, ConfigError, Settings, secrets_of
 from app.domain.console import SessionLimits
@@ -243,8 +244,8 @@ def build_container(
     audit = AuditService(uow, the_clock, redactor, enabled=settings.audit_enabled)
     metrics = metrics or Metrics()
     http = httpx.AsyncClient(
-        transport=AuditingTransport(pse_transport or httpx.AsyncHTTPTransport(), audit, metrics),
-        limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+        # The pool's limits are the transport's (transport.LIMITS).
+        transport=AuditingTransport(pse_transport or http_transport(), audit, metrics),
         headers={"User-Agent": "pse-refunds/0.1"},
     )
     accounts = {
