@@ -2,7 +2,7 @@
 
 Seeds a scratch PostgreSQL database with the refunds the file settles, writes
 the file, then runs `pse-refunds reconcile` as a child process and prints
-its wall time and peak RSS (targets: <= 30 s, <= 300 MB on a 2-core machine).
+its wall time and peak RSS (targets: <= 10 s, <= 200 MB on a 2-core machine).
 
     .venv/bin/python bench/reconcile.py [--rows 1000000] [--dsn postgresql://postgres@127.0.0.1:5432/postgres]
 
@@ -234,7 +234,7 @@ async def main() -> None:
             print(
                 f"reconcile: {args.rows:,} rows in {elapsed:.1f} s "
                 f"({args.rows / elapsed:,.0f} rows/s), peak RSS {peak_mb:.0f} MB "
-                f"(targets: <= 30 s, <= 300 MB)"
+                f"(targets: <= 10 s, <= 200 MB)"
             )
     finally:
         admin = await asyncpg.connect(args.dsn)

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from app.domain.console import ConsoleSession, Flash
     from app.domain.disputes import Dispute
     from app.domain.models import Payment, Refund, RefundStatus
-    from app.domain.reconciliation import RefundSnapshot
+    from app.domain.reconciliation import JudgedBatch, RefundSnapshot, SettlementRow
     from app.domain.reconciliation_disputes import KnownDisputes
     from app.domain.records import (
         ApiKey,
@@ -424,6 +424,22 @@ class ReconciliationRepository(Protocol):
     async def get(self, reconciliation_id: str) -> Reconciliation | None: ...
     async def update(self, reconciliation: Reconciliation) -> None: ...
     async def add_lines(self, lines: Sequence[ReconciliationLine]) -> None: ...
+    async def add_judged_lines(
+        self,
+        reconciliation_id: str,
+        pse_account: str,
+        rows: Sequence[SettlementRow],
+        judged: Sequence[ReconciliationLine] = (),
+        line_ids: Sequence[int] | None = None,
+    ) -> JudgedBatch:
+        """Match refund lines against the account's refunds, judge them as
+        `reconciliation.judge` does and store their outcome lines, with
+        `judged` among them in file order (and `line_ids` as their ids)."""
+        ...
+
+    async def reserve_line_ids(self, count: int) -> list[int]: ...
+
+    async def lines_by_id(self, line_ids: Sequence[int]) -> list[ReconciliationLine]: ...
     async def fail_stalled(self, started_before: datetime, now: datetime) -> int: ...
     async def lines(
         self, reconciliation_id: str, *, outcome: str | None, limit: int, after_id: int | None

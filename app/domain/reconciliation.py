@@ -135,5 +135,44 @@ def judge(row: SettlementRow, refund: RefundSnapshot | None) -> Verdict:
     return Verdict(Outcome.STATUS_MISMATCH, detail=f"file {row.status}, ours {refund.status}")
 
 
+class JudgedBatch(NamedTuple):
+    """What storing one batch of judged lines found: the lines per outcome,
+    the earliest and latest settlement time of the batch's lines, and the
+    ids of the lines whose refund the file proves settled (`Verdict.adopt`),
+    in file order."""
+
+    counts: dict[str, int]
+    first: datetime | None
+    last: datetime | None
+    adopt_line_ids: list[int]
+
+
+def settled_row(
+    line: int | None,
+    pse_refund_id: str | None,
+    reference: str | None,
+    amount: Money,
+    status: str,
+    settled_at: datetime | None,
+    fee: int | None,
+    settlement_amount: int | None,
+    settlement_currency: str | None,
+) -> SettlementRow:
+    """A refund line back from its stored outcome line: the fee is in the
+    settlement currency, else the line's, as the parsers read it."""
+    return SettlementRow(
+        line or 0,
+        pse_refund_id,
+        reference,
+        amount,
+        SettledStatus(status),
+        settled_at,
+        None if fee is None else Money(fee, settlement_currency or amount.currency),
+        None
+        if settlement_amount is None or settlement_currency is None
+        else Money(settlement_amount, settlement_currency),
+    )
+
+
 def empty_counts() -> dict[str, int]:
     return {outcome.value: 0 for outcome in OUTCOMES}

@@ -27,30 +27,25 @@ import itertools
 import os
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from datetime import datetime
 from typing import BinaryIO, Protocol, cast
 
 import structlog
 
 from app.domain.errors import NotFound
+from app.domain.money import Money
 from app.domain.reconciliation import (
     ADOPTABLE,
+    JudgedBatch,
     Outcome,
     ReconciliationStatus,
-    RefundSnapshot,
     SettlementRow,
     empty_counts,
-    judge,
+    settled_row,
 )
-from app.domain.reconciliation_disputes import (
-    DisputeIndex,
-    KnownDisputes,
-    SettledDispute,
-    Taken,
-)
+from app.domain.reconciliation_disputes import DisputeIndex, SettledDispute, Taken
 from app.domain.records import FxTotal, Reconciliation, ReconciliationLine
 from app.services.context import Deps, Scoped, lock_refund, save
 from app.services.ids import new_id
@@ -60,6 +55,8 @@ from app.services.views import RECONCILIATION_LINE_FIELDS, reconciliation_line_v
 log = structlog.get_logger("app.reconciliation")
 
 BATCH = 2000
+# Connections storing batches side by side (each in a transaction of its own).
+WRITERS = 2
 
 
 class SettlementFormat(Protocol):
@@ -78,23 +75,6 @@ ReadChunk = Callable[[int], Awaitable[bytes]]
 _UPLOAD_CHUNK = 1024 * 1024
 # Lines per query of a report.
 REPORT_CHUNK_LINES = 5000
-
-
-@dataclass(frozen=True, slots=True)
-class _Adoption:
-    refund_id: str
-    row: SettlementRow
-
-
-@dataclass(frozen=True, slots=True)
-class _Found:
-    """What one batch's lines name in our records."""
-
-    refunds: list[SettlementRow]
-    by_pse_id: dict[str, RefundSnapshot]
-    by_id: dict[str, RefundSnapshot]
-    disputes: list[SettledDispute]
-    known_disputes: KnownDisputes | None
 
 
 class ReconciliationService(Scoped):
@@ -227,9 +207,9 @@ class ReconciliationService(Scoped):
         report = progress or (lambda _phase, _done, _total: None)
         started = time.perf_counter()
         try:
-            adoptions = await self._match(reconciliation, open_file, provider, report)
+            adopt = await self._match(reconciliation, open_file, provider, report)
             matched_at = time.perf_counter()
-            await self._apply(reconciliation, adoptions)
+            await self._apply(reconciliation, adopt)
         except Exception as exc:
             async with self.deps.uow() as uow:
                 await uow.reconciliations.delete_lines(reconciliation.id)
@@ -256,157 +236,104 @@ class ReconciliationService(Scoped):
         open_file: OpenFile,
         provider: str,
         report: Progress,
-    ) -> list[_Adoption]:
+    ) -> list[int]:
         """Match the file in batches, the database working while Python parses:
-        batch N+1 is read while batch N is looked up, and outcomes are written
-        while the next batch is matched. An unreadable line stops the run (the
-        caller deletes what was written: no refund has been touched yet)."""
+        each batch of refund lines is matched, judged and stored by one
+        statement (`add_judged_lines`), sent before the next batch is read,
+        on one of `WRITERS` connections in turn (a transaction each; the
+        lines' ids are taken in file order). Dispute lines (rare) are judged
+        here, after one query for their disputes. An unreadable line stops
+        the run (the caller deletes what was written: no refund has been
+        touched yet). Gives the ids of the lines whose refund the file
+        proves settled."""
         counts = empty_counts()
-        adoptions: list[_Adoption] = []
+        adopt: list[int] = []
         # Disputes earlier dispute lines went to, with the money's direction.
         taken: Taken = {}
         done = 0
         first: datetime | None = None
         last: datetime | None = None
         account = reconciliation.pse_account
-        writing: asyncio.Task[None] | None = None
-        with open_file() as stream:
-            parsed = self.parse(stream, provider)
-            reconciliation.file_format = parsed.format
-            rows = parsed.rows
-            batch = list(itertools.islice(rows, BATCH))
-            lookup = asyncio.ensure_future(self._lookup(account, batch))
-            try:
-                while batch:
-                    following = list(itertools.islice(rows, BATCH))
-                    upcoming = (
-                        asyncio.ensure_future(self._lookup(account, following))
-                        if following
-                        else None
-                    )
-                    found = await lookup
-                    lines = self._judge_batch(reconciliation.id, found, counts, adoptions, taken)
-                    for row in batch:
-                        if row.settled_at is not None:
-                            if first is None or row.settled_at < first:
-                                first = row.settled_at
-                            if last is None or row.settled_at > last:
-                                last = row.settled_at
-                    if writing is not None:
-                        await writing
-                    writing = asyncio.ensure_future(self._write(lines))
-                    done += len(batch)
-                    report("matching", done, None)
-                    batch, lookup = following, upcoming  # type: ignore[assignment]
-                if writing is not None:
-                    await writing
-            except BaseException:
-                for task in (lookup, writing):
-                    if task is not None and not task.done():
-                        task.cancel()
-                raise
+        # Batch k goes to writer k % WRITERS, with ids taken in file order.
+        writing: list[asyncio.Future[JudgedBatch] | None] = [None] * WRITERS
+        async with contextlib.AsyncExitStack() as stack:
+            uows = [await stack.enter_async_context(self.deps.uow()) for _ in range(WRITERS)]
+            writers = [uow.reconciliations for uow in uows]
+            with open_file() as stream:
+                parsed = self.parse(stream, provider)
+                reconciliation.file_format = parsed.format
+                rows = parsed.rows
+                try:
+                    slot = 0
+                    while batch := list(itertools.islice(rows, BATCH)):
+                        # Dispute lines are rare: one pass finds none, and the batch is all refunds.
+                        disputes = [r for r in batch if type(r) is SettledDispute]
+                        refunds = cast(
+                            list[SettlementRow],
+                            [r for r in batch if type(r) is not SettledDispute]
+                            if disputes
+                            else batch,
+                        )
+                        judged = (
+                            await self._judge_disputes(reconciliation.id, account, disputes, taken)
+                            if disputes
+                            else []
+                        )
+                        earlier = writing[slot]
+                        if earlier is not None:
+                            first, last = _add(await earlier, counts, adopt, first, last)
+                        writer = writers[slot]
+                        ids = await writer.reserve_line_ids(len(batch))
+                        writing[slot] = asyncio.ensure_future(
+                            writer.add_judged_lines(
+                                reconciliation.id, account, refunds, judged, ids
+                            )
+                        )
+                        # Let it send the batch: the database works while the next is read.
+                        await asyncio.sleep(0)
+                        done += len(batch)
+                        report("matching", done, None)
+                        slot = (slot + 1) % WRITERS
+                    for task in writing:
+                        if task is not None:
+                            first, last = _add(await task, counts, adopt, first, last)
+                except BaseException as exc:
+                    # A bad line: the batches on their way are let finish (their
+                    # connections stay usable); on cancellation they stop too.
+                    running = [t for t in writing if t is not None and not t.done()]
+                    if not isinstance(exc, Exception):
+                        for task in running:
+                            task.cancel()
+                    await asyncio.gather(*running, return_exceptions=True)
+                    raise
+            for uow in uows:
+                await uow.commit()
+        adopt.sort()  # file order
         report("matching", done, done)
         reconciliation.rows_total = done
         reconciliation.range_from, reconciliation.range_to = first, last
         reconciliation.counts = counts
-        return adoptions
+        return adopt
 
-    async def _lookup(
-        self, pse_account: str, batch: Sequence[SettlementRow | SettledDispute]
-    ) -> _Found:
-        # Dispute lines are rare: one pass finds none, and the batch is all refunds.
-        disputes = [r for r in batch if type(r) is SettledDispute]
-        refunds = cast(
-            list[SettlementRow],
-            [r for r in batch if type(r) is not SettledDispute] if disputes else batch,
-        )
-        if not batch:
-            return _Found(refunds, {}, {}, disputes, None)
-        pse_ids = [r.pse_refund_id for r in refunds if r.pse_refund_id]
-        references = [r.reference for r in refunds if r.reference]
-        known = None
-        async with self.deps.uow() as uow:
-            found = await uow.refunds.find_for_settlement(pse_account, pse_ids, references)
-            if disputes:
-                known = await uow.reconciliations.settlement_disputes(
-                    pse_account,
-                    [d.pse_dispute_id for d in disputes if d.pse_dispute_id],
-                    [p for d in disputes for p in d.pse_payment_ids],
-                )
-        return _Found(
-            refunds,
-            {f.pse_refund_id: f for f in found if f.pse_refund_id},
-            {f.id: f for f in found},
-            disputes,
-            known,
-        )
-
-    async def _write(self, lines: list[ReconciliationLine]) -> None:
-        async with self.deps.uow() as uow:
-            await uow.reconciliations.add_lines(lines)
-            await uow.commit()
-
-    def _judge_batch(
+    async def _judge_disputes(
         self,
         reconciliation_id: str,
-        found: _Found,
-        counts: dict[str, int],
-        adoptions: list[_Adoption],
+        pse_account: str,
+        disputes: list[SettledDispute],
         taken: Taken,
     ) -> list[ReconciliationLine]:
-        by_pse, by_id = found.by_pse_id, found.by_id
-        lines = []
-        for row in found.refunds:
-            refund: RefundSnapshot | None = None
-            if row.pse_refund_id:
-                refund = by_pse.get(row.pse_refund_id)
-            if refund is None and row.reference:
-                refund = by_id.get(row.reference)
-            verdict = judge(row, refund)
-            # The enums are strings: their members stand for their values.
-            counts[verdict.outcome] += 1
-            if verdict.adopt and refund is not None:
-                adoptions.append(_Adoption(refund.id, row))
-            settlement = row.settlement_amount
-            lines.append(
-                ReconciliationLine(
-                    reconciliation_id,
-                    row.line,
-                    verdict.outcome,
-                    row.pse_refund_id,
-                    row.reference,
-                    refund.id if refund else None,
-                    row.amount.amount,
-                    row.status,
-                    refund.amount.amount if refund else None,
-                    refund.status if refund else None,
-                    row.amount.currency,
-                    row.settled_at,
-                    row.fee.amount if row.fee else None,
-                    settlement.amount if settlement else None,
-                    settlement.currency if settlement else None,
-                    verdict.detail,
-                )
+        """A batch's dispute lines, judged against the disputes they name (one query)."""
+        async with self.deps.uow() as uow:
+            known = await uow.reconciliations.settlement_disputes(
+                pse_account,
+                [d.pse_dispute_id for d in disputes if d.pse_dispute_id],
+                [p for d in disputes for p in d.pse_payment_ids],
             )
-        if found.disputes:
-            lines.extend(self._judge_disputes(reconciliation_id, found, counts, taken))
-            lines.sort(key=lambda line: line.line or 0)  # file order
-        return lines
-
-    @staticmethod
-    def _judge_disputes(
-        reconciliation_id: str,
-        found: _Found,
-        counts: dict[str, int],
-        taken: Taken,
-    ) -> list[ReconciliationLine]:
         index = DisputeIndex(taken)
-        if found.known_disputes is not None:
-            index.add(found.known_disputes)
+        index.add(known)
         lines = []
-        for row in found.disputes:
+        for row in disputes:
             dispute, verdict = index.match(row)
-            counts[verdict.outcome] += 1
             payment_ids = row.pse_payment_ids
             named = payment_ids[0] if payment_ids else None
             if dispute is not None and dispute.pse_payment_id in payment_ids:
@@ -434,28 +361,70 @@ class ReconciliationService(Scoped):
             )
         return lines
 
-    async def _apply(self, reconciliation: Reconciliation, adoptions: list[_Adoption]) -> None:
-        """One transaction: settle the uncertain refunds the file proves, record
-        fees and settled amounts, list what the file misses, close the run."""
+    async def _apply(self, reconciliation: Reconciliation, adopt: list[int]) -> None:
+        """One transaction: settle the uncertain refunds the file proves (the
+        lines `adopt` names), record fees and settled amounts, close the run.
+        What the file misses is listed meanwhile, on another connection (it
+        reads no refund this one changes but those the file has)."""
         now = self.deps.clock.now()
         actor = f"settlement file {reconciliation.id}"
+        listing = asyncio.ensure_future(self._missing_in_file(reconciliation))
+        try:
+            await self._settle(reconciliation, adopt, listing, now, actor)
+        except BaseException:
+            if not listing.done():
+                listing.cancel()
+            await asyncio.gather(listing, return_exceptions=True)
+            raise
+
+    async def _missing_in_file(self, reconciliation: Reconciliation) -> int | None:
+        """List the refunds we hold as succeeded within the file's period that
+        it does not have (None for a file with no settlement times)."""
+        if not (reconciliation.range_from and reconciliation.range_to):
+            return None
+        async with self.deps.uow() as uow:
+            missing = await uow.reconciliations.add_missing_in_file(
+                reconciliation.id,
+                reconciliation.pse_account,
+                reconciliation.range_from,
+                reconciliation.range_to,
+            )
+            await uow.commit()
+        return missing
+
+    async def _settle(
+        self,
+        reconciliation: Reconciliation,
+        adopt: list[int],
+        listing: asyncio.Future[int | None],
+        now: datetime,
+        actor: str,
+    ) -> None:
         async with self.deps.uow() as uow:
             adopted = 0
-            for adoption in adoptions:
-                payment, refund = await lock_refund(uow, adoption.refund_id)
+            for line in await uow.reconciliations.lines_by_id(adopt):
+                assert line.refund_id is not None and line.file_amount is not None
+                assert line.currency is not None and line.file_status is not None
+                row = settled_row(
+                    line.line,
+                    line.pse_refund_id,
+                    line.reference,
+                    Money(line.file_amount, line.currency),
+                    line.file_status,
+                    line.settled_at,
+                    line.fee,
+                    line.settlement_amount,
+                    line.settlement_currency,
+                )
+                payment, refund = await lock_refund(uow, line.refund_id)
                 if refund.status not in ADOPTABLE:
                     continue  # settled meanwhile by a webhook or the worker
-                refund.apply_pse(payment, adoption.row.as_pse_view(), now, actor)
+                refund.apply_pse(payment, row.as_pse_view(), now, actor)
                 await save(self.deps, uow, payment, refund)
                 adopted += 1
             await uow.reconciliations.apply_settled_figures(reconciliation.id)
-            if reconciliation.range_from and reconciliation.range_to:
-                missing = await uow.reconciliations.add_missing_in_file(
-                    reconciliation.id,
-                    reconciliation.pse_account,
-                    reconciliation.range_from,
-                    reconciliation.range_to,
-                )
+            missing = await listing
+            if missing is not None:
                 reconciliation.counts[Outcome.MISSING_IN_FILE.value] = missing
             reconciliation.adopted = adopted
             reconciliation.status = ReconciliationStatus.COMPLETED.value
@@ -487,6 +456,24 @@ class ReconciliationService(Scoped):
             return await uow.reconciliations.list(
                 limit=limit, before_id=before_id, accounts=self.accounts
             )
+
+
+def _add(
+    batch: JudgedBatch,
+    counts: dict[str, int],
+    adopt: list[int],
+    first: datetime | None,
+    last: datetime | None,
+) -> tuple[datetime | None, datetime | None]:
+    """Add a stored batch to the run's counts and adoptions; the run's range so far."""
+    for outcome, lines in batch.counts.items():
+        counts[outcome] += lines
+    adopt.extend(batch.adopt_line_ids)
+    if batch.first is not None and (first is None or batch.first < first):
+        first = batch.first
+    if batch.last is not None and (last is None or batch.last > last):
+        last = batch.last
+    return first, last
 
 
 def _file_opener(path: str) -> OpenFile:

@@ -195,3 +195,56 @@ def test_a_stripe_export_without_payment_columns_reads_dispute_rows_by_their_id(
     (row,) = rows
     assert row.pse_dispute_id == "du_1" and row.pse_payment_ids == ()
     assert row.amount == Money(5000, "JPY") and row.fee == Money(2000, "JPY")
+
+
+# -- large files: lines are decoded a block at a time ------------------------
+
+LINE = "re_{i},,refund,1000,JPY,succeeded,2026-11-27T08:00:00Z,,,\n"
+
+
+def large(lines: int) -> bytes:
+    """More than one block of lines (parsers._BLOCK bytes)."""
+    text = GENERIC + "".join(LINE.format(i=i) for i in range(lines))
+    assert len(text) > 2 * (1 << 20)
+    return text.encode()
+
+
+def test_a_file_of_several_blocks_reads_every_line_with_its_number():
+    data = large(60_000)
+    rows = list(open_settlement(io.BytesIO(data), "komoju").rows)
+    assert len(rows) == 60_000
+    assert [r.line for r in rows[:2]] == [2, 3] and rows[-1].line == 60_001
+    assert rows[-1].pse_refund_id == "re_59999"
+
+
+def test_a_bad_byte_deep_in_a_large_file_names_its_line():
+    data = large(60_000).replace(b"re_45000,", b"re_\xff45000,")
+    rows = open_settlement(io.BytesIO(data), "komoju").rows
+    with pytest.raises(SettlementFileError, match=r"^line 45002: not UTF-8 text"):
+        list(rows)
+
+
+def test_an_earlier_bad_line_is_named_before_a_bad_byte_of_the_same_block():
+    data = large(60_000).replace(b"re_44990,,refund,1000", b"re_44990,,refund,12.5")
+    data = data.replace(b"re_45000,", b"re_\xff45000,")
+    rows = open_settlement(io.BytesIO(data), "komoju").rows
+    with pytest.raises(SettlementFileError, match=r"^line 44992: amount '12.5' is not an integer"):
+        list(rows)
+
+
+def test_crlf_lines_a_quoted_newline_and_unicode_read_as_one_by_one():
+    text = GENERIC.replace("\n", "\r\n") + (
+        're_1,"rf\n1",refund,100,JPY,succeeded,,,,\r\n'
+        "re_ü,,refund,200,JPY,failed,,,,\r\n"
+        "\r\n"
+        "re_3,,refund,300,JPY,pending,2026-11-27 08:00:00,,,\r\n"
+    )
+    _, rows = parse("\ufeff" + text)
+    assert [(r.line, r.pse_refund_id, r.reference) for r in rows] == [
+        (2, "re_1", "rf\n1"),
+        (3, "re_ü", None),
+        (5, "re_3", None),
+    ]
+    assert rows[2].settled_at is not None and rows[2].settled_at.isoformat() == (
+        "2026-11-27T08:00:00+00:00"
+    )

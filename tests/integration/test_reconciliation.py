@@ -317,3 +317,45 @@ async def test_a_reconciliation_whose_process_died_is_failed_after_an_hour(api):
     await api.container.worker.run_once()
     failed = await api.container.reconciliations.get(started.id)
     assert failed.status == "failed" and "interrupted" in failed.error
+
+
+async def test_small_batches_on_several_connections_keep_file_order_and_settle(api, monkeypatch):
+    monkeypatch.setattr("app.services.reconciliation.BATCH", 2)
+    api.gateway.next_results.append(Unanswered("timeout"))
+    p = await register(api)
+    unknown = (await refund(api, p["id"], 3000)).json()
+    await api.settle()
+    settled = [(await succeeded_refund(api))[1] for _ in range(3)]
+    text = HEADER + "".join(
+        f"{s['pse_refund_id']},,refund,3000,JPY,succeeded,2026-11-27T08:0{i}:00Z,{i + 1},,\n"
+        for i, s in enumerate(settled)
+    )
+    text += "ch_1,,charge,9000,JPY,succeeded,2026-11-27T08:40:00Z,,,\n"
+    text += f",{unknown['id']},refund,3000,JPY,succeeded,2026-11-27T08:50:00Z,12,,\n"
+    text += "re_ghost,,refund,100,JPY,failed,2026-11-26T08:00:00Z,,,\n"
+    text += f",{unknown['id']},refund,3000,JPY,succeeded,2026-11-27T09:00:00Z,,,\n"
+    done = await reconcile(api, text)
+    assert done.status == "completed" and done.rows_total == 6
+    every = await lines(api, done.id)
+    assert [line.line for line in every] == [2, 3, 4, 6, 7, 8]
+    assert [line.id for line in every] == sorted(line.id for line in every)
+    assert done.counts["matched"] == 5 and done.counts["missing_in_service"] == 1
+    assert done.range_from.isoformat() == "2026-11-26T08:00:00+00:00"
+    assert done.range_to.isoformat() == "2026-11-27T09:00:00+00:00"
+    # The first line settles the uncertain refund, with its fee; the second finds it settled.
+    assert done.adopted == 1
+    now = await get_refund(api, unknown["id"])
+    assert now["status"] == "succeeded" and now["fee_amount"] == 12
+    assert [(await get_refund(api, s["id"]))["fee_amount"] for s in settled] == [1, 2, 3]
+
+
+async def test_a_bad_line_after_batches_in_flight_keeps_no_line_and_no_change(api, monkeypatch):
+    monkeypatch.setattr("app.services.reconciliation.BATCH", 2)
+    _, settled = await succeeded_refund(api)
+    good = f"{settled['pse_refund_id']},,refund,3000,JPY,succeeded,2026-11-27T08:00:00Z,5,,\n"
+    text = HEADER + good * 7 + "re_2,,refund,3000,JPY,settled,2026-11-27T08:00:00Z,,,\n"
+    done = await reconcile(api, text)
+    assert done.status == "failed"
+    assert done.error == "line 9: status 'settled' is not succeeded, failed or pending"
+    assert await lines(api, done.id) == []
+    assert (await get_refund(api, settled["id"]))["fee_amount"] is None

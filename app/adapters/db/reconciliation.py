@@ -7,6 +7,7 @@ repository's."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -16,7 +17,14 @@ from app.adapters.db.statements import Conditions, rows_affected
 from app.domain.disputes import DisputeStatus
 from app.domain.models import RefundStatus
 from app.domain.money import Money
-from app.domain.reconciliation import Outcome, ReconciliationStatus
+from app.domain.reconciliation import (
+    ADOPTABLE,
+    JudgedBatch,
+    Outcome,
+    ReconciliationStatus,
+    SettledStatus,
+    SettlementRow,
+)
 from app.domain.reconciliation_disputes import DisputeSnapshot, KnownDisputes
 from app.domain.records import FxTotal, Reconciliation, ReconciliationLine
 
@@ -73,6 +81,8 @@ _LINE_COLUMNS = (
     "detail",
 )
 assert (*_LINE_COLUMNS, "id") == ReconciliationLine._fields
+# The table's columns in order, as its row type (which carries a batch's lines) has them.
+TABLE_COLUMNS = ("id", *_LINE_COLUMNS)
 _LINE_WIDTH = len(_LINE_COLUMNS)
 _LINES = f"SELECT {', '.join(_LINE_COLUMNS)}, id FROM reconciliation_rows"  # noqa: S608
 _DELETE_LINES = "DELETE FROM reconciliation_rows WHERE reconciliation_id = $1"
@@ -99,6 +109,69 @@ _APPLY_SETTLED_FIGURES = (
     "WHERE rr.reconciliation_id = $1 AND rr.refund_id = r.id AND rr.outcome = $2 "
     "AND (rr.fee IS NOT NULL OR rr.settlement_amount IS NOT NULL)"
 )
+# One batch of a file's refund lines matched, judged and stored in one
+# statement, as `app.domain.reconciliation.judge` judges them (the unit tests
+# hold the two to the same verdicts): each line finds our refund of the
+# account by the PSE's id, else by our id in `reference`. The lines go in in
+# file order (ids follow it), dispute lines (judged beforehand) among them.
+# What comes back: the lines per outcome, the batch's settlement times, and
+# the lines whose uncertain refund the file proves settled.
+_O = {outcome.name: f"'{outcome.value}'" for outcome in Outcome}
+# The lines travel as one array of `reconciliation_rows` records (the file's
+# fields filled in): far cheaper to send than an array per column.
+_JUDGED_REFUND_LINES = (
+    "SELECT $1::text AS reconciliation_id, s.line, o.outcome, s.pse_refund_id, s.reference, "  # noqa: S608
+    "f.id AS refund_id, s.file_amount, s.file_status, "
+    "f.amount AS our_amount, f.status AS our_status, s.currency, s.settled_at, s.fee, "
+    "s.settlement_amount, s.settlement_currency, "
+    f"CASE WHEN o.outcome = {_O['MISSING_IN_SERVICE']} THEN 'no refund of ours has this id' "
+    f"WHEN o.outcome = {_O['AMOUNT_MISMATCH']} THEN 'file ' || s.file_amount || ' ' "
+    " || s.currency || ', ours ' || f.amount || ' ' || f.currency "
+    f"WHEN o.outcome = {_O['STATUS_MISMATCH']} THEN 'file ' || s.file_status || ', ours ' "
+    " || f.status "
+    "WHEN s.file_status <> f.status THEN 'was ' || f.status || '; settled by the file' "
+    "END AS detail "
+    "FROM unnest($3::reconciliation_rows[]) AS s "
+    "LEFT JOIN LATERAL (SELECT id, amount, currency, status FROM refunds "
+    " WHERE pse_account = $2 AND pse_refund_id = s.pse_refund_id LIMIT 1) p ON true "
+    "LEFT JOIN LATERAL (SELECT id, amount, currency, status FROM refunds "
+    " WHERE p.id IS NULL AND pse_account = $2 AND id = s.reference LIMIT 1) q ON true "
+    "CROSS JOIN LATERAL (SELECT coalesce(p.id, q.id) AS id, coalesce(p.amount, q.amount) AS amount,"
+    " coalesce(p.currency, q.currency) AS currency, coalesce(p.status, q.status) AS status) f "
+    "CROSS JOIN LATERAL (SELECT CASE "
+    f" WHEN f.id IS NULL THEN {_O['MISSING_IN_SERVICE']} "
+    f" WHEN s.file_amount <> f.amount OR s.currency <> f.currency THEN {_O['AMOUNT_MISMATCH']} "
+    f" WHEN s.file_status = f.status THEN {_O['MATCHED']} "
+    f" WHEN s.file_status = '{SettledStatus.SUCCEEDED.value}' AND f.status = ANY($4::text[]) "
+    f" THEN {_O['MATCHED']} ELSE {_O['STATUS_MISMATCH']} END AS outcome) o"
+)
+_JUDGED_DISPUTE_LINES = (
+    f"SELECT $1::text, {', '.join('d.' + c for c in _LINE_COLUMNS[1:])} "  # noqa: S608
+    "FROM unnest($6::reconciliation_rows[]) AS d"
+)
+
+
+def _store_judged(lines: str) -> str:
+    return (
+        f"WITH stored AS (INSERT INTO reconciliation_rows (id, {', '.join(_LINE_COLUMNS)}) "  # noqa: S608
+        f"SELECT ($5::bigint[])[row_number() OVER (ORDER BY line)], * FROM ({lines}) l "
+        "ORDER BY line "
+        "RETURNING id, outcome, settled_at, file_status, our_status) "
+        "SELECT outcome, count(*) AS lines, min(settled_at) AS first, max(settled_at) AS last, "
+        f"array_agg(id ORDER BY id) FILTER (WHERE outcome = {_O['MATCHED']} "
+        f" AND file_status = '{SettledStatus.SUCCEEDED.value}' AND our_status = ANY($4::text[])) "
+        "AS adopt FROM stored GROUP BY outcome"
+    )
+
+
+_STORE_REFUND_LINES = _store_judged(_JUDGED_REFUND_LINES)
+_STORE_MIXED_LINES = _store_judged(f"{_JUDGED_REFUND_LINES} UNION ALL {_JUDGED_DISPUTE_LINES}")
+_ADOPTABLE = sorted(status.value for status in ADOPTABLE)
+# Ids for a batch's lines, in order: batches stored side by side keep file order.
+_RESERVE_LINE_IDS = (
+    "SELECT array_agg(nextval('reconciliation_rows_id_seq')) FROM generate_series(1, $1)"
+)
+_LINES_BY_ID = _LINES + " WHERE id = ANY($1::bigint[]) ORDER BY id"
 _FX_STATUSES = [RefundStatus.SUCCEEDED.value, RefundStatus.PENDING.value]
 
 # The disputes a batch of dispute lines names, by the PSE's dispute id or by
@@ -189,6 +262,83 @@ class ReconciliationRepository:
             records=[line[:_LINE_WIDTH] for line in lines],
             columns=list(_LINE_COLUMNS),
         )
+
+    async def add_judged_lines(
+        self,
+        reconciliation_id: str,
+        pse_account: str,
+        rows: Sequence[SettlementRow],
+        judged: Sequence[ReconciliationLine] = (),
+        line_ids: Sequence[int] | None = None,
+    ) -> JudgedBatch:
+        """Match a batch of refund lines against the account's refunds, judge
+        them and store their outcome lines, with `judged` (dispute lines,
+        judged already) among them in file order: one statement. The lines
+        take `line_ids` (from `reserve_line_ids`, one per line) in file
+        order, else ids of their own."""
+        if not rows and not judged:
+            return JudgedBatch({}, None, None, [])
+        # Records in the table's column order: id, then `_LINE_COLUMNS`.
+        none = itertools.repeat(None)
+        records: list[tuple[object, ...]] = []
+        if rows:
+            lines, pse_ids, references, amounts, statuses, settled, fees, settlements = zip(
+                *rows, strict=True
+            )
+            records = list(
+                zip(
+                    none,
+                    none,
+                    lines,
+                    none,
+                    pse_ids,
+                    references,
+                    none,
+                    [a.amount for a in amounts],
+                    statuses,
+                    none,
+                    none,
+                    [a.currency for a in amounts],
+                    settled,
+                    [None if f is None else f.amount for f in fees],
+                    [None if m is None else m.amount for m in settlements],
+                    [None if m is None else m.currency for m in settlements],
+                    none,
+                    strict=False,  # `none` repeats
+                )
+            )
+        args: list[object] = [
+            reconciliation_id,
+            pse_account,
+            records,
+            _ADOPTABLE,
+            line_ids
+            if line_ids is not None
+            else await self.reserve_line_ids(len(rows) + len(judged)),
+        ]
+        if judged:
+            args.append([(None, *line[:_LINE_WIDTH]) for line in judged])
+        found = await self.conn.fetch(_STORE_MIXED_LINES if judged else _STORE_REFUND_LINES, *args)
+        firsts = [r["first"] for r in found if r["first"] is not None]
+        lasts = [r["last"] for r in found if r["last"] is not None]
+        return JudgedBatch(
+            {r["outcome"]: r["lines"] for r in found},
+            min(firsts, default=None),
+            max(lasts, default=None),
+            sorted(i for r in found for i in r["adopt"] or ()),
+        )
+
+    async def reserve_line_ids(self, count: int) -> list[int]:
+        """`count` ids for lines, increasing: lines given them later keep this order."""
+        ids: list[int] | None = await self.conn.fetchval(_RESERVE_LINE_IDS, count)
+        return ids or []
+
+    async def lines_by_id(self, line_ids: Sequence[int]) -> list[ReconciliationLine]:
+        """The lines of these ids, in id order."""
+        if not line_ids:
+            return []
+        records = await self.conn.fetch(_LINES_BY_ID, list(line_ids))
+        return [ReconciliationLine(*record) for record in records]
 
     async def lines(
         self, reconciliation_id: str, *, outcome: str | None, limit: int, after_id: int | None

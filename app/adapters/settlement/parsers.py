@@ -34,7 +34,9 @@ Formats:
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
+import io
+import itertools
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -87,11 +89,34 @@ class SettlementFile:
     rows: Iterator[SettlementRow | SettledDispute]
 
 
+# Bytes of whole lines decoded at a time.
+_BLOCK = 1 << 20
+
+
 def _decoded(stream: BinaryIO) -> Iterator[str]:
-    """The file's lines as text, decoded one by one, so a bad byte names its line."""
-    for number, raw in enumerate(stream, start=1):
+    """The file's lines as text, a block of lines decoded at a time. A block
+    holding a bad byte is decoded line by line, so the error names its line
+    and comes where it would for lines decoded one by one."""
+    return itertools.chain.from_iterable(_blocks(stream))
+
+
+def _blocks(stream: BinaryIO) -> Iterator[Iterable[str]]:
+    number = 0
+    while raw := stream.readlines(_BLOCK):
         try:
-            text = raw.decode("utf-8")
+            text = b"".join(raw).decode("utf-8")
+        except UnicodeDecodeError:
+            yield _one_by_one(raw, number)
+        else:
+            # Split at "\n" only, as the bytes were.
+            yield io.StringIO(text.lstrip("\ufeff") if number == 0 else text, newline="\n")
+        number += len(raw)
+
+
+def _one_by_one(raw: list[bytes], before: int) -> Iterator[str]:
+    for number, line in enumerate(raw, start=before + 1):
+        try:
+            text = line.decode("utf-8")
         except UnicodeDecodeError:
             raise SettlementFileError(number, "not UTF-8 text") from None
         yield text.lstrip("\ufeff") if number == 1 else text
@@ -189,65 +214,91 @@ def _generic(
     i_dispute, i_payment = (
         names.index(column) if column in names else None for column in GENERIC_DISPUTE_COLUMNS
     )
-    for line, r in _records(reader, len(names)):
-        kind = r[i_type]
-        if kind != "refund":
-            kind = kind.strip().lower()
+    width = len(names)
+    known = _KNOWN_CODES
+    from_iso = datetime.fromisoformat
+    line = 1
+    try:
+        # `_records`, inlined: this loop runs once per line of a large file.
+        for r in reader:
+            line += 1
+            if len(r) != width:
+                if not r or (len(r) == 1 and not r[0].strip()):
+                    continue
+                raise SettlementFileError(line, f"{len(r)} fields, the header has {width}")
+            kind = r[i_type]
             if kind != "refund":
-                movement = DISPUTE_KINDS.get(kind)
-                if movement is not None:
-                    yield _generic_dispute(
-                        line,
-                        r,
-                        movement,
-                        names,
-                        i_dispute if i_dispute is not None else i_pse,
-                        i_payment,
-                    )
-                continue
-        pse_id = r[i_pse].strip() or None
-        reference = r[i_ref].strip() or None
-        if pse_id is None and reference is None:
-            raise SettlementFileError(line, "a refund row needs pse_refund_id or reference")
-        currency = _currency(line, r[i_currency], "currency")
-        amount = _minor(line, r[i_amount], "amount")
-        if amount < 1:
-            raise SettlementFileError(line, "amount must be a positive number of minor units")
-        status = statuses.get(r[i_status]) or statuses.get(r[i_status].strip().lower())
-        if status is None:
-            raise SettlementFileError(
-                line, f"status {r[i_status]!r} is not succeeded, failed or pending"
+                kind = kind.strip().lower()
+                if kind != "refund":
+                    movement = DISPUTE_KINDS.get(kind)
+                    if movement is not None:
+                        yield _generic_dispute(
+                            line,
+                            r,
+                            movement,
+                            names,
+                            i_dispute if i_dispute is not None else i_pse,
+                            i_payment,
+                        )
+                    continue
+            pse_id = r[i_pse].strip() or None
+            reference = r[i_ref].strip() or None
+            if pse_id is None and reference is None:
+                raise SettlementFileError(line, "a refund row needs pse_refund_id or reference")
+            currency = r[i_currency]
+            if currency not in known:
+                currency = _currency(line, currency, "currency")
+            text = r[i_amount]
+            amount = int(text) if text.isdigit() else _minor(line, text, "amount")
+            if amount < 1:
+                raise SettlementFileError(line, "amount must be a positive number of minor units")
+            status = statuses.get(r[i_status]) or statuses.get(r[i_status].strip().lower())
+            if status is None:
+                raise SettlementFileError(
+                    line, f"status {r[i_status]!r} is not succeeded, failed or pending"
+                )
+            settlement_currency = (
+                _currency(line, r[i_settlement_currency], "settlement_currency")
+                if r[i_settlement_currency]
+                else None
             )
-        settlement_currency = (
-            _currency(line, r[i_settlement_currency], "settlement_currency")
-            if r[i_settlement_currency]
-            else None
-        )
-        settlement = None
-        if r[i_settlement]:
-            if settlement_currency is None:
-                raise SettlementFileError(line, "settlement_amount needs settlement_currency")
-            settlement = _money(
-                line,
-                _minor(line, r[i_settlement], "settlement_amount"),
-                settlement_currency,
-                "settlement_amount",
-            )
-        fee = None
-        if r[i_fee]:
-            fee = _money(
-                line, _minor(line, r[i_fee], "fee"), settlement_currency or currency, "fee"
-            )
-        yield SettlementRow(
-            line,
-            pse_id,
-            reference,
-            _money(line, amount, currency, "amount"),
-            status,
-            _time(line, r[i_settled], "settled_at"),
-            fee,
-            settlement,
-        )
+            settlement = None
+            if r[i_settlement]:
+                if settlement_currency is None:
+                    raise SettlementFileError(line, "settlement_amount needs settlement_currency")
+                settlement = _money(
+                    line,
+                    _minor(line, r[i_settlement], "settlement_amount"),
+                    settlement_currency,
+                    "settlement_amount",
+                )
+            fee = None
+            if text := r[i_fee]:
+                fee = _money(
+                    line,
+                    int(text) if text.isdigit() else _minor(line, text, "fee"),
+                    settlement_currency or currency,
+                    "fee",
+                )
+            try:
+                value = Money(amount, currency)
+            except DomainError as exc:
+                raise SettlementFileError(line, f"amount: {exc.detail}") from None
+            text = r[i_settled].strip()
+            settled_at = None
+            if text:
+                try:
+                    settled_at = from_iso(text.replace(" ", "T", 1))
+                except ValueError:
+                    raise SettlementFileError(
+                        line, f"settled_at {r[i_settled]!r} is not an RFC 3339 time"
+                    ) from None
+                settled_at = (
+                    settled_at.replace(tzinfo=UTC) if settled_at.tzinfo is None else settled_at
+                ).astimezone(UTC)
+            yield SettlementRow(line, pse_id, reference, value, status, settled_at, fee, settlement)
+    except csv.Error as exc:
+        raise SettlementFileError(line + 1, f"not CSV: {exc}") from None
 
 
 def _generic_dispute(
