@@ -805,7 +805,7 @@ def start_profile(pid: int, duration: float, out: Path) -> asyncio.Task[None]:
         "--duration",
         str(max(1, round(duration))),
         "--rate",
-        "100",
+        os.environ.get("BENCH_PROFILE_RATE", "100"),
         "--format",
         "raw",
         "--output",
