@@ -381,19 +381,7 @@ def _stripe(
             if movement is not None:
                 yield _stripe_dispute(line, r, movement, has_customer_amount, payment_columns)
             continue
-        settlement_currency = _currency(line, r["currency"], "currency")
-        settled = _major(line, r["gross"], settlement_currency, "gross")
-        amount = settled
-        if has_customer_amount and r["customer_facing_amount"].strip():
-            amount = _major(
-                line,
-                r["customer_facing_amount"],
-                _currency(line, r["customer_facing_currency"], "customer_facing_currency"),
-                "customer_facing_amount",
-            )
-        fee = None
-        if "fee" in names and r["fee"].strip():
-            fee = _major(line, r["fee"], settlement_currency, "fee")
+        amount, settled, fee = _stripe_amounts(line, r, has_customer_amount)
         pse_id = r["source_id"].strip() or None
         reference = (r[reference_column].strip() or None) if reference_column else None
         if pse_id is None and reference is None:
@@ -410,15 +398,12 @@ def _stripe(
         )
 
 
-def _stripe_dispute(
-    line: int,
-    r: dict[str, str],
-    movement: DisputeMovement,
-    has_customer_amount: bool,
-    payment_columns: list[str],
-) -> SettledDispute:
-    """A `dispute` (withdrawal, gross negative) or `dispute_reversal`
-    (reinstatement) row: `source_id` is the dispute's id."""
+def _stripe_amounts(
+    line: int, r: dict[str, str], has_customer_amount: bool
+) -> tuple[Money, Money, Money | None]:
+    """A balance row's amount (what the customer saw, else the gross), its
+    gross in the settlement currency, and its fee (in that currency), checked
+    in that order."""
     settlement_currency = _currency(line, r["currency"], "currency")
     settled = _major(line, r["gross"], settlement_currency, "gross")
     amount = settled
@@ -432,6 +417,19 @@ def _stripe_dispute(
     fee = None
     if "fee" in r and r["fee"].strip():
         fee = _major(line, r["fee"], settlement_currency, "fee")
+    return amount, settled, fee
+
+
+def _stripe_dispute(
+    line: int,
+    r: dict[str, str],
+    movement: DisputeMovement,
+    has_customer_amount: bool,
+    payment_columns: list[str],
+) -> SettledDispute:
+    """A `dispute` (withdrawal, gross negative) or `dispute_reversal`
+    (reinstatement) row: `source_id` is the dispute's id."""
+    amount, settled, fee = _stripe_amounts(line, r, has_customer_amount)
     pse_dispute_id = r["source_id"].strip() or None
     payments = tuple(dict.fromkeys(p for c in payment_columns if (p := r[c].strip())))
     if pse_dispute_id is None and not payments:
