@@ -22,6 +22,7 @@ from app.domain.pse import (
     PseRefund,
     PseRefundState,
 )
+from app.domain.records import ReconciliationLine
 
 
 class SettledStatus(StrEnum):
@@ -147,30 +148,23 @@ class JudgedBatch(NamedTuple):
     adopt_line_ids: list[int]
 
 
-def settled_row(
-    line: int | None,
-    pse_refund_id: str | None,
-    reference: str | None,
-    amount: Money,
-    status: str,
-    settled_at: datetime | None,
-    fee: int | None,
-    settlement_amount: int | None,
-    settlement_currency: str | None,
-) -> SettlementRow:
+def settled_row(line: ReconciliationLine) -> SettlementRow:
     """A refund line back from its stored outcome line: the fee is in the
     settlement currency, else the line's, as the parsers read it."""
+    if line.file_amount is None or line.currency is None or line.file_status is None:
+        raise ValueError(f"outcome line {line.id} holds no file refund line")
+    amount = Money(line.file_amount, line.currency)
     return SettlementRow(
-        line or 0,
-        pse_refund_id,
-        reference,
+        line.line or 0,
+        line.pse_refund_id,
+        line.reference,
         amount,
-        SettledStatus(status),
-        settled_at,
-        None if fee is None else Money(fee, settlement_currency or amount.currency),
+        SettledStatus(line.file_status),
+        line.settled_at,
+        None if line.fee is None else Money(line.fee, line.settlement_currency or amount.currency),
         None
-        if settlement_amount is None or settlement_currency is None
-        else Money(settlement_amount, settlement_currency),
+        if line.settlement_amount is None or line.settlement_currency is None
+        else Money(line.settlement_amount, line.settlement_currency),
     )
 
 

@@ -35,7 +35,6 @@ from typing import BinaryIO, Protocol, cast
 import structlog
 
 from app.domain.errors import NotFound
-from app.domain.money import Money
 from app.domain.reconciliation import (
     ADOPTABLE,
     JudgedBatch,
@@ -403,19 +402,8 @@ class ReconciliationService(Scoped):
         async with self.deps.uow() as uow:
             adopted = 0
             for line in await uow.reconciliations.lines_by_id(adopt):
-                assert line.refund_id is not None and line.file_amount is not None
-                assert line.currency is not None and line.file_status is not None
-                row = settled_row(
-                    line.line,
-                    line.pse_refund_id,
-                    line.reference,
-                    Money(line.file_amount, line.currency),
-                    line.file_status,
-                    line.settled_at,
-                    line.fee,
-                    line.settlement_amount,
-                    line.settlement_currency,
-                )
+                assert line.refund_id is not None
+                row = settled_row(line)
                 payment, refund = await lock_refund(uow, line.refund_id)
                 if refund.status not in ADOPTABLE:
                     continue  # settled meanwhile by a webhook or the worker

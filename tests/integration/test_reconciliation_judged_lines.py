@@ -134,19 +134,7 @@ async def test_an_adopted_line_reads_back_as_the_row_it_was(db):
         [line] = await uow.reconciliations.lines_by_id(batch.adopt_line_ids)
         assert await uow.reconciliations.lines_by_id([]) == []
         await uow.commit()
-    assert line.file_amount is not None and line.currency and line.file_status
-    back = settled_row(
-        line.line,
-        line.pse_refund_id,
-        line.reference,
-        Money(line.file_amount, line.currency),
-        line.file_status,
-        line.settled_at,
-        line.fee,
-        line.settlement_amount,
-        line.settlement_currency,
-    )
-    assert back == row
+    assert settled_row(line) == row
 
 
 async def test_lines_travel_as_records_of_the_table_in_its_column_order(db):
