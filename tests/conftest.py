@@ -122,23 +122,51 @@ async def pg_pool(postgres_url: str) -> AsyncIterator[ConnectionPool]:
     await pool.close()
 
 
+_CLEAN_SQL: dict[int, str] = {}
+
+
+async def _clean_statement(conn: asyncpg.Connection) -> str:
+    """Empty every table but the audit head and Alembic's, and restart every
+    sequence: DELETE, which on tables of a few rows costs a few milliseconds,
+    where TRUNCATE's new files for each table and index cost a tenth of a
+    second a test."""
+    tables = await conn.fetch(
+        "SELECT format('%I', tablename) AS name FROM pg_tables "
+        "WHERE schemaname = current_schema() "
+        "AND tablename NOT IN ('audit_head', 'alembic_version') ORDER BY tablename"
+    )
+    sequences = await conn.fetch(
+        "SELECT format('%I', sequencename) AS name FROM pg_sequences "
+        "WHERE schemaname = current_schema() ORDER BY sequencename"
+    )
+    return "; ".join(
+        [f"DELETE FROM {row['name']}" for row in tables]
+        + [f"ALTER SEQUENCE {row['name']} RESTART" for row in sequences]
+    )
+
+
 @pytest.fixture
 async def db(pg_pool: ConnectionPool) -> ConnectionPool:
     """A clean database for each test."""
-    async with pg_pool.acquire() as conn, conn.transaction():
-        names = await conn.fetchval(
-            "SELECT string_agg(format('%I', tablename), ', ') FROM pg_tables "
-            "WHERE schemaname = current_schema() "
-            "AND tablename NOT IN ('audit_head', 'alembic_version')"
-        )
-        # The audit trail refuses TRUNCATE unless told it is a purge.
-        await conn.execute("SET LOCAL pse_refunds.audit_purge = 'on'")
-        await conn.execute(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
-        await conn.execute(
-            "UPDATE audit_head SET seq = 0, hash = $1, anchor_seq = 0, anchor_hash = $1,"
-            " purged_at = NULL",
-            "0" * 64,
-        )
+    async with pg_pool.acquire() as conn:
+        statement = _CLEAN_SQL.get(id(pg_pool))
+        if statement is None:
+            statement = _CLEAN_SQL[id(pg_pool)] = await _clean_statement(conn)
+        async with conn.transaction():
+            # Foreign keys and the audit trail's guards are triggers, which a
+            # replica session does not fire: the tables empty in any order.
+            # Nothing here needs to survive a crash.
+            await conn.execute(
+                "SET LOCAL session_replication_role = replica; "
+                "SET LOCAL synchronous_commit = off; "
+                "SET LOCAL pse_refunds.audit_purge = 'on'"
+            )
+            await conn.execute(statement)
+            await conn.execute(
+                "UPDATE audit_head SET seq = 0, hash = $1, anchor_seq = 0, anchor_hash = $1,"
+                " purged_at = NULL",
+                "0" * 64,
+            )
     return pg_pool
 
 

@@ -109,6 +109,9 @@ def test_the_transport_runs_on_the_linear_pool_with_tls_verified():
     assert isinstance(pool, LinearPool)
     assert pool._ssl_context.verify_mode.name == "CERT_REQUIRED"
     assert pool._ssl_context.check_hostname
+    # Reading the trust store is done once per process, not per transport.
+    assert pse_transport()._pool._ssl_context is pool._ssl_context
+    assert pool._ssl_context.cert_store_stats()["x509_ca"] > 0
 
 
 def _pool(client: httpx.AsyncClient) -> LinearPool:

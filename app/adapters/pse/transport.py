@@ -23,6 +23,7 @@ of this module run against the pinned version.
 
 from __future__ import annotations
 
+import functools
 import select
 import socket
 import ssl
@@ -160,11 +161,21 @@ class LinearPool(httpcore.AsyncConnectionPool):
         return closing
 
 
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """The TLS settings of every PSE connection in this process: httpx's
+    defaults (certifi's roots, or `SSL_CERT_FILE`/`SSL_CERT_DIR` when set),
+    built once. Reading the trust store takes tens of milliseconds, and a
+    context is safe to share between connections, clients and threads."""
+    return httpx.create_ssl_context()
+
+
 def pse_transport(limits: httpx.Limits = LIMITS) -> httpx.AsyncHTTPTransport:
-    """httpx's transport (TLS verified with its default context), on `LinearPool`."""
-    transport = httpx.AsyncHTTPTransport(limits=limits)
+    """httpx's transport (TLS verified with `tls_context`), on `LinearPool`."""
+    context = tls_context()
+    transport = httpx.AsyncHTTPTransport(verify=context, limits=limits)
     transport._pool = LinearPool(
-        ssl_context=httpx.create_ssl_context(),
+        ssl_context=context,
         max_connections=limits.max_connections,
         max_keepalive_connections=limits.max_keepalive_connections,
         keepalive_expiry=limits.keepalive_expiry,
