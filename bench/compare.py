@@ -1,6 +1,8 @@
-"""Refund creation of this checkout against another one, in interleaved bursts.
+"""Refund creation of this checkout against another one, or against the
+same-protocol yardstick, in interleaved bursts.
 
     .venv/bin/python bench/compare.py --against ../other-checkout [--rounds 8] [--burst 8]
+    .venv/bin/python bench/compare.py --yardstick [--rounds 8] [--burst 8]
 
 On a shared machine the speed of one core drifts by 10-30 % within minutes,
 so two `bench/refunds.py` runs made one after the other compare the machine
@@ -16,6 +18,12 @@ median of each, and the median of the per-round ratios (this / other) with
 its spread: the figure to quote for "not slower than before by more than
 5 %". Checks afterwards that every refund created was sent to the PSE.
 
+With `--yardstick` the other side is bench/protocol_yardstick.py (the
+service's protocol in the least code, as `bench/refunds.py` runs it), on a
+scratch database of its own prepared as the service's: the per-round ratio
+is then issue 17's "service / same-protocol yardstick", with the machine's
+drift taken out.
+
 Needs wrk and PostgreSQL as `bench/refunds.py` does.
 """
 
@@ -30,6 +38,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,21 +47,27 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.protocol_yardstick import DDL as PROTOCOL_YARDSTICK_DDL  # noqa: E402
 from bench.refunds import (  # noqa: E402
     LOOPBACK,
     REFUNDS_LUA,
+    SANDBOX_KEY,
     BenchError,
     Child,
     Children,
     Load,
     ScratchDb,
+    child_env,
     free_port,
     measure,
+    protocol_statuses,
     refund_statuses,
     run_command,
     seed_payments,
     service_toml,
     start_pse,
+    start_uvicorn,
+    wait_drained,
     wait_http,
     wait_submissions,
 )
@@ -60,11 +75,13 @@ from bench.refunds import (  # noqa: E402
 
 @dataclass
 class Side:
-    """One checkout: its code, its database, its running service."""
+    """One checkout: its code, its database, its running service (or, with
+    `yardstick`, the same-protocol yardstick on a database set up by it)."""
 
     label: str
     root: Path
     db: ScratchDb
+    yardstick: bool = False
     ids_file: Path | None = None
     key: str = ""
     base_url: str = ""
@@ -87,6 +104,8 @@ class Side:
         return env
 
     def commit(self) -> str:
+        if self.yardstick:
+            return "bench/protocol_yardstick.py"
         found = subprocess.run(
             ["git", "-C", str(self.root), "log", "-1", "--format=%h %s"],
             capture_output=True,
@@ -128,6 +147,8 @@ async def prepare(side: Side, workdir: Path, payments: int, pse_url: str) -> Non
     conn = await side.db.connect()
     try:
         seeded = await seed_payments(conn, payments)
+        if side.yardstick:
+            await conn.execute(PROTOCOL_YARDSTICK_DDL)
         await conn.execute("ANALYZE")
     finally:
         await conn.close()
@@ -135,7 +156,19 @@ async def prepare(side: Side, workdir: Path, payments: int, pse_url: str) -> Non
     side.ids_file.write_text("".join(f"{p.id}\n" for p in seeded))
 
 
-async def start(side: Side, children: Children, workdir: Path) -> None:
+async def start(side: Side, children: Children, workdir: Path, pse_url: str) -> None:
+    if side.yardstick:
+        side.child, side.base_url = await start_uvicorn(
+            children,
+            side.label,
+            "bench.protocol_yardstick:app",
+            child_env(
+                PROTOCOL_YARDSTICK_DSN=side.db.dsn,
+                PROTOCOL_YARDSTICK_PSE_URL=pse_url,
+                PROTOCOL_YARDSTICK_PSE_KEY=SANDBOX_KEY,
+            ),
+        )
+        return
     port = free_port()
     argv = [*side.cli, "serve", "--host", LOOPBACK, "--port", str(port)]
     side.child = await children.start(side.label, argv, side.env(workdir / f"{side.label}.toml"))
@@ -147,7 +180,7 @@ async def burst(side: Side, script: Path, load: Load) -> float:
     assert side.ids_file is not None
     result = await measure(
         side.label,
-        f"{side.base_url}/v1/refunds",
+        f"{side.base_url}/refund" if side.yardstick else f"{side.base_url}/v1/refunds",
         script,
         [str(side.ids_file), side.key],
         load,
@@ -155,13 +188,24 @@ async def burst(side: Side, script: Path, load: Load) -> float:
     return result.rps
 
 
+async def statuses(side: Side) -> Counter[str]:
+    return await (protocol_statuses(side.db) if side.yardstick else refund_statuses(side.db))
+
+
+async def drained(side: Side) -> Counter[str]:
+    if side.yardstick:
+        return (await wait_drained(lambda: protocol_statuses(side.db)))[1]
+    return (await wait_submissions(side.db))[1]
+
+
 async def run(args: argparse.Namespace) -> None:
-    other_root: Path = args.against
     workdir = Path(tempfile.mkdtemp(prefix="refunds-compare-"))
     children = Children(workdir)
     sides = [
         Side("this", ROOT, ScratchDb(args.dsn)),
-        Side("other", other_root, ScratchDb(args.dsn)),
+        Side("yardstick", ROOT, ScratchDb(args.dsn), yardstick=True)
+        if args.yardstick
+        else Side("other", args.against, ScratchDb(args.dsn)),
     ]
     load = Load(args.burst, args.warmup, args.connections, args.threads)
     script = workdir / "refunds.lua"
@@ -170,19 +214,19 @@ async def run(args: argparse.Namespace) -> None:
         _pse, pse_url = await start_pse(children, "double")
         for side in sides:
             await prepare(side, workdir, args.payments, pse_url)
-            await start(side, children, workdir)
+            await start(side, children, workdir, pse_url)
             print(f"{side.label:>5}: {side.commit()} ({side.root})", flush=True)
         for round_ in range(args.rounds):
             order = sides if round_ % 2 == 0 else list(reversed(sides))
             for side in order:
                 side.rates.append(await burst(side, script, load))
-                await wait_submissions(side.db)
+                await drained(side)
             print(
                 f"round {round_ + 1}: " + ", ".join(f"{s.label} {s.rates[-1]:.1f}" for s in sides),
                 flush=True,
             )
         for side in sides:
-            _drained, after = await wait_submissions(side.db)
+            after = await drained(side)
             left = {k: v for k, v in after.items() if k not in ("pending", "succeeded")}
             if left:
                 raise BenchError(f"{side.label}: refunds not sent to the PSE: {left}")
@@ -198,11 +242,11 @@ async def run(args: argparse.Namespace) -> None:
                 f"({min(side.rates):.1f}-{max(side.rates):.1f})"
             )
         print(
-            f"  this / other, per round: median {statistics.median(ratios):.3f} "
+            f"  this / {other.label}, per round: median {statistics.median(ratios):.3f} "
             f"(min {min(ratios):.3f}, max {max(ratios):.3f})"
         )
-        counts = [sum((await refund_statuses(s.db)).values()) for s in sides]
-        print(f"  refunds created: this {counts[0]:,}, other {counts[1]:,}; all sent")
+        counts = [sum((await statuses(s)).values()) for s in sides]
+        print(f"  refunds created: this {counts[0]:,}, {other.label} {counts[1]:,}; all sent")
     finally:
         await children.stop_all()
         for side in sides:
@@ -212,8 +256,12 @@ async def run(args: argparse.Namespace) -> None:
 
 def arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument(
-        "--against", required=True, type=Path, help="the other checkout (with its .venv)"
+    against = parser.add_mutually_exclusive_group(required=True)
+    against.add_argument("--against", type=Path, help="the other checkout (with its .venv)")
+    against.add_argument(
+        "--yardstick",
+        action="store_true",
+        help="compare with the same-protocol yardstick (bench/protocol_yardstick.py)",
     )
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--burst", type=float, default=8.0, help="seconds of load per side")
@@ -227,8 +275,9 @@ def arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = arguments(argv)
-    args.against = args.against.resolve()
-    if not (args.against / "app").is_dir():
+    if args.against is not None:
+        args.against = args.against.resolve()
+    if args.against is not None and not (args.against / "app").is_dir():
         print(f"bench/compare.py: {args.against} is not a checkout of this service")
         return 2
     try:

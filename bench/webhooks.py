@@ -542,8 +542,13 @@ async def run(args: argparse.Namespace) -> None:
             "bench.webhook_yardstick:app",
             child_env(WEBHOOK_YARDSTICK_DSN=db.dsn, WEBHOOK_YARDSTICK_SECRET=secret),
         )
-        yard_result, yard_activity, _ = await load_events(
-            loads, label="webhook yardstick", url=f"{yard_base}/webhooks/{ACCOUNT}"
+        yard_profile_out = args.profile / "yardstick-webhooks.txt" if args.profile else None
+        yard_result, yard_activity, yard_profile = await load_events(
+            loads,
+            label="webhook yardstick",
+            url=f"{yard_base}/webhooks/{ACCOUNT}",
+            profile_pid=yard.pid,
+            profile_out=yard_profile_out,
         )
         if yard.proc.returncode is not None:
             raise BenchError(f"the webhook yardstick died:\n{yard.log_tail()}")
@@ -582,9 +587,10 @@ async def run(args: argparse.Namespace) -> None:
             print(f"  yardstick: {line}")
         if yard_result.machine is not None:
             print(f"  yardstick: {yard_result.machine.describe()}")
-        if profile is not None and profile_out is not None:
-            await profile
-            print("  " + summarize_profile(profile_out))
+        for recording, out in ((profile, profile_out), (yard_profile, yard_profile_out)):
+            if recording is not None and out is not None:
+                await recording
+                print("  " + summarize_profile(out))
     finally:
         await children.stop_all()
         if args.keep_db:
@@ -615,7 +621,9 @@ def arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--keep-db", action="store_true", help="do not drop the scratch database")
     parser.add_argument("--keep-logs", action="store_true", help="keep the service's log")
     parser.add_argument(
-        "--profile", metavar="DIR", help="record the service with py-spy; stacks go to DIR"
+        "--profile",
+        metavar="DIR",
+        help="record the service and the yardstick with py-spy; stacks go to DIR",
     )
     parser.add_argument("--dsn", default=DEFAULT_ADMIN_DSN, help="an admin connection")
     args = parser.parse_args(argv)

@@ -124,6 +124,9 @@ def create_app(
     app.include_router(events.router)
     app.include_router(reconciliations.router)
     app.include_router(audit.router)
+    # The PSEs' webhooks are matched first, by a route of their own (see
+    # routes/webhooks.py); the route above documents them.
+    app.router.routes.insert(0, webhooks.lane(container.webhooks))
     # The console is an app of its own: its errors are pages, not problem+json.
     app.router.routes.append(console_mount(container))
     for path, mounted in (extra_mounts or {}).items():

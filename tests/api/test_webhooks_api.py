@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -316,3 +317,54 @@ async def test_an_event_whose_application_fails_is_kept_for_the_worker(api, monk
     assert stored["status"] == "applied"
     assert (await get_refund(api, pending["id"]))["status"] == "succeeded"
     assert (await get_payment(api, payment["id"]))["refunded_amount"] == 3000
+
+
+async def test_the_webhook_lane_answers_exactly_as_the_documented_route(make_api):
+    """`POST /v1/webhooks/{account}` is served by a route of its own, ahead of
+    the framework's: the same requests to an app without it (the documented
+    route alone) get the same status, headers and body, and store the same.
+    Each side has a refund and event ids of its own (`a`, `b`)."""
+    import httpx
+    from starlette.routing import Route
+
+    from app.api.app import create_app
+    from app.api.routes.webhooks import WebhookLane
+
+    api = await make_api()
+    routes = api.client._transport.app.router.routes  # type: ignore[attr-defined]
+    assert isinstance(routes[0], Route) and isinstance(routes[0].app, WebhookLane)
+    bare = create_app(api.container)
+    bare.router.routes[:] = [
+        r for r in bare.router.routes if not isinstance(getattr(r, "app", None), WebhookLane)
+    ]
+    documented = httpx.AsyncClient(transport=httpx.ASGITransport(app=bare), base_url="http://t")
+    pse_ids = {side: (await sent_refund(api))[1]["pse_refund_id"] for side in "ab"}
+
+    def requests(side: str) -> list[tuple[str, str, bytes]]:
+        ours = pse_ids[side]
+        return [
+            ("POST", "/v1/webhooks/fake_jp", event(f"evt_{side}1", ours, "succeeded")),
+            ("POST", "/v1/webhooks/fake_jp", event(f"evt_{side}1", ours, "succeeded")),
+            ("POST", "/v1/webhooks/fake_jp", event(f"evt_{side}2", ours, "failed")),
+            ("POST", "/v1/webhooks/fake_jp", event(f"evt_{side}3", f"re_nobody_{side}", "failed")),
+            ("POST", "/v1/webhooks/fake_jp", b"not json"),
+            ("POST", "/v1/webhooks/nope", b"{}"),
+            ("GET", "/v1/webhooks/fake_jp", b""),
+        ]
+
+    async def answers(client: httpx.AsyncClient, side: str, sign: dict) -> list[tuple]:
+        seen = []
+        for method, path, body in requests(side):
+            r = await client.request(method, path, content=body, headers=sign)
+            headers = {k: v for k, v in r.headers.items() if k != "x-request-id"}
+            body = re.sub(rb'"request_id":"\w+"', b"", r.content.replace(b"evt_b", b"evt_a"))
+            seen.append((r.status_code, headers, body))
+        return seen
+
+    async with documented:
+        for sign in ({"x-fake-signature": "forged"}, SIGNED):
+            assert await answers(api.client, "a", sign) == await answers(documented, "b", sign)
+    by_side = {"a": [], "b": []}
+    for stored in await stored_events(api):
+        by_side[stored["event_id"][4]].append(stored["status"])
+    assert by_side["a"] == by_side["b"] == ["applied", "conflict", "unmatched"]
