@@ -183,11 +183,12 @@ class RefundRepository(Protocol):
         ...
 
     async def stale_unflagged(self, created_before: datetime, limit: int) -> list[str]: ...
-    async def matching_id(
+    async def lock_matching(
         self, pse_account: str, pse_refund_id: str | None, reference: str | None
-    ) -> str | None:
-        """The id of the account's refund with the PSE's refund id, else of the
-        one `reference` (our refund id) names; empty values name nothing."""
+    ) -> tuple[Payment, Refund] | None:
+        """The account's refund with the PSE's refund id, else the one
+        `reference` (our refund id) names, and its payment: both locked, the
+        payment first. Empty values name nothing."""
         ...
 
     async def claim_due(

@@ -18,7 +18,7 @@ import structlog
 from app.domain.disputes import DisputeReport, DisputeStatus
 from app.domain.errors import DomainError, InvalidSignature, InvalidWebhookBody, NotFound
 from app.domain.matching import reference_claim_problem
-from app.domain.models import Applied
+from app.domain.models import Applied, Payment, Refund
 from app.domain.money import Money
 from app.domain.ports import UnitOfWork
 from app.domain.pse import (
@@ -30,7 +30,7 @@ from app.domain.pse import (
 )
 from app.domain.records import StoredWebhook, WebhookOutcome, WebhookStatus
 from app.domain.text import first_text_problem
-from app.services.context import Deps, lock_refund, save
+from app.services.context import Deps, save
 from app.services.disputes import DisputeService
 
 log = structlog.get_logger("app.webhooks")
@@ -285,7 +285,7 @@ class WebhookService:
                 event_id=stored.event_id,
                 pse_refund_id=seen.pse_refund_id,
             )
-        payment, refund = await lock_refund(uow, match)
+        payment, refund = match
         by_pse_id = bool(seen.pse_refund_id) and refund.pse_refund_id == seen.pse_refund_id
         problem = None if by_pse_id else reference_claim_problem(refund, payment, seen)
         if problem is not None:
@@ -349,7 +349,10 @@ class WebhookService:
             status=dispute.status.value,
         )
 
-    async def _match(self, uow: UnitOfWork, pse_account: str, seen: PseRefund) -> str | None:
-        """The id of our refund with the PSE's refund id, else of the one its
-        reference names (which `reference_claim_problem` must still accept)."""
-        return await uow.refunds.matching_id(pse_account, seen.pse_refund_id, seen.reference)
+    async def _match(
+        self, uow: UnitOfWork, pse_account: str, seen: PseRefund
+    ) -> tuple[Payment, Refund] | None:
+        """Our refund with the PSE's refund id, else the one its reference names
+        (which `reference_claim_problem` must still accept), with its payment:
+        both locked, the payment first."""
+        return await uow.refunds.lock_matching(pse_account, seen.pse_refund_id, seen.reference)

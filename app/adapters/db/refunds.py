@@ -213,18 +213,22 @@ _SELECT = (
 )
 _BY_ID = _SELECT + " WHERE r.id = $1"
 _BY_ID_LOCKED = _BY_ID + " FOR UPDATE OF r"
-# The id of the account's refund with the PSE's refund id, else of the one our
-# reference names: the first found by either index.
-_MATCHING_ID = (
-    "SELECT id FROM refunds WHERE pse_account = $1 AND ("
+# The payment of the account's refund with the PSE's refund id, else of the
+# one our reference names (the first found by either index), locked, with that
+# refund's id. The refund is read by a second statement once this lock is
+# held: every writer of a refund holds its payment's lock, so that
+# statement's snapshot sees the refund, its history and approvals as the last
+# writer left them (one statement doing both would read the children with a
+# snapshot taken before waiting for the lock).
+_PAYMENT_OF_MATCH_LOCKED = (
+    PAYMENT_SELECT.replace("SELECT ", "SELECT m.matched_id, ", 1)  # noqa: S608
+    + " JOIN (SELECT id AS matched_id, payment_id AS matched_payment FROM refunds"
+    " WHERE pse_account = $1 AND ("
     "($2::text IS NOT NULL AND pse_refund_id = $2) OR ($3::text IS NOT NULL AND id = $3)) "
-    "ORDER BY pse_refund_id IS NOT DISTINCT FROM $2 DESC LIMIT 1"
+    "ORDER BY pse_refund_id IS NOT DISTINCT FROM $2 DESC LIMIT 1) m"
+    " ON m.matched_payment = payments.id FOR UPDATE OF payments"
 )
-# The payment of a refund, locked. The refund is read by a second statement
-# once this lock is held: every writer of a refund holds its payment's lock,
-# so that statement's snapshot sees the refund, its history and approvals as
-# the last writer left them (one statement doing both would read the
-# children with a snapshot taken before waiting for the lock).
+# The payment of a refund, locked; the refund read after, as above.
 _PAYMENT_OF_REFUND_LOCKED = (
     PAYMENT_SELECT  # noqa: S608
     + " WHERE id = (SELECT payment_id FROM refunds WHERE id = $1) FOR UPDATE"
@@ -406,13 +410,20 @@ class RefundRepository:
         found: str | None = await self.conn.fetchval(_PAYMENT_ID, refund_id)
         return found
 
-    async def matching_id(
+    async def lock_matching(
         self, pse_account: str, pse_refund_id: str | None, reference: str | None
-    ) -> str | None:
-        found: str | None = await self.conn.fetchval(
-            _MATCHING_ID, pse_account, pse_refund_id or None, reference or None
+    ) -> tuple[Payment, Refund] | None:
+        """The account's refund with the PSE's refund id, else the one
+        `reference` names, and its payment: both locked, the payment first."""
+        payment_record = await self.conn.fetchrow(
+            _PAYMENT_OF_MATCH_LOCKED, pse_account, pse_refund_id or None, reference or None
         )
-        return found
+        if payment_record is None:
+            return None
+        record = await self.conn.fetchrow(_BY_ID_LOCKED, payment_record["matched_id"])
+        if record is None:
+            return None
+        return payment_from_record(payment_record), refund_from_record(record)
 
     async def stale_unflagged(self, created_before: datetime, limit: int) -> list[str]:
         """Open refunds older than the SLA that have not yet raised `needs_attention`
