@@ -14,7 +14,7 @@ from app.console import wording
 from app.console.deps import ClockDep, ConsoleQueriesDep, OperationsDep, ViewerDep
 from app.console.rendering import render
 from app.domain.models import RefundStatus
-from app.services.console_queries import WINDOWS_DAYS
+from app.services.console_figures import WINDOWS_DAYS
 from app.services.console_results import (
     RefundRate,
     TimeToRefund,
