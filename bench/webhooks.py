@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -53,6 +53,7 @@ from bench.refunds import (  # noqa: E402
     DEFAULT_ADMIN_DSN,
     LOOPBACK,
     BenchError,
+    Child,
     Children,
     ScratchDb,
     WrkResult,
@@ -483,6 +484,30 @@ async def verify_yardstick(db: ScratchDb, kind: str, result: WrkResult) -> tuple
     return lines, int(stored["n"])
 
 
+async def measured(
+    loads: EventLoad,
+    children: Children,
+    child: Child,
+    *,
+    label: str,
+    url: str,
+    profile_out: Path | None,
+    verify_side: Callable[[ScratchDb, str, WrkResult], Awaitable[tuple[list[str], int]]],
+) -> tuple[WrkResult, list[str], tuple[asyncio.Task[None] | None, Path | None]]:
+    """One side's measured load, its checks (with the database work per event,
+    read once its process has stopped) and the profile being recorded."""
+    result, activity, profile = await load_events(
+        loads, label=label, url=url, profile_pid=child.pid, profile_out=profile_out
+    )
+    if child.proc.returncode is not None:
+        raise BenchError(f"{label}: the server died:\n{child.log_tail()}")
+    await asyncio.sleep(1)  # requests cut off by wrk's stop finish meanwhile
+    checks, stored = await verify_side(loads.db, "bm", result)
+    await children.stop(child)  # its backends exit: their counters are complete
+    checks.append(per_unit(activity, await loads.db.activity(), stored, "event"))
+    return result, checks, (profile, profile_out)
+
+
 async def run(args: argparse.Namespace) -> None:
     db = ScratchDb(args.dsn)
     workdir = Path(tempfile.mkdtemp(prefix="webhooks-bench-"))
@@ -520,20 +545,15 @@ async def run(args: argparse.Namespace) -> None:
         service = await children.start("service", argv, child_env(config))
         base = f"http://{LOOPBACK}:{port}"
         await wait_http(f"{base}/readyz", service)
-        profile_out = args.profile / "service-webhooks.txt" if args.profile else None
-        result, activity, profile = await load_events(
+        result, checks, profile = await measured(
             loads,
+            children,
+            service,
             label="webhooks",
             url=f"{base}/v1/webhooks/{ACCOUNT}",
-            profile_pid=service.pid,
-            profile_out=profile_out,
+            profile_out=args.profile / "service-webhooks.txt" if args.profile else None,
+            verify_side=verify,
         )
-        if service.proc.returncode is not None:
-            raise BenchError(f"the service died:\n{service.log_tail()}")
-        await asyncio.sleep(1)  # requests cut off by wrk's stop finish meanwhile
-        checks, stored = await verify(db, "bm", result)
-        await children.stop(service)  # its backends exit: their counters are complete
-        checks.append(per_unit(activity, await db.activity(), stored, "event"))
 
         print("running the webhook yardstick ...", flush=True)
         yard, yard_base = await start_uvicorn(
@@ -542,20 +562,15 @@ async def run(args: argparse.Namespace) -> None:
             "bench.webhook_yardstick:app",
             child_env(WEBHOOK_YARDSTICK_DSN=db.dsn, WEBHOOK_YARDSTICK_SECRET=secret),
         )
-        yard_profile_out = args.profile / "yardstick-webhooks.txt" if args.profile else None
-        yard_result, yard_activity, yard_profile = await load_events(
+        yard_result, yard_checks, yard_profile = await measured(
             loads,
+            children,
+            yard,
             label="webhook yardstick",
             url=f"{yard_base}/webhooks/{ACCOUNT}",
-            profile_pid=yard.pid,
-            profile_out=yard_profile_out,
+            profile_out=args.profile / "yardstick-webhooks.txt" if args.profile else None,
+            verify_side=verify_yardstick,
         )
-        if yard.proc.returncode is not None:
-            raise BenchError(f"the webhook yardstick died:\n{yard.log_tail()}")
-        await asyncio.sleep(1)
-        yard_checks, yard_stored = await verify_yardstick(db, "bm", yard_result)
-        await children.stop(yard)
-        yard_checks.append(per_unit(yard_activity, await db.activity(), yard_stored, "event"))
 
         ok = result.rps >= TARGET_EVENTS_PER_SECOND
         ratio = result.rps / yard_result.rps
@@ -587,7 +602,7 @@ async def run(args: argparse.Namespace) -> None:
             print(f"  yardstick: {line}")
         if yard_result.machine is not None:
             print(f"  yardstick: {yard_result.machine.describe()}")
-        for recording, out in ((profile, profile_out), (yard_profile, yard_profile_out)):
+        for recording, out in (profile, yard_profile):
             if recording is not None and out is not None:
                 await recording
                 print("  " + summarize_profile(out))
