@@ -393,6 +393,12 @@ class RefundRepository:
     async def lock_with_payment(self, refund_id: str) -> tuple[Payment, Refund] | None:
         """The refund and its payment, both locked: the payment first."""
         payment_record = await self.conn.fetchrow(_PAYMENT_OF_REFUND_LOCKED, refund_id)
+        return await self._with_refund(payment_record, refund_id)
+
+    async def _with_refund(
+        self, payment_record: asyncpg.Record | None, refund_id: str
+    ) -> tuple[Payment, Refund] | None:
+        """The payment just locked, and its refund read and locked after it."""
         if payment_record is None:
             return None
         record = await self.conn.fetchrow(_BY_ID_LOCKED, refund_id)
@@ -420,10 +426,7 @@ class RefundRepository:
         )
         if payment_record is None:
             return None
-        record = await self.conn.fetchrow(_BY_ID_LOCKED, payment_record["matched_id"])
-        if record is None:
-            return None
-        return payment_from_record(payment_record), refund_from_record(record)
+        return await self._with_refund(payment_record, payment_record["matched_id"])
 
     async def stale_unflagged(self, created_before: datetime, limit: int) -> list[str]:
         """Open refunds older than the SLA that have not yet raised `needs_attention`
