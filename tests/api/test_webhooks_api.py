@@ -3,9 +3,13 @@ from __future__ import annotations
 import json
 import re
 
+import httpx
 import pytest
+from starlette.routing import Route
 
 from app.adapters.db.uow import PgUnitOfWork
+from app.api.app import create_app
+from app.api.routes.webhooks import WebhookLane
 from app.domain.pse import Unanswered
 from tests.api.helpers import assert_problem, get_payment, get_refund, refund, register
 
@@ -324,12 +328,6 @@ async def test_the_webhook_lane_answers_exactly_as_the_documented_route(make_api
     the framework's: the same requests to an app without it (the documented
     route alone) get the same status, headers and body, and store the same.
     Each side has a refund and event ids of its own (`a`, `b`)."""
-    import httpx
-    from starlette.routing import Route
-
-    from app.api.app import create_app
-    from app.api.routes.webhooks import WebhookLane
-
     api = await make_api()
     routes = api.client._transport.app.router.routes  # type: ignore[attr-defined]
     assert isinstance(routes[0], Route) and isinstance(routes[0].app, WebhookLane)
