@@ -302,9 +302,7 @@ async def eventually(condition, seconds: float = 5.0) -> bool:
 
 
 @pytest.mark.parametrize("by", ["id", "reference", "pse_id"])
-async def test_locking_a_refund_takes_the_payment_first_and_reads_what_the_last_writer_left(
-    db, by
-):
+async def test_locking_a_refund_takes_the_payment_first_and_reads_what_the_last_writer_left(db, by):
     """`lock_with_payment` (by our id) and `lock_matching` (by our reference or
     the PSE's id, as webhooks find refunds) alike."""
     pay = new_payment()
