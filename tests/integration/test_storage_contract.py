@@ -1135,6 +1135,74 @@ async def test_reconciliation_lines_are_copied_paged_matched_against_refunds_and
     assert await scalar(db, "SELECT count(*) FROM reconciliation_rows") == 0
 
 
+async def test_a_runs_lines_are_its_own_range_among_interleaved_runs_closed_when_it_ends(db):
+    """Runs storing lines side by side interleave their ids: a run's listing,
+    of all its lines or of one outcome, has its own lines only, and once it
+    ends its range closes below the lines written after it."""
+
+    def lines_of(run_id: str, first: int, count: int, outcome: str) -> list[ReconciliationLine]:
+        return [
+            ReconciliationLine(run_id, n, outcome, f"re_{run_id}_{n}")
+            for n in range(first, first + count)
+        ]
+
+    async def listed(uow, run_id: str, outcome: str | None = None) -> list[int]:
+        found = await uow.reconciliations.lines(run_id, outcome=outcome, limit=100, after_id=None)
+        assert all(line.reconciliation_id == run_id for line in found)
+        return [line.line for line in found]
+
+    async with PgUnitOfWork(db) as uow:
+        await uow.reconciliations.add(run("rec_a"))
+        await uow.reconciliations.add(run("rec_b"))
+        await uow.reconciliations.add_lines(lines_of("rec_a", 2, 3, "matched"))
+        await uow.reconciliations.add_lines(lines_of("rec_b", 2, 2, "matched"))
+        await uow.reconciliations.add_lines(lines_of("rec_a", 5, 2, "amount_mismatch"))
+        await uow.reconciliations.add_lines(lines_of("rec_b", 4, 1, "status_mismatch"))
+        await uow.commit()
+    async with PgUnitOfWork(db) as uow:
+        assert await listed(uow, "rec_a") == [2, 3, 4, 5, 6]
+        assert await listed(uow, "rec_a", "matched") == [2, 3, 4]
+        assert await listed(uow, "rec_a", "amount_mismatch") == [5, 6]
+        assert await listed(uow, "rec_b") == [2, 3, 4]
+        assert await listed(uow, "rec_b", "status_mismatch") == [4]
+        assert await listed(uow, "rec_b", "amount_mismatch") == []
+        assert await listed(uow, "rec_nope") == []
+        with pytest.raises(ValueError, match="no outcome"):
+            await uow.reconciliations.lines("rec_a", outcome="nope", limit=1, after_id=None)
+        await uow.reconciliations.update(run("rec_a", status="completed"))
+        await uow.commit()
+    last_a = await scalar(db, "SELECT max(id) FROM reconciliation_rows WHERE line = 6")
+    assert await scalar(db, "SELECT last_line_id FROM reconciliations WHERE id = 'rec_a'") == last_a
+    async with PgUnitOfWork(db) as uow:
+        # A line of rec_a written after it ended is outside its range.
+        await uow.reconciliations.add_lines(lines_of("rec_a", 7, 1, "matched"))
+        await uow.reconciliations.add_lines(lines_of("rec_b", 5, 1, "amount_mismatch"))
+        await uow.commit()
+    async with PgUnitOfWork(db) as uow:
+        assert await listed(uow, "rec_a") == [2, 3, 4, 5, 6]
+        assert await listed(uow, "rec_b") == [2, 3, 4, 5]
+        await uow.reconciliations.delete_lines("rec_b")
+        await uow.reconciliations.update(run("rec_b", status="failed", error="line 3: bad"))
+        await uow.commit()
+    async with PgUnitOfWork(db) as uow:
+        assert await listed(uow, "rec_b") == []
+        assert await listed(uow, "rec_a") == [2, 3, 4, 5, 6]
+        await uow.reconciliations.add(run("rec_c"))
+        await uow.commit()
+    async with PgUnitOfWork(db) as uow:
+        # A run that ends without lines has an empty range; so does one that stalled.
+        await uow.reconciliations.update(run("rec_c", status="completed"))
+        await uow.reconciliations.add(run("rec_d", created_at=AT - timedelta(days=1)))
+        assert await uow.reconciliations.fail_stalled(AT, AT) == 1
+        await uow.commit()
+    ranges = await scalar(
+        db,
+        "SELECT array_agg(last_line_id - first_line_id ORDER BY id) FROM reconciliations "
+        "WHERE id IN ('rec_c', 'rec_d')",
+    )
+    assert ranges == [0, 0]
+
+
 # -- API keys and the daily auto-approval totals --------------------------------
 
 

@@ -49,15 +49,29 @@ _INSERT = (
     f"INSERT INTO reconciliations ({', '.join(_COLUMNS)}) "  # noqa: S608
     f"VALUES ({', '.join(f'${i}' for i in range(1, len(_COLUMNS) + 1))})"
 )
+# A run's lines have ids above its `first_line_id` (the sequence's next value
+# when the run was created; the column's default) and up to `last_line_id`,
+# which closes the range once the run ends (null while it runs): a run's
+# lines are read as a range of the primary key, with no index of their own.
+_MAX_LINE_ID = 2**63 - 1
+# The last line of a run that ends: its range's end (an empty range without lines).
+_LAST_LINE_ID = (
+    "(SELECT coalesce(max(rr.id), reconciliations.first_line_id) FROM reconciliation_rows rr "
+    "WHERE rr.reconciliation_id = reconciliations.id "
+    "AND rr.id >= reconciliations.first_line_id)"
+)
+_ENDED = tuple(s.value for s in (ReconciliationStatus.COMPLETED, ReconciliationStatus.FAILED))
+_STATUS_AT = _COLUMNS.index("status") + 1
 _UPDATE = (
     "UPDATE reconciliations SET "  # noqa: S608
     + ", ".join(f"{name} = ${i}" for i, name in enumerate(_COLUMNS[1:], start=2))
+    + f", last_line_id = CASE WHEN ${_STATUS_AT}::varchar IN {_ENDED} THEN {_LAST_LINE_ID} END"
     + " WHERE id = $1"
 )
 _GET = _SELECT + " WHERE id = $1"
 _FAIL_STALLED = (
-    "UPDATE reconciliations SET status = $3, error = $4, completed_at = $5 "
-    "WHERE status = $1 AND created_at < $2"
+    "UPDATE reconciliations SET status = $3, error = $4, completed_at = $5, "  # noqa: S608
+    f"last_line_id = {_LAST_LINE_ID} WHERE status = $1 AND created_at < $2"
 )
 _STALLED_ERROR = "interrupted (the process running it stopped); upload the file again"
 
@@ -85,28 +99,46 @@ assert (*_LINE_COLUMNS, "id") == ReconciliationLine._fields
 TABLE_COLUMNS = ("id", *_LINE_COLUMNS)
 _LINE_WIDTH = len(_LINE_COLUMNS)
 _LINES = f"SELECT {', '.join(_LINE_COLUMNS)}, id FROM reconciliation_rows"  # noqa: S608
-_DELETE_LINES = "DELETE FROM reconciliation_rows WHERE reconciliation_id = $1"
+
+
+def _of_run(run: str, alias: str = "") -> str:
+    """The lines of the run whose id is the parameter `run`: its range of ids."""
+    column = f"{alias}." if alias else ""
+    return (
+        f"{column}reconciliation_id = {run} "  # noqa: S608 - our own columns and parameters
+        f"AND {column}id >= (SELECT first_line_id FROM reconciliations WHERE id = {run}) "
+        f"AND {column}id <= coalesce((SELECT last_line_id FROM reconciliations "
+        f"WHERE id = {run}), {_MAX_LINE_ID})"
+    )
+
+
+_DELETE_LINES = f"DELETE FROM reconciliation_rows WHERE {_of_run('$1')}"  # noqa: S608
+# A page of a run's lines, of one outcome or all, in id order.
+_LINES_OF_RUN = f"{_LINES} WHERE {_of_run('$1')} AND id > $2 {{outcome}}ORDER BY id LIMIT $3"
+# The outcomes, as literals a listing of one is written with: the index of the
+# lines that are not `matched` is used only when the query shows it applies.
+_OUTCOME_LITERALS = {outcome.value: f"'{outcome.value}'" for outcome in Outcome}
 # NOT EXISTS plans as an anti-join; NOT IN over a million lines would not.
 _ADD_MISSING_IN_FILE = (
-    "INSERT INTO reconciliation_rows (reconciliation_id, outcome, pse_refund_id, reference, "
+    "INSERT INTO reconciliation_rows (reconciliation_id, outcome, pse_refund_id, reference, "  # noqa: S608
     "refund_id, our_amount, our_status, currency, detail) "
     "SELECT $1::text, $5::text, r.pse_refund_id, r.id, r.id, r.amount, r.status, r.currency, "
     "$6::text "
     "FROM refunds r WHERE r.pse_account = $2 AND r.status = $7 "
     "AND r.updated_at >= $3 AND r.updated_at <= $4 "
     "AND NOT EXISTS (SELECT 1 FROM reconciliation_rows rr "
-    " WHERE rr.reconciliation_id = $1::text AND rr.refund_id = r.id)"
+    f" WHERE {_of_run('$1::text', 'rr')} AND rr.refund_id = r.id)"
 )
 _MISSING_IN_FILE_DETAIL = "we hold it as succeeded; the file does not have it"
 # Each matched refund's fee and actual settled amount from the file, hence its
 # FX difference against the amount at the payment's rate.
 _APPLY_SETTLED_FIGURES = (
-    "UPDATE refunds r SET fee_amount = coalesce(rr.fee, r.fee_amount), "
+    "UPDATE refunds r SET fee_amount = coalesce(rr.fee, r.fee_amount), "  # noqa: S608
     "fx_difference = CASE WHEN rr.settlement_amount IS NOT NULL "
     " AND rr.settlement_currency = r.settlement_currency AND r.settlement_amount IS NOT NULL "
     " THEN rr.settlement_amount - r.settlement_amount ELSE r.fx_difference END "
     "FROM reconciliation_rows rr "
-    "WHERE rr.reconciliation_id = $1 AND rr.refund_id = r.id AND rr.outcome = $2 "
+    f"WHERE {_of_run('$1', 'rr')} AND rr.refund_id = r.id AND rr.outcome = $2 "
     "AND (rr.fee IS NOT NULL OR rr.settlement_amount IS NOT NULL)"
 )
 # One batch of a file's refund lines matched, judged and stored in one
@@ -343,15 +375,17 @@ class ReconciliationRepository:
     async def lines(
         self, reconciliation_id: str, *, outcome: str | None, limit: int, after_id: int | None
     ) -> list[ReconciliationLine]:
-        where = Conditions()
-        where.add("reconciliation_id = {}", reconciliation_id)
+        """A page of the run's lines in id order, after `after_id`, of one outcome or all."""
+        literal = ""
         if outcome is not None:
-            where.add("outcome = {}", outcome)
-        if after_id is not None:
-            where.add("id > {}", after_id)
-        limit_at = where.next_parameter()
+            if outcome not in _OUTCOME_LITERALS:
+                raise ValueError(f"no outcome {outcome!r}")
+            literal = f"AND outcome = {_OUTCOME_LITERALS[outcome]} "
         records = await self.conn.fetch(
-            f"{_LINES}{where.where()} ORDER BY id LIMIT {limit_at}", *where.args, limit
+            _LINES_OF_RUN.format(outcome=literal),
+            reconciliation_id,
+            after_id if after_id is not None else 0,
+            limit,
         )
         return [ReconciliationLine(*record) for record in records]
 

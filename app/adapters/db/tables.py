@@ -288,6 +288,16 @@ reconciliations = Table(
     Column("created_by", String(40), nullable=True),
     Column("created_at", UtcDateTime, nullable=False),
     Column("completed_at", UtcDateTime, nullable=True),
+    # The run's lines have ids above `first_line_id` (the sequence's next
+    # value when the run is created) and up to `last_line_id`, set when it
+    # ends (null while it runs): its lines are a range of the primary key.
+    Column(
+        "first_line_id",
+        BigInteger,
+        nullable=False,
+        server_default=text("nextval('reconciliation_rows_id_seq')"),
+    ),
+    Column("last_line_id", BigInteger, nullable=True),
 )
 
 reconciliation_rows = Table(
@@ -310,8 +320,15 @@ reconciliation_rows = Table(
     Column("settlement_amount", BigInteger, nullable=True),
     Column("settlement_currency", String(3), nullable=True),
     Column("detail", Text, nullable=True),
-    Index("ix_reconciliation_rows_outcome", "reconciliation_id", "outcome", "id"),
-    Index("ix_reconciliation_rows_refund", "reconciliation_id", "refund_id"),
+    # A run's lines are read by their id range (`reconciliations.first_line_id`);
+    # the listings of one outcome other than `matched` use this index.
+    Index(
+        "ix_reconciliation_rows_mismatch",
+        "reconciliation_id",
+        "outcome",
+        "id",
+        postgresql_where=text("outcome <> 'matched'"),
+    ),
 )
 
 # The audit trail: append-only (triggers refuse UPDATE, DELETE and TRUNCATE,
