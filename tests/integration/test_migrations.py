@@ -47,6 +47,9 @@ async def test_reconciliation_runs_of_before_get_the_range_of_their_lines(pg_adm
                     "SELECT indexname FROM pg_indexes WHERE tablename = 'reconciliation_rows'"
                 )
             }
+            options = await conn.fetchval(
+                "SELECT reloptions FROM pg_class WHERE relname = 'refunds'"
+            )
             await conn.execute(_RUN, "rec_5", "processing")
             after = await conn.fetchval(
                 "SELECT first_line_id FROM reconciliations WHERE id = 'rec_5'"
@@ -56,5 +59,7 @@ async def test_reconciliation_runs_of_before_get_the_range_of_their_lines(pg_adm
     # Ids 1-4 went to rec_1, rec_3, rec_1, rec_3; a run without lines has an empty range.
     assert ranges == {"rec_1": (1, 3), "rec_2": (0, 0), "rec_3": (2, 4), "rec_4": (0, None)}
     assert indexes == {"pk_reconciliation_rows", "ix_reconciliation_rows_mismatch"}
+    # Refunds' pages keep room for updates that touch no index.
+    assert options == ["fillfactor=90"]
     # A new run's lines come after the sequence's next value.
     assert after == 5

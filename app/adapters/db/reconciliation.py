@@ -129,6 +129,7 @@ _ADD_MISSING_IN_FILE = (
     "AND NOT EXISTS (SELECT 1 FROM reconciliation_rows rr "
     f" WHERE {_of_run('$1::text', 'rr')} AND rr.refund_id = r.id)"
 )
+_ANTI_JOIN_MEMORY = "SET LOCAL work_mem = '64MB'"
 _MISSING_IN_FILE_DETAIL = "we hold it as succeeded; the file does not have it"
 # Each matched refund's fee and actual settled amount from the file, hence its
 # FX difference against the amount at the payment's rate.
@@ -401,6 +402,9 @@ class ReconciliationRepository:
     ) -> int:
         """Refunds of the account we hold as succeeded within the file's period
         that no line of the file matched."""
+        # An anti-join of a million lines against a million refunds: its hash
+        # table fits in this much, where the default spills it to disk in batches.
+        await self.conn.execute(_ANTI_JOIN_MEMORY)
         status = await self.conn.execute(
             _ADD_MISSING_IN_FILE,
             reconciliation_id,
