@@ -65,30 +65,84 @@ class ReconciliationStatus(StrEnum):
 
 
 class SettlementRow(NamedTuple):
-    """One refund line of a settlement file, in our units.
+    """One refund line of a settlement file, in our units: integers of minor
+    units, each with its currency. The fee is in the settlement currency when
+    the file gives one, else in the line's currency.
 
     Named tuples, like the other per-line values here: a large file makes a
     million of each, and a tuple is built several times faster than a frozen
-    dataclass."""
+    dataclass. Its fields are in the order the database takes a batch of
+    lines in (`app.adapters.db.reconciliation`), so a batch is sent as it is."""
 
     line: int
     pse_refund_id: str | None
     reference: str | None
-    amount: Money
+    amount: int
+    currency: str
     status: SettledStatus
     settled_at: datetime | None
-    fee: Money | None = None
-    settlement_amount: Money | None = None
+    fee: int | None = None
+    settlement_amount: int | None = None
+    settlement_currency: str | None = None
+
+    @classmethod
+    def of(
+        cls,
+        line: int,
+        pse_refund_id: str | None,
+        reference: str | None,
+        amount: Money,
+        status: SettledStatus,
+        settled_at: datetime | None,
+        fee: Money | None = None,
+        settlement_amount: Money | None = None,
+    ) -> SettlementRow:
+        """A line from amounts as Money: the fee must be in the settlement
+        amount's currency, else the line's, else in a settlement currency of
+        its own (a file that names one and no settled amount)."""
+        settlement_currency = settlement_amount.currency if settlement_amount else None
+        if fee is not None and fee.currency != (settlement_currency or amount.currency):
+            if settlement_currency is not None:
+                raise ValueError("the fee is in another currency than the settled amount")
+            settlement_currency = fee.currency
+        return cls(
+            line,
+            pse_refund_id,
+            reference,
+            amount.amount,
+            amount.currency,
+            status,
+            settled_at,
+            None if fee is None else fee.amount,
+            None if settlement_amount is None else settlement_amount.amount,
+            settlement_currency,
+        )
+
+    @property
+    def money(self) -> Money:
+        return Money(self.amount, self.currency)
+
+    @property
+    def fee_money(self) -> Money | None:
+        if self.fee is None:
+            return None
+        return Money(self.fee, self.settlement_currency or self.currency)
+
+    @property
+    def settlement_money(self) -> Money | None:
+        if self.settlement_amount is None or self.settlement_currency is None:
+            return None
+        return Money(self.settlement_amount, self.settlement_currency)
 
     def as_pse_view(self) -> PseRefund:
         """The line as a PSE report, to record fee and settled amount from it."""
         return PseRefund(
             pse_refund_id=self.pse_refund_id or "",
             state=PseRefundState(self.status.value),
-            amount=self.amount,
+            amount=self.money,
             reference=self.reference,
-            fee=self.fee,
-            settlement_amount=self.settlement_amount,
+            fee=self.fee_money,
+            settlement_amount=self.settlement_money,
         )
 
 
@@ -121,10 +175,10 @@ class Verdict(NamedTuple):
 def judge(row: SettlementRow, refund: RefundSnapshot | None) -> Verdict:
     if refund is None:
         return Verdict(Outcome.MISSING_IN_SERVICE, detail="no refund of ours has this id")
-    if row.amount != refund.amount:
+    if row.amount != refund.amount.amount or row.currency != refund.amount.currency:
         return Verdict(
             Outcome.AMOUNT_MISMATCH,
-            detail=f"file {row.amount.amount} {row.amount.currency}, ours "
+            detail=f"file {row.amount} {row.currency}, ours "
             f"{refund.amount.amount} {refund.amount.currency}",
         )
     if refund.status in _AGREES[row.status]:
@@ -149,22 +203,21 @@ class JudgedBatch(NamedTuple):
 
 
 def settled_row(line: ReconciliationLine) -> SettlementRow:
-    """A refund line back from its stored outcome line: the fee is in the
-    settlement currency, else the line's, as the parsers read it."""
+    """A refund line back from its stored outcome line (the fee in the
+    settlement currency, else the line's, as the parsers read it)."""
     if line.file_amount is None or line.currency is None or line.file_status is None:
         raise ValueError(f"outcome line {line.id} holds no file refund line")
-    amount = Money(line.file_amount, line.currency)
     return SettlementRow(
         line.line or 0,
         line.pse_refund_id,
         line.reference,
-        amount,
+        line.file_amount,
+        line.currency,
         SettledStatus(line.file_status),
         line.settled_at,
-        None if line.fee is None else Money(line.fee, line.settlement_currency or amount.currency),
-        None
-        if line.settlement_amount is None or line.settlement_currency is None
-        else Money(line.settlement_amount, line.settlement_currency),
+        line.fee,
+        line.settlement_amount,
+        line.settlement_currency,
     )
 
 

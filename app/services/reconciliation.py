@@ -53,7 +53,7 @@ from app.services.views import RECONCILIATION_LINE_FIELDS, reconciliation_line_v
 
 log = structlog.get_logger("app.reconciliation")
 
-BATCH = 2000
+BATCH = 10000
 # Connections storing batches side by side (each in a transaction of its own).
 WRITERS = 2
 

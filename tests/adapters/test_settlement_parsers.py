@@ -32,19 +32,20 @@ def test_the_generic_format_reads_minor_units_fees_and_settled_amounts():
     assert fmt == "generic"
     assert [r.line for r in rows] == [2, 4]
     first = rows[0]
-    assert first.amount == Money(12000, "JPY")
-    assert first.fee == Money(45, "USD") and first.settlement_amount == Money(8040, "USD")
+    assert first.money == Money(12000, "JPY")
+    assert first.fee_money == Money(45, "USD")
+    assert first.settlement_money == Money(8040, "USD")
     assert first.status is SettledStatus.SUCCEEDED
     assert first.settled_at.isoformat() == "2026-11-27T08:00:00+00:00"
     assert rows[1].pse_refund_id is None and rows[1].reference == "rf_2"
-    assert rows[1].amount == Money(1500, "KWD")
+    assert rows[1].money == Money(1500, "KWD") and rows[1].fee_money is None
 
 
 def test_columns_may_come_in_any_order_and_a_bom_is_ignored():
     header = "\ufeffstatus,type,amount,currency,pse_refund_id,reference,settled_at,fee,"
     header += "settlement_amount,settlement_currency\n"
     _, rows = parse(header + "failed,refund,100,USD,re_9,,,,,\n")
-    assert rows[0].status is SettledStatus.FAILED and rows[0].amount == Money(100, "USD")
+    assert rows[0].status is SettledStatus.FAILED and rows[0].money == Money(100, "USD")
 
 
 @pytest.mark.parametrize(
@@ -92,11 +93,11 @@ def test_a_stripe_itemized_export_reads_refunds_and_failures_in_major_units():
     )
     assert fmt == "stripe_itemized"
     refund, failure = rows
-    assert refund.amount == Money(3750, "JPY")
-    assert refund.settlement_amount == Money(2500, "USD") and refund.fee == Money(0, "USD")
+    assert refund.money == Money(3750, "JPY")
+    assert refund.settlement_money == Money(2500, "USD") and refund.fee_money == Money(0, "USD")
     assert refund.reference == "rf_1" and refund.pse_refund_id == "re_1"
     assert refund.settled_at.isoformat() == "2026-11-27T08:00:00+00:00"
-    assert failure.status is SettledStatus.FAILED and failure.amount == Money(2500, "USD")
+    assert failure.status is SettledStatus.FAILED and failure.money == Money(2500, "USD")
 
 
 # -- dispute rows ----------------------------------------------------------------------

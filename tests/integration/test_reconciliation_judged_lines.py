@@ -9,7 +9,7 @@ import itertools
 
 import pytest
 
-from app.adapters.db.reconciliation import TABLE_COLUMNS
+from app.adapters.db.reconciliation import TABLE_COLUMNS, ReconciliationRepository
 from app.adapters.db.uow import PgUnitOfWork
 from app.domain.models import RefundStatus
 from app.domain.money import Money
@@ -60,15 +60,18 @@ def _file_rows(snapshots: dict[RefundStatus, RefundSnapshot]) -> list[tuple]:
         line += 1
         pse_id = {"pse_id": ours.pse_refund_id, "reference": None, "fallback": "re_nobody"}[by]
         reference = None if by == "pse_id" else ours.id
-        fee = Money(7, currency) if line % 3 == 0 else None
         settled = Money(20, "USD") if line % 4 == 0 else None
-        row = SettlementRow(
+        # A fee is in the settlement currency, else the line's.
+        fee = Money(7, "USD" if settled else currency) if line % 3 == 0 else None
+        row = SettlementRow.of(
             line, pse_id, reference, Money(amount, currency), file_status, AT, fee, settled
         )
         cases.append((row, ours))
     for pse_id, reference in (("re_ghost", None), (None, "rf_other"), ("re_none", "rf_none")):
         line += 1
-        row = SettlementRow(line, pse_id, reference, Money(100, "JPY"), SettledStatus.FAILED, None)
+        row = SettlementRow.of(
+            line, pse_id, reference, Money(100, "JPY"), SettledStatus.FAILED, None
+        )
         cases.append((row, None))
     return cases
 
@@ -99,15 +102,15 @@ async def test_the_database_judges_every_line_as_the_domain_does(db):
             row.pse_refund_id,
             row.reference,
             found.id if found else None,
-            row.amount.amount,
+            row.amount,
             row.status,
             found.amount.amount if found else None,
             found.status if found else None,
-            row.amount.currency,
+            row.currency,
             row.settled_at,
-            row.fee.amount if row.fee else None,
-            row.settlement_amount.amount if row.settlement_amount else None,
-            row.settlement_amount.currency if row.settlement_amount else None,
+            row.fee,
+            row.settlement_amount,
+            row.settlement_currency,
             verdict.detail,
             line.id,
         ), row
@@ -118,7 +121,7 @@ async def test_the_database_judges_every_line_as_the_domain_does(db):
 
 async def test_an_adopted_line_reads_back_as_the_row_it_was(db):
     snapshots = await _refunds(db)
-    row = SettlementRow(
+    row = SettlementRow.of(
         9,
         None,
         snapshots[RefundStatus.UNKNOWN].id,
@@ -150,3 +153,29 @@ async def test_an_empty_batch_stores_nothing(db):
     async with PgUnitOfWork(db) as uow:
         batch = await uow.reconciliations.add_judged_lines("rec_e", "komoju_jp", [])
     assert batch.counts == {} and batch.adopt_line_ids == [] and batch.first is None
+
+
+async def test_each_batch_is_judged_alone_in_a_transaction_and_after_it(db):
+    """A connection's batches share one temporary table: a batch judges its
+    own lines only, in the same transaction as the batch before it and in
+    the connection's next transaction, committed or rolled back."""
+    snapshots = await _refunds(db)
+    ours = snapshots[RefundStatus.SUCCEEDED]
+
+    def rows(first: int, count: int) -> list[SettlementRow]:
+        return [
+            SettlementRow.of(n, ours.pse_refund_id, None, ours.amount, SettledStatus.SUCCEEDED, AT)
+            for n in range(first, first + count)
+        ]
+
+    async with db.acquire() as conn:
+        for ending in ("rollback", "commit", "commit"):
+            transaction = conn.transaction()
+            await transaction.start()
+            repository = ReconciliationRepository(conn)
+            first = await repository.add_judged_lines("rec_t", "komoju_jp", rows(2, 3))
+            second = await repository.add_judged_lines("rec_t", "komoju_jp", rows(5, 2))
+            assert (first.counts, second.counts) == ({"matched": 3}, {"matched": 2}), ending
+            await (transaction.rollback() if ending == "rollback" else transaction.commit())
+        stored = await conn.fetchval("SELECT count(*) FROM reconciliation_rows")
+    assert stored == 10  # two committed transactions of 5 lines

@@ -16,7 +16,7 @@ from app.domain.reconciliation import (
 
 
 def row(status=SettledStatus.SUCCEEDED, amount=3000, currency="JPY") -> SettlementRow:
-    return SettlementRow(2, "re_1", None, Money(amount, currency), status, None)
+    return SettlementRow.of(2, "re_1", None, Money(amount, currency), status, None)
 
 
 def ours(status=RefundStatus.SUCCEEDED, amount=3000, currency="JPY") -> RefundSnapshot:

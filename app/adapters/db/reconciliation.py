@@ -7,7 +7,6 @@ repository's."""
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -150,8 +149,32 @@ _APPLY_SETTLED_FIGURES = (
 # What comes back: the lines per outcome, the batch's settlement times, and
 # the lines whose uncertain refund the file proves settled.
 _O = {outcome.name: f"'{outcome.value}'" for outcome in Outcome}
-# The lines travel as one array of `reconciliation_rows` records (the file's
-# fields filled in): far cheaper to send than an array per column.
+# A batch's refund lines are copied (COPY, binary) into a temporary table of
+# the connection's own, in `SettlementRow`'s field order, then judged from it.
+_BATCH = "reconciliation_batch"
+_BATCH_COLUMNS = (
+    "line",
+    "pse_refund_id",
+    "reference",
+    "file_amount",
+    "currency",
+    "file_status",
+    "settled_at",
+    "fee",
+    "settlement_amount",
+    "settlement_currency",
+)
+assert len(_BATCH_COLUMNS) == len(SettlementRow._fields)
+_CREATE_BATCH = (
+    f"CREATE TEMPORARY TABLE IF NOT EXISTS {_BATCH} (line integer, pse_refund_id text, "
+    "reference text, file_amount bigint, currency text, file_status text, "
+    "settled_at timestamptz, fee bigint, settlement_amount bigint, settlement_currency text) "
+    "ON COMMIT DELETE ROWS"
+)
+# The judging statement's cost estimate for a batch would start a JIT
+# compilation for each batch, which costs more than running it.
+_NO_JIT = "SET LOCAL jit = off"
+_EMPTY_BATCH = f"TRUNCATE {_BATCH}"
 _JUDGED_REFUND_LINES = (
     "SELECT $1::text AS reconciliation_id, s.line, o.outcome, s.pse_refund_id, s.reference, "  # noqa: S608
     "f.id AS refund_id, s.file_amount, s.file_status, "
@@ -164,7 +187,7 @@ _JUDGED_REFUND_LINES = (
     " || f.status "
     "WHEN s.file_status <> f.status THEN 'was ' || f.status || '; settled by the file' "
     "END AS detail "
-    "FROM unnest($3::reconciliation_rows[]) AS s "
+    f"FROM {_BATCH} AS s "
     "LEFT JOIN LATERAL (SELECT id, amount, currency, status FROM refunds "
     " WHERE pse_account = $2 AND pse_refund_id = s.pse_refund_id LIMIT 1) p ON true "
     "LEFT JOIN LATERAL (SELECT id, amount, currency, status FROM refunds "
@@ -175,24 +198,24 @@ _JUDGED_REFUND_LINES = (
     f" WHEN f.id IS NULL THEN {_O['MISSING_IN_SERVICE']} "
     f" WHEN s.file_amount <> f.amount OR s.currency <> f.currency THEN {_O['AMOUNT_MISMATCH']} "
     f" WHEN s.file_status = f.status THEN {_O['MATCHED']} "
-    f" WHEN s.file_status = '{SettledStatus.SUCCEEDED.value}' AND f.status = ANY($4::text[]) "
+    f" WHEN s.file_status = '{SettledStatus.SUCCEEDED.value}' AND f.status = ANY($3::text[]) "
     f" THEN {_O['MATCHED']} ELSE {_O['STATUS_MISMATCH']} END AS outcome) o"
 )
 _JUDGED_DISPUTE_LINES = (
     f"SELECT $1::text, {', '.join('d.' + c for c in _LINE_COLUMNS[1:])} "  # noqa: S608
-    "FROM unnest($6::reconciliation_rows[]) AS d"
+    "FROM unnest($5::reconciliation_rows[]) AS d"
 )
 
 
 def _store_judged(lines: str) -> str:
     return (
         f"WITH stored AS (INSERT INTO reconciliation_rows (id, {', '.join(_LINE_COLUMNS)}) "  # noqa: S608
-        f"SELECT ($5::bigint[])[row_number() OVER (ORDER BY line)], * FROM ({lines}) l "
+        f"SELECT ($4::bigint[])[row_number() OVER (ORDER BY line)], * FROM ({lines}) l "
         "ORDER BY line "
         "RETURNING id, outcome, settled_at, file_status, our_status) "
         "SELECT outcome, count(*) AS lines, min(settled_at) AS first, max(settled_at) AS last, "
         f"array_agg(id ORDER BY id) FILTER (WHERE outcome = {_O['MATCHED']} "
-        f" AND file_status = '{SettledStatus.SUCCEEDED.value}' AND our_status = ANY($4::text[])) "
+        f" AND file_status = '{SettledStatus.SUCCEEDED.value}' AND our_status = ANY($3::text[])) "
         "AS adopt FROM stored GROUP BY outcome"
     )
 
@@ -263,6 +286,8 @@ def _values(r: Reconciliation) -> list[object]:
 class ReconciliationRepository:
     def __init__(self, conn: asyncpg.Connection) -> None:
         self.conn = conn
+        # The temporary table of a batch of lines, once this transaction used it.
+        self._batch_ready = False
 
     async def add(self, reconciliation: Reconciliation) -> None:
         await self.conn.execute(_INSERT, reconciliation.id, *_values(reconciliation))
@@ -311,39 +336,17 @@ class ReconciliationRepository:
         order, else ids of their own."""
         if not rows and not judged:
             return JudgedBatch({}, None, None, [])
-        # Records in the table's column order: id, then `_LINE_COLUMNS`.
-        none = itertools.repeat(None)
-        records: list[tuple[object, ...]] = []
+        if not self._batch_ready:
+            # Empty at the start of a transaction (ON COMMIT DELETE ROWS).
+            await self.conn.execute(f"{_CREATE_BATCH}; {_NO_JIT}")
+            self._batch_ready = True
+        else:
+            await self.conn.execute(_EMPTY_BATCH)
         if rows:
-            lines, pse_ids, references, amounts, statuses, settled, fees, settlements = zip(
-                *rows, strict=True
-            )
-            records = list(
-                zip(
-                    none,
-                    none,
-                    lines,
-                    none,
-                    pse_ids,
-                    references,
-                    none,
-                    [a.amount for a in amounts],
-                    statuses,
-                    none,
-                    none,
-                    [a.currency for a in amounts],
-                    settled,
-                    [None if f is None else f.amount for f in fees],
-                    [None if m is None else m.amount for m in settlements],
-                    [None if m is None else m.currency for m in settlements],
-                    none,
-                    strict=False,  # `none` repeats
-                )
-            )
+            await self.conn.copy_records_to_table(_BATCH, records=rows, columns=_BATCH_COLUMNS)
         args: list[object] = [
             reconciliation_id,
             pse_account,
-            records,
             _ADOPTABLE,
             line_ids
             if line_ids is not None

@@ -43,7 +43,14 @@ from decimal import Decimal, InvalidOperation
 from typing import BinaryIO
 
 from app.domain.errors import DomainError
-from app.domain.money import CURRENCY_EXPONENTS, Money, is_currency, money
+from app.domain.money import (
+    CURRENCY_EXPONENTS,
+    MAX_MINOR_UNITS,
+    MIN_MINOR_UNITS,
+    Money,
+    is_currency,
+    money,
+)
 from app.domain.reconciliation import SettledStatus, SettlementRow
 from app.domain.reconciliation_disputes import DisputeMovement, SettledDispute
 
@@ -216,6 +223,7 @@ def _generic(
     )
     width = len(names)
     known = _KNOWN_CODES
+    least, most = MIN_MINOR_UNITS, MAX_MINOR_UNITS
     from_iso = datetime.fromisoformat
     line = 1
     try:
@@ -263,27 +271,22 @@ def _generic(
                 else None
             )
             settlement = None
-            if r[i_settlement]:
+            if text := r[i_settlement]:
                 if settlement_currency is None:
                     raise SettlementFileError(line, "settlement_amount needs settlement_currency")
-                settlement = _money(
-                    line,
-                    _minor(line, r[i_settlement], "settlement_amount"),
-                    settlement_currency,
-                    "settlement_amount",
-                )
+                settlement = _minor(line, text, "settlement_amount")
+                if not least <= settlement <= most:
+                    _money(line, settlement, settlement_currency, "settlement_amount")
             fee = None
             if text := r[i_fee]:
-                fee = _money(
-                    line,
-                    int(text) if text.isdigit() else _minor(line, text, "fee"),
-                    settlement_currency or currency,
-                    "fee",
-                )
-            try:
-                value = Money(amount, currency)
-            except DomainError as exc:
-                raise SettlementFileError(line, f"amount: {exc.detail}") from None
+                fee = int(text) if text.isdigit() else _minor(line, text, "fee")
+                if not least <= fee <= most:
+                    _money(line, fee, settlement_currency or currency, "fee")
+            if amount > most:
+                try:
+                    Money(amount, currency)
+                except DomainError as exc:
+                    raise SettlementFileError(line, f"amount: {exc.detail}") from None
             text = r[i_settled].strip()
             settled_at = None
             if text:
@@ -296,7 +299,19 @@ def _generic(
                 settled_at = (
                     settled_at.replace(tzinfo=UTC) if settled_at.tzinfo is None else settled_at
                 ).astimezone(UTC)
-            yield SettlementRow(line, pse_id, reference, value, status, settled_at, fee, settlement)
+            # Amounts are checked as Money would (their currencies are known codes).
+            yield SettlementRow(
+                line,
+                pse_id,
+                reference,
+                amount,
+                currency,
+                status,
+                settled_at,
+                fee,
+                settlement,
+                settlement_currency,
+            )
     except csv.Error as exc:
         raise SettlementFileError(line + 1, f"not CSV: {exc}") from None
 
@@ -386,7 +401,7 @@ def _stripe(
         reference = (r[reference_column].strip() or None) if reference_column else None
         if pse_id is None and reference is None:
             raise SettlementFileError(line, "a refund row needs source_id")
-        yield SettlementRow(
+        yield SettlementRow.of(
             line=line,
             pse_refund_id=pse_id,
             reference=reference,
