@@ -59,6 +59,13 @@ def test_columns_may_come_in_any_order_and_a_bom_is_ignored():
         ("re_1,,refund,5,JPY,succeeded,yesterday,,,", "settled_at 'yesterday' is not an RFC 3339"),
         ("re_1,,refund,5,JPY,succeeded,,,100,", "settlement_amount needs settlement_currency"),
         ("re_1,,refund,5,JPY", "5 fields, the header has 10"),
+        # Beyond what 64-bit minor units hold, each named by its column.
+        ("re_1,,refund,9223372036854775808,JPY,succeeded,,,,", "amount: amount is beyond"),
+        ("re_1,,refund,5,JPY,succeeded,,9223372036854775808,,", "fee: amount is beyond"),
+        (
+            "re_1,,refund,5,JPY,succeeded,,,-9223372036854775809,USD",
+            "settlement_amount: amount is beyond",
+        ),
     ],
 )
 def test_a_bad_line_is_named_with_what_is_wrong(line, message):

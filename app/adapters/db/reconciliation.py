@@ -114,9 +114,6 @@ def _of_run(run: str, alias: str = "") -> str:
 _DELETE_LINES = f"DELETE FROM reconciliation_rows WHERE {_of_run('$1')}"  # noqa: S608
 # A page of a run's lines, of one outcome or all, in id order.
 _LINES_OF_RUN = f"{_LINES} WHERE {_of_run('$1')} AND id > $2 {{outcome}}ORDER BY id LIMIT $3"
-# The outcomes, as literals a listing of one is written with: the index of the
-# lines that are not `matched` is used only when the query shows it applies.
-_OUTCOME_LITERALS = {outcome.value: f"'{outcome.value}'" for outcome in Outcome}
 # NOT EXISTS plans as an anti-join; NOT IN over a million lines would not.
 _ADD_MISSING_IN_FILE = (
     "INSERT INTO reconciliation_rows (reconciliation_id, outcome, pse_refund_id, reference, "  # noqa: S608
@@ -382,9 +379,12 @@ class ReconciliationRepository:
         """A page of the run's lines in id order, after `after_id`, of one outcome or all."""
         literal = ""
         if outcome is not None:
-            if outcome not in _OUTCOME_LITERALS:
+            # Written as a literal (`_O`): the index of the lines that are not
+            # `matched` is used only when the query shows it applies.
+            known = next((o for o in Outcome if o.value == outcome), None)
+            if known is None:
                 raise ValueError(f"no outcome {outcome!r}")
-            literal = f"AND outcome = {_OUTCOME_LITERALS[outcome]} "
+            literal = f"AND outcome = {_O[known.name]} "
         records = await self.conn.fetch(
             _LINES_OF_RUN.format(outcome=literal),
             reconciliation_id,

@@ -276,17 +276,14 @@ def _generic(
                     raise SettlementFileError(line, "settlement_amount needs settlement_currency")
                 settlement = _minor(line, text, "settlement_amount")
                 if not least <= settlement <= most:
-                    _money(line, settlement, settlement_currency, "settlement_amount")
+                    _money(line, settlement, settlement_currency, "settlement_amount")  # raises
             fee = None
             if text := r[i_fee]:
                 fee = int(text) if text.isdigit() else _minor(line, text, "fee")
                 if not least <= fee <= most:
-                    _money(line, fee, settlement_currency or currency, "fee")
+                    _money(line, fee, settlement_currency or currency, "fee")  # raises
             if amount > most:
-                try:
-                    Money(amount, currency)
-                except DomainError as exc:
-                    raise SettlementFileError(line, f"amount: {exc.detail}") from None
+                _money(line, amount, currency, "amount")  # raises
             text = r[i_settled].strip()
             settled_at = None
             if text:
@@ -299,7 +296,8 @@ def _generic(
                 settled_at = (
                     settled_at.replace(tzinfo=UTC) if settled_at.tzinfo is None else settled_at
                 ).astimezone(UTC)
-            # Amounts are checked as Money would (their currencies are known codes).
+            # The amounts are in Money's range and their currencies known codes:
+            # Money would take them, and is not built for each line.
             yield SettlementRow(
                 line,
                 pse_id,
