@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
@@ -102,24 +101,12 @@ class WebhookLane:
         self.service = service
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers: dict[str, str] = {}
-        for name, value in scope["headers"]:
-            # As `dict(request.headers)`: names lower case, the first of a repeated one.
-            headers.setdefault(name.decode("latin-1"), value.decode("latin-1"))
-        body = await _body(receive)
-        receipt = await self.service.receive(scope["path_params"]["pse_account"], headers, body)
+        request = Request(scope, receive)
+        body = await request.body()
+        receipt = await self.service.receive(
+            request.path_params["pse_account"], dict(request.headers), body
+        )
         await _ack(receipt)(scope, receive, send)
-
-
-async def _body(receive: Receive) -> bytes:
-    chunks: list[bytes] = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnect()
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(chunks)
 
 
 def lane(service: WebhookService) -> Route:
