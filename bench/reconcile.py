@@ -3,6 +3,11 @@
 Seeds a scratch PostgreSQL database with the refunds the file settles, writes
 the file, then runs `pse-refunds reconcile` as a child process and prints
 its wall time and peak RSS (targets: <= 10 s, <= 200 MB on a 2-core machine).
+Then, in the same run and on the same database, the reconciliation yardstick
+(bench/reconcile_yardstick.py: the same file judged and stored in the least
+code, on its own copy of the refunds) does the same work; the script checks
+that both found the same counts and prints service / yardstick, which
+compares across machines where the seconds do not.
 
     .venv/bin/python bench/reconcile.py [--rows 1000000] [--dsn postgresql://postgres@127.0.0.1:5432/postgres]
 
@@ -14,9 +19,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import random
-import resource
 import secrets
 import subprocess
 import sys
@@ -31,8 +36,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.adapters.db.engine import migrate  # noqa: E402
+from bench.reconcile_yardstick import DDL as YARDSTICK_DDL  # noqa: E402
+from bench.reconcile_yardstick import SEED as YARDSTICK_SEED  # noqa: E402
 from bench.refunds import SEED_PAYMENT_COLUMNS  # noqa: E402
 
+# Runs each child and reports its own peak RSS (see its docstring).
+PEAK_RSS = ROOT / "bench" / "peak_rss.py"
 HEADER = (
     "pse_refund_id,reference,type,amount,currency,status,settled_at,fee,"
     "settlement_amount,settlement_currency\n"
@@ -104,6 +113,8 @@ async def seed(dsn: str, rows: int) -> None:
         await _copy_refunds(conn, batch)
         # A live database has statistics (autovacuum); a freshly copied one does not.
         await conn.execute("ANALYZE payments; ANALYZE refunds")
+        await conn.execute(YARDSTICK_DDL)
+        await conn.execute(YARDSTICK_SEED)
     finally:
         await conn.close()
 
@@ -165,6 +176,32 @@ def write_file(path: Path, rows: int) -> dict[str, int]:
     return expected
 
 
+def run_yardstick(dsn: str, file: Path, work: Path) -> tuple[float, float, dict[str, int]]:
+    """The yardstick's wall time, peak RSS (MB) and counts by outcome."""
+    peak_file = work / "yardstick_peak_rss_kb"
+    started = time.perf_counter()
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(PEAK_RSS),
+            str(peak_file),
+            str(ROOT / "bench" / "reconcile_yardstick.py"),
+            "--dsn",
+            dsn,
+            "--account",
+            "bench",
+            str(file),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    elapsed = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"the yardstick failed: {done.stderr[-2000:]}")
+    return elapsed, int(peak_file.read_text()) / 1024, json.loads(done.stdout)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -205,10 +242,13 @@ async def main() -> None:
                 if os.environ.get("BENCH_PROFILE")
                 else []
             )
+            peak_file = work / "peak_rss_kb"
             done = subprocess.run(  # noqa: ASYNC221 - nothing else runs meanwhile
                 [
                     sys.executable,
                     *profile,
+                    str(PEAK_RSS),
+                    str(peak_file),
                     "-m",
                     "app.cli",
                     "reconcile",
@@ -223,7 +263,7 @@ async def main() -> None:
                 check=False,
             )
             elapsed = time.perf_counter() - started
-            peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+            peak_mb = int(peak_file.read_text()) / 1024 if peak_file.exists() else float("nan")
             print(done.stdout.strip())
             completed = [ln for ln in done.stderr.splitlines() if "reconciliation.completed" in ln]
             print("\n".join(completed))
@@ -236,6 +276,20 @@ async def main() -> None:
                 f"({args.rows / elapsed:,.0f} rows/s), peak RSS {peak_mb:.0f} MB "
                 f"(targets: <= 10 s, <= 200 MB)"
             )
+            service_counts = json.loads(completed[-1])
+            yard_elapsed, yard_peak_mb, yard_counts = run_yardstick(dsn, file, work)
+            differing = {
+                outcome: (service_counts[outcome], n)
+                for outcome, n in yard_counts.items()
+                if service_counts.get(outcome) != n
+            }
+            if differing:
+                raise SystemExit(f"the yardstick's counts differ (service, yardstick): {differing}")
+            print(
+                f"yardstick: {args.rows:,} rows in {yard_elapsed:.1f} s, "
+                f"peak RSS {yard_peak_mb:.0f} MB, the same counts"
+            )
+            print(f"service / yardstick: {yard_elapsed / elapsed:.2f} x the yardstick's speed")
     finally:
         admin = await asyncpg.connect(args.dsn)
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
