@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import shutil
 import signal
@@ -188,9 +189,31 @@ def serve(
                 from app.sandbox.app import create_sandbox_app
 
                 mounts["/sandbox"] = create_sandbox_app(service.sandbox)
-            return create_app(container, extra_mounts=mounts, run_worker=True)
+            app = create_app(container, extra_mounts=mounts, run_worker=True)
+            collect_less()
+            return app
 
         _run_uvicorn(factory, settings, host=host, port=port)
+
+
+# The youngest generation is collected after this many new objects rather than
+# Python's 700. A request or a webhook allocates a few thousand, nearly all
+# freed by reference counting at once; a reference cycle is rare.
+YOUNG_COLLECTION_THRESHOLD = 10_000
+
+
+def collect_less() -> None:
+    """Garbage collection for a process of `serve` or `worker`, once built.
+
+    What start-up made (modules, settings, the app and its container) is
+    collected once and then frozen out of the collector's scans. Otherwise,
+    each full collection would walk it again. The youngest generation is
+    collected less often, and the older ones in proportion. Measured on refund
+    creation and webhooks: collections went from about 190 to 45 µs of CPU per
+    refund, 4-5 % of the process's CPU (bench/README.md)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, 50, 100)
 
 
 def _run_uvicorn(
@@ -332,7 +355,9 @@ def app_from_environment() -> Any:
         typer.echo(f"pse-refunds: {exc}", err=True)
         # Not restarted by the supervising process: it would fail the same way.
         sys.exit(STARTUP_FAILURE)
-    return create_app(container, run_worker=True)
+    app = create_app(container, run_worker=True)
+    collect_less()
+    return app
 
 
 def worker(config: ConfigOption = None) -> None:
@@ -346,6 +371,7 @@ def worker(config: ConfigOption = None) -> None:
 
 async def _run_worker(settings: Settings) -> None:
     container = build(settings)
+    collect_less()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -5,6 +5,7 @@ PSE lives in its one process."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import re
 import signal
@@ -20,7 +21,7 @@ from prometheus_client import values as prometheus_values
 from typer.testing import CliRunner
 
 from app.cli import cli
-from app.cli.serve import SERVED_APP
+from app.cli.serve import SERVED_APP, YOUNG_COLLECTION_THRESHOLD
 from app.metrics import Metrics
 from tests.e2e.test_chaos import SANDBOX_KEY, Processes, free_port, wait_until_up
 
@@ -115,6 +116,25 @@ def test_one_process_runs_as_before_whatever_the_file_says(
     assert callable(app) and options["factory"] is True
     assert "workers" not in options and options["port"] == 8123
     assert os.environ.get("PROMETHEUS_MULTIPROC_DIR") == multiproc_dir
+
+
+def test_a_served_process_freezes_what_start_up_built_and_collects_less_often(
+    no_configuration, fresh_database, tmp_path
+):
+    (tmp_path / "pse-refunds.toml").write_text(f'database_url = "{fresh_database}"\n')
+    result = serve("--port", "8125")
+    assert result.exit_code == 0, result.output
+    ((factory, _options),) = no_configuration
+    made_before = [[]]  # a container the collector tracks, as start-up makes them
+    threshold = gc.get_threshold()
+    try:
+        factory()  # what uvicorn calls in the serving process
+        assert gc.get_threshold()[0] == YOUNG_COLLECTION_THRESHOLD
+        assert gc.get_freeze_count() > 0
+        assert not any(tracked is made_before for tracked in gc.get_objects())
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
 
 
 def test_shared_metrics_add_up_across_processes_and_forget_dead_buffers(tmp_path):
