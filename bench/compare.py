@@ -184,6 +184,7 @@ async def burst(side: Side, script: Path, load: Load) -> float:
         script,
         [str(side.ids_file), side.key],
         load,
+        settle=side.db.analyze,
     )
     return result.rps
 

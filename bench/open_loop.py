@@ -360,6 +360,7 @@ async def run(args: argparse.Namespace) -> None:
                 [str(ready.ids_file), ready.key],
                 Load(args.max_duration, args.warmup, args.connections, args.threads),
                 db_name=db.name,
+                settle=db.analyze,
             )
             rate = closed.rps / 2
             how = (

@@ -350,6 +350,19 @@ class ScratchDb:
     async def connect(self) -> asyncpg.Connection:
         return await asyncpg.connect(self.dsn, timeout=10)
 
+    async def analyze(self) -> None:
+        """Statistics of the tables as the warm-up left them. A database that
+        starts empty has statistics of empty tables, and each connection keeps
+        the plans it made on them: its foreign-key checks then scan `refunds`
+        from end to end, longer with every refund written, until autovacuum's
+        next ANALYZE (a minute or more). A live database has none of that.
+        ANALYZE makes every open connection plan its statements again."""
+        conn = await self.connect()
+        try:
+            await conn.execute("ANALYZE")
+        finally:
+            await conn.close()
+
     async def activity(self) -> Counter[str]:
         """This database's cumulative counters (pg_stat_database)."""
         conn = await self.connect()
@@ -909,9 +922,11 @@ async def measure(
     *,
     db_name: str | None = None,
     on_measure: Callable[[], Any] | None = None,
+    settle: Callable[[], Awaitable[None]] | None = None,
 ) -> WrkResult:
-    """A warm-up (checked, not reported), then the measured run; `on_measure` is
-    called between the two. `args`: the script's arguments before its nonce and seed."""
+    """A warm-up (checked, not reported), then the measured run; `settle` (the
+    scratch database's `analyze`) and `on_measure` are called between the two.
+    `args`: the script's arguments before its nonce and seed."""
     if load.warmup > 0:
         warm = await run_wrk(
             f"{label} warm-up",
@@ -923,6 +938,8 @@ async def measure(
             threads=load.threads,
         )
         check_failures(warm)
+    if settle is not None:
+        await settle()
     if on_measure is not None:
         on_measure()
     result = await run_wrk(
@@ -1114,6 +1131,7 @@ async def service_phase(
             [str(ids_file), key],
             load,
             db_name=db.name,
+            settle=db.analyze,
             on_measure=start_profiling,
         )
         drained, after = await wait_submissions(db)
@@ -1156,6 +1174,7 @@ async def yardstick_phase(
             [str(ids_file), key],
             load,
             db_name=db.name,
+            settle=db.analyze,
         )
     finally:
         await children.stop(yard)
@@ -1219,6 +1238,7 @@ async def protocol_phase(
             [str(ids_file), key],
             load,
             db_name=db.name,
+            settle=db.analyze,
         )
         drained, after = await wait_drained(lambda: protocol_statuses(db))
         if yard.proc.returncode is not None:
