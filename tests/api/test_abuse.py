@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -20,6 +21,19 @@ from app.api.app import create_app
 from tests.api.helpers import assert_problem, payment_body
 
 pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+async def one_window() -> None:
+    """The test's requests all fall in one minute of the limiter's clock.
+    Its windows are minutes of the epoch, and a window's count carries into
+    the next one weighted by the time left of it, rounded down: requests on
+    both sides of the boundary would be allowed one more. A test that counts
+    to a per-minute limit starts early enough in a minute to finish inside
+    it."""
+    into = time.time() % 60
+    if into > 55:
+        await asyncio.sleep(60 - into + 0.05)
 
 
 async def refused_records(api, response: httpx.Response) -> list[Any]:
@@ -131,7 +145,7 @@ async def test_refusals_are_recorded_within_a_budget_and_all_counted_in_metrics(
     assert record.data()["data"]["suppressed"] == 7
 
 
-async def test_a_key_over_its_limit_gets_429_with_retry_after(make_api):
+async def test_a_key_over_its_limit_gets_429_with_retry_after(make_api, one_window):
     api = await make_api(rate_limits={"per_key": "3/minute"})
     ops = api.auth("ops")
     for _ in range(3):
@@ -143,7 +157,7 @@ async def test_a_key_over_its_limit_gets_429_with_retry_after(make_api):
     assert (await api.client.get("/v1/refunds", headers=api.auth("store"))).status_code == 200
 
 
-async def test_an_address_guessing_keys_is_stopped_even_with_a_right_key(make_api):
+async def test_an_address_guessing_keys_is_stopped_even_with_a_right_key(make_api, one_window):
     api = await make_api(rate_limits={"failed_auth_per_address": "5/minute"})
     wrong = {"Authorization": "Bearer prk_guess"}
     for _ in range(5):
@@ -153,7 +167,7 @@ async def test_an_address_guessing_keys_is_stopped_even_with_a_right_key(make_ap
     assert int(r.headers["retry-after"]) >= 1
 
 
-async def test_one_address_is_limited_whatever_keys_it_uses(make_api):
+async def test_one_address_is_limited_whatever_keys_it_uses(make_api, one_window):
     api = await make_api(rate_limits={"per_address": "4/minute"})
     statuses = [
         (await api.client.get("/v1/refunds", headers=api.auth(who))).status_code
@@ -164,7 +178,7 @@ async def test_one_address_is_limited_whatever_keys_it_uses(make_api):
     assert (await api.client.get("/healthz")).status_code == 200
 
 
-async def test_console_sign_in_is_limited_harder_and_answered_as_a_page(make_api):
+async def test_console_sign_in_is_limited_harder_and_answered_as_a_page(make_api, one_window):
     api = await make_api(rate_limits={"console_login_per_address": "3/minute"})
     for _ in range(3):
         r = await api.client.post("/console/login", data={"api_key": "prk_wrong"})
@@ -175,7 +189,7 @@ async def test_console_sign_in_is_limited_harder_and_answered_as_a_page(make_api
     assert "rate_limited" in r.text and int(r.headers["retry-after"]) >= 1
 
 
-async def test_webhooks_are_limited_per_account_with_a_429_the_pse_retries(make_api):
+async def test_webhooks_are_limited_per_account_with_a_429_the_pse_retries(make_api, one_window):
     api = await make_api(rate_limits={"webhooks_per_account": "2/minute"})
     for _ in range(2):
         r = await api.client.post("/v1/webhooks/fake_jp", content=b"{}")
