@@ -29,6 +29,7 @@ import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -176,15 +177,28 @@ def write_file(path: Path, rows: int) -> dict[str, int]:
     return expected
 
 
-def run_yardstick(dsn: str, file: Path, work: Path) -> tuple[float, float, dict[str, int]]:
-    """The yardstick's wall time, peak RSS (MB) and counts by outcome."""
-    peak_file = work / "yardstick_peak_rss_kb"
+def run_child(
+    argv: list[str], peak_file: Path, **options: Any
+) -> tuple[subprocess.CompletedProcess[str], float, float]:
+    """`python argv…` under bench/peak_rss.py: what it printed, its wall time
+    and its peak RSS in MB (NaN if it died before writing it)."""
     started = time.perf_counter()
     done = subprocess.run(
+        [sys.executable, str(PEAK_RSS), str(peak_file), *argv],
+        capture_output=True,
+        text=True,
+        check=False,
+        **options,
+    )
+    elapsed = time.perf_counter() - started
+    peak_mb = int(peak_file.read_text()) / 1024 if peak_file.exists() else float("nan")
+    return done, elapsed, peak_mb
+
+
+def run_yardstick(dsn: str, file: Path, work: Path) -> tuple[float, float, dict[str, int]]:
+    """The yardstick's wall time, peak RSS (MB) and counts by outcome."""
+    done, elapsed, peak_mb = run_child(
         [
-            sys.executable,
-            str(PEAK_RSS),
-            str(peak_file),
             str(ROOT / "bench" / "reconcile_yardstick.py"),
             "--dsn",
             dsn,
@@ -192,14 +206,11 @@ def run_yardstick(dsn: str, file: Path, work: Path) -> tuple[float, float, dict[
             "bench",
             str(file),
         ],
-        capture_output=True,
-        text=True,
-        check=False,
+        work / "yardstick_peak_rss_kb",
     )
-    elapsed = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"the yardstick failed: {done.stderr[-2000:]}")
-    return elapsed, int(peak_file.read_text()) / 1024, json.loads(done.stdout)
+    return elapsed, peak_mb, json.loads(done.stdout)
 
 
 async def main() -> None:
@@ -236,34 +247,17 @@ async def main() -> None:
             )
             env = {k: v for k, v in os.environ.items() if not k.startswith("PSE_REFUNDS_")}
             env.update(PSE_REFUNDS_CONFIG_FILE=str(config), PYTHONPATH=str(ROOT))
-            started = time.perf_counter()
             profile = (
                 ["-m", "pyinstrument", "-o", os.environ["BENCH_PROFILE"]]
                 if os.environ.get("BENCH_PROFILE")
                 else []
             )
-            peak_file = work / "peak_rss_kb"
-            done = subprocess.run(  # noqa: ASYNC221 - nothing else runs meanwhile
-                [
-                    sys.executable,
-                    *profile,
-                    str(PEAK_RSS),
-                    str(peak_file),
-                    "-m",
-                    "app.cli",
-                    "reconcile",
-                    "--account",
-                    "bench",
-                    str(file),
-                ],
+            done, elapsed, peak_mb = run_child(
+                [*profile, "-m", "app.cli", "reconcile", "--account", "bench", str(file)],
+                work / "peak_rss_kb",
                 cwd=work,
                 env=env,
-                capture_output=True,
-                text=True,
-                check=False,
             )
-            elapsed = time.perf_counter() - started
-            peak_mb = int(peak_file.read_text()) / 1024 if peak_file.exists() else float("nan")
             print(done.stdout.strip())
             completed = [ln for ln in done.stderr.splitlines() if "reconciliation.completed" in ln]
             print("\n".join(completed))
