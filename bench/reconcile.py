@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from app.adapters.db.engine import migrate  # noqa: E402
 from bench.reconcile_yardstick import DDL as YARDSTICK_DDL  # noqa: E402
+from bench.reconcile_yardstick import OUTCOMES as YARDSTICK_OUTCOMES  # noqa: E402
 from bench.reconcile_yardstick import SEED as YARDSTICK_SEED  # noqa: E402
 from bench.refunds import SEED_PAYMENT_COLUMNS  # noqa: E402
 
@@ -272,10 +273,11 @@ async def main() -> None:
             )
             service_counts = json.loads(completed[-1])
             yard_elapsed, yard_peak_mb, yard_counts = run_yardstick(dsn, file, work)
+            # Both ways: an outcome one of them never found counts as 0 there.
             differing = {
-                outcome: (service_counts[outcome], n)
-                for outcome, n in yard_counts.items()
-                if service_counts.get(outcome) != n
+                outcome: (service_counts.get(outcome, 0), yard_counts.get(outcome, 0))
+                for outcome in {*YARDSTICK_OUTCOMES, *yard_counts}
+                if service_counts.get(outcome, 0) != yard_counts.get(outcome, 0)
             }
             if differing:
                 raise SystemExit(f"the yardstick's counts differ (service, yardstick): {differing}")

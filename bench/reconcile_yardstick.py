@@ -27,6 +27,14 @@ from pathlib import Path
 import asyncpg
 
 BATCH = 10_000
+# Every outcome it can find: the refund outcomes of the service's runs.
+OUTCOMES = (
+    "matched",
+    "amount_mismatch",
+    "status_mismatch",
+    "missing_in_service",
+    "missing_in_file",
+)
 
 DDL = """
 CREATE TABLE yardstick_refunds (
