@@ -35,6 +35,7 @@ if TYPE_CHECKING:
         IdempotencyRecord,
         KeptAnswer,
         OutboxEvent,
+        ReceivedWebhook,
         Reconciliation,
         ReconciliationLine,
         RefundRow,
@@ -145,6 +146,11 @@ class RefundFilter:
 
 class AlreadyExists(Exception):
     """A uniqueness rule refused the write; the transaction must be abandoned."""
+
+
+class WebhookStoredBefore(AlreadyExists):
+    """The webhook being stored with its outcome was stored before (a repeat):
+    nothing was written; the transaction must be abandoned."""
 
 
 class PaymentRepository(Protocol):
@@ -370,14 +376,14 @@ class IdempotencyRepository(Protocol):
 class WebhookRepository(Protocol):
     async def insert_if_new(
         self,
-        *,
-        pse_account: str,
-        event_id: str,
-        event_type: str,
-        body: str,
-        refund: dict[str, Any] | None,
-        received_at: datetime,
-    ) -> StoredWebhook | None: ...
+        received: ReceivedWebhook,
+        status: WebhookStatus = ...,
+        at: datetime | None = None,
+    ) -> StoredWebhook | None:
+        """Store the event as `status` (`received` unless told; decided `at`);
+        None when it was stored before."""
+        ...
+
     async def mark(
         self, webhook_id: int, status: WebhookStatus, refund_id: str | None, at: datetime
     ) -> None: ...
@@ -554,9 +560,11 @@ class UnitOfWork(Protocol):
     ) -> list[StoredWebhook]:
         """Write a new or changed refund, its payment's counters, the answer
         kept for the key of the request that made it (`answer`, whose claim is
-        in this unit of work), the outcome of the stored webhook applied to it
-        (`webhook`, as `webhooks.mark` writes it) and its new events (together,
-        where the database allows); return the stored webhooks `waiting` names, as
+        in this unit of work), the outcome of the webhook applied to it
+        (`webhook`: a stored one's, as `webhooks.mark` writes it, or a received
+        one stored with it; raises WebhookStoredBefore, writing nothing, when
+        that event was stored before) and its new events (together, where the
+        database allows); return the stored webhooks `waiting` names, as
         `webhooks.waiting_for` finds them (none without it)."""
         ...
 

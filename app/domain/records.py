@@ -66,10 +66,26 @@ class IdempotencyState(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class WebhookOutcome:
-    """What became of a stored webhook (`status`), and the refund it was applied to."""
+class ReceivedWebhook:
+    """A verified webhook, not stored yet: stored once, with what became of it."""
 
-    webhook_id: int
+    pse_account: str
+    event_id: str
+    event_type: str
+    body: str
+    # The translated PSE view, to apply (later, if applying it now fails).
+    refund: dict[str, Any] | None
+    received_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookOutcome:
+    """What became of a webhook (`status`), and the refund it was applied to.
+    `webhook` is the id of the stored event, or the event received now, which
+    is stored with its outcome: a repeat of one stored before is refused
+    (`AlreadyExists`) and nothing of its unit of work is written."""
+
+    webhook: int | ReceivedWebhook
     status: WebhookStatus
     refund_id: str | None
     at: datetime

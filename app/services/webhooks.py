@@ -1,10 +1,11 @@
-"""PSE webhooks: verify, store the raw event once, then apply it monotonically.
+"""PSE webhooks: verify, then store the raw event once, applied monotonically.
 
-The raw event and its application commit together; should applying fail,
-the raw event is stored alone and the worker applies it later. Either way it
-is stored before the PSE gets its 200. An event about a refund is applied to
-the refund; one about a dispute (chargeback), to the disputed payment and
-its refunds (DisputeService)."""
+The raw event is stored with its outcome, in the transaction that applies
+it; should applying fail, the raw event is stored alone (`received`) and the
+worker applies it later. Either way it is stored before the PSE gets its
+200, and a repeat of it (unique on account and event id) changes nothing.
+An event about a refund is applied to the refund; one about a dispute
+(chargeback), to the disputed payment and its refunds (DisputeService)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from app.domain.errors import DomainError, InvalidSignature, InvalidWebhookBody,
 from app.domain.matching import reference_claim_problem
 from app.domain.models import Applied, Payment, Refund
 from app.domain.money import Money
-from app.domain.ports import UnitOfWork
+from app.domain.ports import UnitOfWork, WebhookStoredBefore
 from app.domain.pse import (
     InvalidWebhookPayload,
     InvalidWebhookSignature,
@@ -28,7 +29,7 @@ from app.domain.pse import (
     PseRefundState,
     PseWebhookEvent,
 )
-from app.domain.records import StoredWebhook, WebhookOutcome, WebhookStatus
+from app.domain.records import ReceivedWebhook, StoredWebhook, WebhookOutcome, WebhookStatus
 from app.domain.text import first_text_problem
 from app.services.context import Deps, save
 from app.services.disputes import DisputeService
@@ -208,53 +209,47 @@ class WebhookService:
             pse_refund_id=event.refund.pse_refund_id if event.refund else None,
             **({"pse_dispute_id": event.dispute.pse_dispute_id} if event.dispute else {}),
         )
-        refund_data = _translated(event)
-        stored, status = await self._store_and_apply(pse_account, event, body, refund_data, now)
-        if stored is None:
+        received = ReceivedWebhook(
+            pse_account=pse_account,
+            event_id=event.event_id,
+            event_type=event.event_type,
+            body=body.decode("utf-8", errors="replace"),
+            refund=_translated(event),
+            received_at=now,
+        )
+        duplicate, status = await self._store_and_apply(received)
+        if duplicate:
             log.info("webhook.duplicate", pse_account=pse_account, event_id=event.event_id)
             return WebhookReceipt(event.event_id, True, None)
         return WebhookReceipt(event.event_id, False, status)
 
-    async def _store_and_apply(
-        self,
-        pse_account: str,
-        event: PseWebhookEvent,
-        body: bytes,
-        refund_data: dict[str, Any] | None,
-        now: datetime,
-    ) -> tuple[StoredWebhook | None, WebhookStatus]:
-        """Store the raw event and apply it in one transaction. If applying
-        fails, the event is stored alone (`received`) for the worker to apply."""
-
-        async def store(uow: UnitOfWork) -> StoredWebhook | None:
-            return await uow.webhooks.insert_if_new(
-                pse_account=pse_account,
-                event_id=event.event_id,
-                event_type=event.event_type,
-                body=body.decode("utf-8", errors="replace"),
-                refund=refund_data,
-                received_at=now,
-            )
-
+    async def _store_and_apply(self, received: ReceivedWebhook) -> tuple[bool, WebhookStatus]:
+        """Store the raw event and apply it in one transaction, the event
+        stored with its outcome; True for a repeat of an event stored before,
+        which changes nothing. If applying fails, the event is stored alone
+        (`received`) for the worker to apply."""
         try:
             async with self.deps.uow() as uow:
-                stored = await store(uow)
-                if stored is None:
-                    return None, WebhookStatus.RECEIVED
-                if refund_data is None:
-                    await uow.webhooks.mark(stored.id, WebhookStatus.IGNORED, None, now)
+                if received.refund is None:
+                    ignored = await uow.webhooks.insert_if_new(
+                        received, WebhookStatus.IGNORED, received.received_at
+                    )
                     await uow.commit()
-                    return stored, WebhookStatus.IGNORED
-                status, done = await self._apply_in(uow, stored)
+                    return ignored is None, WebhookStatus.IGNORED
+                status, done = await self._apply_in(uow, received)
                 await uow.commit()
+        except WebhookStoredBefore:
+            return True, WebhookStatus.RECEIVED
         except Exception:
-            log.exception("webhook.apply_failed", pse_account=pse_account, event_id=event.event_id)
+            log.exception(
+                "webhook.apply_failed", pse_account=received.pse_account, event_id=received.event_id
+            )
             async with self.deps.uow() as uow:
-                stored = await store(uow)
+                stored = await uow.webhooks.insert_if_new(received)
                 await uow.commit()
-            return stored, WebhookStatus.RECEIVED
+            return stored is None, WebhookStatus.RECEIVED
         done()
-        return stored, status
+        return False, status
 
     async def apply(self, stored: StoredWebhook) -> WebhookStatus:
         """Apply one stored event to its refund, under the refund's lock."""
@@ -267,22 +262,35 @@ class WebhookService:
         return status
 
     async def _apply_in(
-        self, uow: UnitOfWork, stored: StoredWebhook
+        self, uow: UnitOfWork, webhook: StoredWebhook | ReceivedWebhook
     ) -> tuple[WebhookStatus, Callable[[], None]]:
-        """Apply in the caller's transaction; returns the status and what to log
-        once it has committed."""
-        assert stored.refund is not None
-        if _DISPUTE in stored.refund:
-            return await self._apply_dispute_in(uow, stored)
-        seen = pse_refund_from_dict(stored.refund)
+        """Apply in the caller's transaction a stored event, or one received
+        now, which is stored with its outcome (WebhookStoredBefore when it was
+        stored before); returns the status and what to log once it has
+        committed."""
+        assert webhook.refund is not None
+        if _DISPUTE in webhook.refund:
+            if isinstance(webhook, ReceivedWebhook):
+                # What a dispute writes is the dispute service's: the event is
+                # stored first, then marked with its outcome.
+                stored = await uow.webhooks.insert_if_new(webhook)
+                if stored is None:
+                    raise WebhookStoredBefore(f"{webhook.pse_account}/{webhook.event_id}")
+                webhook = stored
+            return await self._apply_dispute_in(uow, webhook)
+        seen = pse_refund_from_dict(webhook.refund)
         now = self.deps.clock.now()
-        match = await self._match(uow, stored.pse_account, seen)
+        target = webhook.id if isinstance(webhook, StoredWebhook) else webhook
+        match = await self._match(uow, webhook.pse_account, seen)
         if match is None:
-            await uow.webhooks.mark(stored.id, WebhookStatus.UNMATCHED, None, now)
+            if isinstance(target, int):
+                await uow.webhooks.mark(target, WebhookStatus.UNMATCHED, None, now)
+            elif await uow.webhooks.insert_if_new(target, WebhookStatus.UNMATCHED, now) is None:
+                raise WebhookStoredBefore(f"{target.pse_account}/{target.event_id}")
             return WebhookStatus.UNMATCHED, lambda: log.info(
                 "webhook.unmatched",
-                pse_account=stored.pse_account,
-                event_id=stored.event_id,
+                pse_account=webhook.pse_account,
+                event_id=webhook.event_id,
                 pse_refund_id=seen.pse_refund_id,
             )
         payment, refund = match
@@ -290,23 +298,23 @@ class WebhookService:
         problem = None if by_pse_id else reference_claim_problem(refund, payment, seen)
         if problem is not None:
             refund.flag(problem, now)
-            mismatched = WebhookOutcome(stored.id, WebhookStatus.MISMATCHED, refund.id, now)
+            mismatched = WebhookOutcome(target, WebhookStatus.MISMATCHED, refund.id, now)
             await save(self.deps, uow, payment, refund, webhook=mismatched)
             return WebhookStatus.MISMATCHED, lambda: log.warning(
                 "webhook.mismatched",
-                pse_account=stored.pse_account,
-                event_id=stored.event_id,
+                pse_account=webhook.pse_account,
+                event_id=webhook.event_id,
                 refund_id=refund.id,
                 problem=problem,
             )
-        outcome = refund.apply_pse(payment, seen, now, f"pse:{stored.pse_account} webhook")
+        outcome = refund.apply_pse(payment, seen, now, f"pse:{webhook.pse_account} webhook")
         status = WebhookStatus.CONFLICT if outcome is Applied.CONTRADICTS else WebhookStatus.APPLIED
-        applied = WebhookOutcome(stored.id, status, refund.id, now)
+        applied = WebhookOutcome(target, status, refund.id, now)
         await save(self.deps, uow, payment, refund, webhook=applied)
         return status, lambda: log.info(
             "webhook.applied",
-            pse_account=stored.pse_account,
-            event_id=stored.event_id,
+            pse_account=webhook.pse_account,
+            event_id=webhook.event_id,
             refund_id=refund.id,
             outcome=outcome.value,
             status=refund.status.value,

@@ -102,6 +102,51 @@ async def test_a_repeated_event_is_acknowledged_and_applied_once(api):
     assert len(await stored_events(api)) == 1
 
 
+async def test_a_repeat_of_any_outcome_is_a_duplicate_that_changes_nothing(api):
+    """Each kind of event is stored with its outcome in the transaction that
+    decides it; its repeat is answered `duplicate` and writes nothing: no
+    second row, no history, no event to the store, no attention raised."""
+    payment, pending = await sent_refund(api)
+    pid = pending["pse_refund_id"]
+    other = await register(api)
+    bodies = {
+        "applied": event("e_ok", pid, "succeeded"),
+        "conflict": event("e_late", pid, "failed"),
+        "mismatched": event(
+            "e_mis", "re_B", "failed", reference=pending["id"], payment=other["pse_payment_id"]
+        ),
+        "unmatched": event("e_none", "re_nobody", "succeeded"),
+        "ignored": json.dumps({"id": "e_ign", "type": "charge.captured", "refund": None}).encode(),
+    }
+    for status, body in bodies.items():
+        first = await api.client.post("/v1/webhooks/fake_jp", content=body, headers=SIGNED)
+        assert (first.json()["duplicate"], first.json()["status"]) == (False, status)
+
+    async def written() -> tuple:
+        async with api.container.pool.acquire() as conn:
+            return (
+                [
+                    tuple(r)
+                    for r in await conn.fetch(
+                        "SELECT event_id, status, refund_id, applied_at FROM pse_webhook_events"
+                        " ORDER BY id"
+                    )
+                ],
+                await conn.fetchval("SELECT count(*) FROM refund_status_history"),
+                await conn.fetchval("SELECT count(*) FROM events"),
+                await conn.fetchval("SELECT attention FROM refunds WHERE id = $1", pending["id"]),
+            )
+
+    before = await written()
+    assert [row[1] for row in before[0]] == list(bodies)
+    for body in bodies.values():
+        again = await api.client.post("/v1/webhooks/fake_jp", content=body, headers=SIGNED)
+        assert again.status_code == 200
+        assert (again.json()["duplicate"], again.json()["status"]) == (True, None)
+    assert await written() == before
+    assert (await get_payment(api, payment["id"]))["refunded_amount"] == 3000
+
+
 async def test_a_late_failure_never_moves_a_succeeded_refund_and_raises_attention(api):
     payment, pending = await sent_refund(api)
     pid = pending["pse_refund_id"]

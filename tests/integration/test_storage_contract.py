@@ -29,7 +29,7 @@ from app.domain.disputes import Dispute, DisputeReport, DisputeStatus, apply_rep
 from app.domain.models import DISPUTE_HOLD, Payment, Refund, RefundReason, RefundStatus
 from app.domain.money import Money
 from app.domain.policy import OnDispute, RefundPolicy
-from app.domain.ports import AlreadyExists, RefundFilter
+from app.domain.ports import AlreadyExists, RefundFilter, WebhookStoredBefore
 from app.domain.pse import PseRefundState
 from app.domain.reconciliation import RefundSnapshot
 from app.domain.records import (
@@ -41,6 +41,7 @@ from app.domain.records import (
     IdempotencyState,
     KeptAnswer,
     OutboxEvent,
+    ReceivedWebhook,
     Reconciliation,
     ReconciliationLine,
     Role,
@@ -853,7 +854,7 @@ async def test_a_new_refund_and_the_answer_kept_for_its_key_are_one_write(db):
 # -- PSE webhooks ---------------------------------------------------------------
 
 
-def webhook(event_id: str = "evt_w", **overrides) -> dict:
+def webhook(event_id: str = "evt_w", **overrides) -> ReceivedWebhook:
     values = {
         "pse_account": "fake_jp",
         "event_id": event_id,
@@ -862,13 +863,13 @@ def webhook(event_id: str = "evt_w", **overrides) -> dict:
         "refund": {"pse_refund_id": "re_1", "state": "succeeded", "reference": "rf_ref"},
         "received_at": TOKYO_AT,
     }
-    return values | overrides
+    return ReceivedWebhook(**(values | overrides))
 
 
 async def test_a_webhook_event_delivered_concurrently_is_stored_once(db):
     async def receive():
         async with PgUnitOfWork(db) as uow:
-            stored_event = await uow.webhooks.insert_if_new(**webhook())
+            stored_event = await uow.webhooks.insert_if_new(webhook())
             await asyncio.sleep(0.01)
             await uow.commit()
             return stored_event
@@ -876,7 +877,7 @@ async def test_a_webhook_event_delivered_concurrently_is_stored_once(db):
     results = [r for r in await asyncio.gather(*(receive() for _ in range(6))) if r]
     assert len(results) == 1
     [first] = results
-    assert first.refund == webhook()["refund"] and first.status is WebhookStatus.RECEIVED
+    assert first.refund == webhook().refund and first.status is WebhookStatus.RECEIVED
     assert (first.pse_refund_id, first.reference) == ("re_1", "rf_ref")
     assert first.received_at == TOKYO_AT and first.received_at.tzinfo is UTC
 
@@ -886,8 +887,8 @@ async def test_a_refunds_save_reads_the_webhooks_waiting_for_it_in_the_same_stat
     refund = new_refund(pay)
     await saved(db, pay, refund)
     async with PgUnitOfWork(db) as uow:
-        early = await uow.webhooks.insert_if_new(**webhook("e1", received_at=AT))
-        await uow.webhooks.insert_if_new(**webhook("e2", received_at=AT, pse_account="other"))
+        early = await uow.webhooks.insert_if_new(webhook("e1", received_at=AT))
+        await uow.webhooks.insert_if_new(webhook("e2", received_at=AT, pse_account="other"))
         await uow.commit()
     async with PgUnitOfWork(db) as uow:
         pay_now, refund_now = await uow.refunds.lock_with_payment(refund.id)
@@ -915,6 +916,68 @@ async def test_a_refunds_save_reads_the_webhooks_waiting_for_it_in_the_same_stat
     assert await scalar(db, "SELECT attention FROM refunds WHERE id = $1", refund.id) == "applied"
 
 
+async def test_a_webhook_received_now_is_stored_with_the_refund_it_moved_and_only_once(db):
+    pay = new_payment()
+    refund = new_refund(pay)
+    await saved(db, pay, refund)
+    received = webhook("e_now", received_at=AT)
+    async with PgUnitOfWork(db) as uow:
+        pay_now, refund_now = await uow.refunds.lock_with_payment(refund.id)
+        refund_now.attention = "first"
+        outcome = WebhookOutcome(received, WebhookStatus.APPLIED, refund.id, AT)
+        await uow.save_refund(
+            refund_now, pay_now, [event("evt_first", refund)], deliver=False, webhook=outcome
+        )
+        await uow.commit()
+    [stored] = await _events_of(db, "e_now")
+    assert (stored["status"], stored["refund_id"], stored["applied_at"]) == (
+        "applied",
+        refund.id,
+        AT,
+    )
+    assert (stored["pse_refund_id"], stored["reference"], stored["body"]) == (
+        "re_1",
+        "rf_ref",
+        received.body,
+    )
+    # The same event again: refused, and nothing written with it.
+    async with PgUnitOfWork(db) as uow:
+        pay_now, refund_now = await uow.refunds.lock_with_payment(refund.id)
+        refund_now.attention = "second"
+        again = WebhookOutcome(received, WebhookStatus.CONFLICT, refund.id, AT)
+        with pytest.raises(WebhookStoredBefore, match="fake_jp/e_now"):
+            await uow.save_refund(
+                refund_now, pay_now, [event("evt_second", refund)], deliver=False, webhook=again
+            )
+    assert [dict(r) for r in await _events_of(db, "e_now")] == [dict(stored)]
+    assert await scalar(db, "SELECT attention FROM refunds WHERE id = $1", refund.id) == "first"
+    assert await scalar(db, "SELECT count(*) FROM events WHERE id = 'evt_second'") == 0
+
+
+async def test_a_webhook_decided_alone_is_stored_once_with_its_outcome(db):
+    async with PgUnitOfWork(db) as uow:
+        first = await uow.webhooks.insert_if_new(
+            webhook("e_alone", refund=None), WebhookStatus.IGNORED, AT
+        )
+        again = await uow.webhooks.insert_if_new(
+            webhook("e_alone", refund=None), WebhookStatus.UNMATCHED, AT
+        )
+        await uow.commit()
+    assert again is None
+    assert (first.status, first.applied_at, first.refund_id) == (WebhookStatus.IGNORED, AT, None)
+    [row] = await _events_of(db, "e_alone")
+    assert row["status"] == "ignored"
+
+
+async def _events_of(db, event_id: str) -> list:
+    async with db.acquire() as conn:
+        return await conn.fetch(
+            "SELECT status, refund_id, applied_at, pse_refund_id, reference, body"
+            " FROM pse_webhook_events WHERE event_id = $1",
+            event_id,
+        )
+
+
 async def _waiting_for(db, *about) -> list:
     async with PgUnitOfWork(db) as uow:
         return await uow.webhooks.waiting_for(*about)
@@ -922,8 +985,8 @@ async def _waiting_for(db, *about) -> list:
 
 async def test_webhook_events_wait_for_their_refund_until_marked_and_stuck_ones_are_found(db):
     async with PgUnitOfWork(db) as uow:
-        by_ref = await uow.webhooks.insert_if_new(**webhook("e1", received_at=AT))
-        bare = await uow.webhooks.insert_if_new(**webhook("e2", refund=None, received_at=AT))
+        by_ref = await uow.webhooks.insert_if_new(webhook("e1", received_at=AT))
+        bare = await uow.webhooks.insert_if_new(webhook("e2", refund=None, received_at=AT))
         await uow.commit()
     assert bare.refund is None and bare.pse_refund_id is None
     async with PgUnitOfWork(db) as uow:

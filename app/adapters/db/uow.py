@@ -32,10 +32,11 @@ from app.adapters.db.outbox import OutboxRepository
 from app.adapters.db.payments import PaymentRepository
 from app.adapters.db.reconciliation import ReconciliationRepository
 from app.adapters.db.refunds import RefundRepository
-from app.adapters.db.statements import in_one_round_trip
+from app.adapters.db.statements import Write, in_one_round_trip
 from app.adapters.db.webhooks import WebhookRepository
 from app.domain import ports
 from app.domain.models import Payment, Refund
+from app.domain.ports import WebhookStoredBefore
 from app.domain.records import (
     KeptAnswer,
     OutboxEvent,
@@ -60,19 +61,25 @@ _DEAD_CONNECTION = (
 
 @functools.cache
 def _save_statement(
-    new: bool, with_payment: bool, with_approvals: bool, answer: bool, mark: bool, waiting: bool
+    new: bool,
+    with_payment: bool,
+    with_approvals: bool,
+    answer: bool,
+    mark: Write | None,
+    waiting: bool,
 ) -> str:
     """A refund's change with its new history and approvals, its payment's
     counters, the answer kept for its request's key, the outcome of the
-    webhook applied to it, its new events and the stored webhooks waiting
-    for it, in one statement (one per combination in use)."""
+    webhook applied to it (`mark`: written to the stored event, or the event
+    stored with it), its new events and the stored webhooks waiting for it,
+    in one statement (one per combination in use)."""
     return in_one_round_trip(
         refunds_sql.INSERT if new else refunds_sql.UPDATE,
         refunds_sql.APPEND_HISTORY,
         *((refunds_sql.APPEND_APPROVALS,) if with_approvals else ()),
         *((payments_sql.COUNTERS_UPDATE,) if with_payment else ()),
         *((idempotency_sql.COMPLETE,) if answer else ()),
-        *((webhooks_sql.MARK,) if mark else ()),
+        *((mark,) if mark is not None else ()),
         outbox_sql.APPEND,
         *((webhooks_sql.WAITING_FOR,) if waiting else ()),
     )
@@ -187,9 +194,10 @@ class PgUnitOfWork:
         approvals, its payment's counters (when they moved; the payment's row
         lock is all the transaction needed of it otherwise), the answer kept
         for the key of the request that made it (`answer`: its claim must be
-        in this transaction), the outcome of the stored webhook applied to it
-        (`webhook`) and its new events, and read the stored webhooks `waiting`
-        names (none without it): one statement."""
+        in this transaction), the outcome of the webhook applied to it
+        (`webhook`: WebhookStoredBefore when it is a received event stored before,
+        and the transaction must be abandoned) and its new events, and read
+        the stored webhooks `waiting` names (none without it): one statement."""
         assert self._conn is not None, "save_refund outside the unit of work"
         with_payment = payments_sql.counters_moved(payment)
         with_approvals = refunds_sql.has_new_approvals(refund)
@@ -202,23 +210,28 @@ class PgUnitOfWork:
         if answer is not None:
             args += idempotency_sql.complete_args(answer)
         if webhook is not None:
-            args += webhooks_sql.mark_args(webhook)
+            args += webhooks_sql.outcome_args(webhook)
         args += outbox_sql.append_args(events, deliver)
         statement = _save_statement(
             new,
             with_payment,
             with_approvals,
             answer is not None,
-            webhook is not None,
+            None if webhook is None else webhooks_sql.outcome_write(webhook),
             waiting is not None,
         )
         found: list[StoredWebhook] = []
-        if waiting is None:
-            await self._conn.execute(statement, *args)
-        else:
-            args += webhooks_sql.waiting_args(waiting)
-            records = await self._conn.fetch(statement, *args)
-            found = [webhooks_sql.webhook_from_record(record) for record in records]
+        try:
+            if waiting is None:
+                await self._conn.execute(statement, *args)
+            else:
+                args += webhooks_sql.waiting_args(waiting)
+                records = await self._conn.fetch(statement, *args)
+                found = [webhooks_sql.webhook_from_record(record) for record in records]
+        except asyncpg.UniqueViolationError as exc:
+            if webhook is None or exc.constraint_name != webhooks_sql.UNIQUE_EVENT:
+                raise
+            raise WebhookStoredBefore(webhooks_sql.event_name(webhook)) from exc
         refunds_sql.mark_stored(refund)
         payments_sql.mark_stored(payment)
         return found

@@ -1,14 +1,20 @@
-"""PSE webhook events: each stored once, as received, before it is applied."""
+"""PSE webhook events: each stored once, with what became of it (as
+`received` when applying it failed, for the worker to apply)."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 import asyncpg
 
 from app.adapters.db.statements import Write
-from app.domain.records import StoredWebhook, WaitingFor, WebhookOutcome, WebhookStatus
+from app.domain.records import (
+    ReceivedWebhook,
+    StoredWebhook,
+    WaitingFor,
+    WebhookOutcome,
+    WebhookStatus,
+)
 
 _COLUMNS = (
     "id",
@@ -24,18 +30,23 @@ _COLUMNS = (
     "applied_at",
 )
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM pse_webhook_events"  # noqa: S608
+_STORED = (
+    "INSERT INTO pse_webhook_events (pse_account, event_id, event_type, pse_refund_id, "
+    "reference, refund, body, status, refund_id, received_at, applied_at) "
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+)
 # Unique on (account, event id): a redelivered or concurrently delivered
 # event inserts nothing and returns no row.
-_INSERT_IF_NEW = (
-    "INSERT INTO pse_webhook_events (pse_account, event_id, event_type, pse_refund_id, "  # noqa: S608
-    "reference, refund, body, status, received_at) "
-    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING "
-    f"RETURNING {', '.join(_COLUMNS)}"
-)
-# Also written in one statement with the refund it was applied to (PgUnitOfWork.save_refund).
+_INSERT_IF_NEW = _STORED + f" ON CONFLICT DO NOTHING RETURNING {', '.join(_COLUMNS)}"
+# The outcome of a webhook applied to a refund, written in one statement with
+# the refund (PgUnitOfWork.save_refund): a stored event's, or an event stored
+# now with its outcome. The latter has no ON CONFLICT: a repeat fails the
+# statement on the unique key, and so everything written with it.
 MARK = Write(
     "UPDATE pse_webhook_events SET status = $2, refund_id = $3, applied_at = $4 WHERE id = $1", 4
 )
+STORE_DECIDED = Write(_STORED, 11)
+UNIQUE_EVENT = "uq_pse_webhook_events_account_event"
 _MARK = MARK.sql
 _WAITING_FOR = (
     _SELECT + " WHERE pse_account = $1 AND status = ANY($2::text[]) "
@@ -48,8 +59,40 @@ _WAITING = [WebhookStatus.UNMATCHED.value, WebhookStatus.RECEIVED.value]
 WAITING_FOR = Write(_WAITING_FOR, 4)
 
 
-def mark_args(outcome: WebhookOutcome) -> tuple[object, ...]:
-    return (outcome.webhook_id, outcome.status.value, outcome.refund_id, outcome.at)
+def _stored_args(
+    received: ReceivedWebhook, status: WebhookStatus, refund_id: str | None, at: datetime | None
+) -> tuple[object, ...]:
+    refund = received.refund or {}
+    return (
+        received.pse_account,
+        received.event_id,
+        received.event_type,
+        refund.get("pse_refund_id"),
+        refund.get("reference"),
+        received.refund,
+        received.body,
+        status.value,
+        refund_id,
+        received.received_at,
+        at,
+    )
+
+
+def outcome_write(outcome: WebhookOutcome) -> Write:
+    return MARK if isinstance(outcome.webhook, int) else STORE_DECIDED
+
+
+def event_name(outcome: WebhookOutcome) -> str:
+    webhook = outcome.webhook
+    if isinstance(webhook, int):
+        return f"stored webhook {webhook}"
+    return f"{webhook.pse_account}/{webhook.event_id}"
+
+
+def outcome_args(outcome: WebhookOutcome) -> tuple[object, ...]:
+    if isinstance(outcome.webhook, int):
+        return (outcome.webhook, outcome.status.value, outcome.refund_id, outcome.at)
+    return _stored_args(outcome.webhook, outcome.status, outcome.refund_id, outcome.at)
 
 
 def waiting_args(waiting: WaitingFor) -> tuple[object, ...]:
@@ -78,34 +121,20 @@ class WebhookRepository:
 
     async def insert_if_new(
         self,
-        *,
-        pse_account: str,
-        event_id: str,
-        event_type: str,
-        body: str,
-        refund: dict[str, Any] | None,
-        received_at: datetime,
+        received: ReceivedWebhook,
+        status: WebhookStatus = WebhookStatus.RECEIVED,
+        at: datetime | None = None,
     ) -> StoredWebhook | None:
-        """The stored event, or None when it was stored before."""
-        record = await self.conn.fetchrow(
-            _INSERT_IF_NEW,
-            pse_account,
-            event_id,
-            event_type,
-            (refund or {}).get("pse_refund_id"),
-            (refund or {}).get("reference"),
-            refund,
-            body,
-            WebhookStatus.RECEIVED.value,
-            received_at,
-        )
+        """The stored event (as `status`, decided `at`), or None when it was
+        stored before."""
+        record = await self.conn.fetchrow(_INSERT_IF_NEW, *_stored_args(received, status, None, at))
         return webhook_from_record(record) if record else None
 
     async def mark(
         self, webhook_id: int, status: WebhookStatus, refund_id: str | None, at: datetime
     ) -> None:
         outcome = WebhookOutcome(webhook_id, status, refund_id, at)
-        await self.conn.execute(_MARK, *mark_args(outcome))
+        await self.conn.execute(_MARK, *outcome_args(outcome))
 
     async def waiting_for(
         self, pse_account: str, pse_refund_id: str | None, reference: str

@@ -56,10 +56,13 @@ async def receive_webhook(
     account's provider (Stripe-Signature, Standard Webhooks for the sandbox…),
     with every configured secret accepted during rotation.
 
-    The raw event is stored before it is applied; a repeated event id answers
-    200 and is applied once. Events for refunds not yet known are kept and
-    applied when the refund appears. An event that contradicts a final status
-    changes nothing and raises `refund.needs_attention` (`status: conflict`).
+    The raw event is stored before the answer, with what became of it: in
+    the transaction that applies it, or alone (`received`) for the worker to
+    apply when applying it fails. A repeated event id answers 200 and is
+    applied once (`duplicate: true`: nothing changes). Events for refunds not
+    yet known are kept and applied when the refund appears. An event that
+    contradicts a final status changes nothing and raises
+    `refund.needs_attention` (`status: conflict`).
 
     Matching: by the PSE's refund id first; by our reference only while our
     refund has no PSE id yet and only when payment, currency and amount agree.
