@@ -225,6 +225,64 @@ async def test_a_refund_saved_after_its_unit_of_work_appends_only_what_is_new(db
     assert await scalar(db, "SELECT count(*) FROM refund_status_history") == 2
 
 
+class _CountingReads:
+    """A connection that counts the rows read one at a time through it."""
+
+    def __init__(self, conn) -> None:
+        self.conn = conn
+        self.reads = 0
+
+    async def fetchrow(self, *args, **kwargs):
+        self.reads += 1
+        return await self.conn.fetchrow(*args, **kwargs)
+
+
+async def test_a_pair_locked_after_waiting_for_a_writer_reads_what_it_wrote(db):
+    """The refund is read in the statement that locks its payment. One that
+    waited there for another writer of the refund (whose history entries its
+    snapshot predates) reads the refund again, and gets them; one that did
+    not wait reads once."""
+    pay = new_payment()
+    await saved(db, pay, new_refund(pay))
+    locks = {
+        "lock_with_payment": lambda refunds: refunds.lock_with_payment("rf_1"),
+        "lock_matching": lambda refunds: refunds.lock_matching(pay.pse_account, None, "rf_1"),
+    }
+    moves = [
+        lambda pay_now, refund: refund.start_submission(pay_now, AT),
+        lambda pay_now, refund: refund.apply_pse(
+            pay_now, seen(PseRefundState.SUCCEEDED), AT + timedelta(1), "pse"
+        ),
+    ]
+
+    async def locked(name: str) -> tuple:
+        async with PgUnitOfWork(db) as uow:
+            counting = uow.refunds.conn = _CountingReads(uow.refunds.conn)
+            pair = await locks[name](uow.refunds)
+            return pair, counting.reads
+
+    for name, move in zip(locks, moves, strict=True):
+        async with PgUnitOfWork(db) as writer:
+            pay_w, refund_w = await writer.refunds.lock_with_payment("rf_1")
+            move(pay_w, refund_w)
+            await writer.save_refund(refund_w, pay_w, [], deliver=False)
+            reader = asyncio.create_task(locked(name))
+            await asyncio.sleep(0.3)
+            assert not reader.done(), "the reader must wait for the payment's lock"
+            await writer.commit()
+        (pay_r, refund_r), reads = await reader
+        assert reads == 2, name
+        assert refund_r.history == refund_w.history and refund_r.status is refund_w.status
+        assert refund_r.stored_history == len(refund_w.history)
+        assert (pay_r.refunded_amount, pay_r.reserved_amount) == (
+            pay_w.refunded_amount,
+            pay_w.reserved_amount,
+        )
+        (_, alone), reads = await locked(name)
+        assert reads == 1 and stored(alone) == stored(refund_r), name
+    assert refund_r.status is RefundStatus.SUCCEEDED
+
+
 async def test_a_save_writes_the_payment_only_when_its_counters_moved(db):
     pay = new_payment()
     await saved(db, pay, new_refund(pay))

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 import asyncpg
 
@@ -75,8 +76,9 @@ DISPUTE_COUNTERS_UPDATE = Write(
 )
 
 
-def payment_from_record(record: asyncpg.Record) -> Payment:
-    """A payment from a row of `SELECT`'s columns, its counters noted as stored."""
+def payment_from_record(record: Mapping[str, Any]) -> Payment:
+    """A payment from a row of `SELECT`'s columns (or a mapping of them), its
+    counters noted as stored."""
     payment = Payment(
         id=record["id"],
         pse_account=record["pse_account"],

@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 
 from app.adapters.db.claimer import LIVE_CLAIMERS
+from app.adapters.db.payments import COLUMNS as PAYMENT_COLUMNS
 from app.adapters.db.payments import SELECT as PAYMENT_SELECT
 from app.adapters.db.payments import payment_from_record
 from app.adapters.db.statements import Conditions, Write
@@ -201,25 +202,21 @@ def mark_stored(refund: Refund) -> None:
 
 # A refund with its history and approvals, in one round trip. A refund that
 # never needed an approval has none to look for.
-_SELECT = (
-    f"SELECT {', '.join(f'r.{name}' for name in _COLUMNS)}, "  # noqa: S608
+_FIELDS = (
+    f"{', '.join(f'r.{name}' for name in _COLUMNS)}, "  # noqa: S608
     "(SELECT json_agg(json_build_array(h.status, h.at, h.actor, h.detail) ORDER BY h.id) "
     " FROM refund_status_history h WHERE h.refund_id = r.id) AS history_rows, "
     "CASE WHEN r.required_approvals <> '[]'::jsonb THEN "
     "(SELECT json_agg(json_build_array(a.approver_id, a.approver, a.level, a.decision, a.note, "
     " a.at) ORDER BY a.id) FROM refund_approvals a WHERE a.refund_id = r.id) END "
-    "AS approval_rows "
-    "FROM refunds r"
+    "AS approval_rows"
 )
+_SELECT = f"SELECT {_FIELDS} FROM refunds r"  # noqa: S608
 _BY_ID = _SELECT + " WHERE r.id = $1"
 _BY_ID_LOCKED = _BY_ID + " FOR UPDATE OF r"
 # The payment of the account's refund with the PSE's refund id, else of the
 # one our reference names (the first found by either index), locked, with that
-# refund's id. The refund is read by a second statement once this lock is
-# held: every writer of a refund holds its payment's lock, so that
-# statement's snapshot sees the refund, its history and approvals as the last
-# writer left them (one statement doing both would read the children with a
-# snapshot taken before waiting for the lock).
+# refund's id.
 _PAYMENT_OF_MATCH_LOCKED = (
     PAYMENT_SELECT.replace("SELECT ", "SELECT m.matched_id, ", 1)  # noqa: S608
     + " JOIN (SELECT id AS matched_id, payment_id AS matched_payment FROM refunds"
@@ -228,11 +225,36 @@ _PAYMENT_OF_MATCH_LOCKED = (
     "ORDER BY pse_refund_id IS NOT DISTINCT FROM $2 DESC LIMIT 1) m"
     " ON m.matched_payment = payments.id FOR UPDATE OF payments"
 )
-# The payment of a refund, locked; the refund read after, as above.
+# The payment of a refund, locked, with that refund's id.
 _PAYMENT_OF_REFUND_LOCKED = (
-    PAYMENT_SELECT  # noqa: S608
+    PAYMENT_SELECT.replace("SELECT ", "SELECT $1::text AS matched_id, ", 1)  # noqa: S608
     + " WHERE id = (SELECT payment_id FROM refunds WHERE id = $1) FOR UPDATE"
 )
+
+
+def _then_the_refund(payment_locked: str) -> str:
+    """The payment `payment_locked` locks (in a CTE, run before any refund is
+    locked), then its refund `matched_id`, locked, with its history and
+    approvals: one round trip.
+
+    The statement's snapshot is taken before it waits for the payment's lock.
+    The refund row itself is read as the last writer left it (PostgreSQL
+    locks the newest version), but its history and approvals are read with
+    that snapshot. Every writer of a refund holds its payment's lock and
+    writes the refund's row with its children, so they can only be stale when
+    the refund's newest row is not the one of the snapshot: `fresh` says
+    whether it is (the same creating transaction), and when it is not the
+    refund is read again, by a statement of its own, under the locks held."""
+    return (
+        f"WITH p AS MATERIALIZED ({payment_locked}) "  # noqa: S608
+        f"SELECT {', '.join(f'p.{name} AS p_{name}' for name in PAYMENT_COLUMNS)}, {_FIELDS}, "
+        "r.xmin = (SELECT o.xmin FROM refunds o WHERE o.id = r.id) AS fresh "
+        "FROM p JOIN refunds r ON r.id = p.matched_id FOR UPDATE OF r"
+    )
+
+
+_MATCH_LOCKED = _then_the_refund(_PAYMENT_OF_MATCH_LOCKED)
+_WITH_PAYMENT_LOCKED = _then_the_refund(_PAYMENT_OF_REFUND_LOCKED)
 _PAYMENT_ID = "SELECT payment_id FROM refunds WHERE id = $1"
 # Every refund of a payment, locked: read once the payment's lock is held (as
 # above), in id order.
@@ -392,19 +414,19 @@ class RefundRepository:
 
     async def lock_with_payment(self, refund_id: str) -> tuple[Payment, Refund] | None:
         """The refund and its payment, both locked: the payment first."""
-        payment_record = await self.conn.fetchrow(_PAYMENT_OF_REFUND_LOCKED, refund_id)
-        return await self._with_refund(payment_record, refund_id)
+        return await self._locked_pair(_WITH_PAYMENT_LOCKED, refund_id)
 
-    async def _with_refund(
-        self, payment_record: asyncpg.Record | None, refund_id: str
-    ) -> tuple[Payment, Refund] | None:
-        """The payment just locked, and its refund read and locked after it."""
-        if payment_record is None:
-            return None
-        record = await self.conn.fetchrow(_BY_ID_LOCKED, refund_id)
+    async def _locked_pair(self, statement: str, *args: object) -> tuple[Payment, Refund] | None:
+        record = await self.conn.fetchrow(statement, *args)
         if record is None:
             return None
-        return payment_from_record(payment_record), refund_from_record(record)
+        payment = payment_from_record({name: record[f"p_{name}"] for name in PAYMENT_COLUMNS})
+        if record["fresh"]:
+            return payment, refund_from_record(record)
+        # A writer of the refund committed while this waited for the payment:
+        # its children are read again, by a statement that sees them.
+        again = await self.conn.fetchrow(_BY_ID, record["id"])
+        return payment, refund_from_record(again)
 
     async def lock_of_payment(self, payment_id: str) -> list[Refund]:
         """Every refund of the payment, locked. Call with the payment locked:
@@ -421,12 +443,9 @@ class RefundRepository:
     ) -> tuple[Payment, Refund] | None:
         """The account's refund with the PSE's refund id, else the one
         `reference` names, and its payment: both locked, the payment first."""
-        payment_record = await self.conn.fetchrow(
-            _PAYMENT_OF_MATCH_LOCKED, pse_account, pse_refund_id or None, reference or None
+        return await self._locked_pair(
+            _MATCH_LOCKED, pse_account, pse_refund_id or None, reference or None
         )
-        if payment_record is None:
-            return None
-        return await self._with_refund(payment_record, payment_record["matched_id"])
 
     async def stale_unflagged(self, created_before: datetime, limit: int) -> list[str]:
         """Open refunds older than the SLA that have not yet raised `needs_attention`
