@@ -20,7 +20,13 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from app.domain.cards import card_numbers, mask_card_numbers, masked, might_hold_card_number
+from app.domain.cards import (
+    MIN_DIGITS,
+    card_numbers,
+    mask_card_numbers,
+    masked,
+    might_hold_card_number,
+)
 
 REDACTED = "[redacted]"
 # A secret at least this long is replaced wherever it appears, inside a word
@@ -57,6 +63,24 @@ def _unescaped(escape: str) -> str:
     return bytes.fromhex(escape.replace("%", "")).decode("utf-8", errors="replace")
 
 
+# Every character an escape is written with (`\\u00a0`, `\\n`, `%2F`, `+`), and
+# those a run of digits is: an ASCII text with no 13 of them in a row decodes
+# to no run long enough to hold a card number (each decoded character comes
+# from a literal one, or from an escape written with these alone).
+_ESCAPED_RUN_CHARS = frozenset('0123456789ABCDEFabcdefu\\/"bfnrt%+ \t\n\x0b\x0c\r-._')
+_ESCAPED_RUN_CLASSES = bytes(
+    ord("r") if chr(b) in _ESCAPED_RUN_CHARS or re.match(r"\s", chr(b)) else ord("x")
+    for b in range(256)
+)
+_ESCAPED_LONG_RUN = b"r" * MIN_DIGITS
+
+
+def _might_decode_to_long_run(value: str) -> bool:
+    if not value.isascii():
+        return True
+    return _ESCAPED_LONG_RUN in value.encode("ascii").translate(_ESCAPED_RUN_CLASSES)
+
+
 def _mask_card_numbers(value: str) -> str:
     """`value` with its card numbers masked, those written with escapes too
     (`4242\\u00a04242…`, `4242%2F4242…`, `4242+4242…`), the rest of it left
@@ -72,6 +96,8 @@ def _mask_card_numbers(value: str) -> str:
         return mask_card_numbers(value, in_words=True)
     else:
         escapes = _ESCAPE
+    if not _might_decode_to_long_run(value):
+        return value
     starts: list[int] = []  # where each piece starts in the decoded view
     spans: list[tuple[int, int, bool]] = []  # its span in `value`, and whether literal
     decoded: list[str] = []

@@ -4,6 +4,7 @@ written, and ordinary text never taken for one."""
 from __future__ import annotations
 
 import time
+from unittest import mock
 
 import pytest
 from hypothesis import assume, given, settings
@@ -186,6 +187,40 @@ def test_a_text_whose_digit_runs_are_all_short_never_looks_for_ids(monkeypatch):
     text = '{"at": "2026-12-01T16:21:35.123456+00:00", "id": "rf_1a231a820d3d72b7eb2815ac622"}' * 5
     assert cards.digit_count(text) >= 13
     assert list(card_numbers(text, in_words=True)) == []
+
+
+# Digits, what joins them, and what breaks a run, in the mixes that sit at
+# the edge of 13 characters.
+_RUN_EDGE = st.text(alphabet="0123456789 -._/\\\t\n:+Tx\u00a0\uff10", max_size=40)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    text=st.one_of(_RUN_EDGE, embedded(written()).map(lambda found: found[0]), ordinary_texts),
+    in_words=st.booleans(),
+)
+def test_the_quick_test_for_a_long_run_never_hides_a_card_number(text, in_words):
+    """A text the quick test passes over is one the runs' regular expression
+    finds nothing in: the same card numbers are found with it as without."""
+    found = list(card_numbers(text, in_words=in_words))
+    with mock.patch.object(cards, "might_hold_long_run", lambda _text: True):
+        assert found == list(card_numbers(text, in_words=in_words))
+
+
+def test_a_json_body_of_short_runs_is_passed_over_without_the_runs_regex(monkeypatch):
+    class Untouchable:
+        def finditer(self, *_args):
+            raise AssertionError("the runs' regex ran")
+
+    monkeypatch.setattr(cards, "_LONG_RUN", Untouchable())
+    body = (
+        '{"id":"evt_000001234","created_at":"2026-12-02T06:40:01.123456Z",'
+        '"data":{"id":"sbre_bm000001234","amount":1000,"payment_id":"pi_1a2356b4fc2c38255"}}'
+    )
+    assert cards.digit_count(body) >= 13 and not cards.might_hold_long_run(body)
+    assert list(card_numbers(body, in_words=True)) == []
+    assert cards.might_hold_long_run("card 4242 4242 4242 4242")
+    assert cards.might_hold_long_run("ｶｰﾄﾞ")  # not ASCII: left to the regex
 
 
 def _fastest_read(text: str) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import re
+from unittest import mock
 from urllib.parse import parse_qs, quote, quote_plus, urlencode
 
 import pytest
@@ -12,6 +13,7 @@ import structlog
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from app import redaction
 from app.domain.cards import digit_count
 from app.logs import configure_logging
 from app.redaction import REDACTED, Redactor
@@ -128,6 +130,32 @@ def test_a_card_number_in_a_url_query_is_masked_whatever_its_escapes(found, plus
     query = urlencode({"q": text}, quote_via=quote_plus if plus else quote)
     out = Redactor().text(f"order_id=ORD-1&{query}")
     assert _hidden(text, card, parse_qs(out)["q"][0])
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    text=st.one_of(
+        st.text(alphabet='0123456789 -._/\\%+:Tu"abcdefnrtx', max_size=50),
+        embedded(written()).map(
+            lambda found: urlencode({"q": found[0]}, quote_via=quote).replace("q=", "")
+        ),
+        embedded(written()).map(lambda found: json.dumps(found[0])[1:-1]),
+    )
+)
+def test_the_quick_test_before_decoding_escapes_never_hides_a_card_number(text):
+    """A text the quick test passes over (no 13 characters in a row that a
+    run of digits or its escapes could be written with) is masked the same as
+    when its escapes are decoded and searched."""
+    masked = Redactor().text(text)
+    with mock.patch.object(redaction, "_might_decode_to_long_run", lambda _value: True):
+        assert masked == Redactor().text(text)
+
+
+def test_a_timestamp_is_passed_over_without_decoding_its_plus_sign(monkeypatch):
+    monkeypatch.setattr(redaction, "_unescaped", None)  # decoding would fail
+    at = "2026-12-02T06:40:01.123456+00:00"
+    assert digit_count(at) >= 13
+    assert Redactor().text(at) == at
 
 
 @settings(max_examples=300, deadline=None)
