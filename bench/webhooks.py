@@ -19,6 +19,12 @@ service / yardstick (target >= 0.8 x).
 
     .venv/bin/python bench/webhooks.py [--duration 15] [--connections 64]
         [--events 60000] [--workers N] [--keep-db] [--profile DIR]
+    .venv/bin/python bench/webhooks.py --rounds 6 [--burst 5]
+
+With `--rounds N` both are started at once and loaded in turns instead, a
+`--burst` each per round, the first side alternating, each round's events
+for refunds of their own: the median of the per-round ratios is the figure
+with the machine's drift taken out.
 
 Needs `wrk` (apt-get install wrk). Loopback only; the service is stopped and
 the scratch database dropped at the end, also on errors and Ctrl-C.
@@ -31,6 +37,7 @@ import asyncio
 import json
 import secrets
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -618,6 +625,140 @@ async def run(args: argparse.Namespace) -> None:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
+def round_kind(i: int) -> str:
+    """The refunds (and events) of round `i` of `--rounds`: `r00`, `r01`…"""
+    return f"r{i:02d}"
+
+
+async def run_rounds(args: argparse.Namespace) -> None:
+    """`--rounds N`: the service and the yardstick started at once, then loaded
+    in turns, a `--burst` of wrk each per round, the first side alternating;
+    each round's events are for refunds of their own (both sides have their
+    own copy of them). A drift of the machine's speed hits both alike."""
+    db = ScratchDb(args.dsn)
+    workdir = Path(tempfile.mkdtemp(prefix="webhooks-rounds-"))
+    children = Children(workdir)
+    warmup_events = int(args.warmup * 1_000) if args.warmup > 0 else 0
+    per_round = args.events // args.rounds
+    kinds = [round_kind(i) for i in range(args.rounds)]
+    try:
+        t0 = time.perf_counter()
+        await db.create()
+        conn = await db.connect()
+        try:
+            counts = {"bw": warmup_events} | dict.fromkeys(kinds, per_round)
+            payments = await seed(conn, args.payments, counts)
+            await conn.execute(YARDSTICK_DDL)
+            await conn.execute(YARDSTICK_SEED)
+        finally:
+            await conn.close()
+        print(
+            f"scratch database {db.name}: {args.payments:,} payments, "
+            f"{sum(counts.values()):,} pending refunds (and the yardstick's copy), "
+            f"in {time.perf_counter() - t0:.1f} s",
+            flush=True,
+        )
+        secret = new_webhook_secret()
+        config = workdir / "service.toml"
+        config.write_text(service_toml(db.url, "http://127.0.0.1:9", webhook_secret=secret))
+        script = workdir / "webhooks.lua"
+        script.write_text(WEBHOOKS_LUA)
+        threads = min(args.threads, args.connections)
+        port = free_port()
+        service = await children.start(
+            "service",
+            [*cli_command(), "serve", "--host", LOOPBACK, "--port", str(port)],
+            child_env(config),
+        )
+        await wait_http(f"http://{LOOPBACK}:{port}/readyz", service)
+        yard, yard_base = await start_uvicorn(
+            children,
+            "webhook-yardstick",
+            "bench.webhook_yardstick:app",
+            child_env(WEBHOOK_YARDSTICK_DSN=db.dsn, WEBHOOK_YARDSTICK_SECRET=secret),
+        )
+        sides = {
+            "service": (service, f"http://{LOOPBACK}:{port}/v1/webhooks/{ACCOUNT}"),
+            "yardstick": (yard, f"{yard_base}/webhooks/{ACCOUNT}"),
+        }
+
+        async def burst(side: str, kind: str, count: int, seconds: float) -> WrkResult:
+            child, url = sides[side]
+            events_file = workdir / f"{side}-{kind}.tsv"
+            write_events(events_file, secret, kind, count, payments, secrets.token_hex(4))
+            result = await run_wrk(
+                f"{side} {kind}",
+                url,
+                script,
+                [str(events_file), str(threads)],
+                duration=seconds,
+                connections=args.connections,
+                threads=threads,
+            )
+            events_file.unlink(missing_ok=True)
+            check_failures(result)
+            if child.proc.returncode is not None:
+                raise BenchError(f"{side}: the server died:\n{child.log_tail()}")
+            if int(result.extra.get("exhausted_threads", "0")):
+                raise BenchError(
+                    f"{side}: the {count:,} events of {kind} ran out within the burst: "
+                    "raise --events"
+                )
+            return result
+
+        if warmup_events:
+            for side in sides:
+                await burst(side, "bw", warmup_events, args.warmup)
+        await db.tidy()
+        results: dict[str, dict[str, WrkResult]] = {side: {} for side in sides}
+        rates: dict[str, list[float]] = {side: [] for side in sides}
+        for i, kind in enumerate(kinds):
+            order = list(sides) if i % 2 == 0 else list(sides)[::-1]
+            for side in order:
+                results[side][kind] = await burst(side, kind, per_round, args.burst)
+                rates[side].append(results[side][kind].rps)
+                await asyncio.sleep(1)  # requests cut off by wrk's stop finish meanwhile
+            print(
+                f"round {i + 1}: service {rates['service'][-1]:.1f}, "
+                f"yardstick {rates['yardstick'][-1]:.1f} events/s",
+                flush=True,
+            )
+        for kind in kinds:
+            # Raises on a broken promise: an event stored twice, applied twice, lost.
+            await verify(db, kind, results["service"][kind])
+            await verify_yardstick(db, kind, results["yardstick"][kind])
+        ratios = [a / b for a, b in zip(rates["service"], rates["yardstick"], strict=True)]
+        ratio = statistics.median(ratios)
+        print(
+            f"\nwebhook ingestion, {args.rounds} rounds of {args.burst:g} s per side "
+            f"({args.connections} connections, each request a distinct signed "
+            "refund.succeeded event), events/s median (min-max):"
+        )
+        for side, values in rates.items():
+            print(
+                f"  {side:>9}: {statistics.median(values):7.1f} "
+                f"({min(values):.1f}-{max(values):.1f})"
+            )
+        print(
+            f"  service / yardstick, per round: median {ratio:.3f} "
+            f"({min(ratios):.3f}-{max(ratios):.3f}) (target >= {TARGET_YARDSTICK_RATIO:.1f} x) "
+            f"{'ok' if ratio >= TARGET_YARDSTICK_RATIO else 'MISSED'}"
+        )
+        print(
+            f"  every event of the {args.rounds} rounds stored once and applied once, on both sides"
+        )
+    finally:
+        await children.stop_all()
+        if args.keep_db:
+            print(f"kept database {db.name}: {db.dsn}")
+        else:
+            await db.drop()
+        if args.keep_logs:
+            print(f"logs kept in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
 def arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--duration", type=float, default=15, help="seconds of measured load")
@@ -633,6 +774,16 @@ def arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--workers", type=int, default=1, help="API processes of the service (serve --workers)"
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=0,
+        help="interleave: both sides started at once, loaded in turns for N rounds "
+        "(--events split among them); 0: the service, then the yardstick",
+    )
+    parser.add_argument(
+        "--burst", type=float, default=5.0, help="seconds of load per side and round (--rounds)"
+    )
     parser.add_argument("--keep-db", action="store_true", help="do not drop the scratch database")
     parser.add_argument("--keep-logs", action="store_true", help="keep the service's log")
     parser.add_argument(
@@ -644,11 +795,19 @@ def arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if min(args.duration, args.connections, args.threads, args.events, args.payments) < 1:
         parser.error("--duration, --connections, --threads, --events, --payments must be >= 1")
+    if args.rounds < 0 or (args.rounds and args.burst < 1):
+        parser.error("--rounds must be >= 0, and --burst >= 1 with it")
+    if args.rounds and (args.profile or args.workers > 1):
+        parser.error("--rounds measures one process per side, without --profile")
     args.profile = Path(args.profile).resolve() if args.profile else None
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
     return args
 
 
+async def run_selected(args: argparse.Namespace) -> None:
+    await (run_rounds(args) if args.rounds else run(args))
+
+
 if __name__ == "__main__":
-    main(run, arguments, "bench/webhooks.py")
+    main(run_selected, arguments, "bench/webhooks.py")
