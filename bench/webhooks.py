@@ -515,33 +515,44 @@ async def measured(
     return result, checks, (profile, profile_out)
 
 
+async def prepare(
+    args: argparse.Namespace, db: ScratchDb, workdir: Path, counts: dict[str, int]
+) -> tuple[Sequence[str], str, Path, Path]:
+    """The scratch database seeded with `counts` pending refunds per kind (and
+    the yardstick's copy), a webhook secret, the service's configuration and
+    wrk's script: the payments' PSE ids, the secret, the config, the script."""
+    t0 = time.perf_counter()
+    await db.create()
+    conn = await db.connect()
+    try:
+        payments = await seed(conn, args.payments, counts)
+        await conn.execute(YARDSTICK_DDL)
+        await conn.execute(YARDSTICK_SEED)
+    finally:
+        await conn.close()
+    print(
+        f"scratch database {db.name}: {args.payments:,} payments, "
+        f"{sum(counts.values()):,} pending refunds (and the yardstick's copy), "
+        f"in {time.perf_counter() - t0:.1f} s",
+        flush=True,
+    )
+    secret = new_webhook_secret()
+    config = workdir / "service.toml"
+    # Nothing is sent to the PSE here: its address is the discard port.
+    config.write_text(service_toml(db.url, "http://127.0.0.1:9", webhook_secret=secret))
+    script = workdir / "webhooks.lua"
+    script.write_text(WEBHOOKS_LUA)
+    return payments, secret, config, script
+
+
 async def run(args: argparse.Namespace) -> None:
     db = ScratchDb(args.dsn)
     workdir = Path(tempfile.mkdtemp(prefix="webhooks-bench-"))
     children = Children(workdir)
     warmup_events = int(args.warmup * 1_000) if args.warmup > 0 else 0
     try:
-        t0 = time.perf_counter()
-        await db.create()
-        conn = await db.connect()
-        try:
-            payments = await seed(conn, args.payments, {"bw": warmup_events, "bm": args.events})
-            await conn.execute(YARDSTICK_DDL)
-            await conn.execute(YARDSTICK_SEED)
-        finally:
-            await conn.close()
-        print(
-            f"scratch database {db.name}: {args.payments:,} payments, "
-            f"{args.events + warmup_events:,} pending refunds (and the yardstick's copy), "
-            f"in {time.perf_counter() - t0:.1f} s",
-            flush=True,
-        )
-        secret = new_webhook_secret()
-        config = workdir / "service.toml"
-        # Nothing is sent to the PSE here: its address is the discard port.
-        config.write_text(service_toml(db.url, "http://127.0.0.1:9", webhook_secret=secret))
-        script = workdir / "webhooks.lua"
-        script.write_text(WEBHOOKS_LUA)
+        counts = {"bw": warmup_events, "bm": args.events}
+        payments, secret, config, script = await prepare(args, db, workdir, counts)
         threads = min(args.threads, args.connections)
         loads = EventLoad(args, db, workdir, script, secret, payments, warmup_events)
 
@@ -642,27 +653,8 @@ async def run_rounds(args: argparse.Namespace) -> None:
     per_round = args.events // args.rounds
     kinds = [round_kind(i) for i in range(args.rounds)]
     try:
-        t0 = time.perf_counter()
-        await db.create()
-        conn = await db.connect()
-        try:
-            counts = {"bw": warmup_events} | dict.fromkeys(kinds, per_round)
-            payments = await seed(conn, args.payments, counts)
-            await conn.execute(YARDSTICK_DDL)
-            await conn.execute(YARDSTICK_SEED)
-        finally:
-            await conn.close()
-        print(
-            f"scratch database {db.name}: {args.payments:,} payments, "
-            f"{sum(counts.values()):,} pending refunds (and the yardstick's copy), "
-            f"in {time.perf_counter() - t0:.1f} s",
-            flush=True,
-        )
-        secret = new_webhook_secret()
-        config = workdir / "service.toml"
-        config.write_text(service_toml(db.url, "http://127.0.0.1:9", webhook_secret=secret))
-        script = workdir / "webhooks.lua"
-        script.write_text(WEBHOOKS_LUA)
+        counts = {"bw": warmup_events} | dict.fromkeys(kinds, per_round)
+        payments, secret, config, script = await prepare(args, db, workdir, counts)
         threads = min(args.threads, args.connections)
         port = free_port()
         service = await children.start(
