@@ -52,6 +52,7 @@ import shutil
 import sys
 import tempfile
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -252,9 +253,9 @@ class OpenLoop:
 def refund_requests(
     port: int, key: str, payment_ids: Sequence[str], seed: int
 ) -> Callable[[int], bytes]:
-    """Request i: a random payment, amount 1, a fresh Idempotency-Key."""
+    """Request i: a random payment, amount 1, a fresh Idempotency-Key (a
+    random UUID, as stores make them: see `REFUNDS_LUA` in bench/refunds.py)."""
     rng = random.Random(seed)
-    nonce = secrets.token_hex(4)
     head = (
         f"POST {PATH} HTTP/1.1\r\nHost: {LOOPBACK}:{port}\r\n"
         f"Content-Type: application/json\r\nAuthorization: Bearer {key}\r\n"
@@ -266,7 +267,7 @@ def refund_requests(
             f'"reason":"requested_by_customer"}}'
         )
         return (
-            f"{head}Idempotency-Key: open-{nonce}-{i}-{rng.getrandbits(31)}\r\n"
+            f"{head}Idempotency-Key: {uuid.UUID(int=rng.getrandbits(128), version=4)}\r\n"
             f"Content-Length: {len(body)}\r\n\r\n{body}"
         ).encode()
 

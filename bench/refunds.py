@@ -102,8 +102,12 @@ YARDSTICK_LABEL = "one-tx yardstick"
 PROTOCOL_LABEL = "protocol yardstick"
 
 # One POST per request: a random payment of the file, amount 1, and an
-# Idempotency-Key made of the run's nonce, the thread, a counter and randomness.
-# Arguments after `--`: <payment ids file> <bearer key or ""> <nonce> <seed>.
+# Idempotency-Key that is a random UUID (version 4), as stores make them
+# (Stripe's and most PSEs' documentation ask for one). A key of digits joined
+# by dashes (a nonce, the thread, a counter, a random number) made a run that
+# the service's redaction searched for a card number on every request: 60 µs
+# per key against 5 for a UUID, a cost a store's keys do not have.
+# Arguments after `--`: <payment ids file> <bearer key or ""> <seed>.
 # done() prints every status code seen and one non-2xx answer per thread.
 REFUNDS_LUA = r"""
 local threads = {}
@@ -119,8 +123,6 @@ statuses = {}
 sample = nil
 local ids = {}
 local headers = {}
-local counter = 0
-local prefix = ""
 
 function init(args)
    for line in io.lines(args[1]) do
@@ -130,13 +132,18 @@ function init(args)
    if args[2] ~= nil and #args[2] > 0 then
       headers["Authorization"] = "Bearer " .. args[2]
    end
-   prefix = "bench-" .. args[3] .. "-" .. tid .. "-"
-   math.randomseed(tonumber(args[4]) + tid * 7919)
+   math.randomseed(tonumber(args[3]) + tid * 7919)
+end
+
+local function uuid4()
+   local r = math.random
+   return string.format("%04x%04x-%04x-4%03x-%04x-%04x%04x%04x",
+      r(0, 0xffff), r(0, 0xffff), r(0, 0xffff), r(0, 0xfff), r(0x8000, 0xbfff),
+      r(0, 0xffff), r(0, 0xffff), r(0, 0xffff))
 end
 
 function request()
-   counter = counter + 1
-   headers["Idempotency-Key"] = prefix .. counter .. "-" .. math.random(1, 2147483646)
+   headers["Idempotency-Key"] = uuid4()
    local body = '{"payment_id":"' .. ids[math.random(#ids)]
       .. '","amount":1,"reason":"requested_by_customer"}'
    return wrk.format("POST", nil, headers, body)
@@ -926,13 +933,13 @@ async def measure(
 ) -> WrkResult:
     """A warm-up (checked, not reported), then the measured run; `settle` (the
     scratch database's `analyze`) and `on_measure` are called between the two.
-    `args`: the script's arguments before its nonce and seed."""
+    `args`: the script's arguments before its seed."""
     if load.warmup > 0:
         warm = await run_wrk(
             f"{label} warm-up",
             url,
             script,
-            [*args, secrets.token_hex(4), str(secrets.randbits(30))],
+            [*args, str(secrets.randbits(30))],
             duration=load.warmup,
             connections=load.connections,
             threads=load.threads,
@@ -946,7 +953,7 @@ async def measure(
         label,
         url,
         script,
-        [*args, secrets.token_hex(4), str(secrets.randbits(30))],
+        [*args, str(secrets.randbits(30))],
         duration=load.duration,
         connections=load.connections,
         threads=load.threads,
