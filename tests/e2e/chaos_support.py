@@ -181,6 +181,25 @@ def logs(workdir: Path, tail: int) -> str:
     )
 
 
+def request_failures(workdir: Path) -> list[str]:
+    """What the service logged of each request it answered 500 (the log's
+    `request.failed` lines, the last line of each traceback): a failed run
+    says why without the whole logs."""
+    found = []
+    for path in sorted(workdir.glob("*.log")):
+        for line in path.read_text().splitlines():
+            if '"request.failed"' not in line:
+                continue
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                found.append(f"{path.name}: {line[:300]}")
+                continue
+            last = (entry.get("exception") or "").strip().splitlines()[-1:] or [""]
+            found.append(f"{path.name}: {entry.get('request_id')} {last[0]}")
+    return found
+
+
 async def wait_until_up(url: str, seconds: float = 30) -> None:
     deadline = time.monotonic() + seconds
     async with httpx.AsyncClient(timeout=1) as client:

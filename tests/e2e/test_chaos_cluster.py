@@ -438,7 +438,10 @@ async def test_two_apis_and_two_workers_lose_and_double_nothing_through_kills_an
         assert sum(injected.values()) > 0
         reckoning.assert_clean()
         # Never a 500, database down or not.
-        assert all_statuses[500] == 0, [a for a in record.answers if a.status == 500]
+        assert all_statuses[500] == 0, (
+            [a for a in record.answers if a.status == 500],
+            support.request_failures(cluster.workdir),
+        )
         # While it was down: 503 `unavailable` with Retry-After from both APIs,
         # and nothing else; /readyz failing on both.
         for port in ports:

@@ -22,6 +22,7 @@ import pytest
 
 from app.adapters.db.api_keys import CHANNEL
 from app.adapters.db.engine import asyncpg_dsn
+from app.adapters.db.faults import database_unavailable
 from app.adapters.db.uow import PgUnitOfWork, TransactionAborted
 from app.domain.audit import GENESIS, AuditEntry, check
 from app.domain.console import ConsoleSession
@@ -1596,3 +1597,42 @@ async def test_a_connection_dying_during_a_unit_of_work_is_not_reused(db, fresh_
     for _ in range(6):
         async with PgUnitOfWork(db) as uow:
             assert await uow.payments.get("pay_1") is not None
+
+
+async def kill_and_wait(pool) -> None:
+    """The server ends the sessions, and the driver has learnt of it (it hands
+    such a connection back to the pool itself, and every later call through
+    it is refused)."""
+    await kill_other_backends(pool)
+    await asyncio.sleep(0.2)
+
+
+async def test_a_statement_on_a_session_the_server_ended_counts_as_the_database_away(
+    db, fresh_pool_after
+):
+    await saved(db, new_payment())
+    with pytest.raises(Exception) as raised:
+        async with PgUnitOfWork(db) as uow:
+            await uow.payments.get("pay_1", for_update=True)
+            await kill_and_wait(db)
+            await uow.payments.get("pay_1")
+    assert database_unavailable(raised.value), repr(raised.value)  # 503, not 500
+    async with PgUnitOfWork(db) as uow:
+        assert await uow.payments.get("pay_1") is not None
+
+
+async def test_rolling_back_a_session_the_server_ended_keeps_the_error_that_ended_it(
+    db, fresh_pool_after
+):
+    """The roll-back must not replace what the block raised by an error of
+    its own clean-up."""
+    await saved(db, new_payment())
+    ended = asyncpg.exceptions.ConnectionDoesNotExistError("the session ended")
+    with pytest.raises(Exception) as raised:
+        async with PgUnitOfWork(db) as uow:
+            await uow.payments.get("pay_1", for_update=True)
+            await kill_and_wait(db)
+            raise ended
+    assert raised.value is ended
+    async with PgUnitOfWork(db) as uow:
+        assert await uow.payments.get("pay_1") is not None

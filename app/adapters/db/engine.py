@@ -124,6 +124,18 @@ class ConnectionPool:
         assert self._pool is not None
         await self._pool.release(connection)
 
+    @staticmethod
+    def discard(connection: asyncpg.Connection) -> None:
+        """End `connection` at once: it is never pooled again. When asyncpg
+        learns that the server ended the session it hands the connection back
+        to the pool itself, and every later call on it raises; for such a one
+        nothing is left to do, and the error that ended it stays the one the
+        caller sees."""
+        try:
+            connection.terminate()
+        except asyncpg.InterfaceError:
+            pass  # handed back already: the pool knows it is gone
+
     @asynccontextmanager
     async def acquire(self) -> AsyncIterator[asyncpg.Connection]:
         connection = await self.connection()

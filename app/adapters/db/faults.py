@@ -21,8 +21,17 @@ _SERVER_REFUSING = (
     asyncpg.exceptions.TooManyConnectionsError,
 )
 # How asyncpg's InterfaceError words a connection or pool that is gone (its
-# other InterfaceErrors are misuse: bugs, answered 500).
-_GONE = ("connection is closed", "pool is closing", "pool is closed")
+# other InterfaceErrors are misuse: bugs, answered 500). When the driver learns
+# that the server ended a pooled connection's session it hands the connection
+# back to the pool itself, and every later call through it is refused as
+# "released back to the pool": a unit of work gives its connection back only
+# at its end, so met within one, that is a session the server ended.
+_GONE = (
+    "connection is closed",
+    "pool is closing",
+    "pool is closed",
+    "connection has been released back to the pool",
+)
 # What its protocol says when the server's "terminating connection" arrives
 # just as a statement is sent (measured: one time in three right after
 # pg_terminate_backend); the connection is closed by then.
@@ -59,7 +68,8 @@ def database_unavailable(exc: BaseException) -> bool:
       be made, failed, or no longer exists), but not a protocol violation;
     - the server refusing or ending sessions (shutdown, start-up, recovery,
       crash, no connection slot left);
-    - asyncpg's InterfaceError about a closed connection or pool, and its
+    - asyncpg's InterfaceError about a closed connection or pool (a pooled
+      connection the driver handed back when the server ended it), and its
       protocol's complaint when the server cut the session as a statement went;
     - OSError (refused, reset, the unix socket gone, no route to the host) and
       TimeoutError (connecting, waiting for a pooled connection, a statement

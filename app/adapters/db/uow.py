@@ -137,7 +137,7 @@ class PgUnitOfWork:
             await conn.execute("BEGIN")
         except BaseException:
             # Dead, or cancelled half-way: in no state to be pooled again.
-            conn.terminate()
+            self._pool.discard(conn)
             await self._pool.release(conn)
             raise
         return conn
@@ -157,11 +157,13 @@ class PgUnitOfWork:
             await conn.execute("ROLLBACK")
         except Exception:
             # The connection died during the unit of work: it is not reused,
-            # and neither is any other connection pooled from before.
-            conn.terminate()
+            # and neither is any other connection pooled from before. Whatever
+            # the block raised (the server ending the session, say) is what the
+            # caller sees, never an error of this clean-up.
+            self._pool.discard(conn)
             await self._pool.expire_connections()
         except BaseException:
-            conn.terminate()
+            self._pool.discard(conn)
             raise
 
     async def commit(self) -> None:
