@@ -28,6 +28,23 @@ async def test_thirty_concurrent_refunds_never_exceed_the_payment(api):
     assert total == 10000
 
 
+async def test_concurrent_refunds_of_many_payments_never_exceed_the_daily_auto_approval_limit(
+    make_api,
+):
+    # No payment lock is shared: the day's total is what they contend on.
+    api = await make_api(policy={"daily_auto_approve_limit": {"JPY": 5000}})
+    payments = [await register(api) for _ in range(16)]
+    results = await asyncio.gather(*(refund(api, p["id"], 1000) for p in payments))
+    assert [r.status_code for r in results] == [201] * 16, [r.text for r in results]
+    statuses = Counter(r.json()["status"] for r in results)
+    assert statuses == {"submitting": 5, "pending_approval": 11}
+    async with api.container.pool.acquire() as conn:
+        total = await conn.fetchval(
+            "SELECT amount FROM auto_approval_totals WHERE currency = 'JPY'"
+        )
+    assert total == 5000
+
+
 async def test_ten_concurrent_requests_with_one_key_create_one_refund(api):
     payment = await register(api, amount=10000)
     results = await asyncio.gather(

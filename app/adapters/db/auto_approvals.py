@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncpg
 
-# The day's row is created if missing, then locked: refunds approved
-# automatically at the same time are counted one after the other.
-_CREATE = (
-    "INSERT INTO auto_approval_totals (currency, day, amount) VALUES ($1, $2, 0) "
-    "ON CONFLICT DO NOTHING"
+# The day's row, created if missing, and locked with its total in one round
+# trip (a conflicting insert that updates locks the row as FOR UPDATE does):
+# refunds approved automatically at the same time are counted one after the
+# other.
+_LOCK = (
+    "INSERT INTO auto_approval_totals AS t (currency, day, amount) VALUES ($1, $2, 0) "
+    "ON CONFLICT (currency, day) DO UPDATE SET amount = t.amount RETURNING t.amount"
 )
-_LOCK = "SELECT amount FROM auto_approval_totals WHERE currency = $1 AND day = $2 FOR UPDATE"
 _ADD = "UPDATE auto_approval_totals SET amount = amount + $3 WHERE currency = $1 AND day = $2"
 
 
@@ -20,7 +21,6 @@ class AutoApprovalTotals:
         self.conn = conn
 
     async def lock_total(self, currency: str, day: str) -> int:
-        await self.conn.execute(_CREATE, currency, day)
         amount = await self.conn.fetchval(_LOCK, currency, day)
         return int(amount or 0)
 
