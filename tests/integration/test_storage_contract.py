@@ -344,12 +344,13 @@ async def test_a_refunds_save_is_all_or_nothing(db):
 
 
 async def waiting_on(pool, table: str) -> bool:
-    """Whether a statement of another session waits for a lock on `table`."""
+    """Whether a statement of another session naming `table` (reading it, or
+    writing into it) waits for a lock."""
     async with pool.acquire() as conn:
         return await conn.fetchval(
             "SELECT count(*) > 0 FROM pg_stat_activity WHERE datname = current_database() "
             "AND wait_event_type = 'Lock' AND query LIKE $1",
-            f"%FROM {table} %",
+            f"% {table} %",
         )
 
 
