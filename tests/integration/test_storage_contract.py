@@ -349,8 +349,8 @@ async def waiting_on(pool, table: str) -> bool:
     async with pool.acquire() as conn:
         return await conn.fetchval(
             "SELECT count(*) > 0 FROM pg_stat_activity WHERE datname = current_database() "
-            "AND wait_event_type = 'Lock' AND query LIKE $1",
-            f"% {table} %",
+            "AND wait_event_type = 'Lock' AND query ~ $1",
+            f"(FROM|INTO) {table} ",
         )
 
 

@@ -21,8 +21,8 @@ class AutoApprovalTotals:
         self.conn = conn
 
     async def lock_total(self, currency: str, day: str) -> int:
-        amount = await self.conn.fetchval(_LOCK, currency, day)
-        return int(amount or 0)
+        amount: int = await self.conn.fetchval(_LOCK, currency, day)
+        return amount
 
     async def add(self, currency: str, day: str, amount: int) -> None:
         await self.conn.execute(_ADD, currency, day, amount)
