@@ -18,6 +18,7 @@ from app.bootstrap import Container
 from app.domain.errors import DomainError
 from app.domain.models import Actor, Approver
 from app.domain.records import ApiKey, Role
+from app.domain.text import is_ascii_digits
 from app.services.audit import AuditService
 from app.services.disputes import DisputeService
 from app.services.events import DeliveryService, EventService
@@ -291,6 +292,16 @@ def decode_cursor(cursor: str | None) -> str | None:
     if not raw.startswith("c1:") or len(raw) > 100:
         raise ApiError(422, "validation_error", "Invalid cursor", "cursor is not one we issued")
     return raw[3:]
+
+
+def decode_number_cursor(cursor: str | None) -> int | None:
+    """A cursor that is the id of the last row a page gave (a run's lines,
+    the audit log): ASCII digits that fit a 64-bit id, else 422."""
+    if cursor is None:
+        return None
+    if not is_ascii_digits(cursor) or len(cursor) > 18:
+        raise ApiError(422, "validation_error", "Invalid cursor", "cursor is not one we issued")
+    return int(cursor)
 
 
 def encode_cursor(last_id: str) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from decimal import ROUND_HALF_EVEN, Context, Decimal, InvalidOperation
+from decimal import ROUND_HALF_EVEN, Context, Decimal, DecimalException
 from functools import lru_cache
 
 from app.domain.errors import CurrencyMismatch, InvalidMoney, UnknownCurrency
@@ -35,6 +35,8 @@ _TWO_DECIMAL = frozenset(
 
 # Amounts are stored as 64-bit integers.
 MIN_MINOR_UNITS, MAX_MINOR_UNITS = -(2**63), 2**63 - 1
+# The most significant digit of a storable amount is at most 10**18.
+_MAX_MINOR_DIGITS = len(str(MAX_MINOR_UNITS)) - 1
 
 # Enough digits for any 64-bit amount times any sane rate, so Decimal
 # arithmetic never rounds before the one explicit half-even step.
@@ -145,15 +147,24 @@ class Money:
         return Decimal(self.amount).scaleb(-exponent(self.currency), context=_EXACT)
 
     @classmethod
-    def from_major(cls, value: Decimal, currency: str) -> Money:
-        """Major units to minor units, rounding half-even when `value` has more decimals."""
+    def from_major(cls, value: Decimal, currency: str, *, exact: bool = False) -> Money:
+        """Major units to minor units, rounding half-even when `value` has more
+        decimals than the currency (InvalidMoney instead when `exact`). NaN,
+        infinities and amounts beyond 64-bit minor units are InvalidMoney,
+        whatever their exponent: the check comes before any arithmetic."""
+        digits = exponent(currency)
+        if not value.is_finite():
+            raise InvalidMoney(f"{value} {currency} cannot be expressed in minor units")
+        if value and value.adjusted() + digits > _MAX_MINOR_DIGITS:
+            raise InvalidMoney("amount is beyond what can be stored (64-bit minor units)")
         try:
-            minor = value.scaleb(exponent(currency), context=_EXACT).quantize(
-                Decimal(1), rounding=ROUND_HALF_EVEN, context=_EXACT
-            )
-        except InvalidOperation:
+            minor = value.scaleb(digits, context=_EXACT)
+            whole = minor.quantize(Decimal(1), rounding=ROUND_HALF_EVEN, context=_EXACT)
+        except DecimalException:
             raise InvalidMoney(f"{value} {currency} cannot be expressed in minor units") from None
-        return cls(int(minor), currency)
+        if exact and whole != minor:
+            raise InvalidMoney(f"{value} {currency} has more decimals than {currency} has")
+        return cls(int(whole), currency)
 
     def convert(self, rate: Decimal, to_currency: str) -> Money:
         """Convert at `rate` (units of `to_currency` per one major unit of ours), half-even."""

@@ -31,3 +31,10 @@ def first_text_problem(texts: Iterable[str | None]) -> str | None:
             if problem is not None:
                 return problem
     return None
+
+
+def is_ascii_digits(text: str) -> bool:
+    """One or more of the ten digits 0-9. `str.isdigit` also says yes to "²",
+    which `int` refuses, and to "١٢", which it reads as 12: numbers that
+    programs write (cursors, amounts in files) use these ten only."""
+    return text.isascii() and text.isdigit()

@@ -45,6 +45,7 @@ from app.domain.records import (
     RefundRow,
     Role,
 )
+from app.domain.text import is_ascii_digits
 from app.services.console_figures import ConsoleFigures
 from app.services.console_results import (
     ApprovalCounts,
@@ -559,7 +560,7 @@ class ConsoleQueries(ConsoleFigures):
             raise InvalidInput(f"outcome must be one of: {known}")
         after_id = None
         if cursor is not None:
-            if not cursor.isdigit():
+            if not is_ascii_digits(cursor) or len(cursor) > 18:
                 raise InvalidInput("the cursor is not one a page of lines gave")
             after_id = int(cursor)
         async with self.deps.uow() as uow:

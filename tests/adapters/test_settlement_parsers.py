@@ -66,6 +66,16 @@ def test_columns_may_come_in_any_order_and_a_bom_is_ignored():
             "re_1,,refund,5,JPY,succeeded,,,-9223372036854775809,USD",
             "settlement_amount: amount is beyond",
         ),
+        # More digits than int() reads (4,300), each column.
+        ("re_1,,refund," + "9" * 5000 + ",JPY,succeeded,,,,", "amount: amount is beyond"),
+        ("re_1,,refund,5,JPY,succeeded,,-" + "9" * 5000 + ",,", "fee: amount is beyond"),
+        ("re_1,,refund,5,JPY,succeeded,,,1" + "0" * 5000 + ",USD", "settlement_amount: amount is"),
+        # Digits that are not ASCII: str.isdigit() says yes to both, int()
+        # refuses the first and reads the second as 12.
+        ("re_1,,refund,\u00b2,JPY,succeeded,,,,", "amount '\u00b2' is not an integer of minor"),
+        ("re_1,,refund,\u0661\u0662,JPY,succeeded,,,,", "amount '\u0661\u0662' is not an integer"),
+        ("re_1,,refund,5,JPY,succeeded,,-\u00b2,,", "fee '-\u00b2' is not an integer"),
+        ("re_1,,refund,5,JPY,succeeded,,,\u0661,USD", "settlement_amount '\u0661' is not"),
     ],
 )
 def test_a_bad_line_is_named_with_what_is_wrong(line, message):
@@ -105,6 +115,41 @@ def test_a_stripe_itemized_export_reads_refunds_and_failures_in_major_units():
     assert refund.reference == "rf_1" and refund.pse_refund_id == "re_1"
     assert refund.settled_at.isoformat() == "2026-11-27T08:00:00+00:00"
     assert failure.status is SettledStatus.FAILED and failure.money == Money(2500, "USD")
+
+
+STRIPE = "created_utc,currency,gross,fee,reporting_category,source_id\n"
+
+
+@pytest.mark.parametrize(
+    ("gross", "message"),
+    [
+        ("NaN", "gross: NaN USD cannot be expressed in minor units"),
+        ("-Infinity", "gross: Infinity USD cannot be expressed in minor units"),
+        ("sNaN", "gross: sNaN USD cannot be expressed in minor units"),
+        # Exponents beyond what decimal arithmetic takes (it would overflow).
+        ("1e99999999", "gross: amount is beyond what can be stored"),
+        ("-1E+999999999", "gross: amount is beyond what can be stored"),
+        ("92233720368547758.08", "gross: amount is beyond what can be stored"),
+        ("\u0661\u0662.00", "gross '\u0661\u0662.00' is not a decimal amount"),
+    ],
+)
+def test_a_stripe_amount_that_is_no_amount_names_its_line(gross, message):
+    with pytest.raises(SettlementFileError) as caught:
+        parse(
+            STRIPE
+            + "2026-11-27 08:00:00,usd,-1.00,0,refund,re_0\n"
+            + f"2026-11-27 08:00:00,usd,{gross},0,refund,re_1\n",
+            provider="stripe",
+        )
+    assert str(caught.value).startswith(f"line 3: {message}")
+
+
+def test_a_stripe_amount_at_the_edge_of_64_bits_is_read():
+    _, (row,) = parse(
+        STRIPE + "2026-11-27 08:00:00,usd,-92233720368547758.07,0,refund,re_1\n",
+        provider="stripe",
+    )
+    assert row.money == Money(2**63 - 1, "USD")
 
 
 # -- dispute rows ----------------------------------------------------------------------

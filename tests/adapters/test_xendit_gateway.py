@@ -479,6 +479,12 @@ async def test_an_answer_for_another_reference_is_unanswered(
         (None, "PHP"),
         (1500, "XXQ"),
         (1500, None),
+        # An exponent beyond decimal arithmetic's, a float past 64 bits, digits
+        # that are not ASCII (Decimal() reads them), not a number.
+        ("1e999999999", "PHP"),
+        (1e300, "PHP"),
+        ("\u0661\u0665\u0660\u0660", "PHP"),
+        ("NaN", "PHP"),
     ],
 )
 async def test_an_amount_xendit_answers_that_cannot_be_read_exactly_is_left_out(

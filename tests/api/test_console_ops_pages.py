@@ -12,11 +12,13 @@ from typing import Any
 
 import pytest
 
+from app.console.paging import encode_cursor
 from app.domain.records import DeliveryStatus
 from app.services.refund_csv import CSV_HEADER
 from tests.api import test_console
 from tests.api.helpers import refund, register
 from tests.api.test_console import csrf_of, signed_in
+from tests.integration.test_reconciliation import reconcile
 
 pytestmark = pytest.mark.postgres
 
@@ -362,3 +364,20 @@ async def test_the_fx_report_filters_are_read_and_refused_with_a_sentence(api, b
     bad = await client.get("/console/reconciliations", params={"fx_currency": "XXX"})
     assert bad.status_code == 422
     assert "'XXX' is not an ISO 4217 currency code." in message_of(bad.text)
+
+
+async def test_a_page_link_of_lines_the_console_did_not_write_is_a_sentence(api, browser):
+    done = await reconcile(api, HEADER + "re_1,,refund,1,JPY,succeeded,,,,\n")
+    client = await signed_in(browser, api, "ops")
+    # Well-formed links to ids that are no line's: digits int() refuses or
+    # misreads, and one past any 64-bit id.
+    for after in ["\u00b2", "\u0661\u0662", "9" * 19, "x"]:
+        response = await client.get(
+            f"/console/reconciliations/{done.id}", params={"cursor": encode_cursor(after)}
+        )
+        assert response.status_code == 422, (after, response.text[:300])
+        assert "Code validation_error" in message_of(response.text)
+    page = await client.get(
+        f"/console/reconciliations/{done.id}", params={"cursor": encode_cursor("0")}
+    )
+    assert page.status_code == 200

@@ -359,3 +359,21 @@ async def test_a_bad_line_after_batches_in_flight_keeps_no_line_and_no_change(ap
     assert done.error == "line 9: status 'settled' is not succeeded, failed or pending"
     assert await lines(api, done.id) == []
     assert (await get_refund(api, settled["id"]))["fee_amount"] is None
+
+
+# Cursors that `str.isdigit()` takes and `int()` refuses ("²"), reads as
+# another number ("١٢" is 12), or that no 64-bit id reaches.
+NOT_OUR_CURSORS = ["\u00b2", "\u0661\u0662", "9" * 19, "-1", "1e3", ""]
+
+
+async def test_a_cursor_of_lines_or_audit_records_that_we_did_not_issue_is_a_422(api):
+    done = await reconcile(api, HEADER + "re_1,,refund,1,JPY,succeeded,,,,\n")
+    paths = [f"/v1/reconciliations/{done.id}", "/v1/audit"]
+    for path in paths:
+        for cursor in NOT_OUR_CURSORS:
+            r = await api.client.get(path, params={"cursor": cursor}, headers=api.auth("ops"))
+            assert r.status_code == 422, (path, cursor, r.text)
+            assert r.json()["code"] == "validation_error" and r.json()["detail"] == (
+                "cursor is not one we issued"
+            )
+        assert (await api.client.get(path, headers=api.auth("ops"))).status_code == 200

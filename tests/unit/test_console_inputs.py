@@ -36,6 +36,7 @@ def test_amounts_are_major_units_of_their_currency(typed, currency, minor):
         ("ten", "USD", "The amount must be a number such as 15.00, not 'ten'"),
         ("Infinity", "USD", "The amount must be a number"),
         ("1e30", "USD", "The amount is larger than any amount a refund can have"),
+        ("1e999999999", "USD", "The amount is larger than any amount a refund can have"),
         ("5", None, "an amount range needs its currency"),
     ],
 )

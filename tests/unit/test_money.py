@@ -155,6 +155,41 @@ def test_from_major_rounds_half_to_even_in_minor_units(
 
 
 @pytest.mark.parametrize(
+    ("major", "says"),
+    [
+        (Decimal("NaN"), "cannot be expressed in minor units"),
+        (Decimal("sNaN"), "cannot be expressed in minor units"),
+        (Decimal("-Infinity"), "cannot be expressed in minor units"),
+        # Exponents beyond decimal arithmetic's limits: refused before any arithmetic.
+        (Decimal("1e999999999"), "beyond what can be stored"),
+        (Decimal("-1e999999999"), "beyond what can be stored"),
+        (Decimal("92233720368547758.08"), "beyond what can be stored"),
+        (Decimal("-92233720368547758.09"), "beyond what can be stored"),
+    ],
+)
+def test_from_major_refuses_what_is_no_storable_amount(major: Decimal, says: str) -> None:
+    with pytest.raises(InvalidMoney) as info:
+        Money.from_major(major, "USD")
+    assert says in info.value.detail
+
+
+def test_from_major_takes_the_64_bit_edges_and_rounds_away_a_vanishing_amount() -> None:
+    assert Money.from_major(Decimal("92233720368547758.07"), "USD").amount == 2**63 - 1
+    assert Money.from_major(Decimal("-92233720368547758.08"), "USD").amount == -(2**63)
+    assert Money.from_major(Decimal("1e-999999999"), "USD") == Money(0, "USD")
+
+
+def test_exact_from_major_refuses_decimals_the_currency_does_not_have() -> None:
+    assert Money.from_major(Decimal("12.50"), "USD", exact=True) == Money(1250, "USD")
+    assert Money.from_major(Decimal("1.500"), "KWD", exact=True) == Money(1500, "KWD")
+    with pytest.raises(InvalidMoney) as info:
+        Money.from_major(Decimal("0.005"), "USD", exact=True)
+    assert "more decimals than USD has" in info.value.detail
+    with pytest.raises(InvalidMoney):
+        Money.from_major(Decimal("1.5"), "JPY", exact=True)
+
+
+@pytest.mark.parametrize(
     ("money", "rate", "to", "expected"),
     [
         (Money(1, "JPY"), "0.5", "JPY", Money(0, "JPY")),

@@ -74,7 +74,7 @@ from app.adapters.pse.http import (
 )
 from app.domain.disputes import DisputeReport, DisputeStatus
 from app.domain.errors import DomainError
-from app.domain.money import Money, exponent, is_currency
+from app.domain.money import Money, is_currency
 from app.domain.pse import (
     Accepted,
     Declined,
@@ -161,7 +161,7 @@ def _decimal_of(value: Any) -> Decimal | None:
             number = Decimal(value)
         elif isinstance(value, float):
             number = Decimal(repr(value))  # the shortest text that reads back as this float
-        elif isinstance(value, str):
+        elif isinstance(value, str) and value.isascii():  # Decimal() reads "١٢" as 12
             number = Decimal(value.strip())
         else:
             return None
@@ -179,11 +179,8 @@ def from_xendit_amount(amount: Any, currency: Any) -> Money | None:
     if major is None or major < 0 or not is_currency(code):
         return None
     try:
-        minor = major.scaleb(exponent(code))
-        if minor != minor.to_integral_value():
-            return None
-        return Money(int(minor), code)
-    except (DomainError, InvalidOperation):
+        return Money.from_major(major, code, exact=True)
+    except DomainError:
         return None
 
 

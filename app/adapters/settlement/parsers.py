@@ -33,6 +33,7 @@ Formats:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import itertools
@@ -53,6 +54,7 @@ from app.domain.money import (
 )
 from app.domain.reconciliation import SettledStatus, SettlementRow
 from app.domain.reconciliation_disputes import DisputeMovement, SettledDispute
+from app.domain.text import is_ascii_digits
 
 GENERIC_COLUMNS = (
     "pse_refund_id",
@@ -78,6 +80,8 @@ DISPUTE_KINDS = {
 
 
 _KNOWN_CODES = frozenset(CURRENCY_EXPONENTS)
+# Digits of the largest 64-bit amount.
+_MAX_DIGITS = len(str(MAX_MINOR_UNITS))
 
 
 class SettlementFileError(Exception):
@@ -174,11 +178,15 @@ def _currency(line: int, value: str, column: str) -> str:
 
 
 def _minor(line: int, value: str, column: str) -> int:
-    if value.isdigit():
-        return int(value)
+    """An integer of minor units in ASCII digits, maybe negative; one too long
+    for 64 bits is given as one past the range, for the caller's range check."""
     text = value.strip()
-    if not text or not (text.isdigit() or (text[0] == "-" and text[1:].isdigit())):
+    digits = text[1:] if text[:1] == "-" else text
+    if not is_ascii_digits(digits):
         raise SettlementFileError(line, f"{column} {value!r} is not an integer of minor units")
+    if len(digits) > _MAX_DIGITS and len(digits.lstrip("0")) > _MAX_DIGITS:
+        # int() would refuse 4,300 digits or more; any of these is out of range.
+        return MIN_MINOR_UNITS - 1 if text[0] == "-" else MAX_MINOR_UNITS + 1
     return int(text)
 
 
@@ -257,7 +265,12 @@ def _generic(
             if currency not in known:
                 currency = _currency(line, currency, "currency")
             text = r[i_amount]
-            amount = int(text) if text.isdigit() else _minor(line, text, "amount")
+            # The common case inline: up to 18 ASCII digits, read as they are.
+            amount = (
+                int(text)
+                if text.isdigit() and text.isascii() and len(text) < 19
+                else _minor(line, text, "amount")
+            )
             if amount < 1:
                 raise SettlementFileError(line, "amount must be a positive number of minor units")
             status = statuses.get(r[i_status]) or statuses.get(r[i_status].strip().lower())
@@ -279,7 +292,11 @@ def _generic(
                     _money(line, settlement, settlement_currency, "settlement_amount")  # raises
             fee = None
             if text := r[i_fee]:
-                fee = int(text) if text.isdigit() else _minor(line, text, "fee")
+                fee = (
+                    int(text)
+                    if text.isdigit() and text.isascii() and len(text) < 19
+                    else _minor(line, text, "fee")
+                )
                 if not least <= fee <= most:
                     _money(line, fee, settlement_currency or currency, "fee")  # raises
             if amount > most:
@@ -366,10 +383,14 @@ def _generic_dispute(
 
 
 def _major(line: int, value: str, currency: str, column: str) -> Money:
-    try:
-        amount = abs(Decimal(value.strip()))
-    except InvalidOperation:
-        raise SettlementFileError(line, f"{column} {value!r} is not a decimal amount") from None
+    text = value.strip()
+    amount = None
+    # Decimal() also reads "١٢" as 12: a file's amounts are ASCII.
+    if text.isascii():
+        with contextlib.suppress(InvalidOperation):
+            amount = Decimal(text).copy_abs()  # exact: abs() rounds to the context
+    if amount is None:
+        raise SettlementFileError(line, f"{column} {value!r} is not a decimal amount")
     try:
         return Money.from_major(amount, currency)
     except DomainError as exc:

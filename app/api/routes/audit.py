@@ -11,11 +11,11 @@ from app.api.deps import (
     AuditDep,
     Cursor,
     Limit,
+    decode_number_cursor,
     json_response,
     require,
 )
 from app.api.docs import AUTH, problems
-from app.api.problems import ApiError
 from app.api.report_schemas import AuditPage
 from app.api.schemas import Instant, SearchText
 from app.domain.records import ApiKey, Role
@@ -51,11 +51,7 @@ async def search_audit(
     A key scoped to PSE accounts reads only the records of a refund or a
     payment of those accounts (not those of keys, sign-ins or reconciliation
     runs, which name neither)."""
-    before = None
-    if cursor is not None:
-        if not cursor.isdigit() or len(cursor) > 18:
-            raise ApiError(422, "validation_error", "Invalid cursor", "cursor is not one we issued")
-        before = int(cursor)
+    before = decode_number_cursor(cursor)
     records = await audit.search(
         refund_id=refund_id,
         payment_id=payment_id,

@@ -14,6 +14,7 @@ from app.api.deps import (
     Ops,
     ReconciliationsDep,
     decode_cursor,
+    decode_number_cursor,
     json_response,
     page,
 )
@@ -111,14 +112,6 @@ async def list_reconciliations(
     return json_response(200, page(runs, limit, _view))
 
 
-def _after_id(cursor: str | None) -> int | None:
-    if cursor is None:
-        return None
-    if not cursor.isdigit() or len(cursor) > 18:
-        raise ApiError(422, "validation_error", "Invalid cursor", "cursor is not one we issued")
-    return int(cursor)
-
-
 @router.get(
     "/v1/reconciliations/{reconciliation_id}",
     summary="A reconciliation, its counts and its lines",
@@ -156,7 +149,7 @@ async def get_reconciliation(
         raise ApiError(422, "validation_error", "Unknown outcome", f"no outcome {outcome}")
     rec = await reconciliations.get(reconciliation_id)
     lines = await reconciliations.lines(
-        reconciliation_id, outcome=outcome, limit=limit + 1, after_id=_after_id(cursor)
+        reconciliation_id, outcome=outcome, limit=limit + 1, after_id=decode_number_cursor(cursor)
     )
     more = len(lines) > limit
     lines = lines[:limit]
