@@ -15,11 +15,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import asyncpg
-from alembic import command
-from alembic.config import Config
-from alembic.script import ScriptDirectory
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS_PACKAGE = "app._migrations"
 _SCHEMES = ("postgresql+asyncpg", "postgresql", "postgres")
@@ -193,7 +194,11 @@ def migrations_dir() -> Path:
     return location
 
 
+# Alembic (and SQLAlchemy beneath it) is imported where it is used: it is
+# half a second of every process's start, and only migrations need it.
 def alembic_config(url: str | None = None) -> Config:
+    from alembic.config import Config
+
     # Built here rather than read from alembic.ini, which only a checkout has.
     config = Config()
     config.set_main_option("script_location", str(migrations_dir()))
@@ -203,10 +208,16 @@ def alembic_config(url: str | None = None) -> Config:
     return config
 
 
+@functools.cache
 def head_revision() -> str | None:
+    """The newest migration's revision (the scripts do not change while a process runs)."""
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
 def migrate(url: str) -> None:
     """Upgrade the schema to head (blocking; call outside the event loop or in a thread)."""
+    from alembic import command
+
     command.upgrade(alembic_config(url), "head")
