@@ -25,7 +25,12 @@ with a fresh Idempotency-Key, as wrk's.
    against R), the requests without a 2xx answer, how late this generator
    itself sent (a late generator understates nothing, since latency counts from
    the intended time, but says the machine is saturated), the CPU per process,
-   and the targets p50 <= 15 ms and p99 <= 60 ms with PASS/FAIL.
+   and the targets p50 <= 15 ms and p99 <= 60 ms with PASS/FAIL, and the
+   seconds of the run that held requests over 60 ms.
+4. What the database's sessions waited on (pg_stat_activity, sampled every
+   0.1 s), in those seconds and in the others: a stall whose sessions queue
+   on `LWLock:WALWrite` behind one in `IO:WALSync` is commits waiting for
+   the disk's flush (bench/disk.py measures that flush alone).
 
     .venv/bin/python bench/open_loop.py [--rate R] [--duration 60] [--warmup 3]
         [--max-duration 10] [--connections 32] [--pool 64] [--timeout 10]
@@ -57,6 +62,8 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import asyncpg
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -282,6 +289,83 @@ def refund_requests(
 
 
 # ---------------------------------------------------------------------------
+# What PostgreSQL's sessions waited on, sampled through the run
+# ---------------------------------------------------------------------------
+
+# pg_stat_activity of the scratch database's client sessions that are running
+# a statement, by what each waits on ("CPU" when it waits on nothing).
+_WAITS = (
+    "SELECT coalesce(wait_event_type || ':' || wait_event, 'CPU') AS waiting, count(*) AS n "
+    "FROM pg_stat_activity WHERE datname = current_database() AND state = 'active' "
+    "AND backend_type = 'client backend' AND pid <> pg_backend_pid() GROUP BY 1"
+)
+
+
+@dataclass
+class WaitWatch:
+    """Samples `_WAITS` every `every` s on a connection of its own, stamped
+    with the loop's time, so that the seconds holding slow requests can be
+    told apart: sessions queued on `LWLock:WALWrite` behind one in
+    `IO:WALSync` are a commit waiting for the disk's flush; sessions on CPU
+    or on locks are the service's or the database's own work."""
+
+    dsn: str
+    every: float = 0.1
+    samples: list[tuple[float, Counter[str]]] = field(default_factory=list)
+    _task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        conn = await asyncpg.connect(self.dsn, timeout=10)
+        self._task = asyncio.ensure_future(self._sample(conn))
+
+    async def _sample(self, conn: asyncpg.Connection) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                at = loop.time()
+                rows = await conn.fetch(_WAITS)
+                self.samples.append((at, Counter({r["waiting"]: r["n"] for r in rows})))
+                await asyncio.sleep(max(0.0, self.every - (loop.time() - at)))
+        finally:
+            await conn.close()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def describe(self, start: float, duration: float, slow: set[int]) -> list[str]:
+        """Per sample, on average, the sessions waiting on each event in the
+        seconds of the run holding slow requests and in the others, and the
+        most seen at once."""
+        groups: dict[bool, list[Counter[str]]] = {True: [], False: []}
+        for at, waits in self.samples:
+            second = math.floor(at - start)
+            if 0 <= second < duration:
+                groups[second in slow].append(waits)
+        lines = []
+        for is_slow, label in ((True, "in the seconds over target"), (False, "in the others")):
+            taken = groups[is_slow]
+            if not taken:
+                continue
+            total: Counter[str] = Counter()
+            most: Counter[str] = Counter()
+            for waits in taken:
+                total.update(waits)
+                for event, n in waits.items():
+                    most[event] = max(most[event], n)
+            top = ", ".join(
+                f"{event} {n / len(taken):.2f} (at most {most[event]})"
+                for event, n in total.most_common(4)
+            )
+            lines.append(
+                f"  PostgreSQL sessions per sample {label} ({len(taken)} samples): "
+                + (top or "none active")
+            )
+        return lines
+
+
+# ---------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------
 
@@ -290,7 +374,7 @@ def _verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
 
-def report(result: OpenLoopResult, how: str, note: str) -> str:
+def report(result: OpenLoopResult, how: str, note: str, waits: WaitWatch | None = None) -> str:
     p50, p90, p99 = (result.percentile_ms(p) for p in (50, 90, 99))
     worst = result.latencies[-1] * 1000 if result.latencies else float("nan")
     lag99 = result.percentile_ms(99, result.send_lag)
@@ -318,6 +402,8 @@ def report(result: OpenLoopResult, how: str, note: str) -> str:
             else ""
         ),
     ]
+    if waits is not None:
+        lines += waits.describe(result.start, result.duration, set(result.slow_seconds))
     if result.failures > MAX_FAILURE_SHARE * attempted:
         lines.append(
             f"  WARNING: {result.failures:,} of {result.sent:,} requests had no 2xx answer: "
@@ -407,7 +493,12 @@ async def run(args: argparse.Namespace) -> None:
             before = await refund_statuses(db)
             print(f"open loop: {args.duration:.0f} s at {rate:,.1f} req/s ...", flush=True)
             watch = CpuWatch(db.name)
-            result = await loop.run(rate, args.duration, first=10_000_000)
+            waits = WaitWatch(db.dsn)
+            await waits.start()
+            try:
+                result = await loop.run(rate, args.duration, first=10_000_000)
+            finally:
+                await waits.stop()
             result.machine = watch.stop()
         finally:
             await loop.close()
@@ -419,7 +510,7 @@ async def run(args: argparse.Namespace) -> None:
             .replace("(warm-up included)", "in the measured run")
             .replace("; statuses", "; statuses of all refunds in the database")
         )
-        print(report(result, how, note))
+        print(report(result, how, note, waits))
     finally:
         await children.stop_all()
         if args.keep_db:
