@@ -3,7 +3,7 @@ rejected, money is an integer of minor units, times carry their zone."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import (
@@ -20,6 +20,7 @@ from app.domain.cards import refuse_card_number
 from app.domain.models import RefundReason, RefundStatus
 from app.domain.money import is_currency, rate_text
 from app.domain.text import text_problem
+from app.domain.times import RANGE, in_utc
 
 T = TypeVar("T")
 
@@ -100,12 +101,9 @@ SearchText = Annotated[str | None, AfterValidator(_no_card_number)]
 def utc_instant(value: datetime) -> datetime:
     """An aware time, normalised to UTC, within years 1970-2999 (beyond, dates
     overflow once windows and SLAs are added to them)."""
-    try:
-        moment = value.astimezone(UTC)
-    except (OverflowError, ValueError):
-        raise ValueError("time out of range") from None
-    if not 1970 <= moment.year <= 2999:
-        raise ValueError("time must be between 1970 and 2999")
+    moment = in_utc(value)
+    if moment is None:
+        raise ValueError(f"time must be {RANGE}")
     return moment
 
 

@@ -11,6 +11,7 @@ import typer
 
 from app.cli.database import with_container
 from app.cli.options import ConfigOption, command_group, fail
+from app.domain.times import RANGE, in_utc
 
 audit_cli = command_group("Verify, export and purge the audit trail.")
 
@@ -38,7 +39,10 @@ def _moment(value: str | None, name: str) -> datetime | None:
         fail(f"{name}: {value!r} is not an RFC 3339 time")
     if parsed.tzinfo is None:
         fail(f"{name}: give a time zone (e.g. Z)")
-    return parsed
+    moment = in_utc(parsed)
+    if moment is None:
+        fail(f"{name}: {value!r} is not a time {RANGE}")
+    return moment
 
 
 @audit_cli.command("export")

@@ -16,6 +16,7 @@ from app.domain.cards import mask_card_numbers, refuse_card_number
 from app.domain.errors import InvalidInput, InvalidMoney
 from app.domain.money import Money, exponent
 from app.domain.text import text_problem
+from app.domain.times import EARLIEST_YEAR, LATEST_YEAR, RANGE, in_utc
 
 # Longer than any value these fields take: a URL edited by hand cannot make
 # the page echo a novel back.
@@ -73,6 +74,8 @@ def instant(value: str, name: str, *, end: bool = False) -> datetime | None:
     except ValueError:
         pass
     else:
+        if not EARLIEST_YEAR <= day.year <= LATEST_YEAR:
+            raise InvalidInput(f"{name} must be {RANGE}, not {value[:40]!r}")
         start = datetime.combine(day, time(), tzinfo=UTC)
         return start + timedelta(days=1) if end else start
     try:
@@ -84,7 +87,10 @@ def instant(value: str, name: str, *, end: bool = False) -> datetime | None:
             f"{name} must be a day such as 2026-11-27 or an instant with its offset "
             f"such as 2026-11-27T08:00:00Z, not {value[:40]!r}"
         )
-    return at.astimezone(UTC)
+    moment = in_utc(at)
+    if moment is None:
+        raise InvalidInput(f"{name} must be {RANGE}, not {value[:40]!r}")
+    return moment
 
 
 def currency(value: str) -> str | None:

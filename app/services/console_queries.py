@@ -46,6 +46,7 @@ from app.domain.records import (
     Role,
 )
 from app.domain.text import is_ascii_digits
+from app.domain.times import in_utc
 from app.services.console_figures import ConsoleFigures
 from app.services.console_results import (
     ApprovalCounts,
@@ -122,7 +123,7 @@ def _after_dispute(cursor: str | None) -> tuple[datetime | None, str] | None:
         at = datetime.fromisoformat(due) if due else None
     except ValueError:
         raise InvalidInput("the cursor is not one a page of disputes gave") from None
-    if at is not None and at.tzinfo is None:
+    if at is not None and (at.tzinfo is None or in_utc(at) is None):
         raise InvalidInput("the cursor is not one a page of disputes gave")
     return at, dispute_id
 

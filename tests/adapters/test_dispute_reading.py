@@ -32,7 +32,8 @@ def test_unix_seconds_become_aware_utc_and_zero_or_null_is_no_time() -> None:
     assert unix_time(1768953599, "due_by") == datetime(2026, 1, 20, 23, 59, 59, tzinfo=UTC)
     assert unix_time(0, "due_by") is None
     assert unix_time(None, "due_by") is None
-    for value in (-1, True, 1.5, "1768953599", 10**20):
+    # 10**11 is the year 5138: readable, but beyond the years a time may be.
+    for value in (-1, True, 1.5, "1768953599", 10**20, 10**11):
         with pytest.raises(UnreadableDispute, match="due_by"):
             unix_time(value, "due_by")
 
@@ -54,6 +55,10 @@ def test_iso_times_need_a_zone_and_come_back_in_utc() -> None:
         iso_time("2026-03-15", "due_date")
     for value in ("15/03/2026", 1768953599):
         with pytest.raises(UnreadableDispute, match="due_date"):
+            iso_time(value, "due_date")
+    # No UTC form (astimezone() overflows), or beyond the years a time may be.
+    for value in ("0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00", "1900-01-01T00:00:00Z"):
+        with pytest.raises(UnreadableDispute, match="due_date is not a time between 1970 and 2999"):
             iso_time(value, "due_date")
 
 

@@ -76,6 +76,13 @@ def test_columns_may_come_in_any_order_and_a_bom_is_ignored():
         ("re_1,,refund,\u0661\u0662,JPY,succeeded,,,,", "amount '\u0661\u0662' is not an integer"),
         ("re_1,,refund,5,JPY,succeeded,,-\u00b2,,", "fee '-\u00b2' is not an integer"),
         ("re_1,,refund,5,JPY,succeeded,,,\u0661,USD", "settlement_amount '\u0661' is not"),
+        # Times without a UTC form (astimezone() overflows) or beyond 1970-2999.
+        (
+            "re_1,,refund,5,JPY,succeeded,0001-01-01T00:00:00+01:00,,,",
+            "settled_at '0001-01-01T00:00:00+01:00' is not a time between 1970 and 2999",
+        ),
+        ("re_1,,refund,5,JPY,succeeded,9999-12-31T23:59:59-01:00,,,", "not a time between"),
+        ("re_1,,refund,5,JPY,succeeded,1969-12-31T23:59:59Z,,,", "not a time between"),
     ],
 )
 def test_a_bad_line_is_named_with_what_is_wrong(line, message):
@@ -142,6 +149,14 @@ def test_a_stripe_amount_that_is_no_amount_names_its_line(gross, message):
             provider="stripe",
         )
     assert str(caught.value).startswith(f"line 3: {message}")
+
+
+def test_a_stripe_time_without_a_utc_form_names_its_line():
+    with pytest.raises(SettlementFileError) as caught:
+        parse(STRIPE + "0001-01-01 00:00:00+01:00,usd,-1.00,0,refund,re_1\n", provider="stripe")
+    assert str(caught.value) == (
+        "line 2: created_utc '0001-01-01 00:00:00+01:00' is not a time between 1970 and 2999"
+    )
 
 
 def test_a_stripe_amount_at_the_edge_of_64_bits_is_read():

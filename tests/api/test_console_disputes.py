@@ -11,6 +11,7 @@ from datetime import timedelta
 
 import pytest
 
+from app.console.paging import encode_cursor
 from app.console.security import CONTENT_SECURITY_POLICY
 from tests.api import test_console
 from tests.api.helpers import get_refund, refund, register
@@ -128,6 +129,13 @@ async def test_open_disputes_page_through_their_deadlines(api, browser, monkeypa
         "/console/attention", params={"queue": "open_disputes", "cursor": "x"}
     )
     assert edited.status_code == 422
+    # A well-formed link whose deadline has no UTC form, or is beyond 1970-2999.
+    for due in ("0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00", "1900-01-01T00:00:00Z"):
+        edited = await client.get(
+            "/console/attention",
+            params={"queue": "open_disputes", "cursor": encode_cursor(f"{due}|du_page1")},
+        )
+        assert edited.status_code == 422, (due, edited.text[:300])
 
 
 async def test_a_scoped_key_sees_only_its_accounts_disputes_and_their_count(api, browser):

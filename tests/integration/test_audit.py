@@ -228,6 +228,9 @@ async def test_the_cli_verifies_exports_and_fails_on_a_broken_chain(make_api, mo
     result = await invoke("audit", "verify")
     assert result.exit_code == 0, result.output
     assert f"{len(records)} records" in result.output
+    result = await invoke("audit", "export", "--from", "0001-01-01T00:00:00+01:00")
+    assert result.exit_code == 2
+    assert "is not a time between 1970 and 2999" in result.output
     result = await invoke("audit", "export", "--from", "2026-01-01T00:00:00Z")
     assert result.exit_code == 0
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]

@@ -53,6 +53,21 @@ def test_a_currency_is_a_known_code_in_any_case():
         inputs.currency("ABC")
 
 
+@pytest.mark.parametrize(
+    ("typed", "end"),
+    [
+        ("9999-12-31", True),  # its next midnight is past the calendar's end
+        ("0001-01-01T00:00:00+01:00", False),  # no UTC form
+        ("1969-12-31", False),
+        ("3000-01-01T00:00:00Z", False),
+    ],
+)
+def test_a_time_beyond_1970_2999_is_refused_naming_its_field(typed, end):
+    with pytest.raises(InvalidInput) as refused:
+        inputs.instant(typed, "To", end=end)
+    assert refused.value.detail.startswith("To must be between 1970 and 2999")
+
+
 def test_a_day_that_ends_a_range_counts_whole():
     assert inputs.instant("2026-11-27", "From") == datetime(2026, 11, 27, tzinfo=UTC)
     assert inputs.instant("2026-11-27", "To", end=True) == datetime(2026, 11, 28, tzinfo=UTC)

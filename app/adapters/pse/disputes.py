@@ -23,6 +23,7 @@ from typing import Any
 from app.domain.disputes import DisputeReport, DisputeStatus
 from app.domain.money import Money
 from app.domain.pse import InvalidWebhookPayload, PseWebhookEvent
+from app.domain.times import RANGE, in_utc
 
 
 class UnreadableDispute(ValueError):
@@ -57,9 +58,12 @@ def unix_time(value: Any, name: str) -> datetime | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise UnreadableDispute(f"{name} is not a Unix time: {value!r}")
     try:
-        return datetime.fromtimestamp(value, UTC)
+        moment = in_utc(datetime.fromtimestamp(value, UTC))
     except (OverflowError, OSError, ValueError):
-        raise UnreadableDispute(f"{name} is not a Unix time: {value!r}") from None
+        moment = None
+    if moment is None:
+        raise UnreadableDispute(f"{name} is not a Unix time {RANGE}: {value!r}")
+    return moment
 
 
 def iso_time(value: Any, name: str) -> datetime | None:
@@ -74,7 +78,10 @@ def iso_time(value: Any, name: str) -> datetime | None:
         raise UnreadableDispute(f"{name} is not an ISO 8601 time: {value!r}") from None
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise UnreadableDispute(f"{name} has no time zone: {value!r}")
-    return moment.astimezone(UTC)
+    found = in_utc(moment)
+    if found is None:
+        raise UnreadableDispute(f"{name} is not a time {RANGE}: {value!r}")
+    return found
 
 
 def dispute_report(

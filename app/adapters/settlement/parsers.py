@@ -55,6 +55,7 @@ from app.domain.money import (
 from app.domain.reconciliation import SettledStatus, SettlementRow
 from app.domain.reconciliation_disputes import DisputeMovement, SettledDispute
 from app.domain.text import is_ascii_digits
+from app.domain.times import RANGE, in_utc
 
 GENERIC_COLUMNS = (
     "pse_refund_id",
@@ -207,7 +208,10 @@ def _time(line: int, value: str, column: str) -> datetime | None:
         raise SettlementFileError(line, f"{column} {value!r} is not an RFC 3339 time") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)  # Stripe's *_utc columns carry no zone
-    return moment.astimezone(UTC)
+    found = in_utc(moment)
+    if found is None:
+        raise SettlementFileError(line, f"{column} {value!r} is not a time {RANGE}")
+    return found
 
 
 def _generic(
@@ -310,9 +314,13 @@ def _generic(
                     raise SettlementFileError(
                         line, f"settled_at {r[i_settled]!r} is not an RFC 3339 time"
                     ) from None
-                settled_at = (
+                settled_at = in_utc(
                     settled_at.replace(tzinfo=UTC) if settled_at.tzinfo is None else settled_at
-                ).astimezone(UTC)
+                )
+                if settled_at is None:
+                    raise SettlementFileError(
+                        line, f"settled_at {r[i_settled]!r} is not a time {RANGE}"
+                    )
             # The amounts are in Money's range and their currencies known codes:
             # Money would take them, and is not built for each line.
             yield SettlementRow(

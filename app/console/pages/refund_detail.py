@@ -37,6 +37,7 @@ from app.domain.console import Flash
 from app.domain.errors import InvalidInput, NotFound
 from app.domain.models import Refund, RefundStatus
 from app.domain.records import Role
+from app.domain.times import EARLIEST_YEAR, LATEST_YEAR, RANGE
 from app.services.console import ConsoleService
 from app.services.console_queries import ConsoleQueries
 from app.services.console_results import (
@@ -433,8 +434,8 @@ def _paid_at(value: str) -> datetime:
         raise InvalidInput(
             f"the paid-at date must be a day such as 2026-11-27, not {value[:40]!r}"
         ) from None
-    if not 1970 <= day.year <= 2999:
-        raise InvalidInput("the paid-at date must be between 1970 and 2999")
+    if not EARLIEST_YEAR <= day.year <= LATEST_YEAR:
+        raise InvalidInput(f"the paid-at date must be {RANGE}")
     return datetime.combine(day, time(), tzinfo=UTC)
 
 
