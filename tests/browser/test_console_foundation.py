@@ -9,6 +9,7 @@ import uuid
 from datetime import timedelta
 
 import pytest
+from playwright.sync_api import expect
 
 from app.console.security import CONTENT_SECURITY_POLICY
 from app.domain.models import Actor, RefundReason
@@ -256,7 +257,10 @@ def test_the_console_works_with_javascript_disabled(new_page, console_server):
 
 def test_signing_in_works_from_the_keyboard_alone(page, console_server):
     page.goto("/console/login")
-    # The key field has the focus; the first Tab stop of every page skips to its content.
+    # The key field has the focus (autofocus: waited for, since the browser may
+    # give it after the load event, and keys typed before would be lost); the
+    # first Tab stop of every page skips to its content.
+    expect(page.locator("#api_key")).to_be_focused()
     page.keyboard.type(console_server.keys["ops"])
     with page.expect_navigation():
         page.keyboard.press("Enter")
