@@ -18,7 +18,7 @@ from app.bootstrap import Container
 from app.domain.errors import DomainError
 from app.domain.models import Actor, Approver
 from app.domain.records import ApiKey, Role
-from app.domain.text import is_ascii_digits
+from app.domain.text import row_id
 from app.services.audit import AuditService
 from app.services.disputes import DisputeService
 from app.services.events import DeliveryService, EventService
@@ -299,9 +299,10 @@ def decode_number_cursor(cursor: str | None) -> int | None:
     the audit log): ASCII digits that fit a 64-bit id, else 422."""
     if cursor is None:
         return None
-    if not is_ascii_digits(cursor) or len(cursor) > 18:
+    after = row_id(cursor)
+    if after is None:
         raise ApiError(422, "validation_error", "Invalid cursor", "cursor is not one we issued")
-    return int(cursor)
+    return after
 
 
 def encode_cursor(last_id: str) -> str:

@@ -38,3 +38,9 @@ def is_ascii_digits(text: str) -> bool:
     which `int` refuses, and to "١٢", which it reads as 12: numbers that
     programs write (cursors, amounts in files) use these ten only."""
     return text.isascii() and text.isdigit()
+
+
+def row_id(text: str) -> int | None:
+    """The id of a row (a page cursor) written as ASCII digits, at most 18 of
+    them so that it fits 64 bits; None for any other text."""
+    return int(text) if len(text) <= 18 and is_ascii_digits(text) else None

@@ -45,7 +45,7 @@ from app.domain.records import (
     RefundRow,
     Role,
 )
-from app.domain.text import is_ascii_digits
+from app.domain.text import row_id
 from app.domain.times import in_utc
 from app.services.console_figures import ConsoleFigures
 from app.services.console_results import (
@@ -559,11 +559,9 @@ class ConsoleQueries(ConsoleFigures):
         if outcome is not None and outcome not in {o.value for o in Outcome}:
             known = ", ".join(o.value for o in Outcome)
             raise InvalidInput(f"outcome must be one of: {known}")
-        after_id = None
-        if cursor is not None:
-            if not is_ascii_digits(cursor) or len(cursor) > 18:
-                raise InvalidInput("the cursor is not one a page of lines gave")
-            after_id = int(cursor)
+        after_id = None if cursor is None else row_id(cursor)
+        if cursor is not None and after_id is None:
+            raise InvalidInput("the cursor is not one a page of lines gave")
         async with self.deps.uow() as uow:
             run = await uow.reconciliations.get(reconciliation_id)
             if run is None or not self.sees(run.pse_account):
