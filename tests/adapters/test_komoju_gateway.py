@@ -782,6 +782,29 @@ async def test_a_payment_refunded_event_yields_the_newest_refund(
     assert (event.refund.pse_refund_id, event.refund.reference) == (REFUND_ID, REFERENCE)
 
 
+@pytest.mark.parametrize(
+    "bogus", ["9999-12-31T23:59:59Z", "0001-01-01T00:00:00+01:00", "2999-12-31T23:59:59-01:00"]
+)
+async def test_a_refund_dated_outside_1970_to_2999_is_not_taken_for_the_newest(
+    gateway: KomojuGateway, bogus: str
+) -> None:
+    refunds = [
+        ours(amount=2000, created_at="2026-11-27T08:00:00Z"),
+        komoju_refund(
+            id="1k0dn3jq5wqv2m9fxe8r7t6ya",
+            amount=3000,
+            description="rf_other",
+            created_at=bogus,
+        ),
+    ]
+    payload = komoju_event("payment.refunded", komoju_payment(refunds), "evt_bogus_time")
+
+    event = gateway.parse_webhook(signed(payload), payload.encode(), NOW)
+
+    assert event.refund is not None
+    assert (event.refund.pse_refund_id, event.refund.reference) == (REFUND_ID, REFERENCE)
+
+
 async def test_a_chargeback_is_not_taken_for_the_newest_refund(gateway: KomojuGateway) -> None:
     refunds = [
         ours(created_at="2026-11-27T08:00:00Z"),

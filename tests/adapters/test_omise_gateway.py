@@ -877,6 +877,11 @@ _BODY_ONLY = hmac.new(base64.b64decode(WEBHOOK_SECRET), _BODY, hashlib.sha256)
             id="non-numeric-timestamp",
         ),
         pytest.param(
+            {"omise-signature": _GOOD, "omise-signature-timestamp": "9" * 5000},
+            _BODY,
+            id="5000-digits",
+        ),
+        pytest.param(
             {"omise-signature": _GOOD, "omise-signature-timestamp": str(int(_TS) + 1)},
             _BODY,
             id="other-timestamp",

@@ -769,6 +769,14 @@ async def test_a_timestamp_exactly_at_the_tolerance_is_accepted(gateway: StripeG
 _PAYLOAD = stripe_event("refund.updated", stripe_refund(status="succeeded"))
 
 
+def _resigned(timestamp: str) -> dict[str, str]:
+    """_PAYLOAD correctly signed by Stripe's SDK, over a timestamp written as `timestamp`."""
+    header = stripe.WebhookSignature.generate_signature_header(
+        _PAYLOAD, WEBHOOK_SECRET, timestamp=timestamp
+    )
+    return {"stripe-signature": header}
+
+
 @pytest.mark.parametrize(
     ("headers", "body"),
     [
@@ -782,6 +790,12 @@ _PAYLOAD = stripe_event("refund.updated", stripe_refund(status="succeeded"))
         pytest.param(
             {"stripe-signature": f"t=soon,v1={'a' * 64}"}, _PAYLOAD, id="non-numeric-timestamp"
         ),
+        # Past what `int` reads (4,300 digits), and past what a float holds.
+        pytest.param(
+            {"stripe-signature": f"t={'9' * 5000},v1={'a' * 64}"}, _PAYLOAD, id="5000-digits"
+        ),
+        pytest.param(_resigned(f"{'9' * 400}"), _PAYLOAD, id="400-digits-signed"),
+        pytest.param(_resigned("+1795766400"), _PAYLOAD, id="signed-timestamp-with-a-sign"),
         pytest.param(
             signed(_PAYLOAD, at=NOW - timedelta(seconds=301)), _PAYLOAD, id="301-seconds-old"
         ),

@@ -34,6 +34,7 @@ from app.domain.pse import (
     PseRefund,
     PseRefundState,
 )
+from app.domain.text import is_ascii_digits
 from app.redaction import REDACTED
 
 log = structlog.get_logger("app.pse")
@@ -266,6 +267,15 @@ def ours_among(
 def utf8_key(secret: str) -> bytes | None:
     """The key of a secret used as it is configured."""
     return secret.encode("utf-8")
+
+
+def unix_seconds(text: str, name: str) -> int:
+    """A webhook's signing time, as PSEs write it: Unix seconds in ASCII
+    digits, at most 12 of them. Anything else (a sign, spaces, "²", thousands of
+    digits that `int` refuses or that no float holds) is refused as `name`."""
+    if len(text) > 12 or not is_ascii_digits(text):
+        raise InvalidWebhookSignature(f"{name} is not a Unix time")
+    return int(text)
 
 
 def verify_webhook(

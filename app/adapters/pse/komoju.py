@@ -60,6 +60,7 @@ from app.domain.pse import (
     SubmitResult,
     Unanswered,
 )
+from app.domain.times import in_utc
 
 log = structlog.get_logger("app.pse.komoju")
 
@@ -176,7 +177,10 @@ def _created_at(item: Any) -> datetime:
         except ValueError:
             pass
         else:
-            return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+            found = in_utc(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
+            if found is not None:
+                return found
+    # Missing, unreadable or outside 1970-2999: ranked below any real time.
     return datetime.min.replace(tzinfo=UTC)
 
 

@@ -55,7 +55,7 @@ from typing import Any
 
 import httpx
 
-from app.adapters.pse.base import DeclineRule, PseAccount, ids_in, json_or_none
+from app.adapters.pse.base import DeclineRule, PseAccount, ids_in, json_or_none, unix_seconds
 from app.adapters.pse.disputes import (
     UnreadableDispute,
     dispute_report,
@@ -400,8 +400,7 @@ class OmiseGateway(RefundResourceGateway):
         if not header or not timestamp:
             raise InvalidWebhookSignature("missing Omise-Signature or Omise-Signature-Timestamp")
         timestamp = timestamp.strip()
-        if not timestamp.isascii() or not timestamp.isdigit() or len(timestamp) > 12:
-            raise InvalidWebhookSignature("Omise-Signature-Timestamp is not a Unix time")
+        seconds = unix_seconds(timestamp, "Omise-Signature-Timestamp")
         # Two comma-separated signatures while a secret is being rotated.
         candidates = [part.strip().lower() for part in header.split(",")]
         candidates = [c for c in candidates if _HEX.fullmatch(c)]
@@ -412,7 +411,7 @@ class OmiseGateway(RefundResourceGateway):
             presented=[candidate.encode("ascii") for candidate in candidates],
             signed=timestamp.encode("ascii") + b"." + body,
             key_of=_decoded_secret,
-            timestamp=int(timestamp),
+            timestamp=seconds,
             timestamp_name="Omise-Signature-Timestamp",
         )
 

@@ -26,6 +26,7 @@ from app.adapters.pse.base import (
     json_object,
     json_or_none,
     ours_among,
+    unix_seconds,
     verify_webhook,
 )
 from app.adapters.pse.disputes import (
@@ -292,10 +293,7 @@ class SandboxGateway(PseGateway):
         signatures = headers.get("webhook-signature")
         if not (msg_id and timestamp and signatures):
             raise InvalidWebhookSignature("missing webhook-id, -timestamp or -signature")
-        try:
-            sent_at = datetime.fromtimestamp(int(timestamp), UTC)
-        except (ValueError, OverflowError, OSError):
-            raise InvalidWebhookSignature("webhook-timestamp is not a Unix time") from None
+        sent_at = datetime.fromtimestamp(unix_seconds(timestamp, "webhook-timestamp"), UTC)
         if abs((now - sent_at).total_seconds()) > self._account.webhook_tolerance_seconds:
             raise InvalidWebhookSignature("webhook-timestamp outside the tolerance")
         try:

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from app.adapters.pse.base import DeclineRule, ids_in
+from app.adapters.pse.base import DeclineRule, ids_in, unix_seconds
 from app.adapters.pse.disputes import (
     UnreadableDispute,
     dispute_report,
@@ -300,7 +300,7 @@ def _parse_signature_header(value: str) -> tuple[str, list[str]]:
         if not sep or not key or not item or not item.isascii():
             raise InvalidWebhookSignature("malformed Stripe-Signature header")
         if key == "t":
-            if timestamp is not None or not item.isdigit():
+            if timestamp is not None:
                 raise InvalidWebhookSignature("malformed Stripe-Signature timestamp")
             timestamp = item
         elif key == "v1":
@@ -442,7 +442,7 @@ class StripeGateway(RefundResourceGateway):
             header="Stripe-Signature v1",
             presented=[signature.encode("ascii") for signature in signatures],
             signed=timestamp.encode("ascii") + b"." + body,
-            timestamp=int(timestamp),
+            timestamp=unix_seconds(timestamp, "Stripe-Signature timestamp"),
             timestamp_name="Stripe-Signature timestamp",
         )
 
