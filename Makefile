@@ -38,9 +38,12 @@ run: install
 	$(BIN)/pse-refunds serve --host $(HOST) --port $(PORT)
 
 ## Run the whole suite, on the PostgreSQL at 127.0.0.1:5432 (PSE_REFUNDS_TEST_PG) or,
-## when none answers, an embedded one started for the session.
+## when none answers, an embedded one started for the session. TEST_WORKERS
+## pytest-xdist processes share the tests (each with databases of its own);
+## TEST_WORKERS=0 runs them all in this one process.
+TEST_WORKERS ?= 2
 test: install-dev
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 ## Static checks: ruff, mypy (strict on the domain) and the layer contracts.
 lint: install-dev
