@@ -138,6 +138,10 @@ STRIPE = "created_utc,currency,gross,fee,reporting_category,source_id\n"
         ("-1E+999999999", "gross: amount is beyond what can be stored"),
         ("92233720368547758.08", "gross: amount is beyond what can be stored"),
         ("\u0661\u0662.00", "gross '\u0661\u0662.00' is not a decimal amount"),
+        # Digits past the cent are never rounded into an amount (nor to 0).
+        ("-0.004", "gross: 0.004 USD has more decimals than USD has"),
+        ("-12.345", "gross: 12.345 USD has more decimals than USD has"),
+        ("-0.00", "amount must be a positive number of minor units"),
     ],
 )
 def test_a_stripe_amount_that_is_no_amount_names_its_line(gross, message):
@@ -149,6 +153,23 @@ def test_a_stripe_amount_that_is_no_amount_names_its_line(gross, message):
             provider="stripe",
         )
     assert str(caught.value).startswith(f"line 3: {message}")
+
+
+def test_a_stripe_fee_or_customer_amount_past_its_currencys_decimals_names_its_line():
+    header = "created_utc,currency,gross,fee,reporting_category,source_id,"
+    header += "customer_facing_amount,customer_facing_currency\n"
+    for cells, message in [
+        ("usd,-1.00,0.125,refund,re_1,1.00,usd", "fee: 0.125 USD has more decimals"),
+        ("usd,-1.00,0,refund,re_1,150.5,jpy", "customer_facing_amount: 150.5 JPY has more"),
+    ]:
+        with pytest.raises(SettlementFileError) as caught:
+            parse(header + f"2026-11-27 08:00:00,{cells}\n", provider="stripe")
+        assert str(caught.value).startswith(f"line 2: {message}")
+    # Trailing zeros are no extra precision: 150.00 JPY is 150 yen.
+    _, (row,) = parse(
+        header + "2026-11-27 08:00:00,usd,-1.00,0.30,refund,re_1,150.00,jpy\n", provider="stripe"
+    )
+    assert row.money == Money(150, "JPY") and row.fee_money == Money(30, "USD")
 
 
 def test_a_stripe_time_without_a_utc_form_names_its_line():

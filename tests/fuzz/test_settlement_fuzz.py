@@ -144,10 +144,9 @@ def in_range(moment: datetime | None) -> bool:
 
 
 def check(data: bytes, provider: str) -> None:
-    """Rows of storable values, or a refusal naming a line. The generic
-    format refuses an amount of 0; a Stripe export's rounds its major units
-    (a gross of -0.004 USD is 0)."""
-    least = 0 if provider == "stripe" else 1
+    """Rows of storable values, or a refusal naming a line. Both formats
+    refuse a refund of 0 (Stripe's also refuses -0.004 USD rather than round
+    it to 0)."""
     try:
         rows = list(open_settlement(io.BytesIO(data), provider).rows)
     except SettlementFileError as refused:
@@ -155,7 +154,7 @@ def check(data: bytes, provider: str) -> None:
         return
     for row in rows:
         if isinstance(row, SettlementRow):
-            assert type(row.amount) is int and row.amount >= least and storable(row.amount)
+            assert type(row.amount) is int and row.amount >= 1 and storable(row.amount)
             assert storable(row.fee) and storable(row.settlement_amount)
             assert is_currency(row.currency)
             assert row.settlement_currency is None or is_currency(row.settlement_currency)

@@ -400,7 +400,9 @@ def _major(line: int, value: str, currency: str, column: str) -> Money:
     if amount is None:
         raise SettlementFileError(line, f"{column} {value!r} is not a decimal amount")
     try:
-        return Money.from_major(amount, currency)
+        # Exact: an export carries what moved, to the minor unit; digits past
+        # it are a damaged file, never rounded into an amount.
+        return Money.from_major(amount, currency, exact=True)
     except DomainError as exc:
         raise SettlementFileError(line, f"{column}: {exc.detail}") from None
 
@@ -424,6 +426,8 @@ def _stripe(
                 yield _stripe_dispute(line, r, movement, has_customer_amount, payment_columns)
             continue
         amount, settled, fee = _stripe_amounts(line, r, has_customer_amount)
+        if not amount.amount:
+            raise SettlementFileError(line, "amount must be a positive number of minor units")
         pse_id = r["source_id"].strip() or None
         reference = (r[reference_column].strip() or None) if reference_column else None
         if pse_id is None and reference is None:
