@@ -467,9 +467,11 @@ def service_toml(
     *,
     audit: bool | None = None,
     webhook_secret: str | None = None,
+    daily_limit: int | None = None,
 ) -> str:
     """The service's TOML: PostgreSQL, quiet JSON logs, no worker, one sandbox account.
-    `audit_enabled` is written only when `audit` is given."""
+    `audit_enabled` is written only when `audit` is given; `daily_limit`, a daily
+    auto-approval limit in JPY, only when given."""
     lines = [
         f'database_url = "{db_url}"',
         'log_level = "warning"',
@@ -492,6 +494,8 @@ def service_toml(
             'per_address = "1000000/second"',
             'webhooks_per_account = "1000000/second"',
         ]
+    if daily_limit is not None:
+        lines += ["", "[policy]", f"daily_auto_approve_limit = {{JPY = {daily_limit}}}"]
     lines += [
         "",
         f"[accounts.{ACCOUNT}]",
@@ -1027,10 +1031,11 @@ async def start_service(
     slug: str,
     audit: bool | None,
     workers: int = 1,
+    daily_limit: int | None = None,
 ) -> tuple[Child, str]:
     """`pse-refunds serve` (worker disabled) on a free port, once it is ready."""
     config = workdir / f"{slug}.toml"
-    config.write_text(service_toml(db.url, sandbox_url, audit=audit))
+    config.write_text(service_toml(db.url, sandbox_url, audit=audit, daily_limit=daily_limit))
     port = free_port()
     argv = [*cli_command(), "serve", "--host", LOOPBACK, "--port", str(port)]
     if workers > 1:
@@ -1115,10 +1120,18 @@ async def service_phase(
     load: Load,
     profile_dir: Path | None,
     workers: int = 1,
+    daily_limit: int | None = None,
 ) -> Phase:
     slug = label.replace(" ", "-").replace("(", "").replace(")", "")
     service, base = await start_service(
-        children, workdir, db, sandbox_url, slug=slug, audit=audit, workers=workers
+        children,
+        workdir,
+        db,
+        sandbox_url,
+        slug=slug,
+        audit=audit,
+        workers=workers,
+        daily_limit=daily_limit,
     )
     profile: list[asyncio.Task[None]] = []
     profile_out = profile_dir / f"{slug}.txt" if profile_dir is not None else None
@@ -1407,6 +1420,7 @@ async def run(args: argparse.Namespace) -> None:
                     load=load,
                     profile_dir=profile_dir,
                     workers=args.workers,
+                    daily_limit=args.daily_limit,
                 )
             )
         if args.only in (None, "yardstick"):
@@ -1452,6 +1466,13 @@ def arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--payments", type=int, default=PAYMENTS)
     parser.add_argument("--audit", choices=["on", "off", "both"], default="both")
     parser.add_argument(
+        "--daily-limit",
+        type=int,
+        metavar="MINOR",
+        help="give the service a daily auto-approval limit in JPY (minor units): each "
+        "auto-approved refund then locks its day's total (the yardsticks have none)",
+    )
+    parser.add_argument(
         "--only",
         choices=["service", "yardstick", "protocol"],
         default=None,
@@ -1479,6 +1500,8 @@ def arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.profile.mkdir(parents=True, exist_ok=True)
     if args.duration < 1 or args.connections < 1 or args.threads < 1 or args.payments < 1:
         parser.error("--duration, --connections, --threads and --payments must be positive")
+    if args.daily_limit is not None and args.daily_limit < 1:
+        parser.error("--daily-limit must be positive (a limit of 0 auto-approves nothing)")
     return args
 
 

@@ -7,7 +7,7 @@ on these abstractions, which keeps them testable with fakes.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, Self
@@ -422,8 +422,20 @@ class ConsoleSessionRepository(Protocol):
 
 
 class AutoApprovalTotals(Protocol):
+    """The amount auto-approved each day, per currency. Totals only grow."""
+
     async def lock_total(self, currency: str, day: str) -> int: ...
     async def add(self, currency: str, day: str, amount: int) -> None: ...
+    async def total(self, currency: str, day: str) -> int:
+        """The day's total as last committed, without a lock: never more than
+        the true one, since totals only grow."""
+        ...
+
+    async def add_within(self, currency: str, day: str, amount: int, limit: int) -> bool:
+        """Add `amount` to the day's total if that keeps it at most `limit`, in
+        one step that locks the day's row until the end of the transaction;
+        False, adding nothing, when it would pass `limit`."""
+        ...
 
 
 class ReconciliationRepository(Protocol):
@@ -545,6 +557,11 @@ class UnitOfWork(Protocol):
     console_sessions: ConsoleSessionRepository
 
     def after_commit(self, callback: Callable[[], None]) -> None: ...
+    def before_commit(self, step: Callable[[], Awaitable[None]]) -> None:
+        """Run `step` in the transaction, just before its COMMIT: what it
+        locks is held only from there to the end. Whatever it raises aborts
+        the commit (the unit of work then rolls back)."""
+        ...
 
     async def save_refund(
         self,

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -34,25 +33,22 @@ class Kept:
     body: bytes
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class RefundAttempt:
-    """One idempotent refund request, inside its transaction.
+    """One idempotent refund request as it ran, inside its transaction:
+    `refund` is what it created, or `error` the rule it broke."""
 
-    Either `replay` holds the answer kept for the key, or the request ran:
-    `refund` is what it created, or `error` the rule it broke. The caller
-    renders that as it answers it and gives it back with `keep`; the claim,
-    the refund and the kept answer then commit together.
-    """
-
-    replay: Kept | None = None
     refund: Refund | None = None
     error: DomainError | None = None
-    kept: Kept | None = None
 
-    def keep(self, status: int, body: bytes) -> None:
-        if self.replay is not None:
-            raise RuntimeError("a replayed answer is not kept again")
-        self.kept = Kept(status, body)
+
+# How the caller answers a request that ran: (status, body), kept for replays.
+Render = Callable[[RefundAttempt], tuple[int, bytes]]
+
+
+class _DayTotalMoved(Exception):
+    """Refunds auto-approved since this one read the day's total took the room
+    it was approved in: it is decided again, under the total's lock."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,67 +72,92 @@ class RefundService(Scoped):
         """Phase 1: check the rules and reserve the amount under the payment's lock,
         record the refund with its PSE idempotency key and its events, and
         commit — all before any PSE is called."""
-        async with self.deps.uow() as uow:
-            payment, refund = await self._create(uow, cmd, actor)
-            await uow.commit()
+        try:
+            async with self.deps.uow() as uow:
+                payment, refund = await self._create(uow, cmd, actor)
+                await uow.commit()
+        except _DayTotalMoved:
+            async with self.deps.uow() as uow:
+                payment, refund = await self._create(uow, cmd, actor, lock_day=True)
+                await uow.commit()
         self._after_creation(payment, refund)
         return refund
 
-    @asynccontextmanager
     async def request_once(
         self,
         cmd: RequestRefund,
         actor: Actor,
         keyed: KeyedRequest,
+        render: Render,
         in_flight_timeout: timedelta = timedelta(seconds=120),
-    ) -> AsyncIterator[RefundAttempt]:
+    ) -> tuple[Kept, bool]:
         """`request` under an Idempotency-Key, in one transaction: the key's
-        claim, the refund and the answer kept for replays commit together
-        when the block ends, once the caller has kept its answer.
+        claim, the refund and the answer `render` gives it commit together.
+        Returns that answer, or the one kept for the key, and whether it is a
+        replay.
 
         A rule the request breaks is an answer like a success (kept and
-        replayed). Anything raised in the block, or an answer of 500 and
-        above, rolls everything back and frees the key for a retry."""
-        for _ in range(3):
-            async with self.deps.uow() as uow:
-                outcome = await claim_in(uow, keyed, self.deps.clock.now(), in_flight_timeout)
-                if isinstance(outcome, Replay):
-                    yield RefundAttempt(replay=Kept(outcome.status, outcome.body))
-                    return
-                if not isinstance(outcome, IdempotencyClaim):
-                    continue
-                attempt = RefundAttempt()
-                try:
-                    payment, attempt.refund = await self._create(uow, cmd, actor, write=False)
-                except DomainError as error:
-                    attempt.error = error
-                yield attempt
-                kept = attempt.kept
-                if kept is None:
-                    raise RuntimeError("the answer to an idempotent refund request was not kept")
-                if kept.status >= 500:
-                    return  # rolled back: the key is free again
-                answer = KeptAnswer(keyed.api_key_id, keyed.key, kept.status, kept.body)
-                if attempt.refund is None:
-                    await uow.idempotency.complete(
-                        answer.api_key_id, answer.key, answer.status, answer.body
-                    )
-                else:
-                    # The refund and its answer: one statement (the answer was
-                    # rendered from the refund as it is about to be written).
-                    await save(self.deps, uow, payment, attempt.refund, new=True, answer=answer)
-                await uow.commit()
+        replayed). Anything `render` raises, or an answer of 500 and above,
+        rolls everything back and frees the key for a retry."""
+        contended = 0
+        lock_day = False
+        while contended < 3:
+            try:
+                async with self.deps.uow() as uow:
+                    outcome = await claim_in(uow, keyed, self.deps.clock.now(), in_flight_timeout)
+                    if isinstance(outcome, Replay):
+                        return Kept(outcome.status, outcome.body), True
+                    if not isinstance(outcome, IdempotencyClaim):
+                        contended += 1
+                        continue
+                    try:
+                        payment, refund = await self._create(
+                            uow, cmd, actor, write=False, lock_day=lock_day
+                        )
+                        attempt = RefundAttempt(refund=refund)
+                    except DomainError as error:
+                        attempt = RefundAttempt(error=error)
+                    kept = Kept(*render(attempt))
+                    if kept.status >= 500:
+                        return kept, False  # rolled back: the key is free again
+                    answer = KeptAnswer(keyed.api_key_id, keyed.key, kept.status, kept.body)
+                    if attempt.refund is None:
+                        await uow.idempotency.complete(
+                            answer.api_key_id, answer.key, answer.status, answer.body
+                        )
+                    else:
+                        # The refund and its answer: one statement (the answer was
+                        # rendered from the refund as it is about to be written).
+                        await save(self.deps, uow, payment, attempt.refund, new=True, answer=answer)
+                    await uow.commit()
+            except _DayTotalMoved:
+                lock_day = True  # rolled back, the key with it: once more, under the lock
+                continue
             if attempt.refund is not None:
                 self._after_creation(payment, attempt.refund)
-            return
+            return kept, False
         raise IdempotencyKeyInUse(CONTENDED)
 
     async def _create(
-        self, uow: UnitOfWork, cmd: RequestRefund, actor: Actor, *, write: bool = True
+        self,
+        uow: UnitOfWork,
+        cmd: RequestRefund,
+        actor: Actor,
+        *,
+        write: bool = True,
+        lock_day: bool = False,
     ) -> tuple[Payment, Refund]:
         """Check the rules and make the refund under the payment's lock; written
         at once, or (`write=False`) by the caller with `save(..., new=True)`
-        before its commit."""
+        before its commit.
+
+        Under a daily auto-approval limit, the day's total is read without a
+        lock, and an auto-approved refund adds itself to it just before the
+        commit, if it still fits (else _DayTotalMoved, from the commit): the
+        day's row, which every such refund needs, is then locked only from
+        there to the end of the transaction. With `lock_day` the total is
+        locked when read, as a retry after _DayTotalMoved does: that decision
+        stands."""
         now = self.deps.clock.now()
         payment = await uow.payments.get(cmd.payment_id, for_update=True)
         if payment is None or not self.sees(payment.pse_account):
@@ -149,7 +170,11 @@ class RefundService(Scoped):
         auto_today = 0
         limit_currency = cmd.currency or payment.currency
         if limit_currency in self.deps.policy.daily_auto_approve_limit:
-            auto_today = await uow.auto_approvals.lock_total(limit_currency, day)
+            if lock_day:
+                auto_today = await uow.auto_approvals.lock_total(limit_currency, day)
+            else:
+                # Totals only grow: a refund this read puts past the limit is past it.
+                auto_today = await uow.auto_approvals.total(limit_currency, day)
         refund, decision = payment.request_refund(
             refund_id=new_id("rf"),
             amount=amount,
@@ -163,7 +188,10 @@ class RefundService(Scoped):
             auto_approved_today=auto_today,
         )
         if decision.counts_toward_daily_limit and refund.auto_approved:
-            await uow.auto_approvals.add(refund.currency, day, refund.amount.amount)
+            if lock_day:
+                await uow.auto_approvals.add(refund.currency, day, refund.amount.amount)
+            else:
+                self._add_to_day_at_commit(uow, refund.currency, day, refund.amount.amount)
         if refund.status is RefundStatus.APPROVED and self.deps.queue.sends_at_once:
             # Sent right after this commit: marked `submitting` in it, which
             # spares a transaction (see SubmissionQueue).
@@ -171,6 +199,15 @@ class RefundService(Scoped):
         if write:
             await save(self.deps, uow, payment, refund, new=True)
         return payment, refund
+
+    def _add_to_day_at_commit(self, uow: UnitOfWork, currency: str, day: str, amount: int) -> None:
+        limit = self.deps.policy.daily_auto_approve_limit[currency]
+
+        async def add() -> None:
+            if not await uow.auto_approvals.add_within(currency, day, amount, limit):
+                raise _DayTotalMoved(f"{currency} {day}")
+
+        uow.before_commit(add)
 
     def _after_creation(self, payment: Payment, refund: Refund) -> None:
         if refund.status is RefundStatus.SUBMITTING:

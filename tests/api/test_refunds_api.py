@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from app.adapters.db.auto_approvals import AutoApprovalTotals
+from app.domain.models import Actor, RefundReason, RefundStatus
 from app.domain.pse import (
     Accepted,
     Declined,
@@ -10,6 +12,7 @@ from app.domain.pse import (
     PseRefundState,
     Unanswered,
 )
+from app.services.refunds import RequestRefund
 from tests.api.helpers import (
     assert_problem,
     count_refunds,
@@ -261,6 +264,40 @@ async def test_past_the_daily_auto_approval_limit_refunds_wait_for_approval(make
     assert (await refund(api, payment["id"], 1)).json()["status"] == "pending_approval"
     api.clock.advance(days=1)
     assert (await refund(api, payment["id"], 1000)).json()["status"] == "submitting"
+
+
+async def test_a_refund_approved_on_a_total_read_before_another_took_the_room_waits(
+    make_api, monkeypatch
+):
+    api = await make_api(policy={"daily_auto_approve_limit": {"JPY": 5000}})
+    payment = await register(api)
+    assert (await refund(api, payment["id"], 4000)).json()["status"] == "submitting"
+    # As if each request read the day's total before that refund committed.
+    monkeypatch.setattr(AutoApprovalTotals, "total", _total_of_zero)
+
+    late = await refund(api, payment["id"], 2000, key="late")
+    assert late.status_code == 201
+    assert late.json()["status"] == "pending_approval"
+    assert late.json()["required_approvals"] == [1]
+    fits = await refund(api, payment["id"], 1000)
+    assert fits.json()["status"] == "submitting"
+    # The answer kept for the key is the one given; one refund behind it.
+    again = await refund(api, payment["id"], 2000, key="late")
+    assert again.headers.get("idempotent-replayed") == "true"
+    assert again.json() == late.json()
+    made = await api.container.refunds.request(
+        RequestRefund(payment["id"], 1, RefundReason.REQUESTED_BY_CUSTOMER),
+        Actor("key_store", "store"),
+    )
+    assert made.status is RefundStatus.PENDING_APPROVAL
+    async with api.container.pool.acquire() as conn:
+        total = await conn.fetchval("SELECT amount FROM auto_approval_totals")
+        counted = await conn.fetchval("SELECT count(*) FROM refunds")
+    assert (total, counted) == (5000, 4)
+
+
+async def _total_of_zero(_self: object, _currency: str, _day: str) -> int:
+    return 0
 
 
 async def test_tiers_of_another_currency_apply_through_the_operators_rate(make_api):

@@ -1530,6 +1530,73 @@ async def test_the_days_auto_approval_total_is_created_locked_and_added_to(db):
     assert await asyncio.wait_for(waiting, 5) == 2000
 
 
+async def test_the_days_total_is_added_to_only_while_it_stays_within_the_limit(db):
+    async with PgUnitOfWork(db) as uow:
+        assert await uow.auto_approvals.total("JPY", "2026-11-21") == 0
+        # No row yet, and more than the limit: none is made.
+        assert not await uow.auto_approvals.add_within("JPY", "2026-11-21", 5001, 5000)
+        assert await uow.auto_approvals.add_within("JPY", "2026-11-21", 3000, 5000)
+        assert await uow.auto_approvals.add_within("JPY", "2026-11-21", 2000, 5000)
+        assert not await uow.auto_approvals.add_within("JPY", "2026-11-21", 1, 5000)
+        assert await uow.auto_approvals.add_within("USD", "2026-11-21", 1, 5000)
+        await uow.commit()
+    async with PgUnitOfWork(db) as uow:
+        assert await uow.auto_approvals.total("JPY", "2026-11-21") == 5000
+        assert await uow.auto_approvals.total("USD", "2026-11-21") == 1
+        assert await uow.auto_approvals.total("JPY", "2026-11-22") == 0
+
+
+async def test_adding_within_the_limit_waits_for_the_row_and_checks_the_newest_total(db):
+    async with PgUnitOfWork(db) as uow:
+        assert await uow.auto_approvals.add_within("JPY", "2026-11-23", 3000, 5000)
+        await uow.commit()
+    async with PgUnitOfWork(db) as one:
+        assert await one.auto_approvals.add_within("JPY", "2026-11-23", 1500, 5000)
+
+        async def second() -> tuple[int, bool]:
+            async with PgUnitOfWork(db) as two:
+                # Read before `one` commits: the room it saw is gone by then.
+                seen = await two.auto_approvals.total("JPY", "2026-11-23")
+                added = await two.auto_approvals.add_within("JPY", "2026-11-23", 1000, 5000)
+                await two.commit()
+                return seen, added
+
+        waiting = asyncio.create_task(second())
+        assert await eventually(lambda: waiting_on(db, "auto_approval_totals"))
+        await one.commit()
+    assert await asyncio.wait_for(waiting, 5) == (3000, False)
+    async with PgUnitOfWork(db) as uow:
+        assert await uow.auto_approvals.total("JPY", "2026-11-23") == 4500
+
+
+async def test_before_commit_steps_run_last_and_what_they_raise_rolls_everything_back(db):
+    order: list[str] = []
+
+    async def step() -> None:
+        order.append("step")
+
+    async with PgUnitOfWork(db) as uow:
+        uow.before_commit(step)
+        await uow.auto_approvals.add_within("JPY", "2026-11-24", 10, 100)
+        order.append("work")
+        await uow.commit()
+    assert order == ["work", "step"]
+
+    class Refused(Exception):
+        pass
+
+    async def refuse() -> None:
+        raise Refused
+
+    with pytest.raises(Refused):
+        async with PgUnitOfWork(db) as uow:
+            await uow.auto_approvals.add_within("JPY", "2026-11-24", 20, 100)
+            uow.before_commit(refuse)
+            await uow.commit()
+    async with PgUnitOfWork(db) as uow:
+        assert await uow.auto_approvals.total("JPY", "2026-11-24") == 10
+
+
 # -- the unit of work -----------------------------------------------------------
 
 

@@ -11,7 +11,7 @@ found its connection dead at the start tries once more.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Self
 
 import asyncpg
@@ -108,6 +108,7 @@ class PgUnitOfWork:
         self._conn: asyncpg.Connection | None = None
         self._committed = False
         self._after_commit: list[Callable[[], None]] = []
+        self._before_commit: list[Callable[[], Awaitable[None]]] = []
 
     async def __aenter__(self) -> Self:
         try:
@@ -168,6 +169,9 @@ class PgUnitOfWork:
 
     async def commit(self) -> None:
         assert self._conn is not None, "commit outside the unit of work"
+        steps, self._before_commit = self._before_commit, []
+        for step in steps:
+            await step()
         # PostgreSQL answers COMMIT of a failed transaction with ROLLBACK, not an error.
         if await self._conn.execute("COMMIT") == "ROLLBACK":
             raise TransactionAborted("the transaction failed before COMMIT; nothing was written")
@@ -179,6 +183,11 @@ class PgUnitOfWork:
     def after_commit(self, callback: Callable[[], None]) -> None:
         """Run `callback` once the transaction has committed (never if it rolls back)."""
         self._after_commit.append(callback)
+
+    def before_commit(self, step: Callable[[], Awaitable[None]]) -> None:
+        """Await `step` in the transaction just before COMMIT; what it raises
+        aborts the commit."""
+        self._before_commit.append(step)
 
     async def save_refund(
         self,

@@ -44,7 +44,7 @@ from app.api.schemas import (
 )
 from app.domain.models import Refund, RefundStatus
 from app.services.idempotency import IdempotencyClaim, KeyedRequest, request_fingerprint
-from app.services.refunds import RequestRefund
+from app.services.refunds import RefundAttempt, RequestRefund
 from app.services.views import refund_view
 
 router = APIRouter(prefix="/v1/refunds", tags=["refunds"])
@@ -125,16 +125,15 @@ async def create_refund(
         note=body.note,
         metadata=body.metadata,
     )
-    async with refunds.request_once(command, actor_of(key), keyed) as attempt:
-        if attempt.replay is not None:
-            return replayable(attempt.replay.status, attempt.replay.body, replayed=True)
+
+    def render(attempt: RefundAttempt) -> tuple[int, bytes]:
         if attempt.refund is not None:
-            status, answer = _answer(attempt.refund, 201)
-        else:
-            assert attempt.error is not None
-            status, answer = domain_problem(attempt.error, request_id_of(request))
-        attempt.keep(status, answer)
-    return replayable(status, answer, replayed=False)
+            return _answer(attempt.refund, 201)
+        assert attempt.error is not None
+        return domain_problem(attempt.error, request_id_of(request))
+
+    kept, replayed = await refunds.request_once(command, actor_of(key), keyed, render)
+    return replayable(kept.status, kept.body, replayed=replayed)
 
 
 @router.get(
