@@ -156,6 +156,14 @@ class WebhookStoredBefore(AlreadyExists):
 class PaymentRepository(Protocol):
     async def add(self, payment: Payment, created_by: str | None) -> None: ...
     async def get(self, payment_id: str, *, for_update: bool = False) -> Payment | None: ...
+    async def lock_with_day_total(
+        self, payment_id: str, currency: str | None, day: str
+    ) -> tuple[Payment, int] | None:
+        """The payment, locked, and the day's auto-approved total in `currency`
+        (the payment's own when None) as last committed, read without a lock:
+        never more than the true total, since totals only grow."""
+        ...
+
     async def get_by_pse(self, pse_account: str, pse_payment_id: str) -> Payment | None: ...
     async def get_many(self, payment_ids: Sequence[str]) -> list[Payment]: ...
     async def volume(
@@ -426,11 +434,6 @@ class AutoApprovalTotals(Protocol):
 
     async def lock_total(self, currency: str, day: str) -> int: ...
     async def add(self, currency: str, day: str, amount: int) -> None: ...
-    async def total(self, currency: str, day: str) -> int:
-        """The day's total as last committed, without a lock: never more than
-        the true one, since totals only grow."""
-        ...
-
     async def add_within(self, currency: str, day: str, amount: int, limit: int) -> bool:
         """Add `amount` to the day's total if that keeps it at most `limit`, in
         one step that locks the day's row until the end of the transaction;

@@ -151,30 +151,32 @@ class RefundService(Scoped):
         at once, or (`write=False`) by the caller with `save(..., new=True)`
         before its commit.
 
-        Under a daily auto-approval limit, the day's total is read without a
-        lock, and an auto-approved refund adds itself to it just before the
-        commit, if it still fits (else _DayTotalMoved, from the commit): the
-        day's row, which every such refund needs, is then locked only from
-        there to the end of the transaction. With `lock_day` the total is
-        locked when read, as a retry after _DayTotalMoved does: that decision
-        stands."""
+        Under a daily auto-approval limit, the day's total is read with the
+        payment, without a lock of its own, and an auto-approved refund adds
+        itself to it just before the commit, if it still fits (else
+        _DayTotalMoved, from the commit): the day's row, which every such
+        refund needs, is then locked only from there to the end of the
+        transaction. With `lock_day` the total is locked when read, as a retry
+        after _DayTotalMoved does: that decision stands."""
         now = self.deps.clock.now()
-        payment = await uow.payments.get(cmd.payment_id, for_update=True)
+        day = now.date().isoformat()
+        limits = self.deps.policy.daily_auto_approve_limit
+        auto_today = 0
+        if limits and not lock_day:
+            # Totals only grow: a refund this read puts past the limit is past it.
+            found = await uow.payments.lock_with_day_total(cmd.payment_id, cmd.currency, day)
+            payment, auto_today = found if found is not None else (None, 0)
+        else:
+            payment = await uow.payments.get(cmd.payment_id, for_update=True)
         if payment is None or not self.sees(payment.pse_account):
             raise NotFound(f"no payment {cmd.payment_id}")
         window = self.deps.account(payment.pse_account).refund_window_days
         amount = None
         if cmd.amount is not None:
             amount = Money(cmd.amount, cmd.currency or payment.currency)
-        day = now.date().isoformat()
-        auto_today = 0
         limit_currency = cmd.currency or payment.currency
-        if limit_currency in self.deps.policy.daily_auto_approve_limit:
-            if lock_day:
-                auto_today = await uow.auto_approvals.lock_total(limit_currency, day)
-            else:
-                # Totals only grow: a refund this read puts past the limit is past it.
-                auto_today = await uow.auto_approvals.total(limit_currency, day)
+        if lock_day and limit_currency in limits:
+            auto_today = await uow.auto_approvals.lock_total(limit_currency, day)
         refund, decision = payment.request_refund(
             refund_id=new_id("rf"),
             amount=amount,

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from app.adapters.db.auto_approvals import AutoApprovalTotals
+from app.adapters.db.payments import PaymentRepository
 from app.domain.models import Actor, RefundReason, RefundStatus
 from app.domain.pse import (
     Accepted,
@@ -273,7 +273,13 @@ async def test_a_refund_approved_on_a_total_read_before_another_took_the_room_wa
     payment = await register(api)
     assert (await refund(api, payment["id"], 4000)).json()["status"] == "submitting"
     # As if each request read the day's total before that refund committed.
-    monkeypatch.setattr(AutoApprovalTotals, "total", _total_of_zero)
+    read = PaymentRepository.lock_with_day_total
+
+    async def read_before_it(self, *args):
+        found = await read(self, *args)
+        return None if found is None else (found[0], 0)
+
+    monkeypatch.setattr(PaymentRepository, "lock_with_day_total", read_before_it)
 
     late = await refund(api, payment["id"], 2000, key="late")
     assert late.status_code == 201
@@ -294,10 +300,6 @@ async def test_a_refund_approved_on_a_total_read_before_another_took_the_room_wa
         total = await conn.fetchval("SELECT amount FROM auto_approval_totals")
         counted = await conn.fetchval("SELECT count(*) FROM refunds")
     assert (total, counted) == (5000, 4)
-
-
-async def _total_of_zero(_self: object, _currency: str, _day: str) -> int:
-    return 0
 
 
 async def test_tiers_of_another_currency_apply_through_the_operators_rate(make_api):

@@ -1530,9 +1530,19 @@ async def test_the_days_auto_approval_total_is_created_locked_and_added_to(db):
     assert await asyncio.wait_for(waiting, 5) == 2000
 
 
+async def day_total(pool, currency: str, day: str) -> int:
+    async with pool.acquire() as conn:
+        found = await conn.fetchval(
+            "SELECT amount FROM auto_approval_totals WHERE currency = $1 AND day = $2",
+            currency,
+            day,
+        )
+    return found or 0
+
+
 async def test_the_days_total_is_added_to_only_while_it_stays_within_the_limit(db):
     async with PgUnitOfWork(db) as uow:
-        assert await uow.auto_approvals.total("JPY", "2026-11-21") == 0
+        assert await day_total(db, "JPY", "2026-11-21") == 0
         # No row yet, and more than the limit: none is made.
         assert not await uow.auto_approvals.add_within("JPY", "2026-11-21", 5001, 5000)
         assert await uow.auto_approvals.add_within("JPY", "2026-11-21", 3000, 5000)
@@ -1541,9 +1551,9 @@ async def test_the_days_total_is_added_to_only_while_it_stays_within_the_limit(d
         assert await uow.auto_approvals.add_within("USD", "2026-11-21", 1, 5000)
         await uow.commit()
     async with PgUnitOfWork(db) as uow:
-        assert await uow.auto_approvals.total("JPY", "2026-11-21") == 5000
-        assert await uow.auto_approvals.total("USD", "2026-11-21") == 1
-        assert await uow.auto_approvals.total("JPY", "2026-11-22") == 0
+        assert await day_total(db, "JPY", "2026-11-21") == 5000
+        assert await day_total(db, "USD", "2026-11-21") == 1
+        assert await day_total(db, "JPY", "2026-11-22") == 0
 
 
 async def test_adding_within_the_limit_waits_for_the_row_and_checks_the_newest_total(db):
@@ -1556,7 +1566,7 @@ async def test_adding_within_the_limit_waits_for_the_row_and_checks_the_newest_t
         async def second() -> tuple[int, bool]:
             async with PgUnitOfWork(db) as two:
                 # Read before `one` commits: the room it saw is gone by then.
-                seen = await two.auto_approvals.total("JPY", "2026-11-23")
+                seen = await day_total(db, "JPY", "2026-11-23")
                 added = await two.auto_approvals.add_within("JPY", "2026-11-23", 1000, 5000)
                 await two.commit()
                 return seen, added
@@ -1566,7 +1576,34 @@ async def test_adding_within_the_limit_waits_for_the_row_and_checks_the_newest_t
         await one.commit()
     assert await asyncio.wait_for(waiting, 5) == (3000, False)
     async with PgUnitOfWork(db) as uow:
-        assert await uow.auto_approvals.total("JPY", "2026-11-23") == 4500
+        assert await day_total(db, "JPY", "2026-11-23") == 4500
+
+
+async def test_a_payment_is_locked_with_the_days_total_of_its_currency_or_another(db):
+    pay = new_payment()  # JPY
+    await saved(db, pay)
+    async with PgUnitOfWork(db) as uow:
+        assert await uow.payments.lock_with_day_total("pay_1", None, "2026-11-25") == (pay, 0)
+        assert await uow.auto_approvals.add_within("JPY", "2026-11-25", 700, 1000)
+        assert await uow.auto_approvals.add_within("USD", "2026-11-25", 5, 1000)
+        await uow.commit()
+    async with PgUnitOfWork(db) as first:
+        assert await first.payments.lock_with_day_total("pay_1", None, "2026-11-25") == (pay, 700)
+        assert await first.payments.lock_with_day_total("pay_1", "USD", "2026-11-25") == (pay, 5)
+        assert await first.payments.lock_with_day_total("pay_nope", None, "2026-11-25") is None
+
+        async def second() -> tuple[Payment, int] | None:
+            async with PgUnitOfWork(db) as two:
+                return await two.payments.lock_with_day_total("pay_1", None, "2026-11-26")
+
+        # The payment is locked; the day's row is not.
+        waiting = asyncio.create_task(second())
+        assert await eventually(lambda: waiting_on(db, "payments"))
+        assert await first.auto_approvals.add_within("JPY", "2026-11-26", 300, 1000)
+        await first.commit()
+    # The total as of the statement's start: never more than the true one.
+    assert await asyncio.wait_for(waiting, 5) == (pay, 0)
+    assert await day_total(db, "JPY", "2026-11-26") == 300
 
 
 async def test_before_commit_steps_run_last_and_what_they_raise_rolls_everything_back(db):
@@ -1594,7 +1631,7 @@ async def test_before_commit_steps_run_last_and_what_they_raise_rolls_everything
             uow.before_commit(refuse)
             await uow.commit()
     async with PgUnitOfWork(db) as uow:
-        assert await uow.auto_approvals.total("JPY", "2026-11-24") == 10
+        assert await day_total(db, "JPY", "2026-11-24") == 10
 
 
 # -- the unit of work -----------------------------------------------------------

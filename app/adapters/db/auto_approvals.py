@@ -14,7 +14,6 @@ _LOCK = (
     "ON CONFLICT (currency, day) DO UPDATE SET amount = t.amount RETURNING t.amount"
 )
 _ADD = "UPDATE auto_approval_totals SET amount = amount + $3 WHERE currency = $1 AND day = $2"
-_TOTAL = "SELECT amount FROM auto_approval_totals WHERE currency = $1 AND day = $2"
 # The day's row created with `amount`, or `amount` added to it, only while the
 # total stays at most the limit ($4). A conflicting row is locked either way
 # (ON CONFLICT locks the row it finds even when WHERE declines the update), and
@@ -37,10 +36,6 @@ class AutoApprovalTotals:
 
     async def add(self, currency: str, day: str, amount: int) -> None:
         await self.conn.execute(_ADD, currency, day, amount)
-
-    async def total(self, currency: str, day: str) -> int:
-        amount: int | None = await self.conn.fetchval(_TOTAL, currency, day)
-        return amount or 0
 
     async def add_within(self, currency: str, day: str, amount: int, limit: int) -> bool:
         return await self.conn.fetchval(_ADD_WITHIN, currency, day, amount, limit) is not None

@@ -42,6 +42,15 @@ _INSERT = (
 )
 _BY_ID = SELECT + " WHERE id = $1"
 _BY_ID_LOCKED = _BY_ID + " FOR UPDATE"
+# Also the day's auto-approved total in $2 (the payment's own currency when
+# NULL), as last committed and without a lock: a refund's creation reads both
+# in one round trip.
+_BY_ID_LOCKED_WITH_DAY_TOTAL = (
+    f"SELECT {', '.join(f'p.{c}' for c in COLUMNS)}, "  # noqa: S608
+    "(SELECT t.amount FROM auto_approval_totals t "
+    "WHERE t.currency = coalesce($2::text, p.currency) AND t.day = $3::text) AS day_total "
+    "FROM payments p WHERE p.id = $1 FOR UPDATE OF p"
+)
 _BY_PSE = SELECT + " WHERE pse_account = $1 AND pse_payment_id = $2"
 _BY_IDS = SELECT + " WHERE id = ANY($1::text[])"
 _VOLUME = (
@@ -154,6 +163,14 @@ class PaymentRepository:
     async def get(self, payment_id: str, *, for_update: bool = False) -> Payment | None:
         record = await self.conn.fetchrow(_BY_ID_LOCKED if for_update else _BY_ID, payment_id)
         return payment_from_record(record) if record else None
+
+    async def lock_with_day_total(
+        self, payment_id: str, currency: str | None, day: str
+    ) -> tuple[Payment, int] | None:
+        record = await self.conn.fetchrow(_BY_ID_LOCKED_WITH_DAY_TOTAL, payment_id, currency, day)
+        if record is None:
+            return None
+        return payment_from_record(record), record["day_total"] or 0
 
     async def get_by_pse(self, pse_account: str, pse_payment_id: str) -> Payment | None:
         record = await self.conn.fetchrow(_BY_PSE, pse_account, pse_payment_id)
