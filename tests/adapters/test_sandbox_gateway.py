@@ -504,6 +504,7 @@ def test_the_tolerance_is_measured_from_the_time_given_not_the_wall_clock(
         {"webhook-timestamp": "yesterday"},
         {"webhook-timestamp": "9" * 40},
         {"webhook-timestamp": "9" * 5000},
+        {"webhook-timestamp": "9" * 12},  # past year 9999
         {"webhook-timestamp": "١٧٩٥٧٦٦٤٠٠"},
         {"webhook-timestamp": "+1795766400"},
         {"webhook-signature": "garbage"},
