@@ -16,7 +16,7 @@ from app.domain.cards import mask_card_numbers, refuse_card_number
 from app.domain.errors import InvalidInput, InvalidMoney
 from app.domain.money import Money, exponent
 from app.domain.text import text_problem
-from app.domain.times import EARLIEST_YEAR, LATEST_YEAR, RANGE, in_utc
+from app.domain.times import RANGE, in_range, in_utc
 
 # Longer than any value these fields take: a URL edited by hand cannot make
 # the page echo a novel back.
@@ -74,7 +74,7 @@ def instant(value: str, name: str, *, end: bool = False) -> datetime | None:
     except ValueError:
         pass
     else:
-        if not EARLIEST_YEAR <= day.year <= LATEST_YEAR:
+        if not in_range(day):
             raise InvalidInput(f"{name} must be {RANGE}, not {value[:40]!r}")
         start = datetime.combine(day, time(), tzinfo=UTC)
         return start + timedelta(days=1) if end else start

@@ -9,19 +9,24 @@ payloads, the CLI) is checked here.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 EARLIEST_YEAR, LATEST_YEAR = 1970, 2999
 RANGE = f"between {EARLIEST_YEAR} and {LATEST_YEAR}"
 
 
+def in_range(day: date) -> bool:
+    """Whether `day` (a date, or a time's own date) is within years 1970-2999."""
+    return EARLIEST_YEAR <= day.year <= LATEST_YEAR
+
+
 def in_utc(moment: datetime) -> datetime | None:
     """An aware `moment` in UTC; None when it is outside years 1970-2999 (in
     UTC or in its own zone), or has no UTC form."""
-    if not EARLIEST_YEAR <= moment.year <= LATEST_YEAR:
+    if not in_range(moment):
         return None
     try:
         found = moment.astimezone(UTC)
     except (OverflowError, ValueError):
         return None
-    return found if EARLIEST_YEAR <= found.year <= LATEST_YEAR else None
+    return found if in_range(found) else None

@@ -37,7 +37,7 @@ from app.domain.console import Flash
 from app.domain.errors import InvalidInput, NotFound
 from app.domain.models import Refund, RefundStatus
 from app.domain.records import Role
-from app.domain.times import EARLIEST_YEAR, LATEST_YEAR, RANGE
+from app.domain.times import RANGE, in_range
 from app.services.console import ConsoleService
 from app.services.console_queries import ConsoleQueries
 from app.services.console_results import (
@@ -434,7 +434,7 @@ def _paid_at(value: str) -> datetime:
         raise InvalidInput(
             f"the paid-at date must be a day such as 2026-11-27, not {value[:40]!r}"
         ) from None
-    if not EARLIEST_YEAR <= day.year <= LATEST_YEAR:
+    if not in_range(day):
         raise InvalidInput(f"the paid-at date must be {RANGE}")
     return datetime.combine(day, time(), tzinfo=UTC)
 
