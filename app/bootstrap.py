@@ -14,7 +14,12 @@ import structlog
 
 from app.adapters.clock import SystemClock
 from app.adapters.db.claimer import AdvisoryLockClaimer
-from app.adapters.db.engine import ConnectionPool, create_pool, current_revision, head_revision
+from app.adapters.db.engine import (
+    SCHEMA_REVISION,
+    ConnectionPool,
+    create_pool,
+    current_revision,
+)
 from app.adapters.db.faults import UNAVAILABLE_CANDIDATES, database_unavailable
 from app.adapters.db.key_events import RevocationListener
 from app.adapters.db.uow import UnitOfWorkFactory
@@ -200,7 +205,7 @@ class Container:
             current = await current_revision(self.pool)
         except Exception:
             return False, "the database is unreachable"
-        head = head_revision()
+        head = SCHEMA_REVISION
         if current != head:
             return False, (
                 f"the schema is at {current or 'nothing'}, not at {head}: run `pse-refunds migrate`"

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ from app.adapters.db.engine import migrate  # noqa: E402
 from bench.reconcile_yardstick import DDL as YARDSTICK_DDL  # noqa: E402
 from bench.reconcile_yardstick import OUTCOMES as YARDSTICK_OUTCOMES  # noqa: E402
 from bench.reconcile_yardstick import SEED as YARDSTICK_SEED  # noqa: E402
-from bench.refunds import SEED_PAYMENT_COLUMNS  # noqa: E402
+from bench.refunds import SEED_PAYMENT_COLUMNS, _busy_seconds, _reaped_children_cpu  # noqa: E402
 
 # Runs each child and reports its own peak RSS (see its docstring).
 PEAK_RSS = ROOT / "bench" / "peak_rss.py"
@@ -178,11 +179,28 @@ def write_file(path: Path, rows: int) -> dict[str, int]:
     return expected
 
 
+@dataclass
+class Cpu:
+    """CPU seconds during a child's run: its own, and the whole machine's
+    (PostgreSQL's backends for the most part, on an otherwise idle machine)."""
+
+    child: float
+    machine: float
+
+    def describe(self, wall: float) -> str:
+        return (
+            f"CPU: {self.child:.1f} s the process, {self.machine - self.child:.1f} s the rest "
+            f"of the machine (PostgreSQL), {self.machine / wall:.2f} of "
+            f"{os.cpu_count()} cores busy"
+        )
+
+
 def run_child(
     argv: list[str], peak_file: Path, **options: Any
-) -> tuple[subprocess.CompletedProcess[str], float, float]:
-    """`python argv…` under bench/peak_rss.py: what it printed, its wall time
-    and its peak RSS in MB (NaN if it died before writing it)."""
+) -> tuple[subprocess.CompletedProcess[str], float, float, Cpu]:
+    """`python argv…` under bench/peak_rss.py: what it printed, its wall time,
+    its peak RSS in MB (NaN if it died before writing it) and the CPU used."""
+    busy, reaped = _busy_seconds(), _reaped_children_cpu()
     started = time.perf_counter()
     done = subprocess.run(
         [sys.executable, str(PEAK_RSS), str(peak_file), *argv],
@@ -192,13 +210,14 @@ def run_child(
         **options,
     )
     elapsed = time.perf_counter() - started
+    cpu = Cpu(_reaped_children_cpu() - reaped, _busy_seconds() - busy)
     peak_mb = int(peak_file.read_text()) / 1024 if peak_file.exists() else float("nan")
-    return done, elapsed, peak_mb
+    return done, elapsed, peak_mb, cpu
 
 
-def run_yardstick(dsn: str, file: Path, work: Path) -> tuple[float, float, dict[str, int]]:
-    """The yardstick's wall time, peak RSS (MB) and counts by outcome."""
-    done, elapsed, peak_mb = run_child(
+def run_yardstick(dsn: str, file: Path, work: Path) -> tuple[float, float, Cpu, dict[str, int]]:
+    """The yardstick's wall time, peak RSS (MB), CPU and counts by outcome."""
+    done, elapsed, peak_mb, cpu = run_child(
         [
             str(ROOT / "bench" / "reconcile_yardstick.py"),
             "--dsn",
@@ -211,7 +230,7 @@ def run_yardstick(dsn: str, file: Path, work: Path) -> tuple[float, float, dict[
     )
     if done.returncode != 0:
         raise SystemExit(f"the yardstick failed: {done.stderr[-2000:]}")
-    return elapsed, peak_mb, json.loads(done.stdout)
+    return elapsed, peak_mb, cpu, json.loads(done.stdout)
 
 
 async def main() -> None:
@@ -253,7 +272,7 @@ async def main() -> None:
                 if os.environ.get("BENCH_PROFILE")
                 else []
             )
-            done, elapsed, peak_mb = run_child(
+            done, elapsed, peak_mb, cpu = run_child(
                 [*profile, "-m", "app.cli", "reconcile", "--account", "bench", str(file)],
                 work / "peak_rss_kb",
                 cwd=work,
@@ -271,8 +290,9 @@ async def main() -> None:
                 f"({args.rows / elapsed:,.0f} rows/s), peak RSS {peak_mb:.0f} MB "
                 f"(targets: <= 10 s, <= 200 MB)"
             )
+            print(f"  {cpu.describe(elapsed)}")
             service_counts = json.loads(completed[-1])
-            yard_elapsed, yard_peak_mb, yard_counts = run_yardstick(dsn, file, work)
+            yard_elapsed, yard_peak_mb, yard_cpu, yard_counts = run_yardstick(dsn, file, work)
             # Both ways: an outcome one of them never found counts as 0 there.
             differing = {
                 outcome: (service_counts.get(outcome, 0), yard_counts.get(outcome, 0))
@@ -285,6 +305,7 @@ async def main() -> None:
                 f"yardstick: {args.rows:,} rows in {yard_elapsed:.1f} s, "
                 f"peak RSS {yard_peak_mb:.0f} MB, the same counts"
             )
+            print(f"  {yard_cpu.describe(yard_elapsed)}")
             print(f"service / yardstick: {yard_elapsed / elapsed:.2f} x the yardstick's speed")
     finally:
         admin = await asyncpg.connect(args.dsn)

@@ -8,7 +8,13 @@ import asyncio
 import asyncpg
 from alembic import command
 
-from app.adapters.db.engine import alembic_config, asyncpg_dsn, migrate
+from app.adapters.db.engine import (
+    SCHEMA_REVISION,
+    alembic_config,
+    asyncpg_dsn,
+    head_revision,
+    migrate,
+)
 from tests.conftest import scratch_database
 
 _RUN = (
@@ -63,3 +69,9 @@ async def test_reconciliation_runs_of_before_get_the_range_of_their_lines(pg_adm
     assert options == ["fillfactor=90"]
     # A new run's lines come after the sequence's next value.
     assert after == 5
+
+
+def test_the_code_names_the_newest_migration_as_its_schema():
+    """Readiness and the CLI compare the database with SCHEMA_REVISION, not
+    with the scripts: a new migration must be named there too."""
+    assert SCHEMA_REVISION == head_revision()

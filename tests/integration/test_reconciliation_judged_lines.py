@@ -179,3 +179,34 @@ async def test_each_batch_is_judged_alone_in_a_transaction_and_after_it(db):
             await (transaction.rollback() if ending == "rollback" else transaction.commit())
         stored = await conn.fetchval("SELECT count(*) FROM reconciliation_rows")
     assert stored == 10  # two committed transactions of 5 lines
+
+
+async def test_dispute_lines_among_refund_lines_take_the_ids_of_their_place_in_the_file(db):
+    """The ids given are taken in file order across both kinds of line: a
+    run's lines read back in id order are the file's lines in order."""
+    snapshots = await _refunds(db)
+    ours = snapshots[RefundStatus.SUCCEEDED]
+    refund_lines = [2, 3, 6, 8]
+    dispute_lines = [4, 5, 7, 9]
+    rows = [
+        SettlementRow.of(n, ours.pse_refund_id, None, ours.amount, SettledStatus.SUCCEEDED, AT)
+        for n in refund_lines
+    ]
+    judged = [
+        ReconciliationLine(
+            *("rec_m", n, Outcome.DISPUTE_MISSING_IN_SERVICE, f"dp_{n}", None, None, 500),
+            *("withdrawn", None, None, "JPY", AT, None, None, None, "no dispute", None),
+        )
+        for n in dispute_lines
+    ]
+    async with PgUnitOfWork(db) as uow:
+        await uow.reconciliations.add(run("rec_m", pse_account="komoju_jp"))
+        ids = await uow.reconciliations.reserve_line_ids(len(rows) + len(judged))
+        batch = await uow.reconciliations.add_judged_lines("rec_m", "komoju_jp", rows, judged, ids)
+        stored = await uow.reconciliations.lines("rec_m", outcome=None, limit=100, after_id=None)
+        await uow.commit()
+    assert [(line.line, line.id) for line in stored] == list(zip(range(2, 10), ids, strict=True))
+    assert [line.pse_refund_id for line in stored if line.line in dispute_lines] == [
+        f"dp_{n}" for n in dispute_lines
+    ]
+    assert batch.counts == {"matched": 4, "dispute_missing_in_service": 4}
