@@ -9,7 +9,7 @@ code, on its own copy of the refunds) does the same work; the script checks
 that both found the same counts and prints service / yardstick, which
 compares across machines where the seconds do not.
 
-    .venv/bin/python bench/reconcile.py [--rows 1000000] [--dsn postgresql://postgres@127.0.0.1:5432/postgres]
+    .venv/bin/python bench/reconcile.py [--rows 1000000] [--keep-db] [--dsn postgresql://postgres@127.0.0.1:5432/postgres]
 
 Everything runs on this machine (loopback PostgreSQL); the scratch database
 is dropped at the end.
@@ -239,6 +239,9 @@ async def main() -> None:
     parser.add_argument(
         "--dsn", default=os.environ.get("BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
     )
+    parser.add_argument(
+        "--keep-db", action="store_true", help="do not drop the scratch database at the end"
+    )
     args = parser.parse_args()
     name = f"refunds_bench_{secrets.token_hex(4)}"
     admin = await asyncpg.connect(args.dsn)
@@ -308,9 +311,12 @@ async def main() -> None:
             print(f"  {yard_cpu.describe(yard_elapsed)}")
             print(f"service / yardstick: {yard_elapsed / elapsed:.2f} x the yardstick's speed")
     finally:
-        admin = await asyncpg.connect(args.dsn)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+        if args.keep_db:
+            print(f"kept database {name}: {dsn}")
+        else:
+            admin = await asyncpg.connect(args.dsn)
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await admin.close()
 
 
 if __name__ == "__main__":
