@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import itertools
 from typing import Any
 
@@ -80,3 +81,19 @@ def assert_problem(response, status: int, code: str) -> dict[str, Any]:
     for field in ("type", "title", "detail"):
         assert body[field]
     return body
+
+
+async def forward_events(api, who: str = "store", count: int = 1, **params: Any) -> list[dict]:
+    """`GET /v1/events?after=…`: the forward feed shows an event once every
+    older writing transaction in the database cluster has finished (in any
+    of its databases: a test running beside this one counts), so wait
+    briefly for `count` events; what it shows then, if fewer."""
+    data: list[dict] = []
+    for _ in range(250):
+        r = await api.client.get("/v1/events", params=params, headers=api.auth(who))
+        assert r.status_code == 200, r.text
+        data = r.json()["data"]
+        if len(data) >= count:
+            return data
+        await asyncio.sleep(0.02)
+    return data

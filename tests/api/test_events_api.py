@@ -1,22 +1,12 @@
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
-from tests.api.helpers import assert_problem, refund, register
+from tests.api.helpers import assert_problem, forward_events, refund, register
 
 
 async def forward(api, after: str, count: int, **params) -> list[dict]:
-    """The forward feed shows an event once every older writing transaction in
-    the database cluster has finished: on a busy cluster that can take a few
-    milliseconds, so wait (briefly) for the events that were committed."""
-    for _ in range(100):
-        data = (await feed(api, after=after, limit=200, **params))["data"]
-        if len(data) >= count:
-            return data
-        await asyncio.sleep(0.02)
-    return data
+    return await forward_events(api, count=count, after=after, limit=200, **params)
 
 
 async def feed(api, who: str = "store", **params) -> dict:

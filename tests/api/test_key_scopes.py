@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.api.helpers import assert_problem, refund, register
+from tests.api.helpers import assert_problem, forward_events, refund, register
 
 pytestmark = pytest.mark.postgres
 
@@ -157,8 +157,8 @@ async def test_the_event_feed_holds_only_the_scopes_events(scoped):
     theirs = [e for e in everything if e["refund_id"] == shops["their_refund"]["id"]]
     assert theirs and len(everything) > len(theirs)
     newest = (await api.client.get("/v1/events", headers=auth)).json()["data"]
-    forward = (await api.client.get("/v1/events", params={"after": "0"}, headers=auth)).json()
-    for listed in (newest, forward["data"]):
+    forward = await forward_events(api, "store_a", after="0")
+    for listed in (newest, forward):
         assert listed and {e["refund_id"] for e in listed} == {shops["my_refund"]["id"]}
     r = await api.client.get(
         "/v1/events", params={"refund_id": shops["their_refund"]["id"]}, headers=auth
