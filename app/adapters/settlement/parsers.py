@@ -203,7 +203,7 @@ def _time(line: int, value: str, column: str) -> datetime | None:
     if not text:
         return None
     try:
-        moment = datetime.fromisoformat(text.replace(" ", "T", 1))
+        moment = datetime.fromisoformat(text)  # "T", "t" or a space between
     except ValueError:
         raise SettlementFileError(line, f"{column} {value!r} is not an RFC 3339 time") from None
     if moment.tzinfo is None:
@@ -309,7 +309,8 @@ def _generic(
             settled_at = None
             if text:
                 try:
-                    settled_at = from_iso(text.replace(" ", "T", 1))
+                    # "T", "t" or a space between date and time, as RFC 3339 has them.
+                    settled_at = from_iso(text)
                 except ValueError:
                     raise SettlementFileError(
                         line, f"settled_at {r[i_settled]!r} is not an RFC 3339 time"
