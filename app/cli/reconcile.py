@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Annotated, Any
@@ -17,6 +18,25 @@ from app.domain.reconciliation import OUTCOMES
 
 # The counts' column: as wide as the longest outcome's name.
 _OUTCOME_WIDTH = max(len(outcome.value) for outcome in OUTCOMES)
+
+
+@contextlib.contextmanager
+def _without_cycle_collection() -> Iterator[None]:
+    """Python's cyclic garbage collector off while a file is reconciled.
+
+    A million lines make two million objects it tracks (each line's fields
+    and its row), and a collection every few hundred of them: about a second
+    of the command's CPU for a million lines, finding nothing, because the
+    rows hold no cycles and reference counting frees each batch. The
+    command's process ends with the run; the collector is back on after it
+    all the same."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def reconcile(
@@ -61,7 +81,8 @@ def reconcile(
                 bar.update(task, description=phase, completed=done, total=total)
 
             started = await container.reconciliations.start(account, path.name, None)
-            return await container.reconciliations.run(started.id, open_file, progress)
+            with _without_cycle_collection():
+                return await container.reconciliations.run(started.id, open_file, progress)
 
     try:
         result = with_container(config, run)

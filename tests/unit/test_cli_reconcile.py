@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import importlib
 import re
 from types import SimpleNamespace
@@ -44,3 +46,42 @@ def test_the_counts_line_up_under_the_longest_outcome_name(tmp_path, monkeypatch
     width = max(len(o.value) for o in OUTCOMES)
     assert {m.start(2) for m in found} == {2 + width + 1}
     assert [m.group(2) for m in found] == [str(counts[o.value]) for o in OUTCOMES] + ["2"]
+
+
+def test_the_cycle_collector_is_off_while_the_file_is_reconciled_and_on_again_after(
+    tmp_path, monkeypatch
+):
+    seen: list[bool] = []
+
+    class Reconciliations:
+        async def start(self, _account, _name, _created_by):
+            return SimpleNamespace(id="rec_1")
+
+        async def run(self, _reconciliation_id, _open_file, _progress):
+            seen.append(gc.isenabled())
+            if len(seen) == 2:
+                raise RuntimeError("the run broke")
+            return SimpleNamespace(
+                id="rec_1",
+                status="completed",
+                error=None,
+                file_format="generic",
+                rows_total=0,
+                counts=empty_counts(),
+                adopted=0,
+            )
+
+    container = SimpleNamespace(settings=None, reconciliations=Reconciliations())
+    monkeypatch.setattr(command, "configure_command_logging", lambda _settings: None)
+    monkeypatch.setattr(command, "with_container", lambda _c, run: asyncio.run(run(container)))
+    settlement = tmp_path / "settlement.csv"
+    settlement.write_text("")
+    assert gc.isenabled()
+
+    done = CliRunner().invoke(cli, ["reconcile", "--account", "stripe_jp", str(settlement)])
+    broke = CliRunner().invoke(cli, ["reconcile", "--account", "stripe_jp", str(settlement)])
+
+    assert done.exit_code == 0, done.output
+    assert isinstance(broke.exception, RuntimeError)
+    assert seen == [False, False]
+    assert gc.isenabled()
