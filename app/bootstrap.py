@@ -205,10 +205,10 @@ class Container:
             current = await current_revision(self.pool)
         except Exception:
             return False, "the database is unreachable"
-        head = SCHEMA_REVISION
-        if current != head:
+        if current != SCHEMA_REVISION:
             return False, (
-                f"the schema is at {current or 'nothing'}, not at {head}: run `pse-refunds migrate`"
+                f"the schema is at {current or 'nothing'}, not at {SCHEMA_REVISION}: "
+                "run `pse-refunds migrate`"
             )
         return True, current or ""
 

@@ -24,7 +24,7 @@ def in_utc(moment: datetime) -> datetime | None:
     """An aware `moment` in UTC; None when it is outside years 1970-2999 (in
     UTC or in its own zone), or has no UTC form."""
     if moment.tzinfo is UTC and EARLIEST_YEAR <= moment.year <= LATEST_YEAR:
-        return moment  # the common case, first: a settlement file has a million
+        return moment  # as most come (a settlement file's million), at one check
     if not in_range(moment):
         return None
     try:

@@ -216,14 +216,6 @@ def alembic_config(url: str | None = None) -> Config:
 SCHEMA_REVISION = "0010"
 
 
-@functools.cache
-def head_revision() -> str | None:
-    """The newest migration's revision, as Alembic reads the scripts."""
-    from alembic.script import ScriptDirectory
-
-    return ScriptDirectory.from_config(alembic_config()).get_current_head()
-
-
 def migrate(url: str) -> None:
     """Upgrade the schema to head (blocking; call outside the event loop or in a thread)."""
     from alembic import command
