@@ -3,13 +3,15 @@
     .venv/bin/python bench/pse_client.py [--calls 1000] [--concurrency 1 8 32] [--rounds 2]
 
 The service calls its PSEs through httpx on `app.adapters.pse.transport`
-(httpcore's pool with a linear request assignment). This script calls the
-PSE double (bench/pse_double.py, started here) with the sandbox adapter's
-refund request, `--calls` times at each `--concurrency`, in this one process
-on uvloop, and prints the CPU microseconds this process spent per call:
+(aiohttp's pool and parser under httpx's API). This script calls the PSE
+double (bench/pse_double.py, started here) with the sandbox adapter's refund
+request, `--calls` times at each `--concurrency`, in this one process on
+uvloop, and prints the CPU microseconds this process spent per call:
 
 - `httpx default`: `httpx.AsyncClient()`, httpcore's own pool (the yardstick);
-- `service transport`: the same client on `pse_transport()`;
+- `aiohttp alone`: the same request with an `aiohttp.ClientSession`, no
+  httpx: the floor under the service's transport;
+- `service transport`: httpx's client on `pse_transport()`;
 - `service gateway`: the sandbox adapter (`SandboxGateway.create_refund`:
   retries, the audit transport with a no-op audit sink) on that transport.
 
@@ -32,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import aiohttp  # noqa: E402
 import httpx  # noqa: E402
 import structlog  # noqa: E402
 import uvloop  # noqa: E402
@@ -63,6 +66,21 @@ def _submission(i: int) -> RefundSubmission:
         metadata={},
         pse_refund_id=None,
     )
+
+
+def _body(submission: RefundSubmission) -> dict[str, object]:
+    return {
+        "payment_id": submission.pse_payment_id,
+        "amount": 1000,
+        "currency": "JPY",
+        "reference": submission.reference,
+        "reason": submission.reason,
+        "metadata": {},
+    }
+
+
+def _headers(submission: RefundSubmission) -> dict[str, str]:
+    return {"Authorization": f"Bearer {KEY}", "Idempotency-Key": submission.idempotency_key}
 
 
 async def cpu_per_call(call: Callable[[int], Awaitable[object]], calls: int, width: int) -> float:
@@ -98,34 +116,33 @@ async def run(args: argparse.Namespace) -> None:
         account = PseAccount(name="sandbox", provider="sandbox", api_key=KEY, base_url=base)
         default = httpx.AsyncClient()
         ours = httpx.AsyncClient(transport=pse_transport())
-        gateway = SandboxGateway(
-            account, httpx.AsyncClient(transport=AuditingTransport(pse_transport(), _NoAudit()))
-        )
+        audited = httpx.AsyncClient(transport=AuditingTransport(pse_transport(), _NoAudit()))
+        gateway = SandboxGateway(account, audited)
 
         def plain(client: httpx.AsyncClient) -> Callable[[int], Awaitable[object]]:
             async def call(i: int) -> object:
                 submission = _submission(i)
                 response = await client.post(
-                    f"{base}/v1/refunds",
-                    json={
-                        "payment_id": submission.pse_payment_id,
-                        "amount": 1000,
-                        "currency": "JPY",
-                        "reference": submission.reference,
-                        "reason": submission.reason,
-                        "metadata": {},
-                    },
-                    headers={
-                        "Authorization": f"Bearer {KEY}",
-                        "Idempotency-Key": submission.idempotency_key,
-                    },
+                    f"{base}/v1/refunds", json=_body(submission), headers=_headers(submission)
                 )
                 return response.json()
 
             return call
 
+        session = aiohttp.ClientSession()
+
+        async def alone(i: int) -> object:
+            submission = _submission(i)
+            async with session.post(
+                f"{base}/v1/refunds",
+                json=_body(submission),
+                headers=_headers(submission),
+            ) as response:
+                return await response.json()
+
         variants = {
             "httpx default": plain(default),
+            "aiohttp alone": alone,
             "service transport": plain(ours),
             "service gateway": lambda i: gateway.create_refund(_submission(i)),
         }
@@ -148,8 +165,9 @@ async def run(args: argparse.Namespace) -> None:
                 value = statistics.median(figures[(label, width)])
                 cells.append(f"{value:8.0f} µs ({value / yard:4.2f} x)".rjust(26))
             print(f"  {width:>11}  " + "  ".join(cells))
-        for client in (default, ours):
+        for client in (default, ours, audited):
             await client.aclose()
+        await session.close()
     finally:
         double.terminate()
         double.wait(10)

@@ -1,17 +1,23 @@
-"""The PSE adapters' HTTP transport (app/adapters/pse/transport.py) against a
-loopback HTTP/1.1 server of the test's own: limits kept, connections reused,
-a connection the server dropped replaced, every request answered."""
+"""The PSE adapters' HTTP transport (app/adapters/pse/transport.py) against
+loopback servers of the test's own: limits kept, connections reused, a
+connection the server dropped replaced, every request answered, TLS
+verified, and each way a call can fail told apart as httpx's errors."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
+import socket
+import ssl
+import subprocess
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 
-import httpcore
 import httpx
-from httpcore._async.connection_pool import AsyncPoolRequest
+import pytest
 
-from app.adapters.pse.transport import LinearPool, pse_transport
+from app.adapters.pse.transport import pse_transport, tls_context
 
 
 class Server:
@@ -76,11 +82,8 @@ async def test_many_concurrent_requests_are_all_answered_within_the_connection_l
     server = Server()
     async with server as base, httpx.AsyncClient(transport=pse_transport(limits)) as client:
         answers = await get_all(client, base, 200)
-        pool = _pool(client)
         assert answers == [str(i) for i in range(200)]
-        assert server.most_open <= 8
-        # Idle again: no more kept alive than allowed (and they are reused).
-        assert sum(c.is_idle() for c in pool.connections) <= 4
+        assert 1 < server.most_open <= 8
         before = server.connections
         assert await get_all(client, base, 4) == ["0", "1", "2", "3"]
         assert server.connections == before  # served on kept-alive connections
@@ -95,7 +98,7 @@ async def test_a_connection_the_server_closed_is_replaced_without_an_error():
         assert server.connections == 20
 
 
-async def test_one_connection_is_never_handed_to_two_requests():
+async def test_one_connection_serves_one_request_at_a_time():
     limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
     server = Server(pause=0.002)
     async with server as base, httpx.AsyncClient(transport=pse_transport(limits)) as client:
@@ -103,69 +106,132 @@ async def test_one_connection_is_never_handed_to_two_requests():
         assert server.connections == 1 and server.most_open == 1
 
 
-def test_the_transport_runs_on_the_linear_pool_with_tls_verified():
-    transport = pse_transport()
-    pool = transport._pool
-    assert isinstance(pool, LinearPool)
-    assert pool._ssl_context.verify_mode.name == "CERT_REQUIRED"
-    assert pool._ssl_context.check_hostname
+async def test_an_idle_connection_past_its_keepalive_expiry_is_not_reused():
+    limits = httpx.Limits(max_connections=4, keepalive_expiry=0.05)
+    server = Server()
+    async with server as base, httpx.AsyncClient(transport=pse_transport(limits)) as client:
+        assert (await client.get(f"{base}/1")).text == "1"
+        await asyncio.sleep(0.3)
+        assert (await client.get(f"{base}/2")).text == "2"
+        assert server.connections == 2
+
+
+def test_the_transport_verifies_tls_with_the_process_trust_store():
+    context = pse_transport().ssl_context
+    assert context.verify_mode is ssl.CERT_REQUIRED
+    assert context.check_hostname
     # Reading the trust store is done once per process, not per transport.
-    assert pse_transport()._pool._ssl_context is pool._ssl_context
-    assert pool._ssl_context.cert_store_stats()["x509_ca"] > 0
+    assert context is tls_context() and pse_transport().ssl_context is context
+    assert context.cert_store_stats()["x509_ca"] > 0
 
 
-def _pool(client: httpx.AsyncClient) -> LinearPool:
-    pool = client._transport._pool  # type: ignore[attr-defined]
-    assert isinstance(pool, LinearPool)
-    return pool
+@pytest.fixture
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 that no trust store holds, and its key."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
 
 
-class FakeConnection:
-    def __init__(self, idle: bool = True, expired: bool = False) -> None:
-        self.idle, self.expired = idle, expired
+async def test_a_server_whose_certificate_is_not_trusted_is_refused(
+    self_signed: tuple[Path, Path],
+):
+    cert, key = self_signed
+    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    served.load_cert_chain(cert, key)
+    reached = 0
 
-    def is_closed(self) -> bool:
-        return False
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal reached
+        reached += 1
+        writer.close()
 
-    def has_expired(self) -> bool:
-        return self.expired
-
-    def is_idle(self) -> bool:
-        return self.idle
-
-    def is_available(self) -> bool:
-        return self.idle
-
-    def can_handle_request(self, origin: object) -> bool:
-        return True
-
-
-def queued(count: int) -> list[AsyncPoolRequest]:
-    return [AsyncPoolRequest(httpcore.Request("GET", "http://127.0.0.1:9/")) for _ in range(count)]
-
-
-async def test_an_idle_connection_goes_to_one_queued_request_and_the_next_waits():
-    pool = LinearPool(max_connections=1, max_keepalive_connections=1)
-    idle = FakeConnection()
-    pool._connections = [idle]
-    pool._requests = queued(2)
-    assert pool._assign_requests_to_connections() == []
-    first, second = pool._requests
-    assert first.connection is idle
-    assert second.is_queued()  # httpcore's own pool hands it the same connection
-    # Another pass (a response released elsewhere) still does not double-book it.
-    pool._assign_requests_to_connections()
-    assert second.is_queued() and pool._connections == [idle]
+    server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=served)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with httpx.AsyncClient(transport=pse_transport()) as client:
+            with pytest.raises(httpx.ConnectError) as refused:
+                await client.get(f"https://127.0.0.1:{port}/")
+        assert "Certificate" in str(refused.value) or "SSL" in str(refused.value)
+        assert reached == 0  # no request was ever handed to it
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
-async def test_expired_and_surplus_idle_connections_close_and_a_full_pool_replaces_an_idle_one():
-    pool = LinearPool(max_connections=3, max_keepalive_connections=1)
-    expired, busy, idle_a, idle_b = (
-        FakeConnection(expired=True),
-        FakeConnection(idle=False),
-        FakeConnection(),
-        FakeConnection(),
-    )
-    pool._connections = [expired, busy, idle_a, idle_b]
-    assert pool._assign_requests_to_connections() == [expired, idle_b]
-    assert pool._connections == [busy, idle_a]
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+async def _serving(
+    handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+    call: Callable[[httpx.AsyncClient, str], Awaitable[httpx.Response]],
+) -> httpx.Response:
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with httpx.AsyncClient(transport=pse_transport()) as client:
+            return await call(client, f"http://127.0.0.1:{port}")
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def _read_request(reader: asyncio.StreamReader) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+
+
+async def test_a_refused_connection_is_a_connect_error():
+    async with httpx.AsyncClient(transport=pse_transport()) as client:
+        with pytest.raises(httpx.ConnectError):
+            await client.post(f"http://127.0.0.1:{_closed_port()}/v1/refunds", json={})
+
+
+async def test_no_answer_in_time_is_a_read_timeout():
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        await asyncio.sleep(5)
+
+    with pytest.raises(httpx.ReadTimeout):
+        await _serving(silent, lambda c, base: c.post(f"{base}/v1/refunds", json={}, timeout=0.2))
+
+
+async def test_a_server_that_hangs_up_after_the_request_is_a_protocol_error():
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.close()
+
+    with pytest.raises(httpx.RemoteProtocolError):
+        await _serving(hang_up, lambda c, base: c.post(f"{base}/v1/refunds", json={}))
+
+
+async def test_an_answer_that_is_not_http_is_a_protocol_error():
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(b"SMTP READY\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    with pytest.raises(httpx.RemoteProtocolError):
+        await _serving(garbage, lambda c, base: c.post(f"{base}/v1/refunds", json={}))
+
+
+async def test_a_body_cut_short_is_a_read_error_and_no_answer():
+    async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(b'HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{"id":')
+        await writer.drain()
+        writer.close()
+
+    with pytest.raises((httpx.ReadError, httpx.RemoteProtocolError)) as failed:
+        await _serving(cut, lambda c, base: c.post(f"{base}/v1/refunds", json={}))
+    assert "127.0.0.1" not in str(failed.value)  # named, never quoting the URL

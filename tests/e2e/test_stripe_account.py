@@ -78,13 +78,18 @@ async def test_a_toml_configured_stripe_account_refunds_and_settles_by_webhook(t
     settings = load_settings()
     assert settings.accounts["stripe_us"].api_key.get_secret_value() == API_KEY
     clock = FakeClock()
-    container = build_container(settings, clock=clock, pool=db)
+    # Stripe's routes, answered inside the PSE client (under the audit of its
+    # exchanges, as the service's own transport would be).
+    stripe_api = respx.MockRouter(base_url=STRIPE_BASE, assert_all_called=True)
+    container = build_container(
+        settings, clock=clock, pool=db, pse_transport=httpx.MockTransport(stripe_api.async_handler)
+    )
     app = create_app(container)
     _k, store = await container.keys.create("shop", ["store"])
     auth = {"Authorization": f"Bearer {store}"}
     async with (
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client,
-        respx.mock(base_url=STRIPE_BASE, assert_all_called=True) as stripe_api,
+        stripe_api,
     ):
         payment = (
             await client.post(

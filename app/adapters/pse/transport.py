@@ -1,164 +1,36 @@
-"""The HTTP transport of the PSE adapters: httpx's, on a connection pool
-whose bookkeeping does not grow with the square of its connections.
+"""The HTTP transport of the PSE adapters: httpx's client API on aiohttp's
+connection pool and HTTP/1.1 parser.
 
-httpcore 1.0's pool (behind `httpx.AsyncHTTPTransport`) walks its
-connections on every request it queues and every response it releases, and
-for each idle connection it counts every connection again, and asks the
-socket, through anyio's attribute table, whether the server closed it. With
-the 20 to 30 connections that concurrent refunds keep open to one PSE, that
-bookkeeping cost more CPU than the requests themselves (measured in
-bench/README.md). Upstream knows it (encode/httpcore#1035, not released).
+The adapters speak httpx (`httpx.AsyncClient`), which respx mocks in their
+tests. Under it, httpcore's pool, its pure-Python HTTP/1.1 parser (h11) and
+anyio's streams cost more CPU than the rest of a PSE call: about 560 µs of
+this process's CPU per call at 8 to 32 calls at a time, against about 320 µs
+for the same client on aiohttp's pool (`bench/pse_client.py`, bench/README.md).
+httpx-aiohttp, by an httpx maintainer, is the bridge; aiohttp does the
+connections (keep-alive, limits, TLS with `tls_context`).
 
-Here the pool assigns requests in one pass over its connections: it drops
-the closed ones, closes the expired ones and the idle ones beyond
-`max_keepalive_connections`, then hands each queued request the first free
-connection that can take it, a new one while below `max_connections`, or
-replaces an idle connection to another origin: httpcore's choices, in linear
-time, and never one connection to two requests. Its streams keep their socket at hand, so the
-"did the server close this idle connection" check is one poll, as httpcore
-means it to be. Everything else (HTTP/1.1, TLS, timeouts, errors) is
-httpcore's and httpx's own. httpcore is pinned by the lock file; the tests
-of this module run against the pinned version.
+What this module adds is the errors. httpx-aiohttp reports a dropped
+connection and a read timeout as `httpx.ConnectTimeout`, as if the request
+had never left. Here each aiohttp error becomes the httpx error that says
+what happened (`_precise`), so the logs and the audit trail of a PSE call
+tell a timeout from a refused connection from a server that hung up. The
+adapters' retries treat all of them alike (no answer: retried with the same
+idempotency key, then `unknown`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
-import select
-import socket
 import ssl
-from collections.abc import Iterable
-from typing import Any
 
-import httpcore
+import aiohttp
 import httpx
+from httpx_aiohttp import AiohttpTransport
 
-# As httpx's defaults, stated: the PSE client's limits.
+# As httpx's defaults, stated: the PSE client's limits (aiohttp keeps no
+# separate count of idle connections: `max_keepalive_connections` is unused).
 LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=5.0)
-
-
-def _readable(sock: socket.socket | None) -> bool:
-    """Whether a socket has something to read (or was closed by its peer): an
-    idle HTTP/1.1 connection that is readable has been dropped by the server."""
-    if sock is None or sock.fileno() < 0:
-        return True
-    poller = select.poll()
-    poller.register(sock, select.POLLIN)
-    return bool(poller.poll(0))
-
-
-class _Stream(httpcore.AsyncNetworkStream):
-    """anyio's stream, with its socket looked up once instead of per check."""
-
-    def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
-        self._inner = inner
-        self._socket: socket.socket | None = inner.get_extra_info("socket")
-
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
-        return await self._inner.read(max_bytes, timeout)
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
-        await self._inner.write(buffer, timeout)
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-    async def start_tls(
-        self,
-        ssl_context: ssl.SSLContext,
-        server_hostname: str | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's interface)
-    ) -> httpcore.AsyncNetworkStream:
-        return _Stream(await self._inner.start_tls(ssl_context, server_hostname, timeout))
-
-    def get_extra_info(self, info: str) -> Any:
-        if info == "is_readable":
-            return _readable(self._socket)
-        return self._inner.get_extra_info(info)
-
-
-class _Backend(httpcore.AsyncNetworkBackend):
-    def __init__(self) -> None:
-        self._inner = httpcore.AnyIOBackend()
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's interface)
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        stream = await self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
-        return _Stream(stream)
-
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's interface)
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        return _Stream(await self._inner.connect_unix_socket(path, timeout, socket_options))
-
-    async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)
-
-
-class LinearPool(httpcore.AsyncConnectionPool):
-    """httpcore's pool (HTTP/1.1: a connection serves one request at a time)
-    with its request assignment done in one pass.
-
-    A connection handed to a request that has not started on it yet still
-    looks idle; httpcore would hand it to the next queued request as well
-    (the loser retries, and every retry is another pass) or even close it.
-    Here such a connection is spoken for: not handed out again, not closed.
-    """
-
-    def _assign_requests_to_connections(self) -> list[Any]:
-        spoken_for = {id(r.connection) for r in self._requests if r.connection is not None}
-        closing: list[Any] = []
-        kept: list[Any] = []
-        idle = 0
-        for connection in self._connections:
-            if connection.is_closed():
-                continue
-            if id(connection) not in spoken_for:
-                if connection.has_expired():
-                    closing.append(connection)
-                    continue
-                if connection.is_idle():
-                    if idle >= self._max_keepalive_connections:
-                        closing.append(connection)  # beyond the keep-alive allowance
-                        continue
-                    idle += 1
-            kept.append(connection)
-        self._connections = kept
-
-        for pool_request in self._requests:
-            if not pool_request.is_queued():
-                continue
-            origin = pool_request.request.url.origin
-            connection = next(
-                (
-                    c
-                    for c in kept
-                    if id(c) not in spoken_for and c.can_handle_request(origin) and c.is_available()
-                ),
-                None,
-            )
-            if connection is None and len(kept) >= self._max_connections:
-                # Full: make room by closing an idle connection (to another origin).
-                spare = next((c for c in kept if id(c) not in spoken_for and c.is_idle()), None)
-                if spare is None:
-                    continue  # waits for a connection to be released
-                kept.remove(spare)
-                closing.append(spare)
-            if connection is None:
-                connection = self.create_connection(origin)
-                kept.append(connection)
-            spoken_for.add(id(connection))
-            pool_request.assign_to_connection(connection)
-        return closing
 
 
 @functools.cache
@@ -170,15 +42,77 @@ def tls_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
-def pse_transport(limits: httpx.Limits = LIMITS) -> httpx.AsyncHTTPTransport:
-    """httpx's transport (TLS verified with `tls_context`), on `LinearPool`."""
-    context = tls_context()
-    transport = httpx.AsyncHTTPTransport(verify=context, limits=limits)
-    transport._pool = LinearPool(
-        ssl_context=context,
-        max_connections=limits.max_connections,
-        max_keepalive_connections=limits.max_keepalive_connections,
-        keepalive_expiry=limits.keepalive_expiry,
-        network_backend=_Backend(),
-    )
-    return transport
+def _precise(error: BaseException | None) -> type[httpx.TransportError] | None:
+    """The httpx error for what aiohttp raised (None: leave it as mapped)."""
+    if isinstance(error, aiohttp.ConnectionTimeoutError):
+        return httpx.ConnectTimeout  # no connection within the pool/connect timeout
+    if isinstance(error, aiohttp.SocketTimeoutError):
+        return httpx.ReadTimeout  # connected and sent; no answer in time
+    if isinstance(error, aiohttp.ClientConnectorError):
+        return httpx.ConnectError  # refused, unreachable, TLS handshake or certificate
+    if isinstance(error, aiohttp.ServerDisconnectedError):
+        return httpx.RemoteProtocolError  # the server closed without a whole answer
+    if isinstance(error, aiohttp.ClientPayloadError | aiohttp.ClientOSError):
+        return httpx.ReadError
+    if isinstance(error, aiohttp.ClientResponseError):
+        return httpx.RemoteProtocolError  # an answer that is not HTTP/1.1
+    if isinstance(error, asyncio.TimeoutError):
+        return httpx.ReadTimeout
+    return None
+
+
+class PseTransport(AiohttpTransport):
+    """httpx-aiohttp's transport, with aiohttp's errors told apart."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            response = await super().handle_async_request(request)
+        except _FAILURES as exc:
+            raise _mapped(exc, request) from _cause(exc)
+        assert isinstance(response.stream, httpx.AsyncByteStream)
+        response.stream = _Body(response.stream, request)
+        return response
+
+
+class _Body(httpx.AsyncByteStream):
+    """A response body whose read errors are told apart as the request's are."""
+
+    def __init__(self, inner: httpx.AsyncByteStream, request: httpx.Request) -> None:
+        self._inner = inner
+        self._request = request
+
+    async def __aiter__(self):  # type: ignore[override]
+        try:
+            async for chunk in self._inner:
+                yield chunk
+        except _FAILURES as exc:
+            raise _mapped(exc, self._request) from _cause(exc)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+# What a call can fail with: httpx's errors as httpx-aiohttp maps them, and
+# the aiohttp errors it leaves unmapped (an answer that is not HTTP, say).
+_FAILURES = (httpx.TransportError, aiohttp.ClientError, asyncio.TimeoutError)
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """aiohttp's own error behind `exc` (httpx-aiohttp chains it)."""
+    return exc.__cause__ if isinstance(exc, httpx.TransportError) and exc.__cause__ else exc
+
+
+def _mapped(exc: BaseException, request: httpx.Request) -> httpx.TransportError:
+    cause = _cause(exc)
+    kind = _precise(cause) or (type(exc) if isinstance(exc, httpx.TransportError) else None)
+    # Named, never quoted: aiohttp's messages may carry the request's URL.
+    reason = getattr(cause, "strerror", None)
+    message = f"{type(cause).__name__}: {reason}" if reason else type(cause).__name__
+    return (kind or httpx.TransportError)(message, request=request)
+
+
+def pse_transport(limits: httpx.Limits = LIMITS) -> httpx.AsyncBaseTransport:
+    """The transport of the PSE client: aiohttp's pool within `limits`, TLS
+    verified with `tls_context`. Its session opens on the first request, in
+    the event loop that sends it."""
+    return PseTransport(verify=tls_context(), limits=limits)
