@@ -264,6 +264,7 @@ def build_container(
     gateways = {name: make(account, http) for name, account in accounts.items()}
     deps = Deps(
         uow=uow,
+        single_statement_uow=uow.single_statement,
         clock=the_clock,
         policy=policy_from(settings),
         accounts={

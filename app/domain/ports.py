@@ -588,6 +588,23 @@ class UnitOfWork(Protocol):
         `webhooks.waiting_for` finds them (none without it)."""
         ...
 
+    async def save_refund_if_unchanged(
+        self,
+        refund: Refund,
+        payment: Payment,
+        events: Sequence[OutboxEvent],
+        *,
+        deliver: bool,
+        read: Refund,
+        waiting: WaitingFor | None = None,
+    ) -> list[StoredWebhook] | None:
+        """`save_refund` for a change decided without the refund's lock: the
+        refund, its new history and its events are written only if its row
+        still holds what `read` (the refund as read, before the change) holds,
+        in one statement; None, with nothing written, when it does not. Not
+        for a change that moves the payment's counters or adds approvals."""
+        ...
+
     async def __aenter__(self) -> Self: ...
     async def __aexit__(self, *exc: object) -> None: ...
     async def commit(self) -> None: ...

@@ -90,6 +90,9 @@ class Deps:
     deliver_events: bool = False
     audit: AuditSink = field(default_factory=_NoAudit)
     metrics: Any = field(default_factory=NoMetrics)
+    # Units of work of one statement that commits by itself (see
+    # SubmissionService.send); None: every change takes a transaction.
+    single_statement_uow: Callable[[], UnitOfWork] | None = None
 
     def account(self, name: str) -> AccountInfo:
         try:
@@ -185,6 +188,30 @@ async def save(
         new=new,
         answer=answer,
         webhook=webhook,
+        waiting=waiting,
+    )
+
+
+async def save_unless_moved(
+    deps: Deps,
+    uow: UnitOfWork,
+    payment: Payment,
+    refund: Refund,
+    read: Refund,
+    waiting: WaitingFor | None = None,
+) -> list[StoredWebhook] | None:
+    """`save` for a change decided without the refund's lock: written, with
+    its events, only if the refund's row still holds `read` (the refund as
+    it was read, before the change); None when it moved since, with nothing
+    written (and nothing audited or counted, as the unit of work does not
+    commit it)."""
+    reschedule(deps, refund)
+    return await uow.save_refund_if_unchanged(
+        refund,
+        payment,
+        outbox_events(deps, uow, refund),
+        deliver=deps.deliver_events,
+        read=read,
         waiting=waiting,
     )
 

@@ -8,6 +8,7 @@ row that resolution completes by asking the PSE before anything is resent.
 
 from __future__ import annotations
 
+import copy
 from contextlib import AbstractContextManager
 from datetime import timedelta
 
@@ -19,12 +20,13 @@ from app.domain.pse import (
     Declined,
     LookupResult,
     NotFound,
+    PseRefundState,
     RefundSubmission,
     SubmitResult,
     Unanswered,
 )
 from app.domain.records import WaitingFor
-from app.services.context import Deps, lock_refund, save
+from app.services.context import Deps, lock_refund, save, save_unless_moved
 from app.services.webhooks import WebhookService
 
 log = structlog.get_logger("app.refunds")
@@ -86,7 +88,53 @@ class SubmissionService:
             result = await self.deps.gateway(refund.pse_account).create_refund(
                 submission_for(payment, refund)
             )
+        applied = await self._apply_pending_unlocked(payment, refund, result)
+        if applied is not None:
+            return applied
         return await self.apply_submit_result(refund.id, result)
+
+    async def _apply_pending_unlocked(
+        self, payment: Payment, refund: Refund, result: SubmitResult
+    ) -> Refund | None:
+        """The PSE's most common answer, `pending`, written without the lock
+        and the transaction `apply_submit_result` takes: one statement that
+        writes the change only if the refund's row is still as `refund`
+        holds it (as committed before the call). Such a change moves no money
+        (the amount stays reserved), so the payment's row is not needed.
+        None, with nothing written, for any other answer, or when anything
+        (a webhook, an operator) changed the refund meanwhile: the caller then
+        applies the answer under the lock, to the refund as it now is."""
+        open_single = self.deps.single_statement_uow
+        if (
+            open_single is None
+            or refund.status is not RefundStatus.SUBMITTING
+            or not isinstance(result, Accepted)
+            or result.other_money_moving
+            or result.refund.state is not PseRefundState.PENDING
+        ):
+            return None
+        read = copy.copy(refund)  # as committed: what the row must still hold
+        knew_pse_id = refund.pse_refund_id is not None
+        refund.apply_pse(payment, result.refund, self.deps.clock.now(), self._actor(refund))
+        waiting_for = None
+        if not knew_pse_id and refund.pse_refund_id is not None:
+            waiting_for = WaitingFor(refund.pse_account, refund.pse_refund_id, refund.id)
+        async with open_single() as uow:
+            waiting = await save_unless_moved(self.deps, uow, payment, refund, read, waiting_for)
+            if waiting is None:
+                log.info("refund.submit_result.moved", refund_id=refund.id)
+                return None
+            await uow.commit()
+        log.info(
+            "refund.submit_result",
+            refund_id=refund.id,
+            pse_account=refund.pse_account,
+            status=refund.status.value,
+            result=type(result).__name__,
+        )
+        for stored in waiting:
+            await self.webhooks.apply(stored)
+        return refund
 
     async def apply_submit_result(self, refund_id: str, result: SubmitResult) -> Refund:
         now = self.deps.clock.now()

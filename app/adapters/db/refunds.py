@@ -97,6 +97,16 @@ UPDATE = Write(
     + " WHERE id = $1",
     1 + len(_MUTABLE),
 )
+# The same change, made only if the row still holds what was read of it: the
+# mutable columns' values as read follow the new ones. For a change decided
+# without the refund's lock; it returns the id when it wrote.
+UPDATE_IF_UNCHANGED = Write(
+    UPDATE.sql
+    + f" AND ({', '.join(_MUTABLE)}) IS NOT DISTINCT FROM ("
+    + ", ".join(f"${i}" for i in range(2 + len(_MUTABLE), 2 + 2 * len(_MUTABLE)))
+    + ") RETURNING id",
+    1 + 2 * len(_MUTABLE),
+)
 # New history entries, in order: the refund's id, then one array per column.
 APPEND_HISTORY = Write(
     "INSERT INTO refund_status_history (refund_id, status, at, actor, detail) "
@@ -160,6 +170,12 @@ def insert_args(refund: Refund) -> list[Any]:
 def update_args(refund: Refund) -> list[Any]:
     """`UPDATE`'s arguments."""
     return [refund.id, *_mutable_values(refund)]
+
+
+def stored_values(read: Refund) -> list[Any]:
+    """What `UPDATE_IF_UNCHANGED` compares the row with: the mutable columns
+    of the refund as it was read."""
+    return _mutable_values(read)
 
 
 def history_args(refund: Refund) -> list[Any]:

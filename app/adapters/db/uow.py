@@ -85,6 +85,34 @@ def _save_statement(
     )
 
 
+def _only_if_written(write: Write) -> Write:
+    """`write` (an INSERT … SELECT … ORDER BY) limited to a statement whose
+    first piece, `w0`, wrote its row."""
+    head, order = write.sql.rsplit(" ORDER BY ", 1)
+    assert " WHERE " not in head, write.sql
+    sql = f"{head} WHERE EXISTS (SELECT 1 FROM w0) ORDER BY {order}"  # noqa: S608 (constants)
+    return Write(sql, write.parameters)
+
+
+@functools.cache
+def _unchanged_statement(waiting: bool) -> str:
+    """A refund's change if its row still holds what was read, with its new
+    history and events only then, and the stored webhooks waiting for it: no
+    row when nothing was written; with `waiting`, one row of NULLs when it
+    wrote and no webhook waits."""
+    found = (
+        Write(f"SELECT w.* FROM w0 LEFT JOIN LATERAL ({webhooks_sql.WAITING_FOR.sql}) w ON true", 4)  # noqa: S608
+        if waiting
+        else Write("SELECT id FROM w0", 0)
+    )
+    return in_one_round_trip(
+        refunds_sql.UPDATE_IF_UNCHANGED,
+        _only_if_written(refunds_sql.APPEND_HISTORY),
+        _only_if_written(outbox_sql.APPEND),
+        found,
+    )
+
+
 class TransactionAborted(Exception):
     """COMMIT found the transaction failed by an earlier error: nothing was written."""
 
@@ -103,8 +131,10 @@ class PgUnitOfWork:
     audit: ports.AuditRepository
     console_sessions: ports.ConsoleSessionRepository
 
-    def __init__(self, pool: ConnectionPool) -> None:
+    def __init__(self, pool: ConnectionPool, *, single_statement: bool = False) -> None:
         self._pool = pool
+        # One statement, committed by itself: no BEGIN, no COMMIT.
+        self._single = single_statement
         self._conn: asyncpg.Connection | None = None
         self._committed = False
         self._after_commit: list[Callable[[], None]] = []
@@ -134,6 +164,8 @@ class PgUnitOfWork:
 
     async def _begin(self) -> asyncpg.Connection:
         conn = await self._pool.connection()
+        if self._single:
+            return conn
         try:
             await conn.execute("BEGIN")
         except BaseException:
@@ -148,7 +180,7 @@ class PgUnitOfWork:
         if conn is None:
             return
         try:
-            if not self._committed:
+            if not self._committed and not self._single:
                 await self._roll_back(conn)
         finally:
             await self._pool.release(conn)
@@ -173,7 +205,7 @@ class PgUnitOfWork:
         for step in steps:
             await step()
         # PostgreSQL answers COMMIT of a failed transaction with ROLLBACK, not an error.
-        if await self._conn.execute("COMMIT") == "ROLLBACK":
+        if not self._single and await self._conn.execute("COMMIT") == "ROLLBACK":
             raise TransactionAborted("the transaction failed before COMMIT; nothing was written")
         self._committed = True
         callbacks, self._after_commit = self._after_commit, []
@@ -247,6 +279,38 @@ class PgUnitOfWork:
         payments_sql.mark_stored(payment)
         return found
 
+    async def save_refund_if_unchanged(
+        self,
+        refund: Refund,
+        payment: Payment,
+        events: Sequence[OutboxEvent],
+        *,
+        deliver: bool,
+        read: Refund,
+        waiting: WaitingFor | None = None,
+    ) -> list[StoredWebhook] | None:
+        """Write a refund's change decided without its lock, its new history
+        entries and events, if its row still holds what `read` (the refund
+        as it was read) holds, and read the stored webhooks `waiting` names:
+        one statement. None, with nothing written,
+        when the row moved since. The payment's counters must not have
+        moved, nor approvals been added: what those need is the lock."""
+        assert self._conn is not None, "save_refund_if_unchanged outside the unit of work"
+        assert not payments_sql.counters_moved(payment), "counters move under the lock"
+        assert not refunds_sql.has_new_approvals(refund), "approvals are added under the lock"
+        args = [*refunds_sql.update_args(refund), *refunds_sql.stored_values(read)]
+        args += refunds_sql.history_args(refund)
+        args += outbox_sql.append_args(events, deliver)
+        if waiting is not None:
+            args += webhooks_sql.waiting_args(waiting)
+        records = await self._conn.fetch(_unchanged_statement(waiting is not None), *args)
+        if not records:
+            return None
+        refunds_sql.mark_stored(refund)
+        if waiting is None:
+            return []
+        return [webhooks_sql.webhook_from_record(r) for r in records if r["id"] is not None]
+
 
 class UnitOfWorkFactory:
     def __init__(self, pool: ConnectionPool) -> None:
@@ -254,3 +318,10 @@ class UnitOfWorkFactory:
 
     def __call__(self) -> PgUnitOfWork:
         return PgUnitOfWork(self.pool)
+
+    def single_statement(self) -> PgUnitOfWork:
+        """A unit of work of one statement, which commits by itself (no
+        BEGIN, no COMMIT: two round trips fewer). `commit()` then only runs
+        what waits for the commit. For one write whose statement is the whole
+        change, such as `save_refund_if_unchanged`."""
+        return PgUnitOfWork(self.pool, single_statement=True)
