@@ -113,7 +113,9 @@ class SubmissionService:
             or result.refund.state is not PseRefundState.PENDING
         ):
             return None
-        read = copy.copy(refund)  # as committed: what the row must still hold
+        # As committed: what the row must still hold (its columns are compared,
+        # not its history, which the copy shares).
+        read = copy.copy(refund)
         knew_pse_id = refund.pse_refund_id is not None
         refund.apply_pse(payment, result.refund, self.deps.clock.now(), self._actor(refund))
         waiting_for = None

@@ -292,9 +292,9 @@ class PgUnitOfWork:
         """Write a refund's change decided without its lock, its new history
         entries and events, if its row still holds what `read` (the refund
         as it was read) holds, and read the stored webhooks `waiting` names:
-        one statement. None, with nothing written,
-        when the row moved since. The payment's counters must not have
-        moved, nor approvals been added: what those need is the lock."""
+        one statement. None, with nothing written, when the row moved since.
+        The payment's counters must not have moved, nor approvals been added:
+        what those need is the lock."""
         assert self._conn is not None, "save_refund_if_unchanged outside the unit of work"
         assert not payments_sql.counters_moved(payment), "counters move under the lock"
         assert not refunds_sql.has_new_approvals(refund), "approvals are added under the lock"
