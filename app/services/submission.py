@@ -25,7 +25,7 @@ from app.domain.pse import (
     SubmitResult,
     Unanswered,
 )
-from app.domain.records import WaitingFor
+from app.domain.records import StoredWebhook, WaitingFor
 from app.services.context import Deps, lock_refund, save, save_unless_moved
 from app.services.webhooks import WebhookService
 
@@ -127,16 +127,7 @@ class SubmissionService:
                 log.info("refund.submit_result.moved", refund_id=refund.id)
                 return None
             await uow.commit()
-        log.info(
-            "refund.submit_result",
-            refund_id=refund.id,
-            pse_account=refund.pse_account,
-            status=refund.status.value,
-            result=type(result).__name__,
-        )
-        for stored in waiting:
-            await self.webhooks.apply(stored)
-        return refund
+        return await self._answered(refund, result, waiting)
 
     async def apply_submit_result(self, refund_id: str, result: SubmitResult) -> Refund:
         now = self.deps.clock.now()
@@ -188,6 +179,13 @@ class SubmissionService:
                 waiting_for = WaitingFor(refund.pse_account, refund.pse_refund_id, refund.id)
             waiting = await save(self.deps, uow, payment, refund, waiting=waiting_for)
             await uow.commit()
+        return await self._answered(refund, result, waiting)
+
+    async def _answered(
+        self, refund: Refund, result: SubmitResult, waiting: list[StoredWebhook]
+    ) -> Refund:
+        """Once the PSE's answer is committed: logged, and the stored webhooks
+        that waited for the PSE's id applied."""
         log.info(
             "refund.submit_result",
             refund_id=refund.id,
