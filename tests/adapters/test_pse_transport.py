@@ -11,6 +11,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -235,3 +236,25 @@ async def test_a_body_cut_short_is_a_read_error_and_no_answer():
     with pytest.raises((httpx.ReadError, httpx.RemoteProtocolError)) as failed:
         await _serving(cut, lambda c, base: c.post(f"{base}/v1/refunds", json={}))
     assert "127.0.0.1" not in str(failed.value)  # named, never quoting the URL
+
+
+def test_aiohttp_is_loaded_by_the_first_pse_call_not_by_building_the_client():
+    # In a process of its own: this one has imported aiohttp already.
+    probe = (
+        "import sys, asyncio, httpx\n"
+        "from app.bootstrap import build_container\n"
+        "from app.adapters.pse.transport import pse_transport\n"
+        "transport = pse_transport()\n"
+        "asyncio.run(transport.aclose())\n"
+        "assert 'aiohttp' not in sys.modules, 'aiohttp loaded before any call'\n"
+        "async def call():\n"
+        "    async with httpx.AsyncClient(transport=pse_transport()) as client:\n"
+        "        try:\n"
+        "            await client.get('http://127.0.0.1:9/')\n"
+        "        except httpx.ConnectError:\n"
+        "            pass\n"
+        "asyncio.run(call())\n"
+        "assert 'aiohttp' in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

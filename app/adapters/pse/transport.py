@@ -7,26 +7,19 @@ anyio's streams cost more CPU than the rest of a PSE call: about 560 µs of
 this process's CPU per call at 8 to 32 calls at a time, against about 320 µs
 for the same client on aiohttp's pool (`bench/pse_client.py`, bench/README.md).
 httpx-aiohttp, by an httpx maintainer, is the bridge; aiohttp does the
-connections (keep-alive, limits, TLS with `tls_context`).
+connections (keep-alive, limits, TLS with `tls_context`), and
+`aio_transport` tells its errors apart.
 
-What this module adds is the errors. httpx-aiohttp reports a dropped
-connection and a read timeout as `httpx.ConnectTimeout`, as if the request
-had never left. Here each aiohttp error becomes the httpx error that says
-what happened (`_precise`), so the logs and the audit trail of a PSE call
-tell a timeout from a refused connection from a server that hung up. The
-adapters' retries treat all of them alike (no answer: retried with the same
-idempotency key, then `unknown`).
+Both, and the trust store, are loaded on the first PSE call: a command that
+calls no PSE (most of the CLI) does not pay the tenth of a second they take.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import ssl
 
-import aiohttp
 import httpx
-from httpx_aiohttp import AiohttpTransport
 
 # As httpx's defaults, stated: the PSE client's limits (aiohttp keeps no
 # separate count of idle connections: `max_keepalive_connections` is unused).
@@ -42,77 +35,30 @@ def tls_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
-def _precise(error: BaseException | None) -> type[httpx.TransportError] | None:
-    """The httpx error for what aiohttp raised (None: leave it as mapped)."""
-    if isinstance(error, aiohttp.ConnectionTimeoutError):
-        return httpx.ConnectTimeout  # no connection within the pool/connect timeout
-    if isinstance(error, aiohttp.SocketTimeoutError):
-        return httpx.ReadTimeout  # connected and sent; no answer in time
-    if isinstance(error, aiohttp.ClientConnectorError):
-        return httpx.ConnectError  # refused, unreachable, TLS handshake or certificate
-    if isinstance(error, aiohttp.ServerDisconnectedError):
-        return httpx.RemoteProtocolError  # the server closed without a whole answer
-    if isinstance(error, aiohttp.ClientPayloadError | aiohttp.ClientOSError):
-        return httpx.ReadError
-    if isinstance(error, aiohttp.ClientResponseError):
-        return httpx.RemoteProtocolError  # an answer that is not HTTP/1.1
-    if isinstance(error, asyncio.TimeoutError):
-        return httpx.ReadTimeout
-    return None
+class PseTransport(httpx.AsyncBaseTransport):
+    """aiohttp's pool within `limits`, TLS verified with `tls_context`, made
+    on the first request, in the event loop that sends it."""
 
+    def __init__(self, limits: httpx.Limits = LIMITS) -> None:
+        self.limits = limits
+        self._inner: httpx.AsyncBaseTransport | None = None
 
-class PseTransport(AiohttpTransport):
-    """httpx-aiohttp's transport, with aiohttp's errors told apart."""
+    @property
+    def ssl_context(self) -> ssl.SSLContext:
+        return tls_context()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        try:
-            response = await super().handle_async_request(request)
-        except _FAILURES as exc:
-            raise _mapped(exc, request) from _cause(exc)
-        assert isinstance(response.stream, httpx.AsyncByteStream)
-        response.stream = _Body(response.stream, request)
-        return response
+        if self._inner is None:
+            from app.adapters.pse.aio_transport import AioTransport
 
-
-class _Body(httpx.AsyncByteStream):
-    """A response body whose read errors are told apart as the request's are."""
-
-    def __init__(self, inner: httpx.AsyncByteStream, request: httpx.Request) -> None:
-        self._inner = inner
-        self._request = request
-
-    async def __aiter__(self):  # type: ignore[override]
-        try:
-            async for chunk in self._inner:
-                yield chunk
-        except _FAILURES as exc:
-            raise _mapped(exc, self._request) from _cause(exc)
+            self._inner = AioTransport(verify=tls_context(), limits=self.limits)
+        return await self._inner.handle_async_request(request)
 
     async def aclose(self) -> None:
-        await self._inner.aclose()
-
-
-# What a call can fail with: httpx's errors as httpx-aiohttp maps them, and
-# the aiohttp errors it leaves unmapped (an answer that is not HTTP, say).
-_FAILURES = (httpx.TransportError, aiohttp.ClientError, asyncio.TimeoutError)
-
-
-def _cause(exc: BaseException) -> BaseException:
-    """aiohttp's own error behind `exc` (httpx-aiohttp chains it)."""
-    return exc.__cause__ if isinstance(exc, httpx.TransportError) and exc.__cause__ else exc
-
-
-def _mapped(exc: BaseException, request: httpx.Request) -> httpx.TransportError:
-    cause = _cause(exc)
-    kind = _precise(cause) or (type(exc) if isinstance(exc, httpx.TransportError) else None)
-    # Named, never quoted: aiohttp's messages may carry the request's URL.
-    reason = getattr(cause, "strerror", None)
-    message = f"{type(cause).__name__}: {reason}" if reason else type(cause).__name__
-    return (kind or httpx.TransportError)(message, request=request)
+        if self._inner is not None:
+            await self._inner.aclose()
 
 
 def pse_transport(limits: httpx.Limits = LIMITS) -> httpx.AsyncBaseTransport:
-    """The transport of the PSE client: aiohttp's pool within `limits`, TLS
-    verified with `tls_context`. Its session opens on the first request, in
-    the event loop that sends it."""
-    return PseTransport(verify=tls_context(), limits=limits)
+    """The transport of the PSE client (see `PseTransport`)."""
+    return PseTransport(limits)
