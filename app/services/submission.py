@@ -55,6 +55,14 @@ def submission_for(payment: Payment, refund: Refund) -> RefundSubmission:
     )
 
 
+def _waiting_for(refund: Refund, knew_pse_id: bool) -> WaitingFor | None:
+    """Webhooks that came before we knew the PSE's id can be matched once an
+    answer names it: read by the statement that saves the refund."""
+    if knew_pse_id or refund.pse_refund_id is None:
+        return None
+    return WaitingFor(refund.pse_account, refund.pse_refund_id, refund.id)
+
+
 class SubmissionService:
     def __init__(self, deps: Deps, webhooks: WebhookService, submitting_grace_seconds: float = 60):
         self.deps = deps
@@ -118,9 +126,7 @@ class SubmissionService:
         read = copy.copy(refund)
         knew_pse_id = refund.pse_refund_id is not None
         refund.apply_pse(payment, result.refund, self.deps.clock.now(), self._actor(refund))
-        waiting_for = None
-        if not knew_pse_id and refund.pse_refund_id is not None:
-            waiting_for = WaitingFor(refund.pse_account, refund.pse_refund_id, refund.id)
+        waiting_for = _waiting_for(refund, knew_pse_id)
         async with open_single() as uow:
             waiting = await save_unless_moved(self.deps, uow, payment, refund, read, waiting_for)
             if waiting is None:
@@ -172,11 +178,7 @@ class SubmissionService:
                     refund.decline(payment, result.code, result.message, now, actor)
             else:
                 refund.mark_unknown(payment, result.reason, now)
-            waiting_for = None
-            if not knew_pse_id and refund.pse_refund_id is not None:
-                # Webhooks that came before we knew the PSE's id can be matched
-                # now: read by the statement that saves the refund.
-                waiting_for = WaitingFor(refund.pse_account, refund.pse_refund_id, refund.id)
+            waiting_for = _waiting_for(refund, knew_pse_id)
             waiting = await save(self.deps, uow, payment, refund, waiting=waiting_for)
             await uow.commit()
         return await self._answered(refund, result, waiting)
